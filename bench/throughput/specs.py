@@ -1,0 +1,159 @@
+"""How each peer is installed and how its two worker processes are started (harness side).
+
+Each peer gets its own venv under ``bench/.venv-peers/<venv>/``. Worker commands run with the
+working directory ``bench/throughput`` on ``PYTHONPATH`` (so ``peers.<x>_peer`` and ``record``
+import), ``BENCH_BROKER_URL`` (db 0), ``BENCH_BOOK_URL`` (db 1) and ``BENCH_CONCURRENCY`` set.
+
+``mode`` is ``"noop"`` (the peer's natural concurrency) or ``"io"`` (about 50 concurrent tasks per
+process where the peer's execution model allows it, for the 600 x 50 ms drain).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+VENVS = REPO / "bench" / ".venv-peers"
+COMMON_PACKAGES = ["redis", "hiredis"]
+
+Cmds = list[list[str]]
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    name: str
+    venv: str  # directory under VENVS
+    module: str  # peers.<module>_peer
+    packages: list[str]
+    dists: list[str]  # distributions whose versions are reported
+    commands: Callable[[Path, str], Cmds]  # (venv bin dir, mode) -> argv per root process
+    concurrency: Callable[[str], int]  # mode -> BENCH_CONCURRENCY / per-process concurrency
+    describe: Callable[[str], str]  # mode -> human description of the worker setup
+    scale: float = 1.0  # multiplier on task counts for slow peers
+    extra_pythonpath: list[Path] = field(default_factory=list)
+    async_tasks: bool = False
+
+
+def _shoal_packages() -> list[str]:
+    """Shoal's own runtime dependencies, read from the repo's pyproject.toml; the package itself
+    is imported from ``runtime/`` via PYTHONPATH, so the venv always runs the working tree and
+    nothing is written into the repo outside ``bench/``."""
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    return list(data["project"]["dependencies"])
+
+
+def _celery(bin_: Path, mode: str) -> Cmds:
+    base = [str(bin_ / "celery"), "-A", "peers.celery_peer", "worker", "-Q", "bench",
+            "--loglevel", "WARNING"]
+    if mode == "noop":
+        return [[*base, "--pool", "prefork", "--concurrency", "2", "-n", "bench1@%h"]]
+    return [[*base, "--pool", "threads", "--concurrency", "50", "-n", f"bench{k}@%h"]
+            for k in (1, 2)]
+
+
+def _rq(worker_class: str) -> Callable[[Path, str], Cmds]:
+    def commands(bin_: Path, mode: str) -> Cmds:
+        return [[str(bin_ / "rq"), "worker", "bench", "--url", "{broker}", "--quiet",
+                 "--worker-class", worker_class, "--name", f"bench{k}-{{token}}"]
+                for k in (1, 2)]
+    return commands
+
+
+def _dramatiq(bin_: Path, mode: str) -> Cmds:
+    threads = "8" if mode == "noop" else "50"
+    return [[str(bin_ / "dramatiq"), "peers.dramatiq_peer", "--processes", "2",
+             "--threads", threads, "--queues", "bench"]]
+
+
+def _huey(bin_: Path, mode: str) -> Cmds:
+    base = [str(bin_ / "huey_consumer"), "peers.huey_peer.huey", "--quiet"]
+    if mode == "noop":
+        return [[*base, "--worker-type", "process", "--workers", "2"]]
+    return [[*base, "--worker-type", "thread", "--workers", "50"] for _ in (1, 2)]
+
+
+def _arq(bin_: Path, mode: str) -> Cmds:
+    return [[str(bin_ / "arq"), "peers.arq_peer.WorkerSettings"] for _ in (1, 2)]
+
+
+def _saq(bin_: Path, mode: str) -> Cmds:
+    return [[str(bin_ / "saq"), "peers.saq_peer.settings", "--workers", "2", "--quiet"]]
+
+
+def _taskiq(bin_: Path, mode: str) -> Cmds:
+    return [[str(bin_ / "taskiq"), "worker", "peers.taskiq_peer:broker", "--workers", "2",
+             "--max-async-tasks", str(_taskiq_conc(mode)), "--log-level", "WARNING"]]
+
+
+def _taskiq_conc(mode: str) -> int:
+    return 100 if mode == "noop" else 50  # 100 is taskiq's default
+
+
+def _shoal(bin_: Path, mode: str) -> Cmds:
+    conc = str(_shoal_conc(mode))
+    launcher = "import sys; from shoal.cli import main; sys.argv[0] = 'shoal'; sys.exit(main())"
+    return [[str(bin_ / "python"), "-c", launcher, "worker", "peers.shoal_peer:app",
+             "--queues", "bench", "--concurrency", conc, "--processes", "2"]]
+
+
+def _shoal_conc(mode: str) -> int:
+    return 64 if mode == "noop" else 50
+
+
+def _fixed(noop: int, io: int) -> Callable[[str], int]:
+    return lambda mode: noop if mode == "noop" else io
+
+
+SPECS: dict[str, PeerSpec] = {
+    spec.name: spec
+    for spec in [
+        PeerSpec(
+            "shoal", "shoal", "shoal", _shoal_packages(), ["redis"], _shoal,
+            _shoal_conc,
+            lambda m: f"shoal worker --processes 2 --concurrency {_shoal_conc(m)} (async)",
+            extra_pythonpath=[REPO / "runtime"], async_tasks=True,
+        ),
+        PeerSpec(
+            "celery", "celery", "celery", ["celery[redis]==5.7.0"], ["celery", "kombu"],
+            _celery, _fixed(2, 50),
+            lambda m: "1 worker, prefork -c 2" if m == "noop" else "2 workers, threads -c 50",
+        ),
+        PeerSpec(
+            "rq", "rq", "rq", ["rq==3.0.0"], ["rq"], _rq("rq.worker.Worker"), _fixed(1, 1),
+            lambda m: "2 x rq worker (Worker: fork per job)", scale=0.1,
+        ),
+        PeerSpec(
+            "rq-simple", "rq", "rq", ["rq==3.0.0"], ["rq"], _rq("rq.worker.SimpleWorker"),
+            _fixed(1, 1), lambda m: "2 x rq worker (SimpleWorker: in-process)", scale=0.25,
+        ),
+        PeerSpec(
+            "dramatiq", "dramatiq", "dramatiq", ["dramatiq[redis]==2.2.1"], ["dramatiq"],
+            _dramatiq, _fixed(8, 50),
+            lambda m: f"--processes 2 --threads {8 if m == 'noop' else 50}",
+        ),
+        PeerSpec(
+            "huey", "huey", "huey", ["huey==3.5.4"], ["huey"], _huey, _fixed(1, 50),
+            lambda m: ("1 consumer, -k process -w 2" if m == "noop"
+                       else "2 consumers, -k thread -w 50"),
+        ),
+        PeerSpec(
+            "arq", "arq", "arq", ["arq==0.28.0"], ["arq"], _arq, _fixed(10, 50),
+            lambda m: f"2 x arq, max_jobs={10 if m == 'noop' else 50}", async_tasks=True,
+        ),
+        PeerSpec(
+            "saq", "saq", "saq", ["saq==0.26.4", "typing_extensions"], ["saq"], _saq,
+            _fixed(10, 50),
+            lambda m: f"saq --workers 2, concurrency={10 if m == 'noop' else 50}",
+            async_tasks=True,
+        ),
+        PeerSpec(
+            "taskiq", "taskiq", "taskiq", ["taskiq==0.13.0", "taskiq-redis==1.2.4"],
+            ["taskiq", "taskiq-redis"], _taskiq, _taskiq_conc,
+            lambda m: f"taskiq worker --workers 2 --max-async-tasks {_taskiq_conc(m)}",
+            async_tasks=True,
+        ),
+    ]
+}

@@ -1,0 +1,68 @@
+"""Shoal: a Kubernetes-native task queue for Python.
+
+The runtime: define tasks on an :class:`App`, enqueue them, run workers. Redis is the broker;
+delivery is at-least-once. See DESIGN.md for the promises and ``shoal.keys`` for the protocol.
+"""
+
+__version__ = "0.1.0"
+
+# Application
+from shoal.app import App, load_app
+
+# Tasks and handles
+from shoal.task import Handle, Sender, Task
+
+# Messages and the broker
+from shoal.broker import Broker, QueueStats
+from shoal.message import Message
+
+# Middleware
+from shoal.middleware import Middleware, Outcome, Retries, default_middleware
+
+# Settings
+from shoal.settings import Settings
+
+# Errors and signals
+from shoal.errors import (
+    BrokerError,
+    ConfigurationError,
+    DecodeError,
+    EnqueueError,
+    ResultTimeout,
+    Retry,
+    ShoalError,
+    TaskFailed,
+    TaskNotFound,
+)
+
+__all__ = [
+    # Application
+    "App",
+    "load_app",
+    # Tasks and handles
+    "Handle",
+    "Sender",
+    "Task",
+    # Messages and the broker
+    "Broker",
+    "Message",
+    "QueueStats",
+    # Middleware
+    "Middleware",
+    "Outcome",
+    "Retries",
+    "default_middleware",
+    # Settings
+    "Settings",
+    # Errors and signals
+    "BrokerError",
+    "ConfigurationError",
+    "DecodeError",
+    "EnqueueError",
+    "ResultTimeout",
+    "Retry",
+    "ShoalError",
+    "TaskFailed",
+    "TaskNotFound",
+    "__version__",
+]

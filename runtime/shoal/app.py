@@ -1,0 +1,193 @@
+"""The App: settings, the task registry, middleware, and the lazily opened Redis connection."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ParamSpec, TypeVar, overload
+
+from shoal.broker import Broker, QueueStats
+from shoal.errors import ConfigurationError, TaskNotFound
+from shoal.middleware import Middleware, default_middleware
+from shoal.settings import Seconds, Settings, mask_url, to_seconds
+from shoal.task import Task
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+log = logging.getLogger("shoal")
+
+CORE_OPTIONS = frozenset({"queue", "name", "store_result", "timeout"})
+"""Task options the App itself owns; middleware declare the rest."""
+
+
+class App:
+    """A Shoal application: ``app = App()`` then ``@app.task``.
+
+    The Redis URL comes from the ``redis_url`` argument, else ``SHOAL_REDIS_URL``, else
+    ``redis://localhost:6379/0``; ``repr(app)`` says which. Other keyword arguments override
+    :class:`~shoal.settings.Settings` fields (``App(lease_s=5)``)."""
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        middleware: Sequence[Middleware] | None = None,
+        **overrides: Any,
+    ) -> None:
+        base = settings if settings is not None else Settings.from_env()
+        if redis_url is not None:
+            overrides["redis_url"] = redis_url
+            overrides["redis_url_source"] = "argument"
+        self.settings = base.with_overrides(**overrides) if overrides else base
+        self.middleware: list[Middleware] = list(
+            default_middleware() if middleware is None else middleware)
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._broker: Broker | None = None
+        self._refresh_hooks()
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return f"<App redis={mask_url(s.redis_url)} (from {s.redis_url_source}) tasks={len(self.tasks)}>"
+
+    # --- middleware -------------------------------------------------------------------------
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Append a middleware (before any worker starts)."""
+        self.middleware.append(middleware)
+        self._refresh_hooks()
+
+    def _refresh_hooks(self) -> None:
+        """Keep per-hook lists of the middleware that override it: an unused hook costs nothing."""
+
+        def overriding(name: str) -> list[Middleware]:
+            base = getattr(Middleware, name)
+            return [m for m in self.middleware if getattr(type(m), name) is not base]
+
+        self.enqueue_hooks = overriding("before_enqueue")
+        self.process_hooks = overriding("before_process")
+        self.after_process_hooks = overriding("after_process")[::-1]
+        self.failure_hooks = overriding("after_failure")
+        self.task_options = CORE_OPTIONS.union(*(m.task_options for m in self.middleware))
+
+    @staticmethod
+    def call_hook(hook: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Run one hook; a failing hook is logged, never fatal."""
+        try:
+            hook(*args, **kwargs)
+        except Exception:
+            log.exception("middleware hook %s failed; continuing", getattr(hook, "__qualname__", hook))
+
+    # --- tasks ------------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        queue: str | None = None,
+        name: str | None = None,
+        store_result: bool = False,
+        timeout: Seconds | None = None,
+        **options: Any,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        queue: str | None = None,
+        name: str | None = None,
+        store_result: bool = False,
+        timeout: Seconds | None = None,
+        **options: Any,
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a sync or ``async def`` function as a task.
+
+        ``queue`` (default ``SHOAL_DEFAULT_QUEUE``), ``timeout`` (seconds), ``store_result`` (keep
+        the return value for ``handle.result()``); middleware options such as ``max_retries``.
+        An unknown option fails here, naming it."""
+        unknown = sorted(set(options) - self.task_options)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown task option(s) {', '.join(unknown)}; accepted: "
+                f"{', '.join(sorted(self.task_options))}. Add the middleware that owns it."
+            )
+
+        def register(func: Callable[P, R]) -> Task[P, R]:
+            task_name = name or f"{func.__module__}.{func.__qualname__}"
+            if task_name in self.tasks:
+                raise ConfigurationError(f"task {task_name!r} is declared twice; pass name=")
+            for mw in self.middleware:
+                mw.validate_options(task_name, options)
+            timeout_s = self.settings.default_timeout_s if timeout is None else to_seconds(timeout)
+            if timeout_s <= 0:
+                raise ConfigurationError(f"task {task_name!r}: timeout must be > 0 seconds")
+            task: Task[P, R] = Task(
+                self,
+                func,
+                name=task_name,
+                queue=queue or self.settings.default_queue,
+                store_result=store_result,
+                timeout_s=timeout_s,
+                options=dict(options),
+            )
+            self.tasks[task_name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    def remote(self, name: str, *, queue: str | None = None) -> Task[..., Any]:
+        """A task defined in code this process does not import, to enqueue it by name
+        (``app.remote("billing.charge", queue="billing").enqueue(42)``)."""
+        if name in self.tasks:
+            return self.tasks[name]
+
+        def not_here(*_: Any, **__: Any) -> Any:
+            raise TaskNotFound(f"task {name!r} runs on workers; this process only enqueues it")
+
+        return Task(self, not_here, name=name, queue=queue or self.settings.default_queue,
+                    store_result=False, timeout_s=self.settings.default_timeout_s, options={})
+
+    # --- Redis ------------------------------------------------------------------------------
+
+    @property
+    def broker(self) -> Broker:
+        """The blocking Redis client, opened on first use."""
+        if self._broker is None:
+            self._broker = Broker(self.settings)
+        return self._broker
+
+    def measure(self, queue: str) -> QueueStats:
+        """A queue's figures (waiting, in flight, delayed, dead, oldest age, counters), O(1)."""
+        return self.broker.measure(queue)
+
+    def queues(self) -> list[str]:
+        """Queues declared by this app's tasks."""
+        return sorted({t.queue for t in self.tasks.values()})
+
+    def close(self) -> None:
+        if self._broker is not None:
+            self._broker.close()
+            self._broker = None
+
+
+def load_app(spec: str) -> App:
+    """Import ``MODULE[:ATTR]`` and return its App (ATTR defaults to ``app``)."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"cannot import task module {module_name!r}: {exc}. Is it on PYTHONPATH?") from exc
+    attr = attr or "app"
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise ConfigurationError(
+            f"{module_name}:{attr} is {type(app).__name__}, not a shoal.App; pass MODULE:APP")
+    return app

@@ -1,0 +1,273 @@
+"""The Redis protocol: every state transition of a message is one Lua script in ``lua/``.
+
+:class:`Broker` is the blocking client producers and the CLI use; :class:`AsyncBroker` is the
+worker's. Both build their calls with the same ``_*_call`` functions, so the key and argument
+layout each script documents in its header lives in exactly one Python place too.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript, Script
+
+from shoal.errors import BrokerError
+from shoal.keys import QueueKeys, queue_keys, queues_key
+from shoal.settings import Settings, mask_url
+
+SCRIPT_NAMES = ("enqueue", "fetch", "ack", "retry", "dead", "handback", "renew", "measure")
+MOVE_LIMIT = 500
+"""Delayed or expired entries moved per fetch: bounds one script's run time on a huge backlog."""
+
+Call = tuple[str, list[str], list[Any]]
+"""A script invocation: (script name, KEYS, ARGV)."""
+
+
+def _script_source(name: str) -> str:
+    return resources.files("shoal").joinpath(f"lua/{name}.lua").read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """A queue's figures from one O(1) measurement. Ages in seconds, counters since creation."""
+
+    queue: str
+    waiting: int
+    in_flight: int
+    delayed: int
+    dead: int
+    oldest_age_s: float
+    enqueued: int
+    completed: int
+    retried: int
+    dead_total: int
+    recovered: int
+    measured_at_ms: int
+
+    @classmethod
+    def from_reply(cls, queue: str, reply: Sequence[Any]) -> QueueStats:
+        now, waiting, inflight, delayed, dead, token = reply[:6]
+        oldest = 0.0
+        if token:
+            ready_ms = token.split(b":", 1)[0]
+            if ready_ms.isdigit():
+                oldest = max(0.0, (int(now) - int(ready_ms)) / 1000)
+        enq, comp, retried, dead_total, recovered = (int(x) for x in reply[6:11])
+        return cls(queue, int(waiting), int(inflight), int(delayed), int(dead), oldest,
+                   enq, comp, retried, dead_total, recovered, int(now))
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """What one fetch returned: leased (id, envelope) pairs and when the next delayed one is due.
+
+    ``body`` is None for a malformed waiting entry, which the worker dead-letters."""
+
+    messages: list[tuple[str, bytes | None]]
+    next_due_ms: int
+    now_ms: int
+
+
+def connection_error(url: str, exc: BaseException) -> BrokerError:
+    """A one-line error naming the (masked) URL, what failed, and what to check."""
+    return BrokerError(
+        f"cannot reach Redis at {mask_url(url)}: {exc}. Check SHOAL_REDIS_URL "
+        "(redis://host:port/db) and that the server is running."
+    )
+
+
+# --- call builders: the one place that knows each script's KEYS/ARGV layout --------------------
+
+
+def _enqueue_call(k: QueueKeys, items: Iterable[tuple[str, int, bytes]]) -> Call:
+    argv: list[Any] = [k.notify]
+    for message_id, delay_ms, body in items:
+        argv += (message_id, delay_ms, body)
+    return "enqueue", [k.waiting, k.messages, k.delayed, k.stats], argv
+
+
+def _fetch_call(k: QueueKeys, lease_ms: int, count: int) -> Call:
+    return "fetch", [k.waiting, k.messages, k.inflight, k.delayed, k.stats], [
+        lease_ms, count, MOVE_LIMIT]
+
+
+def _ack_call(k: QueueKeys, done: Sequence[tuple[str, bytes | None]], ttl_ms: int) -> Call:
+    keys = [k.inflight, k.messages, k.stats]
+    argv: list[Any] = [ttl_ms]
+    for message_id, result in done:
+        argv += (message_id, result or b"")
+        if result:
+            keys.append(k.result(message_id))
+    return "ack", keys, argv
+
+
+def _retry_call(k: QueueKeys, message_id: str, delay_ms: int, body: bytes) -> Call:
+    return "retry", [k.inflight, k.messages, k.delayed, k.stats], [message_id, delay_ms, body]
+
+
+def _dead_call(k: QueueKeys, message_id: str, entry: bytes, result: bytes | None,
+               s: Settings) -> Call:
+    keys = [k.inflight, k.messages, k.dead, k.dead_entries, k.stats, k.result(message_id)]
+    argv = [message_id, entry, s.dlq_max_entries, result or b"", int(s.result_ttl_s * 1000),
+            int(s.dlq_max_age_s * 1000)]
+    return "dead", keys, argv
+
+
+def _handback_call(k: QueueKeys, ids: Sequence[str]) -> Call:
+    return "handback", [k.inflight, k.waiting, k.messages], [k.notify, *ids]
+
+
+def _renew_call(k: QueueKeys, lease_ms: int, ids: Sequence[str]) -> Call:
+    return "renew", [k.inflight], [lease_ms, *ids]
+
+
+def _measure_call(k: QueueKeys) -> Call:
+    return "measure", [k.waiting, k.inflight, k.delayed, k.dead, k.stats], []
+
+
+def _parse_fetch(reply: Sequence[Any]) -> Fetched:
+    pairs = [(reply[i].decode(), reply[i + 1]) for i in range(2, len(reply), 2)]
+    return Fetched(pairs, int(reply[0]), int(reply[1]))
+
+
+# --- clients ------------------------------------------------------------------------------------
+
+
+class _KeysMixin:
+    settings: Settings
+    _keys: dict[str, QueueKeys]
+
+    def keys(self, queue: str) -> QueueKeys:
+        """The (cached) keys of ``queue``."""
+        k = self._keys.get(queue)
+        if k is None:
+            k = self._keys[queue] = queue_keys(self.settings.key_prefix, queue)
+        return k
+
+
+class Broker(_KeysMixin):
+    """Blocking Redis client for producers, the CLI and the operator's measurements."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis: redis.Redis = redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=5, health_check_interval=30)
+        self._scripts: dict[str, Script] = {
+            name: self.redis.register_script(_script_source(name)) for name in SCRIPT_NAMES}
+        self._keys: dict[str, QueueKeys] = {}
+        self._known_queues: set[str] = set()
+
+    def _run(self, call: Call, client: Any = None) -> Any:
+        name, keys, argv = call
+        try:
+            return self._scripts[name](keys, argv, client=client)
+        except (redis.ConnectionError, redis.TimeoutError, socket.gaierror) as exc:
+            raise connection_error(self.settings.redis_url, exc) from exc
+
+    def _remember_queue(self, queue: str) -> None:
+        if queue not in self._known_queues:
+            try:
+                self.redis.sadd(queues_key(self.settings.key_prefix), queue)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise connection_error(self.settings.redis_url, exc) from exc
+            self._known_queues.add(queue)
+
+    def enqueue(self, queue: str, items: Sequence[tuple[str, int, bytes]]) -> int:
+        """Store ``(id, delay_ms, envelope)`` items in one round trip; returns how many."""
+        self._remember_queue(queue)
+        return int(self._run(_enqueue_call(self.keys(queue), items)))
+
+    def measure(self, queue: str) -> QueueStats:
+        """The queue's figures, O(1) in Redis."""
+        return QueueStats.from_reply(queue, self._run(_measure_call(self.keys(queue))))
+
+    def measure_many(self, queues: Sequence[str]) -> list[QueueStats]:
+        """Several queues' figures in one pipelined round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for q in queues:
+            self._run(_measure_call(self.keys(q)), client=pipe)
+        try:
+            replies = pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise connection_error(self.settings.redis_url, exc) from exc
+        return [QueueStats.from_reply(q, r) for q, r in zip(queues, replies, strict=True)]
+
+    def queues(self) -> list[str]:
+        """Every queue that was ever enqueued to, sorted."""
+        names = self.redis.smembers(queues_key(self.settings.key_prefix))
+        return sorted(n.decode() for n in names)
+
+    def wait_result(self, queue: str, message_id: str, timeout_s: float) -> bytes | None:
+        """Block until the message's result is stored (or ``timeout_s`` passes); None on timeout.
+
+        BLMOVE from the list onto itself reads the result without consuming it."""
+        key = self.keys(queue).result(message_id)
+        try:
+            value = self.redis.blmove(key, key, timeout_s, "RIGHT", "RIGHT")
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise connection_error(self.settings.redis_url, exc) from exc
+        return value if isinstance(value, bytes) else None
+
+    def ping(self) -> None:
+        """Raise a BrokerError naming the URL when Redis does not answer."""
+        try:
+            self.redis.ping()
+        except (redis.ConnectionError, redis.TimeoutError, socket.gaierror) as exc:
+            raise connection_error(self.settings.redis_url, exc) from exc
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+class AsyncBroker(_KeysMixin):
+    """The worker's asyncio Redis client. Connection errors propagate as redis-py errors:
+    the worker's loops own the reconnect-with-backoff policy."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=5, socket_keepalive=True)
+        self._scripts: dict[str, AsyncScript] = {
+            name: self.redis.register_script(_script_source(name)) for name in SCRIPT_NAMES}
+        self._keys: dict[str, QueueKeys] = {}
+
+    async def _run(self, call: Call) -> Any:
+        name, keys, argv = call
+        return await self._scripts[name](keys, argv)
+
+    async def fetch(self, queue: str, count: int) -> Fetched:
+        lease_ms = int(self.settings.lease_s * 1000)
+        return _parse_fetch(await self._run(_fetch_call(self.keys(queue), lease_ms, count)))
+
+    async def ack(self, queue: str, done: Sequence[tuple[str, bytes | None]]) -> int:
+        ttl_ms = int(self.settings.result_ttl_s * 1000)
+        return int(await self._run(_ack_call(self.keys(queue), done, ttl_ms)))
+
+    async def retry(self, queue: str, message_id: str, delay_s: float, body: bytes) -> bool:
+        call = _retry_call(self.keys(queue), message_id, max(0, int(delay_s * 1000)), body)
+        return bool(await self._run(call))
+
+    async def dead(self, queue: str, message_id: str, entry: bytes, result: bytes | None) -> None:
+        await self._run(_dead_call(self.keys(queue), message_id, entry, result, self.settings))
+
+    async def handback(self, queue: str, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        return int(await self._run(_handback_call(self.keys(queue), ids)))
+
+    async def renew(self, queue: str, ids: Sequence[str]) -> None:
+        """Extend the leases of messages still running (ZADD XX: never resurrects a finished one)."""
+        if ids:
+            await self._run(_renew_call(self.keys(queue), int(self.settings.lease_s * 1000), ids))
+
+    async def measure(self, queue: str) -> QueueStats:
+        return QueueStats.from_reply(queue, await self._run(_measure_call(self.keys(queue))))
+
+    async def close(self) -> None:
+        await self.redis.aclose()

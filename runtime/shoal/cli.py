@@ -1,0 +1,174 @@
+"""The ``shoal`` command: worker, enqueue, info, demo, version."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from typing import Any
+
+import click
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from shoal import __version__
+from shoal.app import App, load_app
+from shoal.broker import QueueStats
+from shoal.errors import ShoalError
+from shoal.keys import worker_key, workers_key
+from shoal.settings import Settings
+
+console = Console()
+
+
+def _queues(value: str | None) -> list[str]:
+    return [q.strip() for q in (value or "").split(",") if q.strip()]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Shoal: a Kubernetes-native task queue. Redis URL from SHOAL_REDIS_URL."""
+
+
+@cli.command()
+@click.argument("app_spec", metavar="MODULE[:APP]")
+@click.option("--queues", "-Q", help="Comma-separated queues (default: every queue of the app).")
+@click.option("--concurrency", "-c", default=16, show_default=True,
+              help="Tasks run at once per process (threads for sync tasks, coroutines for async).")
+@click.option("--processes", "-p", default=1, show_default=True, help="Worker processes.")
+@click.option("--burst", is_flag=True, help="Drain the queues, then exit.")
+@click.option("--health-port", type=int, help="Serve /livez and /readyz on this port.")
+@click.option("--log-level", default="INFO", show_default=True)
+def worker(app_spec: str, queues: str | None, concurrency: int, processes: int, burst: bool,
+           health_port: int | None, log_level: str) -> None:
+    """Run workers for the tasks of MODULE[:APP]."""
+    from shoal.supervisor import Supervisor, WorkerSpec
+
+    level = logging.getLevelName(log_level.upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = load_app(app_spec)
+    spec = WorkerSpec(app_spec, _queues(queues), concurrency, burst)
+    sys.exit(Supervisor(spec, processes=processes, settings=app.settings,
+                        health_port=health_port, log_level=level).run())
+
+
+@cli.command()
+@click.argument("task_name")
+@click.option("--args", "args_json", default="[]", help="Positional arguments as a JSON list.")
+@click.option("--kwargs", "kwargs_json", default="{}", help="Keyword arguments as a JSON object.")
+@click.option("--queue", "-q", help="Queue (default: the task's, with --app; else default).")
+@click.option("--app", "app_spec", help="MODULE[:APP] that defines the task, to check its name.")
+@click.option("--delay", type=float, default=0.0, help="Seconds before the task may run.")
+def enqueue(task_name: str, args_json: str, kwargs_json: str, queue: str | None,
+            app_spec: str | None, delay: float) -> None:
+    """Enqueue TASK_NAME with JSON arguments; prints the message id."""
+    try:
+        args, kwargs = orjson.loads(args_json), orjson.loads(kwargs_json)
+    except orjson.JSONDecodeError as exc:
+        raise click.BadParameter(f"--args/--kwargs must be JSON: {exc}") from None
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise click.BadParameter("--args takes a JSON list and --kwargs a JSON object")
+    app = load_app(app_spec) if app_spec else App()
+    if app_spec and task_name not in app.tasks:
+        raise click.BadParameter(f"{app_spec} defines no task {task_name!r}; it has: "
+                                 f"{', '.join(sorted(app.tasks)) or 'none'}")
+    task = app.remote(task_name, queue=queue)
+    handle = task.with_options(delay=delay).enqueue(*args, **kwargs)
+    click.echo(handle.id)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    return f"{seconds / 60:.0f}m" if seconds < 7200 else f"{seconds / 3600:.1f}h"
+
+
+def queue_table(before: list[QueueStats], after: list[QueueStats]) -> Table:
+    """Per-queue figures; rates from two measurements."""
+    table = Table(title="Queues")
+    for col in ("queue", "waiting", "in flight", "delayed", "dead", "oldest",
+                "done/s", "enqueued/s", "completed"):
+        table.add_column(col, justify="left" if col == "queue" else "right")
+    for a, b in zip(before, after, strict=True):
+        span = max(0.001, (b.measured_at_ms - a.measured_at_ms) / 1000)
+        table.add_row(b.queue, str(b.waiting), str(b.in_flight), str(b.delayed), str(b.dead),
+                      _age(b.oldest_age_s) if b.waiting else "-",
+                      f"{(b.completed - a.completed) / span:.1f}",
+                      f"{(b.enqueued - a.enqueued) / span:.1f}", str(b.completed))
+    return table
+
+
+def workers_table(app: App) -> Table:
+    """Live worker registrations."""
+    prefix = app.settings.key_prefix
+    r = app.broker.redis
+    ids = [i.decode() for i in r.zrange(workers_key(prefix), 0, -1)]
+    table = Table(title="Workers")
+    for col in ("id", "host", "queues", "in flight", "concurrency", "processed", "up", "version"):
+        table.add_column(col)
+    raw = r.mget([worker_key(prefix, i) for i in ids]) if ids else []
+    for worker_id, blob in zip(ids, raw, strict=True):
+        if blob is None:  # expired: the process died without deregistering
+            r.zrem(workers_key(prefix), worker_id)
+            continue
+        w: dict[str, Any] = orjson.loads(blob)
+        table.add_row(w["id"], w["host"], ",".join(w["queues"]), str(w["in_flight"]),
+                      str(w["concurrency"]), str(w["processed"]),
+                      _age(time.time() - w["started_at"]), w["version"])
+    return table
+
+
+@cli.command()
+@click.option("--queue", "-q", "queue_names", multiple=True, help="Only these queues.")
+@click.option("--workers", "show_workers", is_flag=True, help="Also list live workers.")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between the two "
+              "measurements rates are computed from.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def info(queue_names: tuple[str, ...], show_workers: bool, interval: float, as_json: bool) -> None:
+    """Per-queue depth, in flight, delayed, dead, oldest age and rates."""
+    app = App()
+    names = list(queue_names) or app.broker.queues()
+    if not names:
+        console.print(f"No queues yet on {app!r}.")
+        return
+    before = app.broker.measure_many(names)
+    time.sleep(interval)
+    after = app.broker.measure_many(names)
+    if as_json:
+        click.echo(orjson.dumps([dataclasses.asdict(s) for s in after]))
+        return
+    console.print(queue_table(before, after))
+    if show_workers:
+        console.print(workers_table(app))
+
+
+@cli.command()
+@click.option("--tasks", "-n", default=5000, show_default=True, help="Tasks to enqueue.")
+@click.option("--processes", "-p", default=2, show_default=True, help="Worker processes.")
+def demo(tasks: int, processes: int) -> None:
+    """Run a local demo: Redis (its own, unless SHOAL_REDIS_URL is set), workers, a burst."""
+    from shoal.demo import run_demo
+
+    run_demo(tasks=tasks, processes=processes, console=console)
+
+
+@cli.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(f"shoal {__version__}")
+
+
+def main() -> None:
+    """Console-script entry point: errors become one clear line and exit status 2."""
+    try:
+        cli(standalone_mode=True)
+    except ShoalError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
+
+
+__all__ = ["Settings", "cli", "main"]

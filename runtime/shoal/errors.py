@@ -1,0 +1,48 @@
+"""Every exception Shoal raises, under one root so users can write ``except shoal.ShoalError``."""
+
+from __future__ import annotations
+
+
+class ShoalError(Exception):
+    """Base class of every error raised by Shoal."""
+
+
+class ConfigurationError(ShoalError):
+    """Raised when a setting, a task option or a Redis URL is invalid."""
+
+
+class BrokerError(ShoalError):
+    """Raised when Redis cannot be reached or answers unexpectedly."""
+
+
+class EnqueueError(ShoalError):
+    """Raised when a message is refused at enqueue; nothing was sent."""
+
+
+class DecodeError(ShoalError):
+    """Raised when bytes read from Redis are not a valid Shoal message envelope."""
+
+    def __init__(self, data: bytes, reason: str) -> None:
+        super().__init__(reason)
+        self.data = data
+        self.reason = reason
+
+
+class TaskNotFound(ShoalError):
+    """Raised when a message names a task the worker's app does not define."""
+
+
+class ResultTimeout(ShoalError):
+    """Raised when ``handle.result(timeout=…)`` waited longer than its timeout."""
+
+
+class TaskFailed(ShoalError):
+    """Raised by ``handle.result()`` when the task ended in the dead-letter queue."""
+
+
+class Retry(Exception):  # noqa: N818 - a control-flow signal, named like dramatiq's and arq's
+    """Raised by a task to ask for another attempt after ``delay`` seconds (None: the backoff)."""
+
+    def __init__(self, delay: float | None = None, message: str = "") -> None:
+        super().__init__(message or "retry requested")
+        self.delay = delay

@@ -1,0 +1,73 @@
+"""Running one task function within its timeout: async on the loop, sync in a thread.
+
+A sync task that overruns gets a soft timeout: ``TaskTimeout`` is raised inside its thread
+(``PyThreadState_SetAsyncExc``), which stops pure-Python loops and most blocking calls at their
+next bytecode. The hard timeout (replacing a process stuck in C code) is the supervisor's job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from shoal.errors import ShoalError
+
+
+class TaskTimeout(ShoalError):
+    """Raised in (or for) a task that ran longer than its timeout."""
+
+
+def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
+
+
+class _SyncCall:
+    """A sync call run in a pool thread that remembers its thread so it can be interrupted."""
+
+    __slots__ = ("args", "done", "fn", "kwargs", "thread_id")
+
+    def __init__(self, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> None:
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.thread_id: int | None = None
+        self.done = False
+
+    def __call__(self) -> Any:
+        self.thread_id = threading.get_ident()
+        try:
+            return self.fn(*self.args, **self.kwargs)
+        finally:
+            self.done = True
+
+    def interrupt(self) -> None:
+        if self.thread_id is not None and not self.done:
+            _raise_in_thread(self.thread_id, TaskTimeout)
+
+
+async def run_async(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
+                    timeout_s: float) -> Any:
+    """Await ``fn(*args, **kwargs)``; cancel it and raise TaskTimeout after ``timeout_s``."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await fn(*args, **kwargs)
+    except TimeoutError:
+        raise TaskTimeout(f"async task exceeded its {timeout_s:g}s timeout") from None
+
+
+async def run_sync(pool: ThreadPoolExecutor, fn: Callable[..., Any], args: list[Any],
+                   kwargs: dict[str, Any], timeout_s: float) -> Any:
+    """Run ``fn`` in ``pool``; at ``timeout_s`` raise TaskTimeout inside its thread.
+
+    A timer handle rather than ``wait_for``: no extra asyncio task on the per-message path."""
+    call = _SyncCall(fn, args, kwargs)
+    loop = asyncio.get_running_loop()
+    timer = loop.call_later(timeout_s, call.interrupt)
+    try:
+        return await loop.run_in_executor(pool, call)
+    except TaskTimeout:
+        raise TaskTimeout(f"sync task exceeded its {timeout_s:g}s timeout") from None
+    finally:
+        timer.cancel()

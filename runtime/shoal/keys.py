@@ -1,0 +1,81 @@
+"""Every Redis key Shoal uses, built in one place.
+
+All keys of one queue share the hash tag ``{queue}``, so a queue lives in one Redis Cluster slot
+and every multi-key transition can be one Lua script. The waiting backlog is a single LIST whose
+length *is* the number of ready messages, so a stock KEDA redis scaler (``listName``) can read it.
+
+=====================================  ======  ===================================================
+key                                    type    meaning
+=====================================  ======  ===================================================
+``{p}:{q}:waiting``                    LIST    tokens ``<ready_ms>:<id>`` of ready messages;
+                                               LPUSH at enqueue, RPOP at fetch (FIFO)
+``{p}:{q}:messages``                   HASH    id → envelope JSON, for every live message
+``{p}:{q}:inflight``                   ZSET    id → lease deadline (ms, Redis clock)
+``{p}:{q}:delayed``                    ZSET    id → due time (ms, Redis clock)
+``{p}:{q}:dead``                       ZSET    id → dead-lettered at (ms)
+``{p}:{q}:dead:entries``               HASH    id → dead-letter entry JSON (reason, error, …)
+``{p}:{q}:stats``                      HASH    counters: enqueued, completed, retried, dead,
+                                               recovered
+``{p}:{q}:result:<id>``                LIST    one result JSON, with a TTL
+``{p}:{q}:notify``                     pubsub  published when waiting goes from empty to not
+``{p}:queues``                         SET     every queue name ever enqueued to
+``{p}:workers``                        ZSET    worker id → last heartbeat (ms)
+``{p}:worker:<id>``                    STRING  worker registration JSON, expires with its TTL
+=====================================  ======  ===================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The keys of one queue. Build with :func:`queue_keys`."""
+
+    queue: str
+    waiting: str
+    messages: str
+    inflight: str
+    delayed: str
+    dead: str
+    dead_entries: str
+    stats: str
+    notify: str
+    result_prefix: str
+
+    def result(self, message_id: str) -> str:
+        """Key of the stored result of one message."""
+        return self.result_prefix + message_id
+
+
+def queue_keys(prefix: str, queue: str) -> QueueKeys:
+    """Keys of ``queue`` under ``prefix``; all in the queue's hash slot."""
+    base = f"{prefix}:{{{queue}}}:"
+    return QueueKeys(
+        queue=queue,
+        waiting=base + "waiting",
+        messages=base + "messages",
+        inflight=base + "inflight",
+        delayed=base + "delayed",
+        dead=base + "dead",
+        dead_entries=base + "dead:entries",
+        stats=base + "stats",
+        notify=base + "notify",
+        result_prefix=base + "result:",
+    )
+
+
+def queues_key(prefix: str) -> str:
+    """SET of every queue name that has been enqueued to (for ``shoal info``)."""
+    return f"{prefix}:queues"
+
+
+def workers_key(prefix: str) -> str:
+    """ZSET of worker ids scored by their last heartbeat."""
+    return f"{prefix}:workers"
+
+
+def worker_key(prefix: str, worker_id: str) -> str:
+    """One worker's registration."""
+    return f"{prefix}:worker:{worker_id}"

@@ -1,0 +1,35 @@
+-- dead: move a message to the dead-letter queue with its entry, and keep the DLQ bounded.
+--
+-- KEYS[1] inflight      ZSET  id -> lease deadline; the id is removed
+-- KEYS[2] messages      HASH  id -> envelope JSON; the id is removed
+-- KEYS[3] dead          ZSET  id -> dead-lettered at (ms)
+-- KEYS[4] dead:entries  HASH  id -> entry JSON (reason, error, original message, ...)
+-- KEYS[5] stats         HASH  counters; "dead" is incremented
+-- KEYS[6] result key    LIST  the failure is stored there when ARGV[4] is not ""
+-- ARGV[1] id, ARGV[2] entry JSON, ARGV[3] max entries, ARGV[4] result JSON or "",
+-- ARGV[5] result TTL (ms), ARGV[6] max age (ms)
+-- Trimming pops the oldest entries by score: O(log n) per entry, never a scan.
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local id = ARGV[1]
+redis.call('ZREM', KEYS[1], id)
+redis.call('HDEL', KEYS[2], id)
+redis.call('ZADD', KEYS[3], now, id)
+redis.call('HSET', KEYS[4], id, ARGV[2])
+redis.call('HINCRBY', KEYS[5], 'dead', 1)
+if ARGV[4] ~= '' then
+  redis.call('DEL', KEYS[6])
+  redis.call('RPUSH', KEYS[6], ARGV[4])
+  redis.call('PEXPIRE', KEYS[6], tonumber(ARGV[5]))
+end
+local excess = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[3])
+if excess > 0 then
+  local popped = redis.call('ZPOPMIN', KEYS[3], excess)
+  for i = 1, #popped, 2 do redis.call('HDEL', KEYS[4], popped[i]) end
+end
+local stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[6]), 'LIMIT', 0, 100)
+for _, old in ipairs(stale) do
+  redis.call('ZREM', KEYS[3], old)
+  redis.call('HDEL', KEYS[4], old)
+end
+return 1

@@ -1,0 +1,55 @@
+-- fetch: promote due delayed messages, recover expired leases, then lease up to N ready ones.
+--
+-- KEYS[1] waiting   LIST  tokens "<ready_ms>:<id>"; RPOP takes the oldest
+-- KEYS[2] messages  HASH  id -> envelope JSON
+-- KEYS[3] inflight  ZSET  id -> lease deadline (ms); the leases taken here are added
+-- KEYS[4] delayed   ZSET  id -> due time (ms); due ones move to waiting
+-- KEYS[5] stats     HASH  counters; "recovered" counts leases that expired
+-- ARGV[1] lease length (ms)
+-- ARGV[2] max messages to lease
+-- ARGV[3] max delayed / expired entries to move per call (bounds the script's run time)
+-- Returns { next_due_ms or -1, now_ms, id1, envelope1, id2, envelope2, ... }.
+-- A token whose message is gone (acked by a worker whose lease had expired) is dropped.
+-- A token that is not "<ms>:<id>" is returned with a false envelope, for the dead-letter queue.
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local limit = tonumber(ARGV[3])
+
+local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+for i = 1, #due, 2 do
+  redis.call('ZREM', KEYS[4], due[i])
+  redis.call('RPUSH', KEYS[1], due[i + 1] .. ':' .. due[i])
+end
+
+local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+for i = 1, #expired, 2 do
+  redis.call('ZREM', KEYS[3], expired[i])
+  if redis.call('HEXISTS', KEYS[2], expired[i]) == 1 then
+    redis.call('RPUSH', KEYS[1], expired[i + 1] .. ':' .. expired[i])
+    redis.call('HINCRBY', KEYS[5], 'recovered', 1)
+  end
+end
+
+local out = { -1, now }
+local nxt = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+if #nxt > 0 then out[1] = tonumber(nxt[2]) end
+
+local want = tonumber(ARGV[2])
+if want <= 0 then return out end
+local tokens = redis.call('RPOP', KEYS[1], want)
+if not tokens then return out end
+local deadline = now + tonumber(ARGV[1])
+for _, token in ipairs(tokens) do
+  local sep = string.find(token, ':', 1, true)
+  local id = sep and string.sub(token, sep + 1) or token
+  local body = sep and redis.call('HGET', KEYS[2], id) or nil
+  if body then
+    redis.call('ZADD', KEYS[3], deadline, id)
+    out[#out + 1] = id
+    out[#out + 1] = body
+  elseif not sep then
+    out[#out + 1] = token
+    out[#out + 1] = false
+  end
+end
+return out

@@ -1,0 +1,19 @@
+-- handback: return leased messages a stopping worker will not run, ahead of everything else.
+--
+-- KEYS[1] inflight  ZSET  id -> lease deadline; the ids are removed
+-- KEYS[2] waiting   LIST  tokens; the ids are pushed at the fetch end, so they run next
+-- KEYS[3] messages  HASH  id -> envelope JSON; only ids still present are handed back
+-- ARGV[1] notify channel
+-- ARGV[2..] ids
+-- Returns the number of messages handed back.
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local n = 0
+for i = 2, #ARGV do
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 and redis.call('HEXISTS', KEYS[3], ARGV[i]) == 1 then
+    redis.call('RPUSH', KEYS[2], now .. ':' .. ARGV[i])
+    n = n + 1
+  end
+end
+if n > 0 then redis.call('PUBLISH', ARGV[1], n) end
+return n

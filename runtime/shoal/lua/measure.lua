@@ -1,0 +1,22 @@
+-- measure: a queue's figures in one O(1) call (the operator polls this every few seconds).
+--
+-- KEYS[1] waiting   LIST  LLEN = ready backlog; LINDEX -1 = the next token to run (oldest)
+-- KEYS[2] inflight  ZSET  ZCARD = leased messages
+-- KEYS[3] delayed   ZSET  ZCARD = delayed and retrying messages
+-- KEYS[4] dead      ZSET  ZCARD = dead letters
+-- KEYS[5] stats     HASH  counters
+-- Returns { now_ms, waiting, inflight, delayed, dead, oldest token or false,
+--           enqueued, completed, retried, dead_total, recovered }.
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local out = {
+  now,
+  redis.call('LLEN', KEYS[1]),
+  redis.call('ZCARD', KEYS[2]),
+  redis.call('ZCARD', KEYS[3]),
+  redis.call('ZCARD', KEYS[4]),
+  redis.call('LINDEX', KEYS[1], -1),
+}
+local counters = redis.call('HMGET', KEYS[5], 'enqueued', 'completed', 'retried', 'dead', 'recovered')
+for i = 1, 5 do out[#out + 1] = tonumber(counters[i]) or 0 end
+return out

@@ -1,0 +1,191 @@
+"""One settings object for the whole runtime: read from ``SHOAL_*`` once, overridable by arguments.
+
+Every knob lives here with its unit and why it has its default. No other module reads the
+environment; the operator writes these same variables into worker pods.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from shoal.errors import ConfigurationError
+
+Seconds = float | timedelta
+"""Public APIs take durations in seconds, as a float or a ``timedelta``."""
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+
+def to_seconds(value: Seconds) -> float:
+    """Normalise a public duration argument to float seconds."""
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***``, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def validate_redis_url(url: str) -> str:
+    """Check that ``url`` is a Redis URL redis-py can use; raise a one-line error otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise ConfigurationError(
+            f"Redis URL {mask_url(url)!r} has scheme {parts.scheme or '(none)'!r}; "
+            "use redis://host:port/db, rediss:// for TLS, or unix:///path.sock"
+        )
+    try:
+        _ = parts.port
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"Redis URL {mask_url(url)!r} has an invalid port ({exc}); use redis://host:6379/0"
+        ) from None
+    return url
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Runtime configuration. Build it with :meth:`from_env`; override fields with arguments."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    """Where the broker lives. ``SHOAL_REDIS_URL``. Redis ≥ 6.2 or Valkey."""
+
+    redis_url_source: str = "default"
+    """Where ``redis_url`` came from (``argument``, ``SHOAL_REDIS_URL`` or ``default``), for repr."""
+
+    key_prefix: str = "shoal"
+    """Prefix of every Redis key (``SHOAL_KEY_PREFIX``); lets several apps share one Redis."""
+
+    default_queue: str = "default"
+    """Queue of tasks declared without ``queue=`` (``SHOAL_DEFAULT_QUEUE``)."""
+
+    lease_s: float = 10.0
+    """How long a fetched message stays reserved without a heartbeat (``SHOAL_LEASE``, seconds).
+
+    A worker that dies (SIGKILL, OOM, node gone) stops renewing; its messages return to waiting
+    after at most this long. Short enough to recover fast, long enough to ride out a GC pause."""
+
+    heartbeat_s: float = 2.0
+    """How often a worker renews its leases and its registration (``SHOAL_HEARTBEAT``, seconds).
+    Must be well under ``lease_s``: a third or less, so two missed beats don't lose the lease."""
+
+    default_timeout_s: float = 300.0
+    """Timeout of a task that declares none (``SHOAL_DEFAULT_TIMEOUT``, seconds)."""
+
+    default_max_retries: int = 3
+    """Retries of a failing task that declares none (``SHOAL_MAX_RETRIES``)."""
+
+    min_backoff_s: float = 1.0
+    """First retry delay before jitter (``SHOAL_MIN_BACKOFF``, seconds); doubles per attempt."""
+
+    max_backoff_s: float = 3600.0
+    """Ceiling of the retry delay (``SHOAL_MAX_BACKOFF``, seconds)."""
+
+    result_ttl_s: float = 3600.0
+    """How long stored task results live in Redis (``SHOAL_RESULT_TTL``, seconds)."""
+
+    max_message_bytes: int = 512 * 1024
+    """Largest encoded message accepted at enqueue (``SHOAL_MAX_MESSAGE_BYTES``). Redis holds
+    every waiting message in memory: a bound keeps one bad producer from filling it."""
+
+    shutdown_grace_s: float = 30.0
+    """After SIGTERM, how long a worker lets running tasks finish before handing them back
+    (``SHOAL_SHUTDOWN_GRACE``, seconds). Keep Kubernetes ``terminationGracePeriodSeconds``
+    above it."""
+
+    idle_poll_s: float = 1.0
+    """Longest a worker with nothing to do sleeps before looking again (``SHOAL_IDLE_POLL``,
+    seconds). New messages wake it at once; this bounds delayed and expired-lease pickup."""
+
+    dlq_max_entries: int = 10_000
+    """Dead letters kept per queue (``SHOAL_DLQ_MAX_ENTRIES``); the oldest are dropped first."""
+
+    dlq_max_age_s: float = 7 * 24 * 3600.0
+    """Age after which dead letters are dropped (``SHOAL_DLQ_MAX_AGE``, seconds; 7 days)."""
+
+    worker_ttl_s: float = 30.0
+    """How long a worker's registration outlives its last heartbeat (``SHOAL_WORKER_TTL``)."""
+
+    registry: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """The raw ``SHOAL_*`` variables this object was built from (for ``shoal info``)."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``SHOAL_*`` once, then apply ``overrides`` (explicit arguments win)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = _ENV_NAMES.get(f.name)
+            if name is None or name not in env:
+                continue
+            values[f.name] = _parse(name, env[name], f.type)
+        if "redis_url" in values:
+            values["redis_url_source"] = "SHOAL_REDIS_URL"
+        explicit = {k: v for k, v in overrides.items() if v is not None}
+        if "redis_url" in explicit:
+            explicit["redis_url_source"] = "argument"
+        values.update(explicit)
+        values["registry"] = {k: v for k, v in env.items() if k.startswith("SHOAL_")}
+        return cls(**values).validated()
+
+    def validated(self) -> Settings:
+        """Return self after checking cross-field rules; raise ConfigurationError naming the field."""
+        validate_redis_url(self.redis_url)
+        for name in ("lease_s", "heartbeat_s", "default_timeout_s", "idle_poll_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"setting {name} must be > 0, got {getattr(self, name)}")
+        if self.heartbeat_s * 2 > self.lease_s:
+            raise ConfigurationError(
+                f"heartbeat ({self.heartbeat_s}s) must be at most half the lease ({self.lease_s}s): "
+                "raise SHOAL_LEASE or lower SHOAL_HEARTBEAT"
+            )
+        return self
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with some fields replaced (None values ignored)."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None}).validated()
+
+
+_ENV_NAMES = {
+    "redis_url": "SHOAL_REDIS_URL",
+    "key_prefix": "SHOAL_KEY_PREFIX",
+    "default_queue": "SHOAL_DEFAULT_QUEUE",
+    "lease_s": "SHOAL_LEASE",
+    "heartbeat_s": "SHOAL_HEARTBEAT",
+    "default_timeout_s": "SHOAL_DEFAULT_TIMEOUT",
+    "default_max_retries": "SHOAL_MAX_RETRIES",
+    "min_backoff_s": "SHOAL_MIN_BACKOFF",
+    "max_backoff_s": "SHOAL_MAX_BACKOFF",
+    "result_ttl_s": "SHOAL_RESULT_TTL",
+    "max_message_bytes": "SHOAL_MAX_MESSAGE_BYTES",
+    "shutdown_grace_s": "SHOAL_SHUTDOWN_GRACE",
+    "idle_poll_s": "SHOAL_IDLE_POLL",
+    "dlq_max_entries": "SHOAL_DLQ_MAX_ENTRIES",
+    "dlq_max_age_s": "SHOAL_DLQ_MAX_AGE",
+    "worker_ttl_s": "SHOAL_WORKER_TTL",
+}
+"""Field → environment variable. The operator writes these names into worker pods."""
+
+
+def _parse(name: str, raw: str, kind: Any) -> Any:
+    kind = str(kind)
+    try:
+        if kind == "float":
+            return float(raw)
+        if kind == "int":
+            return int(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"environment variable {name}={raw!r} is not a valid {kind}; set a number"
+        ) from None
+    return raw

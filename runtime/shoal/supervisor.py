@@ -1,0 +1,189 @@
+"""``shoal worker``: a supervisor process that keeps P worker processes alive.
+
+The supervisor runs no tasks. It starts children (spawned, so each imports the task module
+cleanly), replaces any that dies, forwards SIGTERM so they drain, and serves the health
+endpoint Kubernetes probes: ``/livez`` (every child alive and looping) and ``/readyz``
+(Redis answers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from multiprocessing.sharedctypes import Synchronized
+from typing import Any
+
+from shoal.app import load_app
+from shoal.errors import ShoalError
+from shoal.settings import Settings
+
+log = logging.getLogger("shoal.supervisor")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """What each child runs: the app to import and how to consume."""
+
+    app: str
+    queues: list[str]
+    concurrency: int
+    burst: bool = False
+
+
+def _child_main(spec: WorkerSpec, tick: Synchronized[float], log_level: int) -> None:
+    """Entry point of a worker process."""
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from shoal.worker import Worker  # imported here: the supervisor never needs it
+
+    app = load_app(spec.app)
+
+    def beat() -> None:
+        tick.value = time.monotonic()
+
+    async def main() -> None:
+        worker = Worker(app, spec.queues or None, concurrency=spec.concurrency, burst=spec.burst,
+                        on_tick=beat)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        await worker.run()
+
+    asyncio.run(main())
+    logging.shutdown()
+    os._exit(0)  # do not wait for task threads abandoned after the grace period
+
+
+class _Child:
+    def __init__(self, ctx: Any, spec: WorkerSpec, log_level: int) -> None:
+        self.tick: Synchronized[float] = ctx.Value("d", time.monotonic())
+        self.process = ctx.Process(target=_child_main, args=(spec, self.tick, log_level),
+                                   name="shoal-worker", daemon=False)
+        self.process.start()
+        self.started = time.monotonic()
+
+
+class Supervisor:
+    """Runs ``processes`` workers until SIGTERM (or, in burst mode, until they all drained)."""
+
+    def __init__(self, spec: WorkerSpec, *, processes: int, settings: Settings,
+                 health_port: int | None = None, log_level: int = logging.INFO) -> None:
+        self.spec = spec
+        self.processes = max(1, processes)
+        self.settings = settings
+        self.health_port = health_port
+        self.log_level = log_level
+        self.ctx = multiprocessing.get_context("spawn")
+        self.children: list[_Child | None] = []
+        self.stopping = False
+        self.restarts = 0
+
+    def run(self) -> int:
+        load_app(self.spec.app)  # fail fast, in the foreground, on a bad module path
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        server = self._serve_health() if self.health_port is not None else None
+        self.children = [_Child(self.ctx, self.spec, self.log_level) for _ in range(self.processes)]
+        log.info("supervisor %d: %d worker process(es) on %s", os.getpid(), self.processes,
+                 ",".join(self.spec.queues) or "the app's queues")
+        stop_deadline: float | None = None
+        failed = False
+        while any(c is not None for c in self.children):
+            time.sleep(0.1)
+            if self.stopping and stop_deadline is None:
+                stop_deadline = time.monotonic() + self.settings.shutdown_grace_s + 10
+            for i, child in enumerate(self.children):
+                if child is None or child.process.is_alive():
+                    continue
+                code = child.process.exitcode
+                if self.stopping or (self.spec.burst and code == 0):
+                    self.children[i] = None
+                    failed |= code not in (0, -signal.SIGTERM)
+                    continue
+                self.restarts += 1
+                log.error("worker process %d exited with %s; starting a replacement",
+                          child.process.pid, code)
+                if time.monotonic() - child.started < 1:
+                    time.sleep(1)  # a crash loop: don't spin
+                self.children[i] = _Child(self.ctx, self.spec, self.log_level)
+            if stop_deadline is not None and time.monotonic() > stop_deadline:
+                for child in self.children:
+                    if child is not None and child.process.is_alive():
+                        log.error("worker %d ignored SIGTERM past the grace period; killing",
+                                  child.process.pid)
+                        child.process.kill()
+                stop_deadline = float("inf")
+        if server is not None:
+            server.shutdown()
+        return 1 if failed else 0
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        log.info("supervisor: %s received, draining workers", signal.Signals(signum).name)
+        self.stopping = True
+        for child in self.children:
+            if child is not None and child.process.is_alive() and child.process.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.process.pid, signal.SIGTERM)
+
+    # --- health ---------------------------------------------------------------------------------
+
+    def alive(self) -> tuple[bool, str]:
+        """Liveness: every child process runs and its loop ticked recently."""
+        stale_after = max(10.0, 3 * self.settings.heartbeat_s)
+        now = time.monotonic()
+        for child in self.children:
+            if child is None:
+                continue
+            if not child.process.is_alive():
+                return False, f"worker process {child.process.pid} is not running"
+            if now - child.tick.value > stale_after:
+                return False, f"worker process {child.process.pid} has not looped for " \
+                              f"{now - child.tick.value:.0f}s"
+        return True, f"{sum(c is not None for c in self.children)} worker process(es) looping"
+
+    def ready(self) -> tuple[bool, str]:
+        """Readiness: Redis answers."""
+        from shoal.broker import Broker
+
+        broker = Broker(self.settings)
+        try:
+            broker.ping()
+        except ShoalError as exc:
+            return False, str(exc)
+        finally:
+            broker.close()
+        return True, "Redis reachable"
+
+    def _serve_health(self) -> ThreadingHTTPServer:
+        supervisor = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                checks = {"/livez": supervisor.alive, "/healthz": supervisor.alive,
+                          "/readyz": supervisor.ready}
+                check = checks.get(self.path.split("?")[0])
+                if check is None:
+                    self.send_error(404, "use /livez or /readyz")
+                    return
+                ok, detail = check()
+                body = (("ok: " if ok else "failing: ") + detail + "\n").encode()
+                self.send_response(200 if ok else 503)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        server = ThreadingHTTPServer(("0.0.0.0", self.health_port or 0), Handler)  # noqa: S104
+        self.health_port = server.server_address[1]
+        threading.Thread(target=server.serve_forever, name="shoal-health", daemon=True).start()
+        return server

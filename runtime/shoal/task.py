@@ -1,0 +1,204 @@
+"""A task: a function plus its options, and the handle an enqueue returns."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+import orjson
+
+from shoal.errors import EnqueueError, ResultTimeout, TaskFailed
+from shoal.message import Message, new_message_id
+from shoal.settings import Seconds, to_seconds
+
+if TYPE_CHECKING:
+    from shoal.app import App
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Handle(Generic[R]):
+    """What an enqueue returns at once: the message id, and a way to wait for the result."""
+
+    __slots__ = ("app", "id", "queue", "task_name")
+
+    def __init__(self, app: App, queue: str, task_name: str, message_id: str) -> None:
+        self.app = app
+        self.queue = queue
+        self.task_name = task_name
+        self.id = message_id
+
+    def __repr__(self) -> str:
+        return f"<Handle {self.task_name} id={self.id} queue={self.queue}>"
+
+    def result(self, timeout: Seconds = 30.0) -> R:
+        """Wait up to ``timeout`` seconds for the task's return value.
+
+        Needs ``@app.task(store_result=True)``. Raises ResultTimeout when nothing arrives in time
+        and TaskFailed when the message ended in the dead-letter queue."""
+        timeout_s = to_seconds(timeout)
+        raw = self.app.broker.wait_result(self.queue, self.id, timeout_s)
+        if raw is None:
+            raise ResultTimeout(
+                f"no result for {self.task_name} {self.id} within {timeout_s:g}s; is a worker "
+                f"consuming queue {self.queue!r}, and was the task declared with store_result=True?"
+            )
+        stored = orjson.loads(raw)
+        if not stored.get("ok"):
+            raise TaskFailed(f"{self.task_name} {self.id} failed: {stored.get('error')}")
+        value: R = stored["value"]
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class SendOptions:
+    """Per-message options, kept apart from the task's own arguments (see ``Task.options``)."""
+
+    delay_s: float = 0.0
+    timeout_s: float | None = None
+
+
+_NOW = SendOptions()
+
+
+class Task(Generic[P, R]):
+    """A function registered with ``@app.task``. Calling it runs it here; ``enqueue`` sends it."""
+
+    def __init__(
+        self,
+        app: App,
+        fn: Callable[P, R] | Callable[P, Awaitable[R]],
+        *,
+        name: str,
+        queue: str,
+        store_result: bool,
+        timeout_s: float,
+        options: dict[str, Any],
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.queue = queue
+        self.store_result = store_result
+        self.timeout_s = timeout_s
+        self.options = options
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.queue}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Handle[R]:
+        """Send one message; returns once Redis has stored it."""
+        return Sender(self, _NOW).enqueue(*args, **kwargs)
+
+    def enqueue_many(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]) -> list[Handle[R]]:
+        """Send a batch in one round trip: each item is an args tuple or a kwargs mapping."""
+        return Sender(self, _NOW).enqueue_many(calls)
+
+    def with_options(
+        self,
+        *,
+        delay: Seconds = 0.0,
+        eta: datetime | None = None,
+        timeout: Seconds | None = None,
+    ) -> Sender[P, R]:
+        """Per-message options: ``task.with_options(delay=60).enqueue(...)``.
+
+        ``delay`` (seconds) or ``eta`` (an aware datetime) hold the message in Redis until due;
+        ``timeout`` overrides the task's timeout for these messages."""
+        delay_s = to_seconds(delay)
+        if eta is not None:
+            if eta.tzinfo is None:
+                raise EnqueueError(f"task {self.name!r}: eta must be timezone-aware, got {eta!r}")
+            delay_s = max(delay_s, (eta - datetime.now(eta.tzinfo)) / timedelta(seconds=1))
+        timeout_s = None if timeout is None else to_seconds(timeout)
+        return Sender(self, SendOptions(delay_s=max(0.0, delay_s), timeout_s=timeout_s))
+
+
+class Sender(Generic[P, R]):
+    """A task bound to per-message options; builds, checks and sends envelopes."""
+
+    __slots__ = ("send", "task")
+
+    def __init__(self, task: Task[P, R], send: SendOptions) -> None:
+        self.task = task
+        self.send = send
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Handle[R]:
+        return self._send([(list(args), dict(kwargs))])[0]
+
+    def enqueue_many(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]) -> list[Handle[R]]:
+        batch: list[tuple[list[Any], dict[str, Any]]] = []
+        for call in calls:
+            if isinstance(call, Mapping):
+                batch.append(([], dict(call)))
+            elif isinstance(call, tuple | list):
+                batch.append((list(call), {}))
+            else:
+                raise EnqueueError(
+                    f"task {self.task.name!r}: enqueue_many takes args tuples or kwargs dicts, "
+                    f"got {type(call).__name__}: wrap a single argument as ({call!r},)"
+                )
+        return self._send(batch) if batch else []
+
+    def _send(self, batch: list[tuple[list[Any], dict[str, Any]]]) -> list[Handle[R]]:
+        task, app = self.task, self.task.app
+        now = time.time()
+        options = {} if self.send.timeout_s is None else {"timeout": self.send.timeout_s}
+        delay_ms = int(self.send.delay_s * 1000)
+        items: list[tuple[str, int, bytes]] = []
+        hooks = app.enqueue_hooks
+        for args, kwargs in batch:
+            message = Message(new_message_id(), task.name, task.queue, args, kwargs, now,
+                              options=options)
+            for mw in hooks:
+                app.call_hook(mw.before_enqueue, task, message)
+            items.append((message.id, delay_ms, self._encode(message)))
+        app.broker.enqueue(task.queue, items)
+        return [Handle(app, task.queue, task.name, mid) for mid, _, _ in items]
+
+    def _encode(self, message: Message) -> bytes:
+        limit = self.task.app.settings.max_message_bytes
+        try:
+            body = message.encode()
+        except TypeError:
+            raise EnqueueError(self._describe_bad_argument(message)) from None
+        if len(body) > limit:
+            name, size = max(_argument_sizes(message), key=lambda item: item[1])
+            raise EnqueueError(
+                f"task {self.task.name!r}: message is {len(body)} bytes, over the "
+                f"{limit}-byte limit (largest argument: {name}, {size} bytes). Store big data "
+                "elsewhere and pass a reference, or raise SHOAL_MAX_MESSAGE_BYTES."
+            )
+        return body
+
+    def _describe_bad_argument(self, message: Message) -> str:
+        for name, value in _arguments(message):
+            try:
+                orjson.dumps(value)
+            except TypeError as exc:
+                return (
+                    f"task {self.task.name!r}: argument {name} ({type(value).__name__}) is not "
+                    f"JSON-serialisable ({exc}); pass plain data (str, int, float, bool, None, "
+                    "list, dict) or an id to load it in the task"
+                )
+        return f"task {self.task.name!r}: the message headers are not JSON-serialisable"
+
+
+def _arguments(message: Message) -> Iterable[tuple[str, Any]]:
+    yield from ((f"args[{i}]", v) for i, v in enumerate(message.args))
+    yield from ((f"{k}=", v) for k, v in message.kwargs.items())
+
+
+def _argument_sizes(message: Message) -> list[tuple[str, int]]:
+    return [(name, len(orjson.dumps(value))) for name, value in _arguments(message)] or [("-", 0)]

@@ -1,0 +1,384 @@
+"""One worker process: fetch leased messages, run them, ack them; at-least-once throughout.
+
+Three loops share the process's event loop:
+
+* fetch: lease as many messages as there is free capacity (never more, so an idle worker
+  elsewhere gets the rest), start each one, and sleep on the queue's notify channel when empty;
+* acks: flush finished messages in batches, one script call per queue per flush;
+* heartbeat: renew the leases of everything held, and the worker's registration.
+
+A message stays *held* (its lease renewed) until its ack has landed in Redis. A Redis outage
+pauses fetching and acking with backoff; it never ends the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+import redis.exceptions
+
+from shoal import __version__
+from shoal.app import App
+from shoal.broker import AsyncBroker
+from shoal.errors import DecodeError
+from shoal.execution import TaskTimeout, run_async, run_sync
+from shoal.keys import worker_key, workers_key
+from shoal.message import Message
+from shoal.middleware import Outcome
+from shoal.task import Task
+
+log = logging.getLogger("shoal.worker")
+
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+MAX_BACKOFF_S = 5.0
+
+
+class Worker:
+    """Consumes ``queues`` with up to ``concurrency`` tasks at once in this process.
+
+    ``burst=True`` drains the queues (nothing waiting, delayed or in flight anywhere) and
+    returns: for tests and scripts."""
+
+    def __init__(self, app: App, queues: list[str] | None = None, *, concurrency: int = 16,
+                 burst: bool = False, on_tick: Callable[[], None] | None = None) -> None:
+        self.app = app
+        self.settings = app.settings
+        self.queues = queues or app.queues() or [self.settings.default_queue]
+        self.concurrency = max(1, concurrency)
+        self.burst = burst
+        self.on_tick = on_tick or (lambda: None)
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+        self.started_at = time.time()
+        self.broker = AsyncBroker(self.settings)
+        self.held: dict[str, dict[str, Message | None]] = {q: {} for q in self.queues}
+        self.acks: dict[str, list[tuple[str, bytes | None]]] = {q: [] for q in self.queues}
+        self.busy = 0
+        self.processed = 0
+        self._stopping = False
+        self._stop_event = asyncio.Event()
+        self._capacity = asyncio.Event()
+        self._ack_ready = asyncio.Event()
+        self._pool: ThreadPoolExecutor | None = None
+        self._rr = 0
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop fetching and drain (call from the loop's thread, e.g. a signal handler)."""
+        self._stopping = True
+        self._stop_event.set()
+        self._capacity.set()
+
+    async def run(self) -> None:
+        """Work until stopped (or drained, in burst mode), then hand back what is left."""
+        log.info("worker %s: queues %s, concurrency %d, Redis %r", self.id,
+                 ",".join(self.queues), self.concurrency, self.app)
+        for mw in self.app.middleware:
+            self.app.call_hook(mw.before_worker_boot, self)
+        background = [asyncio.create_task(self._ack_loop()),
+                      asyncio.create_task(self._heartbeat_loop())]
+        try:
+            await self._fetch_loop()
+            for mw in self.app.middleware:
+                self.app.call_hook(mw.before_worker_shutdown, self)
+            await self._drain()
+        finally:
+            for t in background:
+                t.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self._deregister()
+            await self.broker.close()
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+        log.info("worker %s stopped after %d tasks", self.id, self.processed)
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + self.settings.shutdown_grace_s
+        while self.busy and time.monotonic() < deadline:
+            self._capacity.clear()
+            try:
+                await asyncio.wait_for(self._capacity.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                break
+        await self._flush_acks_until(deadline + 5)
+        for queue, held in self.held.items():
+            unfinished = [mid for mid in held if mid not in {a[0] for a in self.acks[queue]}]
+            if unfinished:
+                n = await self._retrying(lambda q=queue, u=unfinished: self.broker.handback(q, u),
+                                         attempts=5)
+                log.warning("worker %s: handed back %s unfinished message(s) on %s",
+                            self.id, n, queue)
+
+    # --- fetching -------------------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        pubsub = self.broker.redis.pubsub()
+        subscribed = False
+        backoff = 0.1
+        while not self._stopping:
+            self.on_tick()
+            free = self.concurrency - self.busy
+            if free <= 0:
+                self._capacity.clear()
+                if self.concurrency - self.busy <= 0 and not self._stopping:
+                    await self._capacity.wait()
+                continue
+            try:
+                if not subscribed:
+                    await pubsub.subscribe(*(self.broker.keys(q).notify for q in self.queues))
+                    subscribed = True
+                started, wait_s = await self._fetch(free)
+                backoff = 0.1
+            except REDIS_ERRORS as exc:
+                log.warning("worker %s: Redis unavailable (%s); retrying in %.1fs",
+                            self.id, exc, backoff)
+                subscribed = False
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            if started:
+                continue
+            if self.burst and await self._drained():
+                break
+            await self._wait_for_work(pubsub, wait_s)
+        try:
+            await pubsub.aclose()
+        except REDIS_ERRORS:
+            pass
+
+    async def _fetch(self, free: int) -> tuple[int, float]:
+        """Lease up to ``free`` messages across the queues, round robin; start them."""
+        started = 0
+        wait_s = self.settings.idle_poll_s
+        n = len(self.queues)
+        self._rr = (self._rr + 1) % n
+        for i in range(n):
+            queue = self.queues[(self._rr + i) % n]
+            fetched = await self.broker.fetch(queue, free - started)
+            if fetched.next_due_ms >= 0:
+                wait_s = min(wait_s, max(0.001, (fetched.next_due_ms - fetched.now_ms) / 1000))
+            for message_id, body in fetched.messages:
+                self._start(queue, message_id, body)
+                started += 1
+            if started >= free:
+                break
+        return started, wait_s
+
+    async def _wait_for_work(self, pubsub: Any, timeout_s: float) -> None:
+        """Sleep until a queue is notified, the next delayed message is due, or stop()."""
+        getter = asyncio.ensure_future(
+            pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout_s))
+        stopper = asyncio.ensure_future(self._stop_event.wait())
+        try:
+            await asyncio.wait({getter, stopper}, timeout=timeout_s + 0.5,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in (getter, stopper):
+                fut.cancel()
+            await asyncio.gather(getter, stopper, return_exceptions=True)
+
+    async def _drained(self) -> bool:
+        if self.busy or any(self.acks.values()) or any(self.held.values()):
+            return False
+        for queue in self.queues:
+            s = await self.broker.measure(queue)
+            if s.waiting or s.delayed or s.in_flight:
+                return False
+        return True
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop_event.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    # --- executing ------------------------------------------------------------------------------
+
+    def _start(self, queue: str, message_id: str, body: bytes | None) -> None:
+        self.busy += 1
+        self.held[queue][message_id] = None
+        asyncio.ensure_future(self._process(queue, message_id, body))
+
+    async def _process(self, queue: str, message_id: str, body: bytes | None) -> None:
+        try:
+            try:
+                message = Message.decode(body if body is not None else b"")
+            except DecodeError as exc:
+                await self._dead_letter(queue, message_id, None, None, "undecodable", exc, body)
+                return
+            self.held[queue][message_id] = message
+            task = self.app.tasks.get(message.task)
+            if task is None:
+                exc = LookupError(f"task {message.task!r} is not defined by this worker's app")
+                await self._dead_letter(queue, message_id, message, None, "unknown_task", exc)
+                return
+            await self._execute(queue, task, message)
+        except Exception:
+            # Never lose a message to a bug here: it stays held until its lease lapses.
+            log.exception("worker %s: internal error processing %s", self.id, message_id)
+        finally:
+            self.busy -= 1
+            self.processed += 1
+            self._capacity.set()
+
+    async def _execute(self, queue: str, task: Task[Any, Any], message: Message) -> None:
+        app = self.app
+        for mw in app.process_hooks:
+            app.call_hook(mw.before_process, task, message)
+        timeout_s = float(message.options.get("timeout") or task.timeout_s)
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            if task.is_async:
+                result = await run_async(task.fn, message.args, message.kwargs, timeout_s)
+            else:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="shoal")
+                result = await run_sync(self._pool, task.fn, message.args, message.kwargs,
+                                        timeout_s)
+            stored = orjson.dumps({"ok": True, "value": result}) if task.store_result else None
+        except Exception as exc:
+            error = exc
+        for mw in app.after_process_hooks:
+            app.call_hook(mw.after_process, task, message, result=result, exception=error)
+        if error is None:
+            self.acks[queue].append((message.id, stored))
+            self._ack_ready.set()
+            return
+        outcome = Outcome(error, reason="timeout" if isinstance(error, TaskTimeout) else "failed")
+        if outcome.reason == "timeout":
+            outcome.reason = "failed"  # a timeout is retried like any failure
+        for mw in app.failure_hooks:
+            app.call_hook(mw.after_failure, task, message, outcome)
+        if outcome.retry_in_s is not None:
+            delay = outcome.retry_in_s
+            body = message.next_attempt(last_error=_describe(error)).encode()
+            log.warning("task %s %s failed (attempt %d): %s; retrying in %.2fs", task.name,
+                        message.id, message.attempt + 1, _describe(error), delay)
+            await self._retrying(lambda: self.broker.retry(queue, message.id, delay, body))
+            self.held[queue].pop(message.id, None)
+            return
+        await self._dead_letter(queue, message.id, message, task, outcome.reason, error)
+
+    async def _dead_letter(self, queue: str, message_id: str, message: Message | None,
+                           task: Task[Any, Any] | None, reason: str, error: BaseException,
+                           raw: bytes | None = None) -> None:
+        """Set a message aside with its reason; it never runs again unless replayed."""
+        entry = orjson.dumps({
+            "id": message_id,
+            "queue": queue,
+            "task": message.task if message else None,
+            "reason": reason,
+            "error": _describe(error),
+            "exception_type": type(error).__qualname__,
+            "traceback": "".join(traceback.format_exception(error)) if error.__traceback__ else "",
+            "attempts": message.attempt + 1 if message else 0,
+            "enqueued_at": message.enqueued_at if message else None,
+            "failed_at": time.time(),
+            "traceparent": message.headers.get("traceparent") if message else None,
+            "message": message.encode().decode() if message else
+                       (raw or b"").decode("utf-8", "replace"),
+        })
+        result = None
+        if task is not None and task.store_result:
+            result = orjson.dumps({"ok": False, "error": f"{reason}: {_describe(error)}"})
+        log.error("message %s on %s dead-lettered (%s): %s", message_id, queue, reason,
+                  _describe(error))
+        await self._retrying(lambda: self.broker.dead(queue, message_id, entry, result))
+        self.held[queue].pop(message_id, None)
+
+    # --- acks and heartbeats --------------------------------------------------------------------
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await self._ack_ready.wait()
+            self._ack_ready.clear()
+            await self._flush_acks()
+
+    async def _flush_acks(self) -> bool:
+        """Send every pending ack; on a Redis error keep them pending and report False."""
+        ok = True
+        for queue, batch in self.acks.items():
+            if not batch:
+                continue
+            self.acks[queue] = []
+            try:
+                await self.broker.ack(queue, batch)
+            except REDIS_ERRORS as exc:
+                log.warning("worker %s: ack of %d message(s) failed (%s); will retry",
+                            self.id, len(batch), exc)
+                self.acks[queue] = batch + self.acks[queue]
+                ok = False
+                continue
+            held = self.held[queue]
+            for message_id, _ in batch:
+                held.pop(message_id, None)
+        if not ok:
+            await self._sleep(0.5)
+            self._ack_ready.set()
+        return ok
+
+    async def _flush_acks_until(self, deadline: float) -> None:
+        while any(self.acks.values()) and time.monotonic() < deadline:
+            if not await self._flush_acks():
+                await asyncio.sleep(0.2)
+
+    async def _heartbeat_loop(self) -> None:
+        prefix = self.settings.key_prefix
+        while True:
+            self.on_tick()
+            try:
+                for queue, held in self.held.items():
+                    await self.broker.renew(queue, list(held))
+                info = orjson.dumps({
+                    "id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
+                    "queues": self.queues, "in_flight": self.busy, "concurrency":
+                    self.concurrency, "processed": self.processed, "started_at": self.started_at,
+                    "version": __version__})
+                pipe = self.broker.redis.pipeline(transaction=False)
+                pipe.set(worker_key(prefix, self.id), info, px=int(self.settings.worker_ttl_s * 1000))
+                pipe.zadd(workers_key(prefix), {self.id: time.time()})
+                await pipe.execute()
+            except REDIS_ERRORS as exc:
+                log.warning("worker %s: heartbeat failed (%s)", self.id, exc)
+            await asyncio.sleep(self.settings.heartbeat_s)
+
+    async def _deregister(self) -> None:
+        prefix = self.settings.key_prefix
+        try:
+            await self.broker.redis.delete(worker_key(prefix, self.id))
+            await self.broker.redis.zrem(workers_key(prefix), self.id)
+        except REDIS_ERRORS:
+            pass
+
+    async def _retrying(self, op: Callable[[], Awaitable[Any]], attempts: int = 0) -> Any:
+        """Run a Redis operation until it succeeds (or ``attempts`` tries, if > 0), with backoff.
+
+        Giving up is safe: the message is still leased, and returns to waiting when the lease
+        lapses."""
+        backoff = 0.1
+        tries = 0
+        while True:
+            try:
+                return await op()
+            except REDIS_ERRORS as exc:
+                tries += 1
+                if attempts and tries >= attempts:
+                    log.error("worker %s: giving up after %d tries (%s)", self.id, tries, exc)
+                    return None
+                log.warning("worker %s: Redis error (%s); retrying in %.1fs", self.id, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"

@@ -35,6 +35,7 @@ class PeerSpec:
     scale: float = 1.0  # multiplier on task counts for slow peers
     extra_pythonpath: list[Path] = field(default_factory=list)
     async_tasks: bool = False
+    bulk: bool = False  # has a batch-enqueue API (driver action ``bulk``)
 
 
 def _shoal_packages() -> list[str]:
@@ -114,25 +115,27 @@ SPECS: dict[str, PeerSpec] = {
             "shoal", "shoal", "shoal", _shoal_packages(), ["redis"], _shoal,
             _shoal_conc,
             lambda m: f"shoal worker --processes 2 --concurrency {_shoal_conc(m)} (async)",
-            extra_pythonpath=[REPO / "runtime"], async_tasks=True,
+            extra_pythonpath=[REPO / "runtime"], async_tasks=True, bulk=True,
         ),
         PeerSpec(
             "celery", "celery", "celery", ["celery[redis]==5.7.0"], ["celery", "kombu"],
             _celery, _fixed(2, 50),
             lambda m: "1 worker, prefork -c 2" if m == "noop" else "2 workers, threads -c 50",
+            bulk=True,
         ),
         PeerSpec(
             "rq", "rq", "rq", ["rq==3.0.0"], ["rq"], _rq("rq.worker.Worker"), _fixed(1, 1),
-            lambda m: "2 x rq worker (Worker: fork per job)", scale=0.1,
+            lambda m: "2 x rq worker (Worker: fork per job)", scale=0.1, bulk=True,
         ),
         PeerSpec(
             "rq-simple", "rq", "rq", ["rq==3.0.0"], ["rq"], _rq("rq.worker.SimpleWorker"),
             _fixed(1, 1), lambda m: "2 x rq worker (SimpleWorker: in-process)", scale=0.25,
+            bulk=True,
         ),
         PeerSpec(
             "dramatiq", "dramatiq", "dramatiq", ["dramatiq[redis]==2.2.1"], ["dramatiq"],
             _dramatiq, _fixed(8, 50),
-            lambda m: f"--processes 2 --threads {8 if m == 'noop' else 50}",
+            lambda m: f"--processes 2 --threads {8 if m == 'noop' else 50}", bulk=True,
         ),
         PeerSpec(
             "huey", "huey", "huey", ["huey==3.5.4"], ["huey"], _huey, _fixed(1, 50),

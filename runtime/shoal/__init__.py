@@ -9,18 +9,8 @@ __version__ = "0.1.0"
 # Application
 from shoal.app import App, load_app
 
-# Tasks and handles
-from shoal.task import Handle, Sender, Task
-
 # Messages and the broker
 from shoal.broker import Broker, QueueStats
-from shoal.message import Message
-
-# Middleware
-from shoal.middleware import Middleware, Outcome, Retries, default_middleware
-
-# Settings
-from shoal.settings import Settings
 
 # Errors and signals
 from shoal.errors import (
@@ -34,6 +24,16 @@ from shoal.errors import (
     TaskFailed,
     TaskNotFound,
 )
+from shoal.message import Message
+
+# Middleware
+from shoal.middleware import Middleware, Outcome, Retries, default_middleware
+
+# Settings
+from shoal.settings import Settings
+
+# Tasks and handles
+from shoal.task import Handle, Sender, Task
 
 __all__ = [
     # Application

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
 from shoal.broker import Broker, QueueStats
@@ -43,14 +43,16 @@ class App:
             overrides["redis_url_source"] = "argument"
         self.settings = base.with_overrides(**overrides) if overrides else base
         self.middleware: list[Middleware] = list(
-            default_middleware() if middleware is None else middleware)
+            default_middleware() if middleware is None else middleware
+        )
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._broker: Broker | None = None
         self._refresh_hooks()
 
     def __repr__(self) -> str:
         s = self.settings
-        return f"<App redis={mask_url(s.redis_url)} (from {s.redis_url_source}) tasks={len(self.tasks)}>"
+        source = s.redis_url_source
+        return f"<App redis={mask_url(s.redis_url)} (from {source}) tasks={len(self.tasks)}>"
 
     # --- middleware -------------------------------------------------------------------------
 
@@ -78,7 +80,9 @@ class App:
         try:
             hook(*args, **kwargs)
         except Exception:
-            log.exception("middleware hook %s failed; continuing", getattr(hook, "__qualname__", hook))
+            log.exception(
+                "middleware hook %s failed; continuing", getattr(hook, "__qualname__", hook)
+            )
 
     # --- tasks ------------------------------------------------------------------------------
 
@@ -96,7 +100,7 @@ class App:
         **options: Any,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    def task(
+    def task(  # type: ignore[misc]  # mypy cannot match ParamSpec overloads with **options
         self,
         fn: Callable[P, R] | None = None,
         /,
@@ -151,8 +155,15 @@ class App:
         def not_here(*_: Any, **__: Any) -> Any:
             raise TaskNotFound(f"task {name!r} runs on workers; this process only enqueues it")
 
-        return Task(self, not_here, name=name, queue=queue or self.settings.default_queue,
-                    store_result=False, timeout_s=self.settings.default_timeout_s, options={})
+        return Task(
+            self,
+            not_here,
+            name=name,
+            queue=queue or self.settings.default_queue,
+            store_result=False,
+            timeout_s=self.settings.default_timeout_s,
+            options={},
+        )
 
     # --- Redis ------------------------------------------------------------------------------
 
@@ -184,10 +195,12 @@ def load_app(spec: str) -> App:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigurationError(
-            f"cannot import task module {module_name!r}: {exc}. Is it on PYTHONPATH?") from exc
+            f"cannot import task module {module_name!r}: {exc}. Is it on PYTHONPATH?"
+        ) from exc
     attr = attr or "app"
     app = getattr(module, attr, None)
     if not isinstance(app, App):
         raise ConfigurationError(
-            f"{module_name}:{attr} is {type(app).__name__}, not a shoal.App; pass MODULE:APP")
+            f"{module_name}:{attr} is {type(app).__name__}, not a shoal.App; pass MODULE:APP"
+        )
     return app

@@ -59,8 +59,20 @@ class QueueStats:
             if ready_ms.isdigit():
                 oldest = max(0.0, (int(now) - int(ready_ms)) / 1000)
         enq, comp, retried, dead_total, recovered = (int(x) for x in reply[6:11])
-        return cls(queue, int(waiting), int(inflight), int(delayed), int(dead), oldest,
-                   enq, comp, retried, dead_total, recovered, int(now))
+        return cls(
+            queue,
+            int(waiting),
+            int(inflight),
+            int(delayed),
+            int(dead),
+            oldest,
+            enq,
+            comp,
+            retried,
+            dead_total,
+            recovered,
+            int(now),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +105,11 @@ def _enqueue_call(k: QueueKeys, items: Iterable[tuple[str, int, bytes]]) -> Call
 
 
 def _fetch_call(k: QueueKeys, lease_ms: int, count: int) -> Call:
-    return "fetch", [k.waiting, k.messages, k.inflight, k.delayed, k.stats], [
-        lease_ms, count, MOVE_LIMIT]
+    return (
+        "fetch",
+        [k.waiting, k.messages, k.inflight, k.delayed, k.stats],
+        [lease_ms, count, MOVE_LIMIT],
+    )
 
 
 def _ack_call(k: QueueKeys, done: Sequence[tuple[str, bytes | None]], ttl_ms: int) -> Call:
@@ -111,11 +126,18 @@ def _retry_call(k: QueueKeys, message_id: str, delay_ms: int, body: bytes) -> Ca
     return "retry", [k.inflight, k.messages, k.delayed, k.stats], [message_id, delay_ms, body]
 
 
-def _dead_call(k: QueueKeys, message_id: str, entry: bytes, result: bytes | None,
-               s: Settings) -> Call:
+def _dead_call(
+    k: QueueKeys, message_id: str, entry: bytes, result: bytes | None, s: Settings
+) -> Call:
     keys = [k.inflight, k.messages, k.dead, k.dead_entries, k.stats, k.result(message_id)]
-    argv = [message_id, entry, s.dlq_max_entries, result or b"", int(s.result_ttl_s * 1000),
-            int(s.dlq_max_age_s * 1000)]
+    argv = [
+        message_id,
+        entry,
+        s.dlq_max_entries,
+        result or b"",
+        int(s.result_ttl_s * 1000),
+        int(s.dlq_max_age_s * 1000),
+    ]
     return "dead", keys, argv
 
 
@@ -157,9 +179,11 @@ class Broker(_KeysMixin):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.redis: redis.Redis = redis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=5, health_check_interval=30)
+            settings.redis_url, socket_connect_timeout=5, health_check_interval=30
+        )
         self._scripts: dict[str, Script] = {
-            name: self.redis.register_script(_script_source(name)) for name in SCRIPT_NAMES}
+            name: self.redis.register_script(_script_source(name)) for name in SCRIPT_NAMES
+        }
         self._keys: dict[str, QueueKeys] = {}
         self._known_queues: set[str] = set()
 
@@ -200,7 +224,7 @@ class Broker(_KeysMixin):
 
     def queues(self) -> list[str]:
         """Every queue that was ever enqueued to, sorted."""
-        names = self.redis.smembers(queues_key(self.settings.key_prefix))
+        names: set[bytes] = self.redis.smembers(queues_key(self.settings.key_prefix))  # type: ignore[assignment]
         return sorted(n.decode() for n in names)
 
     def wait_result(self, queue: str, message_id: str, timeout_s: float) -> bytes | None:
@@ -209,7 +233,7 @@ class Broker(_KeysMixin):
         BLMOVE from the list onto itself reads the result without consuming it."""
         key = self.keys(queue).result(message_id)
         try:
-            value = self.redis.blmove(key, key, timeout_s, "RIGHT", "RIGHT")
+            value = self.redis.blmove(key, key, timeout_s, "RIGHT", "RIGHT")  # type: ignore[arg-type]
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise connection_error(self.settings.redis_url, exc) from exc
         return value if isinstance(value, bytes) else None
@@ -232,9 +256,11 @@ class AsyncBroker(_KeysMixin):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=5, socket_keepalive=True)
+            settings.redis_url, socket_connect_timeout=5, socket_keepalive=True
+        )
         self._scripts: dict[str, AsyncScript] = {
-            name: self.redis.register_script(_script_source(name)) for name in SCRIPT_NAMES}
+            name: self.redis.register_script(_script_source(name)) for name in SCRIPT_NAMES
+        }
         self._keys: dict[str, QueueKeys] = {}
 
     async def _run(self, call: Call) -> Any:
@@ -262,7 +288,7 @@ class AsyncBroker(_KeysMixin):
         return int(await self._run(_handback_call(self.keys(queue), ids)))
 
     async def renew(self, queue: str, ids: Sequence[str]) -> None:
-        """Extend the leases of messages still running (ZADD XX: never resurrects a finished one)."""
+        """Extend the leases of messages still running (XX: never resurrects a finished one)."""
         if ids:
             await self._run(_renew_call(self.keys(queue), int(self.settings.lease_s * 1000), ids))
 

@@ -35,14 +35,26 @@ def cli() -> None:
 @cli.command()
 @click.argument("app_spec", metavar="MODULE[:APP]")
 @click.option("--queues", "-Q", help="Comma-separated queues (default: every queue of the app).")
-@click.option("--concurrency", "-c", default=16, show_default=True,
-              help="Tasks run at once per process (threads for sync tasks, coroutines for async).")
+@click.option(
+    "--concurrency",
+    "-c",
+    default=16,
+    show_default=True,
+    help="Tasks run at once per process (threads for sync tasks, coroutines for async).",
+)
 @click.option("--processes", "-p", default=1, show_default=True, help="Worker processes.")
 @click.option("--burst", is_flag=True, help="Drain the queues, then exit.")
 @click.option("--health-port", type=int, help="Serve /livez and /readyz on this port.")
 @click.option("--log-level", default="INFO", show_default=True)
-def worker(app_spec: str, queues: str | None, concurrency: int, processes: int, burst: bool,
-           health_port: int | None, log_level: str) -> None:
+def worker(
+    app_spec: str,
+    queues: str | None,
+    concurrency: int,
+    processes: int,
+    burst: bool,
+    health_port: int | None,
+    log_level: str,
+) -> None:
     """Run workers for the tasks of MODULE[:APP]."""
     from shoal.supervisor import Supervisor, WorkerSpec
 
@@ -50,8 +62,15 @@ def worker(app_spec: str, queues: str | None, concurrency: int, processes: int, 
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = load_app(app_spec)
     spec = WorkerSpec(app_spec, _queues(queues), concurrency, burst)
-    sys.exit(Supervisor(spec, processes=processes, settings=app.settings,
-                        health_port=health_port, log_level=level).run())
+    sys.exit(
+        Supervisor(
+            spec,
+            processes=processes,
+            settings=app.settings,
+            health_port=health_port,
+            log_level=level,
+        ).run()
+    )
 
 
 @cli.command()
@@ -61,8 +80,14 @@ def worker(app_spec: str, queues: str | None, concurrency: int, processes: int, 
 @click.option("--queue", "-q", help="Queue (default: the task's, with --app; else default).")
 @click.option("--app", "app_spec", help="MODULE[:APP] that defines the task, to check its name.")
 @click.option("--delay", type=float, default=0.0, help="Seconds before the task may run.")
-def enqueue(task_name: str, args_json: str, kwargs_json: str, queue: str | None,
-            app_spec: str | None, delay: float) -> None:
+def enqueue(
+    task_name: str,
+    args_json: str,
+    kwargs_json: str,
+    queue: str | None,
+    app_spec: str | None,
+    delay: float,
+) -> None:
     """Enqueue TASK_NAME with JSON arguments; prints the message id."""
     try:
         args, kwargs = orjson.loads(args_json), orjson.loads(kwargs_json)
@@ -72,8 +97,10 @@ def enqueue(task_name: str, args_json: str, kwargs_json: str, queue: str | None,
         raise click.BadParameter("--args takes a JSON list and --kwargs a JSON object")
     app = load_app(app_spec) if app_spec else App()
     if app_spec and task_name not in app.tasks:
-        raise click.BadParameter(f"{app_spec} defines no task {task_name!r}; it has: "
-                                 f"{', '.join(sorted(app.tasks)) or 'none'}")
+        raise click.BadParameter(
+            f"{app_spec} defines no task {task_name!r}; it has: "
+            f"{', '.join(sorted(app.tasks)) or 'none'}"
+        )
     task = app.remote(task_name, queue=queue)
     handle = task.with_options(delay=delay).enqueue(*args, **kwargs)
     click.echo(handle.id)
@@ -90,15 +117,31 @@ def _age(seconds: float) -> str:
 def queue_table(before: list[QueueStats], after: list[QueueStats]) -> Table:
     """Per-queue figures; rates from two measurements."""
     table = Table(title="Queues")
-    for col in ("queue", "waiting", "in flight", "delayed", "dead", "oldest",
-                "done/s", "enqueued/s", "completed"):
+    for col in (
+        "queue",
+        "waiting",
+        "in flight",
+        "delayed",
+        "dead",
+        "oldest",
+        "done/s",
+        "enqueued/s",
+        "completed",
+    ):
         table.add_column(col, justify="left" if col == "queue" else "right")
     for a, b in zip(before, after, strict=True):
         span = max(0.001, (b.measured_at_ms - a.measured_at_ms) / 1000)
-        table.add_row(b.queue, str(b.waiting), str(b.in_flight), str(b.delayed), str(b.dead),
-                      _age(b.oldest_age_s) if b.waiting else "-",
-                      f"{(b.completed - a.completed) / span:.1f}",
-                      f"{(b.enqueued - a.enqueued) / span:.1f}", str(b.completed))
+        table.add_row(
+            b.queue,
+            str(b.waiting),
+            str(b.in_flight),
+            str(b.delayed),
+            str(b.dead),
+            _age(b.oldest_age_s) if b.waiting else "-",
+            f"{(b.completed - a.completed) / span:.1f}",
+            f"{(b.enqueued - a.enqueued) / span:.1f}",
+            str(b.completed),
+        )
     return table
 
 
@@ -106,7 +149,7 @@ def workers_table(app: App) -> Table:
     """Live worker registrations."""
     prefix = app.settings.key_prefix
     r = app.broker.redis
-    ids = [i.decode() for i in r.zrange(workers_key(prefix), 0, -1)]
+    ids = [i.decode() for i in r.zrange(workers_key(prefix), 0, -1)]  # type: ignore[union-attr]
     table = Table(title="Workers")
     for col in ("id", "host", "queues", "in flight", "concurrency", "processed", "up", "version"):
         table.add_column(col)
@@ -116,17 +159,28 @@ def workers_table(app: App) -> Table:
             r.zrem(workers_key(prefix), worker_id)
             continue
         w: dict[str, Any] = orjson.loads(blob)
-        table.add_row(w["id"], w["host"], ",".join(w["queues"]), str(w["in_flight"]),
-                      str(w["concurrency"]), str(w["processed"]),
-                      _age(time.time() - w["started_at"]), w["version"])
+        table.add_row(
+            w["id"],
+            w["host"],
+            ",".join(w["queues"]),
+            str(w["in_flight"]),
+            str(w["concurrency"]),
+            str(w["processed"]),
+            _age(time.time() - w["started_at"]),
+            w["version"],
+        )
     return table
 
 
 @cli.command()
 @click.option("--queue", "-q", "queue_names", multiple=True, help="Only these queues.")
 @click.option("--workers", "show_workers", is_flag=True, help="Also list live workers.")
-@click.option("--interval", default=1.0, show_default=True, help="Seconds between the two "
-              "measurements rates are computed from.")
+@click.option(
+    "--interval",
+    default=1.0,
+    show_default=True,
+    help="Seconds between the two measurements rates are computed from.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def info(queue_names: tuple[str, ...], show_workers: bool, interval: float, as_json: bool) -> None:
     """Per-queue depth, in flight, delayed, dead, oldest age and rates."""

@@ -78,8 +78,21 @@ def run_demo(*, tasks: int, processes: int, console: Console) -> None:
     with _redis_url(console) as url:
         env = {**os.environ, "SHOAL_REDIS_URL": url}
         worker = subprocess.Popen(
-            [sys.executable, "-m", "shoal", "worker", "shoal.demo:app", "--processes",
-             str(processes), "--concurrency", "32", "--log-level", "WARNING"], env=env)
+            [
+                sys.executable,
+                "-m",
+                "shoal",
+                "worker",
+                "shoal.demo:app",
+                "--processes",
+                str(processes),
+                "--concurrency",
+                "32",
+                "--log-level",
+                "WARNING",
+            ],
+            env=env,
+        )
         try:
             _drive(App(url), tasks, console)
         finally:
@@ -98,8 +111,13 @@ def _drive(producer: App, count: int, console: Console) -> None:
     before = producer.measure(QUEUE)
     sent_at: dict[str, float] = {}
     t0 = time.time()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
         sent = progress.add_task("enqueue ", total=count + 10)
         done = progress.add_task("complete", total=count + 10)
         for start in range(0, count, 250):
@@ -134,8 +152,9 @@ def _drive(producer: App, count: int, console: Console) -> None:
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_row("tasks completed", f"{stats.completed - before.completed:,} / {len(sent_at):,}")
-    table.add_row("retried (flaky task, fails once on purpose)",
-                  str(stats.retried - before.retried))
+    table.add_row(
+        "retried (flaky task, fails once on purpose)", str(stats.retried - before.retried)
+    )
     table.add_row("dead-lettered", str(stats.dead_total - before.dead_total))
     table.add_row("throughput, enqueue to last completion", f"{len(waits) / elapsed:,.0f} tasks/s")
     table.add_row("enqueue→start p50", f"{_percentile(waits, 50) * 1000:.1f} ms")

@@ -40,7 +40,7 @@ class TaskFailed(ShoalError):
     """Raised by ``handle.result()`` when the task ended in the dead-letter queue."""
 
 
-class Retry(Exception):  # noqa: N818 - a control-flow signal, named like dramatiq's and arq's
+class Retry(Exception):
     """Raised by a task to ask for another attempt after ``delay`` seconds (None: the backoff)."""
 
     def __init__(self, delay: float | None = None, message: str = "") -> None:

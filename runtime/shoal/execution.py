@@ -22,7 +22,9 @@ class TaskTimeout(ShoalError):
 
 
 def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> None:
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc_type)
+    )
 
 
 class _SyncCall:
@@ -47,8 +49,9 @@ class _SyncCall:
             _raise_in_thread(self.thread_id, TaskTimeout)
 
 
-async def run_async(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
-                    timeout_s: float) -> Any:
+async def run_async(
+    fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], timeout_s: float
+) -> Any:
     """Await ``fn(*args, **kwargs)``; cancel it and raise TaskTimeout after ``timeout_s``."""
     try:
         async with asyncio.timeout(timeout_s):
@@ -57,8 +60,13 @@ async def run_async(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, A
         raise TaskTimeout(f"async task exceeded its {timeout_s:g}s timeout") from None
 
 
-async def run_sync(pool: ThreadPoolExecutor, fn: Callable[..., Any], args: list[Any],
-                   kwargs: dict[str, Any], timeout_s: float) -> Any:
+async def run_sync(
+    pool: ThreadPoolExecutor,
+    fn: Callable[..., Any],
+    args: list[Any],
+    kwargs: dict[str, Any],
+    timeout_s: float,
+) -> Any:
     """Run ``fn`` in ``pool``; at ``timeout_s`` raise TaskTimeout inside its thread.
 
     A timer handle rather than ``wait_for``: no extra asyncio task on the per-message path."""

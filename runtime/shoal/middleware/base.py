@@ -46,11 +46,18 @@ class Middleware:
         """Just before the task function runs."""
 
     def after_process(
-        self, task: Task[Any, Any], message: Message, *, result: Any, exception: BaseException | None
+        self,
+        task: Task[Any, Any],
+        message: Message,
+        *,
+        result: Any,
+        exception: BaseException | None,
     ) -> None:
         """After the task function returned (``exception`` None) or raised."""
 
-    def after_failure(self, task: Task[Any, Any] | None, message: Message, outcome: Outcome) -> None:
+    def after_failure(
+        self, task: Task[Any, Any] | None, message: Message, outcome: Outcome
+    ) -> None:
         """After a failure, before the worker retries or dead-letters; may edit ``outcome``."""
 
     def before_worker_shutdown(self, worker: Any) -> None:

@@ -14,36 +14,44 @@ if TYPE_CHECKING:
     from shoal.task import Task
 
 
-def backoff_s(attempt: int, min_s: float, max_s: float, rng: random.Random = random._inst) -> float:  # type: ignore[attr-defined]
+def backoff_s(attempt: int, min_s: float, max_s: float, rng: random.Random | None = None) -> float:
     """Delay before retry number ``attempt`` (1-based): uniform in [min, min·2^(attempt-1)],
     capped at ``max_s``. Full jitter spreads a thundering herd of failures over time."""
     ceiling = min(max_s, min_s * (2 ** max(0, attempt - 1)))
-    return rng.uniform(min_s, max(min_s, ceiling))
+    return (rng or _rng).uniform(min_s, max(min_s, ceiling))
+
+
+_rng = random.Random()
 
 
 class Retries(Middleware):
     """Decides whether a failed message is retried, and after how long."""
 
     task_options: ClassVar[frozenset[str]] = frozenset(
-        {"max_retries", "min_backoff", "max_backoff", "retry_on", "no_retry_on"})
+        {"max_retries", "min_backoff", "max_backoff", "retry_on", "no_retry_on"}
+    )
 
     def validate_options(self, task_name: str, options: dict[str, Any]) -> None:
         retries = options.get("max_retries")
         if retries is not None and (not isinstance(retries, int) or retries < 0):
             raise ConfigurationError(
-                f"task {task_name!r}: max_retries must be an int >= 0, got {retries!r}")
+                f"task {task_name!r}: max_retries must be an int >= 0, got {retries!r}"
+            )
         for name in ("retry_on", "no_retry_on"):
             kinds = options.get(name)
             if kinds is not None and not (
                 isinstance(kinds, tuple) and all(isinstance(k, type) for k in kinds)
             ):
                 raise ConfigurationError(
-                    f"task {task_name!r}: {name} must be a tuple of exception classes")
+                    f"task {task_name!r}: {name} must be a tuple of exception classes"
+                )
         for name in ("min_backoff", "max_backoff"):
             if name in options:
                 options[name] = to_seconds(options[name])
 
-    def after_failure(self, task: Task[Any, Any] | None, message: Message, outcome: Outcome) -> None:
+    def after_failure(
+        self, task: Task[Any, Any] | None, message: Message, outcome: Outcome
+    ) -> None:
         if task is None or outcome.reason != "failed":
             return
         exc = outcome.exception

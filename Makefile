@@ -1,0 +1,32 @@
+# The two commands of the README: `make demo` and `make test`. Both build .venv first.
+# .ci/run calls `make test`; pre-commit hooks call the same targets (see .pre-commit-config.yaml).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SOURCES := runtime operator tests bench examples
+
+.PHONY: demo test lint typecheck unit all
+
+all: test
+
+$(BIN)/shoal: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,operator]'
+	touch $@
+
+demo: $(BIN)/shoal  ## Run the local demo (starts its own redis-server unless SHOAL_REDIS_URL is set)
+	$(BIN)/shoal demo
+
+lint: $(BIN)/shoal
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
+	$(BIN)/lint-imports
+
+typecheck: $(BIN)/shoal
+	$(BIN)/mypy
+	$(BIN)/mypy --strict examples
+
+test: lint typecheck  ## Lint, type-check and run the whole test suite against real redis-server
+	$(BIN)/pytest -q

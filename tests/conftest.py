@@ -1,0 +1,198 @@
+"""Fixtures shared by the whole suite: a real redis-server, clean keyspaces, in-process workers.
+
+* ``redis_server`` (session): our own ``redis-server`` on a free loopback port, via
+  :class:`shoal.redis_server.LocalRedis`; stopped by PID at the end. Never port 6379.
+* ``redis_url`` (function): the server's URL after a FLUSHALL, so every test starts empty.
+* ``app``: an :class:`shoal.App` on that Redis with a key prefix of its own.
+* ``worker``: runs a :class:`shoal.worker.Worker` in a thread; ``burst=True`` returns when drained,
+  ``burst=False`` returns a handle to stop it later.
+* :func:`wait_for`: poll a condition with a deadline; tests never sleep to wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import pytest
+import redis
+
+from shoal import App
+from shoal.errors import ShoalError
+from shoal.redis_server import LocalRedis
+from shoal.worker import Worker
+
+
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    message: str = "condition",
+    interval: float = 0.01,
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` s.
+
+    Returns the truthy value. The short pause between polls is not a wait for a duration: the
+    deadline is the only timing, and a condition that holds earlier returns earlier."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = predicate()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message} (last value: {last!r})")
+        time.sleep(interval)
+
+
+def start_local_redis(port: int | None = None) -> LocalRedis:
+    """Start a redis-server of our own; a missing binary fails loudly with the install hint."""
+    try:
+        server = LocalRedis(port)
+    except ShoalError as exc:
+        pytest.fail(
+            f"redis-server is required for the integration tests: {exc}. "
+            "On Debian/Ubuntu: `apt-get install redis-server`; on macOS: `brew install redis`.",
+            pytrace=False,
+        )
+    assert server.port != 6379, "the tests never use the default Redis port"
+    return server.start()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[LocalRedis]:
+    server = start_local_redis()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: LocalRedis) -> Iterator[redis.Redis]:
+    client = redis.Redis(port=redis_server.port)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: LocalRedis, redis_client: redis.Redis) -> str:
+    """The session Redis, emptied: each test starts from a clean keyspace."""
+    redis_client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def make_app(redis_url: str, key_prefix: str) -> Iterator[Callable[..., App]]:
+    """Build Apps on the test Redis (same prefix unless given), closed at teardown."""
+    apps: list[App] = []
+
+    def make(**overrides: Any) -> App:
+        overrides.setdefault("key_prefix", key_prefix)
+        app = App(redis_url=redis_url, **overrides)
+        apps.append(app)
+        return app
+
+    try:
+        yield make
+    finally:
+        for app in apps:
+            app.close()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., App]) -> App:
+    return make_app()
+
+
+class RunningWorker:
+    """A Worker running in a thread with its own event loop."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._main, name="test-worker", daemon=True)
+
+    def _main(self) -> None:
+        async def run() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._ready.set()
+            await self.worker.run()
+
+        try:
+            asyncio.run(run())
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self._ready.set()
+
+    def start(self) -> RunningWorker:
+        self.thread.start()
+        self._ready.wait(10)
+        return self
+
+    def join(self, timeout: float = 30.0) -> Worker:
+        """Wait for the worker to return; fail the test if it does not, or if it raised."""
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            pytest.fail(f"worker {self.worker.id} did not return within {timeout}s")
+        if self.error is not None:
+            raise AssertionError(f"worker {self.worker.id} crashed: {self.error!r}") from self.error
+        return self.worker
+
+    def stop(self, timeout: float = 30.0) -> Worker:
+        """Ask the worker to stop (as SIGTERM does) and wait until it has drained."""
+        if self.thread.is_alive() and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.worker.stop)
+        return self.join(timeout)
+
+
+class WorkerFactory(Protocol):
+    def __call__(
+        self,
+        app: App,
+        queues: list[str] | None = None,
+        *,
+        concurrency: int = 4,
+        burst: bool = True,
+        timeout: float = 30.0,
+    ) -> Any: ...
+
+
+@pytest.fixture
+def worker() -> Iterator[WorkerFactory]:
+    """``worker(app, queues)`` drains the queues and returns the Worker (``burst=True``), or
+    starts a long-running one and returns its :class:`RunningWorker` (``burst=False``)."""
+    running: list[RunningWorker] = []
+
+    def run(
+        app: App,
+        queues: list[str] | None = None,
+        *,
+        concurrency: int = 4,
+        burst: bool = True,
+        timeout: float = 30.0,
+    ) -> Any:
+        handle = RunningWorker(Worker(app, queues, concurrency=concurrency, burst=burst))
+        running.append(handle)
+        handle.start()
+        return handle.join(timeout) if burst else handle
+
+    try:
+        yield run
+    finally:
+        for handle in running:
+            if handle.thread.is_alive():
+                handle.stop()

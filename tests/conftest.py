@@ -13,39 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import pytest
 import redis
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from shoal import App
 from shoal.errors import ShoalError
 from shoal.redis_server import LocalRedis
 from shoal.worker import Worker
-
-
-def wait_for(
-    predicate: Callable[[], Any],
-    timeout: float = 10.0,
-    message: str = "condition",
-    interval: float = 0.01,
-) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` s.
-
-    Returns the truthy value. The short pause between polls is not a wait for a duration: the
-    deadline is the only timing, and a condition that holds earlier returns earlier."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = predicate()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {message} (last value: {last!r})")
-        time.sleep(interval)
 
 
 def start_local_redis(port: int | None = None) -> LocalRedis:
@@ -196,3 +176,10 @@ def worker() -> Iterator[WorkerFactory]:
         for handle in running:
             if handle.thread.is_alive():
                 handle.stop()
+
+
+# Hypothesis: no per-example deadline (CI machines are shared and slow), same examples count.
+hypothesis_settings.register_profile(
+    "shoal", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("shoal")

@@ -35,9 +35,24 @@ def redis_server(log_dir: Path) -> Iterator[int]:
     port = free_port()
     log = (log_dir / "redis-server.log").open("w")
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--protected-mode", "yes", "--dir", str(log_dir)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--dir",
+            str(log_dir),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         client = redis.Redis(port=port)
@@ -91,14 +106,23 @@ class Workers:
     log_paths: list[Path]
 
     @classmethod
-    def start(cls, cmds: list[list[str]], env: dict[str, str], cwd: Path,
-              log_prefix: Path) -> Workers:
+    def start(
+        cls, cmds: list[list[str]], env: dict[str, str], cwd: Path, log_prefix: Path
+    ) -> Workers:
         procs, logs, paths = [], [], []
         for k, cmd in enumerate(cmds):
             path = log_prefix.with_name(f"{log_prefix.name}.w{k}.log")
             log = path.open("wb")
-            procs.append(subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    cmd,
+                    env=env,
+                    cwd=cwd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
             logs.append(log)
             paths.append(path)
         return cls(procs, logs, paths)
@@ -129,6 +153,7 @@ class Sample:
     t: float  # time.time()
     cpu: float  # seconds, whole tree (own + reaped children)
     rss: int  # bytes, sum over live processes of the tree
+    procs: int  # live processes in the trees
 
 
 @dataclass
@@ -149,7 +174,7 @@ class Sampler:
         return proc
 
     def sample(self) -> Sample:
-        cpu, rss = 0.0, 0
+        cpu, rss, procs = 0.0, 0, 0
         for root in self.roots:
             try:
                 tree = [self._proc(root), *self._proc(root).children(recursive=True)]
@@ -164,10 +189,11 @@ class Sampler:
                     continue
                 cpu += times.user + times.system + times.children_user + times.children_system
                 rss += mem
+                procs += 1
         # CPU of the tree only grows; a child that died but is not yet reaped is briefly missing.
         if self.samples:
             cpu = max(cpu, self.samples[-1].cpu)
-        return Sample(time.time(), cpu, rss)
+        return Sample(time.time(), cpu, rss, procs)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -193,6 +219,9 @@ class Sampler:
 
     def peak_rss(self) -> int:
         return max((s.rss for s in self.samples), default=0)
+
+    def max_procs(self) -> int:
+        return max((s.procs for s in self.samples), default=0)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

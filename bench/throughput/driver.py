@@ -60,8 +60,12 @@ async def paced(producer: Any, args: argparse.Namespace) -> dict[str, Any]:
         worst_lag = max(worst_lag, time.perf_counter() - target)
         await call(producer.single, args.run, i, time.time(), args.sleep)
     elapsed = time.perf_counter() - t0
-    return {"n": args.n, "elapsed": elapsed, "achieved_rate": args.n / elapsed,
-            "worst_lag": worst_lag}
+    return {
+        "n": args.n,
+        "elapsed": elapsed,
+        "achieved_rate": args.n / elapsed,
+        "worst_lag": worst_lag,
+    }
 
 
 async def warm(producer: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -83,9 +87,13 @@ async def warm(producer: Any, args: argparse.Namespace) -> dict[str, Any]:
         if book.hlen(record.exec_key(args.run)) >= sent:
             return {"n": sent, "pids": len(pids), "elapsed": time.perf_counter() - t0}
         await asyncio.sleep(0.05)
-    return {"n": sent, "pids": len(pids), "elapsed": time.perf_counter() - t0,
-            "error": f"warm-up tasks not all executed ({book.hlen(record.exec_key(args.run))}"
-                     f"/{sent}) within {args.max_wait + 10:.0f}s"}
+    return {
+        "n": sent,
+        "pids": len(pids),
+        "elapsed": time.perf_counter() - t0,
+        "error": f"warm-up tasks not all executed ({book.hlen(record.exec_key(args.run))}"
+        f"/{sent}) within {args.max_wait + 10:.0f}s",
+    }
 
 
 ACTIONS = {"single": single, "bulk": bulk, "paced": paced, "warm": warm}

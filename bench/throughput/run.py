@@ -30,10 +30,20 @@ def ensure_venv(path: Path, packages: list[str], log: Path | None = None) -> Non
         return
     if not (path / "bin" / "python").exists():
         venv.EnvBuilder(with_pip=True, clear=True).create(path)
-    cmd = [str(path / "bin" / "python"), "-m", "pip", "install", "--quiet",
-           "--disable-pip-version-check", *packages]
-    print(f"installing into {path.relative_to(HERE.parent.parent)}: {' '.join(packages)}",
-          file=sys.stderr, flush=True)
+    cmd = [
+        str(path / "bin" / "python"),
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        *packages,
+    ]
+    print(
+        f"installing into {path.relative_to(HERE.parent.parent)}: {' '.join(packages)}",
+        file=sys.stderr,
+        flush=True,
+    )
     if log is None:
         subprocess.run(cmd, check=True)
     else:
@@ -53,18 +63,31 @@ def bootstrap() -> None:
 
 
 def parse_args(argv: list[str], peer_names: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--peers", default=",".join(peer_names),
-                        help=f"comma-separated subset of: {','.join(peer_names)}")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--peers",
+        default=",".join(peer_names),
+        help=f"comma-separated subset of: {','.join(peer_names)}",
+    )
     parser.add_argument("--runs", type=int, default=3, help="runs per peer; medians reported")
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke test")
-    parser.add_argument("--tasks", type=int, help="no-op tasks per step (default 20000, quick "
-                        "2000), multiplied by each peer's scale (RQ is slow)")
-    parser.add_argument("--out", type=Path, help="JSON results file "
-                        "(default bench/results/throughput-<time>.json)")
-    parser.add_argument("--deadline", type=float, default=120.0,
-                        help="seconds to wait for workers to finish one step")
+    parser.add_argument(
+        "--tasks",
+        type=int,
+        help="no-op tasks per step (default 20000, quick "
+        "2000), multiplied by each peer's scale (RQ is slow)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="JSON results file (default bench/results/throughput-<time>.json)"
+    )
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=120.0,
+        help="seconds to wait for workers to finish one step",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.peers.split(",")) - set(peer_names)
     if unknown:
@@ -75,8 +98,8 @@ def parse_args(argv: list[str], peer_names: list[str]) -> argparse.Namespace:
 def main() -> int:
     bootstrap()
     sys.path.insert(0, str(HERE))
-    from harness import run_bench  # noqa: PLC0415 (needs the harness venv)
-    from specs import SPECS  # noqa: PLC0415
+    from harness import run_bench  # after bootstrap(): needs the harness venv
+    from specs import SPECS
 
     args = parse_args(sys.argv[1:], list(SPECS))
     return run_bench(args, ensure_venv)

@@ -60,8 +60,12 @@ class Check:
     extra_executions: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"expected": self.expected, "lost": self.lost, "duplicated": self.duplicated,
-                "extra_executions": self.extra_executions}
+        return {
+            "expected": self.expected,
+            "lost": self.lost,
+            "duplicated": self.duplicated,
+            "extra_executions": self.extra_executions,
+        }
 
 
 @dataclass
@@ -106,11 +110,24 @@ class PeerRun:
         redis.Redis(port=self.port).flushall()
 
     def driver(self, action: str, run: str, *extra: str, timeout: float | None = None) -> dict:
-        cmd = [str(self.bin / "python"), str(HERE / "driver.py"), self.spec.module, action,
-               "--run", run, *extra]
+        cmd = [
+            str(self.bin / "python"),
+            str(HERE / "driver.py"),
+            self.spec.module,
+            action,
+            "--run",
+            run,
+            *extra,
+        ]
         try:
-            out = subprocess.run(cmd, env=self.env("noop"), cwd=HERE, capture_output=True,
-                                 timeout=timeout or self.settings.deadline + 60, check=False)
+            out = subprocess.run(
+                cmd,
+                env=self.env("noop"),
+                cwd=HERE,
+                capture_output=True,
+                timeout=timeout or self.settings.deadline + 60,
+                check=False,
+            )
         except subprocess.TimeoutExpired as exc:
             raise ScenarioError(f"producer ({action}) timed out after {exc.timeout:.0f}s") from None
         if out.returncode != 0:
@@ -124,10 +141,13 @@ class PeerRun:
     def start_workers(self, mode: str, step: str) -> Workers:
         token = f"{self.run_id}-{step}"
         broker = f"redis://127.0.0.1:{self.port}/0"
-        cmds = [[arg.replace("{broker}", broker).replace("{token}", token) for arg in cmd]
-                for cmd in self.spec.commands(self.bin, mode)]
-        return Workers.start(cmds, self.env(mode), HERE,
-                             self.log_dir / f"{self.spec.name}-{self.run_id}-{step}")
+        cmds = [
+            [arg.replace("{broker}", broker).replace("{token}", token) for arg in cmd]
+            for cmd in self.spec.commands(self.bin, mode)
+        ]
+        return Workers.start(
+            cmds, self.env(mode), HERE, self.log_dir / f"{self.spec.name}-{self.run_id}-{step}"
+        )
 
     def wait_done(self, run: str, n: int, workers: Workers) -> None:
         """Wait until ``n`` distinct tasks of ``run`` executed, then for a quiet period."""
@@ -138,8 +158,9 @@ class PeerRun:
                 raise ScenarioError(why)
             if time.monotonic() > deadline:
                 done = book.hlen(record.exec_key(run))
-                raise ScenarioError(f"timeout: {done}/{n} tasks done after "
-                                    f"{self.settings.deadline:.0f}s")
+                raise ScenarioError(
+                    f"timeout: {done}/{n} tasks done after {self.settings.deadline:.0f}s"
+                )
             time.sleep(0.02)
         # Quiet period: the number of executions must stop changing (late duplicates show here).
         last, quiet_since = book.llen(record.rec_key(run)), time.monotonic()
@@ -171,8 +192,9 @@ class PeerRun:
         return record.parse_records(book.lrange(record.rec_key(run), 0, -1))
 
     def warm(self, step: str) -> None:
-        self.driver("warm", f"{self.run_id}-{step}-warm", "--min-pids", "2", "--max-wait", "30",
-                    timeout=90)
+        self.driver(
+            "warm", f"{self.run_id}-{step}-warm", "--min-pids", "2", "--max-wait", "30", timeout=90
+        )
 
     # ---- steps ----------------------------------------------------------------------------
 
@@ -193,7 +215,10 @@ class PeerRun:
         records = self.verify(step, run, n)
         starts = [r[2] for r in records]
         ends = sorted(r[3] for r in records)
-        out: dict[str, Any] = {"rate": n / (ends[-1] - min(starts))}
+        out: dict[str, Any] = {
+            "rate": n / (ends[-1] - min(starts)),
+            "worker_procs": sampler.max_procs(),
+        }
         k = len(ends) // 10
         cpu_a, cpu_b = sampler.cpu_at(ends[k]), sampler.cpu_at(ends[-1])
         if cpu_a is not None and cpu_b is not None and len(ends) - 1 > k:
@@ -209,6 +234,7 @@ class PeerRun:
         drained = self.drain_noop("A", run, n)
         self.result["noop_rate"] = drained["rate"]
         self.result["noop_tasks"] = n
+        self.result["worker_procs"] = drained["worker_procs"]  # processes in the worker trees
         if "cpu_ms_per_task" in drained:
             self.result["cpu_ms_per_task"] = drained["cpu_ms_per_task"]
 
@@ -255,8 +281,15 @@ class PeerRun:
                 try:
                     self.warm("D")
                     action = ["bulk", "--batch", str(s.io_tasks)] if self.spec.bulk else ["single"]
-                    self.driver(action[0], run, "--n", str(s.io_tasks), "--sleep",
-                                str(s.io_sleep), *action[1:])
+                    self.driver(
+                        action[0],
+                        run,
+                        "--n",
+                        str(s.io_tasks),
+                        "--sleep",
+                        str(s.io_sleep),
+                        *action[1:],
+                    )
                     self.wait_and_verify("D", run, s.io_tasks, workers)
                 finally:
                     self.rss_peaks.append(sampler.peak_rss())
@@ -266,8 +299,12 @@ class PeerRun:
         self.result["io_drain_s"] = max(r[3] for r in records) - min(r[1] for r in records)
 
     def execute(self) -> dict[str, Any]:
-        steps = [("A", self.step_single_and_noop), ("B", self.step_bulk),
-                 ("C", self.step_latency), ("D", self.step_io)]
+        steps = [
+            ("A", self.step_single_and_noop),
+            ("B", self.step_bulk),
+            ("C", self.step_latency),
+            ("D", self.step_io),
+        ]
         for name, step in steps:
             try:
                 step()
@@ -275,8 +312,11 @@ class PeerRun:
                 self.errors[name] = str(exc)
             except (redis.RedisError, OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
                 self.errors[name] = f"{type(exc).__name__}: {exc}"
-            if name == "A" and "A" in self.errors and self.book.hlen(
-                    record.exec_key(f"{self.run_id}-A")) == 0:
+            if (
+                name == "A"
+                and "A" in self.errors
+                and self.book.hlen(record.exec_key(f"{self.run_id}-A")) == 0
+            ):
                 self.errors["B-D"] = "skipped: no task ran in step A"
                 break
         self.result["peak_rss_mb"] = max(self.rss_peaks) / 2**20 if self.rss_peaks else None

@@ -47,26 +47,58 @@ def _shoal_packages() -> list[str]:
 
 
 def _celery(bin_: Path, mode: str) -> Cmds:
-    base = [str(bin_ / "celery"), "-A", "peers.celery_peer", "worker", "-Q", "bench",
-            "--loglevel", "WARNING"]
+    base = [
+        str(bin_ / "celery"),
+        "-A",
+        "peers.celery_peer",
+        "worker",
+        "-Q",
+        "bench",
+        "--loglevel",
+        "WARNING",
+    ]
     if mode == "noop":
         return [[*base, "--pool", "prefork", "--concurrency", "2", "-n", "bench1@%h"]]
-    return [[*base, "--pool", "threads", "--concurrency", "50", "-n", f"bench{k}@%h"]
-            for k in (1, 2)]
+    return [
+        [*base, "--pool", "threads", "--concurrency", "50", "-n", f"bench{k}@%h"] for k in (1, 2)
+    ]
 
 
 def _rq(worker_class: str) -> Callable[[Path, str], Cmds]:
     def commands(bin_: Path, mode: str) -> Cmds:
-        return [[str(bin_ / "rq"), "worker", "bench", "--url", "{broker}", "--quiet",
-                 "--worker-class", worker_class, "--name", f"bench{k}-{{token}}"]
-                for k in (1, 2)]
+        return [
+            [
+                str(bin_ / "rq"),
+                "worker",
+                "bench",
+                "--url",
+                "{broker}",
+                "--quiet",
+                "--worker-class",
+                worker_class,
+                "--name",
+                f"bench{k}-{{token}}",
+            ]
+            for k in (1, 2)
+        ]
+
     return commands
 
 
 def _dramatiq(bin_: Path, mode: str) -> Cmds:
     threads = "8" if mode == "noop" else "50"
-    return [[str(bin_ / "dramatiq"), "peers.dramatiq_peer", "--processes", "2",
-             "--threads", threads, "--queues", "bench"]]
+    return [
+        [
+            str(bin_ / "dramatiq"),
+            "peers.dramatiq_peer",
+            "--processes",
+            "2",
+            "--threads",
+            threads,
+            "--queues",
+            "bench",
+        ]
+    ]
 
 
 def _huey(bin_: Path, mode: str) -> Cmds:
@@ -77,7 +109,15 @@ def _huey(bin_: Path, mode: str) -> Cmds:
 
 
 def _arq(bin_: Path, mode: str) -> Cmds:
-    return [[str(bin_ / "arq"), "peers.arq_peer.WorkerSettings"] for _ in (1, 2)]
+    return [
+        [
+            str(bin_ / "arq"),
+            "peers.arq_peer.WorkerSettings",
+            "--custom-log-dict",
+            "peers.arq_peer.LOG_CONFIG",
+        ]
+        for _ in (1, 2)
+    ]
 
 
 def _saq(bin_: Path, mode: str) -> Cmds:
@@ -85,8 +125,19 @@ def _saq(bin_: Path, mode: str) -> Cmds:
 
 
 def _taskiq(bin_: Path, mode: str) -> Cmds:
-    return [[str(bin_ / "taskiq"), "worker", "peers.taskiq_peer:broker", "--workers", "2",
-             "--max-async-tasks", str(_taskiq_conc(mode)), "--log-level", "WARNING"]]
+    return [
+        [
+            str(bin_ / "taskiq"),
+            "worker",
+            "peers.taskiq_peer:broker",
+            "--workers",
+            "2",
+            "--max-async-tasks",
+            str(_taskiq_conc(mode)),
+            "--log-level",
+            "WARNING",
+        ]
+    ]
 
 
 def _taskiq_conc(mode: str) -> int:
@@ -96,8 +147,21 @@ def _taskiq_conc(mode: str) -> int:
 def _shoal(bin_: Path, mode: str) -> Cmds:
     conc = str(_shoal_conc(mode))
     launcher = "import sys; from shoal.cli import main; sys.argv[0] = 'shoal'; sys.exit(main())"
-    return [[str(bin_ / "python"), "-c", launcher, "worker", "peers.shoal_peer:app",
-             "--queues", "bench", "--concurrency", conc, "--processes", "2"]]
+    return [
+        [
+            str(bin_ / "python"),
+            "-c",
+            launcher,
+            "worker",
+            "peers.shoal_peer:app",
+            "--queues",
+            "bench",
+            "--concurrency",
+            conc,
+            "--processes",
+            "2",
+        ]
+    ]
 
 
 def _shoal_conc(mode: str) -> int:
@@ -112,49 +176,107 @@ SPECS: dict[str, PeerSpec] = {
     spec.name: spec
     for spec in [
         PeerSpec(
-            "shoal", "shoal", "shoal", _shoal_packages(), ["redis"], _shoal,
+            "shoal",
+            "shoal",
+            "shoal",
+            _shoal_packages(),
+            ["redis"],
+            _shoal,
             _shoal_conc,
             lambda m: f"shoal worker --processes 2 --concurrency {_shoal_conc(m)} (async)",
-            extra_pythonpath=[REPO / "runtime"], async_tasks=True, bulk=True,
+            extra_pythonpath=[REPO / "runtime"],
+            async_tasks=True,
+            bulk=True,
         ),
         PeerSpec(
-            "celery", "celery", "celery", ["celery[redis]==5.7.0"], ["celery", "kombu"],
-            _celery, _fixed(2, 50),
+            "celery",
+            "celery",
+            "celery",
+            ["celery[redis]==5.7.0"],
+            ["celery", "kombu"],
+            _celery,
+            _fixed(2, 50),
             lambda m: "1 worker, prefork -c 2" if m == "noop" else "2 workers, threads -c 50",
             bulk=True,
         ),
         PeerSpec(
-            "rq", "rq", "rq", ["rq==3.0.0"], ["rq"], _rq("rq.worker.Worker"), _fixed(1, 1),
-            lambda m: "2 x rq worker (Worker: fork per job)", scale=0.1, bulk=True,
-        ),
-        PeerSpec(
-            "rq-simple", "rq", "rq", ["rq==3.0.0"], ["rq"], _rq("rq.worker.SimpleWorker"),
-            _fixed(1, 1), lambda m: "2 x rq worker (SimpleWorker: in-process)", scale=0.25,
+            "rq",
+            "rq",
+            "rq",
+            ["rq==3.0.0"],
+            ["rq"],
+            _rq("rq.worker.Worker"),
+            _fixed(1, 1),
+            lambda m: "2 x rq worker (Worker: fork per job)",
+            scale=0.1,
             bulk=True,
         ),
         PeerSpec(
-            "dramatiq", "dramatiq", "dramatiq", ["dramatiq[redis]==2.2.1"], ["dramatiq"],
-            _dramatiq, _fixed(8, 50),
-            lambda m: f"--processes 2 --threads {8 if m == 'noop' else 50}", bulk=True,
+            "rq-simple",
+            "rq",
+            "rq",
+            ["rq==3.0.0"],
+            ["rq"],
+            _rq("rq.worker.SimpleWorker"),
+            _fixed(1, 1),
+            lambda m: "2 x rq worker (SimpleWorker: in-process)",
+            scale=0.25,
+            bulk=True,
         ),
         PeerSpec(
-            "huey", "huey", "huey", ["huey==3.5.4"], ["huey"], _huey, _fixed(1, 50),
-            lambda m: ("1 consumer, -k process -w 2" if m == "noop"
-                       else "2 consumers, -k thread -w 50"),
+            "dramatiq",
+            "dramatiq",
+            "dramatiq",
+            ["dramatiq[redis]==2.2.1"],
+            ["dramatiq"],
+            _dramatiq,
+            _fixed(8, 50),
+            lambda m: f"--processes 2 --threads {8 if m == 'noop' else 50}",
+            bulk=True,
         ),
         PeerSpec(
-            "arq", "arq", "arq", ["arq==0.28.0"], ["arq"], _arq, _fixed(10, 50),
-            lambda m: f"2 x arq, max_jobs={10 if m == 'noop' else 50}", async_tasks=True,
+            "huey",
+            "huey",
+            "huey",
+            ["huey==3.5.4"],
+            ["huey"],
+            _huey,
+            _fixed(1, 50),
+            lambda m: (
+                "1 consumer, -k process -w 2" if m == "noop" else "2 consumers, -k thread -w 50"
+            ),
         ),
         PeerSpec(
-            "saq", "saq", "saq", ["saq==0.26.4", "typing_extensions"], ["saq"], _saq,
+            "arq",
+            "arq",
+            "arq",
+            ["arq==0.28.0"],
+            ["arq"],
+            _arq,
+            _fixed(10, 50),
+            lambda m: f"2 x arq, max_jobs={10 if m == 'noop' else 50}",
+            scale=0.25,
+            async_tasks=True,
+        ),
+        PeerSpec(
+            "saq",
+            "saq",
+            "saq",
+            ["saq==0.26.4", "typing_extensions"],
+            ["saq"],
+            _saq,
             _fixed(10, 50),
             lambda m: f"saq --workers 2, concurrency={10 if m == 'noop' else 50}",
             async_tasks=True,
         ),
         PeerSpec(
-            "taskiq", "taskiq", "taskiq", ["taskiq==0.13.0", "taskiq-redis==1.2.4"],
-            ["taskiq", "taskiq-redis"], _taskiq, _taskiq_conc,
+            "taskiq",
+            "taskiq",
+            "taskiq",
+            ["taskiq==0.13.0", "taskiq-redis==1.2.4"],
+            ["taskiq", "taskiq-redis"],
+            _taskiq,
+            _taskiq_conc,
             lambda m: f"taskiq worker --workers 2 --max-async-tasks {_taskiq_conc(m)}",
             async_tasks=True,
         ),

@@ -11,6 +11,7 @@ from shoal.broker import Broker, QueueStats
 from shoal.errors import ConfigurationError, TaskNotFound
 from shoal.middleware import Middleware, default_middleware
 from shoal.settings import Seconds, Settings, mask_url, to_seconds
+from shoal.signing import Signer
 from shoal.task import Task
 
 P = ParamSpec("P")
@@ -46,6 +47,7 @@ class App:
             default_middleware() if middleware is None else middleware
         )
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.signer = Signer(self.settings.signing_keys)
         self._broker: Broker | None = None
         self._refresh_hooks()
 

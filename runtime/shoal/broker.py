@@ -21,12 +21,29 @@ from shoal.errors import BrokerError
 from shoal.keys import QueueKeys, queue_keys, queues_key
 from shoal.settings import Settings, mask_url
 
-SCRIPT_NAMES = ("enqueue", "fetch", "ack", "retry", "dead", "handback", "renew", "measure")
+SCRIPT_NAMES = (
+    "enqueue",
+    "fetch",
+    "ack",
+    "retry",
+    "dead",
+    "handback",
+    "renew",
+    "replay",
+    "purge",
+    "measure",
+)
 MOVE_LIMIT = 500
 """Delayed or expired entries moved per fetch: bounds one script's run time on a huge backlog."""
 
 Call = tuple[str, list[str], list[Any]]
 """A script invocation: (script name, KEYS, ARGV)."""
+
+Outgoing = tuple[str, int, bytes, str | None]
+"""A message to enqueue: (id, delay in ms, stored bytes, dedupe key or None)."""
+
+Finished = tuple[str, bytes | None, str | None]
+"""A message to ack: (id, result JSON or None, dedupe key or None)."""
 
 
 def _script_source(name: str) -> str:
@@ -77,11 +94,11 @@ class QueueStats:
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """What one fetch returned: leased (id, envelope) pairs and when the next delayed one is due.
+    """What one fetch returned: leased (id, stored bytes, deliveries) triples, and when the next
+    delayed message is due. ``deliveries`` counts how often the message was handed to a worker,
+    this time included; the bytes are None for a malformed waiting entry (dead-lettered)."""
 
-    ``body`` is None for a malformed waiting entry, which the worker dead-letters."""
-
-    messages: list[tuple[str, bytes | None]]
+    messages: list[tuple[str, bytes | None, int]]
     next_due_ms: int
     now_ms: int
 
@@ -97,26 +114,23 @@ def connection_error(url: str, exc: BaseException) -> BrokerError:
 # --- call builders: the one place that knows each script's KEYS/ARGV layout --------------------
 
 
-def _enqueue_call(k: QueueKeys, items: Iterable[tuple[str, int, bytes]]) -> Call:
+def _enqueue_call(k: QueueKeys, items: Iterable[Outgoing]) -> Call:
     argv: list[Any] = [k.notify]
-    for message_id, delay_ms, body in items:
-        argv += (message_id, delay_ms, body)
-    return "enqueue", [k.waiting, k.messages, k.delayed, k.stats], argv
+    for message_id, delay_ms, body, dedupe in items:
+        argv += (message_id, delay_ms, body, dedupe or "")
+    return "enqueue", [k.waiting, k.messages, k.delayed, k.stats, k.dedupe], argv
 
 
 def _fetch_call(k: QueueKeys, lease_ms: int, count: int) -> Call:
-    return (
-        "fetch",
-        [k.waiting, k.messages, k.inflight, k.delayed, k.stats],
-        [lease_ms, count, MOVE_LIMIT],
-    )
+    keys = [k.waiting, k.messages, k.inflight, k.delayed, k.stats, k.deliveries]
+    return "fetch", keys, [lease_ms, count, MOVE_LIMIT]
 
 
-def _ack_call(k: QueueKeys, done: Sequence[tuple[str, bytes | None]], ttl_ms: int) -> Call:
-    keys = [k.inflight, k.messages, k.stats]
+def _ack_call(k: QueueKeys, done: Sequence[Finished], ttl_ms: int) -> Call:
+    keys = [k.inflight, k.messages, k.stats, k.deliveries, k.dedupe]
     argv: list[Any] = [ttl_ms]
-    for message_id, result in done:
-        argv += (message_id, result or b"")
+    for message_id, result, dedupe in done:
+        argv += (message_id, result or b"", dedupe or "")
         if result:
             keys.append(k.result(message_id))
     return "ack", keys, argv
@@ -127,9 +141,23 @@ def _retry_call(k: QueueKeys, message_id: str, delay_ms: int, body: bytes) -> Ca
 
 
 def _dead_call(
-    k: QueueKeys, message_id: str, entry: bytes, result: bytes | None, s: Settings
+    k: QueueKeys,
+    message_id: str,
+    entry: bytes,
+    result: bytes | None,
+    dedupe: str | None,
+    s: Settings,
 ) -> Call:
-    keys = [k.inflight, k.messages, k.dead, k.dead_entries, k.stats, k.result(message_id)]
+    keys = [
+        k.inflight,
+        k.messages,
+        k.dead,
+        k.dead_entries,
+        k.stats,
+        k.deliveries,
+        k.dedupe,
+        k.result(message_id),
+    ]
     argv = [
         message_id,
         entry,
@@ -137,16 +165,28 @@ def _dead_call(
         result or b"",
         int(s.result_ttl_s * 1000),
         int(s.dlq_max_age_s * 1000),
+        dedupe or "",
     ]
     return "dead", keys, argv
 
 
 def _handback_call(k: QueueKeys, ids: Sequence[str]) -> Call:
-    return "handback", [k.inflight, k.waiting, k.messages], [k.notify, *ids]
+    return "handback", [k.inflight, k.waiting, k.messages, k.deliveries], [k.notify, *ids]
 
 
 def _renew_call(k: QueueKeys, lease_ms: int, ids: Sequence[str]) -> Call:
     return "renew", [k.inflight], [lease_ms, *ids]
+
+
+def _replay_call(k: QueueKeys, fresh: Sequence[tuple[str, bytes]]) -> Call:
+    argv: list[Any] = [k.notify]
+    for message_id, body in fresh:
+        argv += (message_id, body)
+    return "replay", [k.dead, k.dead_entries, k.messages, k.waiting, k.deliveries], argv
+
+
+def _purge_call(k: QueueKeys, min_age_ms: int, batch: int) -> Call:
+    return "purge", [k.dead, k.dead_entries], [min_age_ms, batch]
 
 
 def _measure_call(k: QueueKeys) -> Call:
@@ -154,8 +194,10 @@ def _measure_call(k: QueueKeys) -> Call:
 
 
 def _parse_fetch(reply: Sequence[Any]) -> Fetched:
-    pairs = [(reply[i].decode(), reply[i + 1]) for i in range(2, len(reply), 2)]
-    return Fetched(pairs, int(reply[0]), int(reply[1]))
+    triples = [
+        (reply[i].decode(), reply[i + 1], int(reply[i + 2])) for i in range(2, len(reply), 3)
+    ]
+    return Fetched(triples, int(reply[0]), int(reply[1]))
 
 
 # --- clients ------------------------------------------------------------------------------------
@@ -202,10 +244,23 @@ class Broker(_KeysMixin):
                 raise connection_error(self.settings.redis_url, exc) from exc
             self._known_queues.add(queue)
 
-    def enqueue(self, queue: str, items: Sequence[tuple[str, int, bytes]]) -> int:
-        """Store ``(id, delay_ms, envelope)`` items in one round trip; returns how many."""
+    def enqueue(self, queue: str, items: Sequence[Outgoing]) -> list[str]:
+        """Store messages in one round trip; returns each one's id (for a deduplicated message,
+        the id of the live message that holds its dedupe key)."""
         self._remember_queue(queue)
-        return int(self._run(_enqueue_call(self.keys(queue), items)))
+        return [i.decode() for i in self._run(_enqueue_call(self.keys(queue), items))]
+
+    def replay(self, queue: str, fresh: Sequence[tuple[str, bytes]]) -> int:
+        """Move dead letters back to waiting with the given fresh envelopes; returns how many."""
+        return int(self._run(_replay_call(self.keys(queue), fresh))) if fresh else 0
+
+    def purge(self, queue: str, min_age_s: float | None = None) -> int:
+        """Delete dead letters at least ``min_age_s`` old (all when None); returns how many."""
+        min_age_ms = -1 if min_age_s is None else int(min_age_s * 1000)
+        total = 0
+        while n := int(self._run(_purge_call(self.keys(queue), min_age_ms, 1000))):
+            total += n
+        return total
 
     def measure(self, queue: str) -> QueueStats:
         """The queue's figures, O(1) in Redis."""
@@ -271,7 +326,7 @@ class AsyncBroker(_KeysMixin):
         lease_ms = int(self.settings.lease_s * 1000)
         return _parse_fetch(await self._run(_fetch_call(self.keys(queue), lease_ms, count)))
 
-    async def ack(self, queue: str, done: Sequence[tuple[str, bytes | None]]) -> int:
+    async def ack(self, queue: str, done: Sequence[Finished]) -> int:
         ttl_ms = int(self.settings.result_ttl_s * 1000)
         return int(await self._run(_ack_call(self.keys(queue), done, ttl_ms)))
 
@@ -279,8 +334,11 @@ class AsyncBroker(_KeysMixin):
         call = _retry_call(self.keys(queue), message_id, max(0, int(delay_s * 1000)), body)
         return bool(await self._run(call))
 
-    async def dead(self, queue: str, message_id: str, entry: bytes, result: bytes | None) -> None:
-        await self._run(_dead_call(self.keys(queue), message_id, entry, result, self.settings))
+    async def dead(
+        self, queue: str, message_id: str, entry: bytes, result: bytes | None, dedupe: str | None
+    ) -> None:
+        call = _dead_call(self.keys(queue), message_id, entry, result, dedupe, self.settings)
+        await self._run(call)
 
     async def handback(self, queue: str, ids: Sequence[str]) -> int:
         if not ids:

@@ -21,6 +21,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from shoal.app import App
+from shoal.errors import ShoalError
+from shoal.keys import workers_key
 from shoal.redis_server import LocalRedis
 
 app = App()
@@ -93,8 +95,10 @@ def run_demo(*, tasks: int, processes: int, console: Console) -> None:
             ],
             env=env,
         )
+        producer = App(url)
         try:
-            _drive(App(url), tasks, console)
+            _wait_for_workers(producer, processes, worker)
+            _drive(producer, tasks, console)
         finally:
             worker.send_signal(signal.SIGTERM)
             try:
@@ -103,6 +107,16 @@ def run_demo(*, tasks: int, processes: int, console: Console) -> None:
                 worker.kill()
                 worker.wait()
         console.print("Workers stopped; everything the demo started is cleaned up.")
+
+
+def _wait_for_workers(producer: App, count: int, worker: subprocess.Popen[bytes]) -> None:
+    """Block until ``count`` worker processes registered, so latency figures exclude start-up."""
+    registry = workers_key(producer.settings.key_prefix)
+    deadline = time.monotonic() + 60
+    while producer.broker.redis.zcard(registry) < count:
+        if worker.poll() is not None or time.monotonic() > deadline:
+            raise ShoalError(f"the demo's workers did not start (exit code {worker.poll()})")
+        time.sleep(0.05)
 
 
 def _drive(producer: App, count: int, console: Console) -> None:

@@ -8,10 +8,11 @@ next bytecode. The hard timeout (replacing a process stuck in C code) is the sup
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from shoal.errors import ShoalError
@@ -60,22 +61,59 @@ async def run_async(
         raise TaskTimeout(f"async task exceeded its {timeout_s:g}s timeout") from None
 
 
+class HardTimeout(TaskTimeout):
+    """Raised for a sync task that ignored its soft timeout: its thread is abandoned, and the
+    worker process must be replaced to get the slot back."""
+
+
 async def run_sync(
     pool: ThreadPoolExecutor,
     fn: Callable[..., Any],
     args: list[Any],
     kwargs: dict[str, Any],
     timeout_s: float,
+    hard_grace_s: float,
 ) -> Any:
-    """Run ``fn`` in ``pool``; at ``timeout_s`` raise TaskTimeout inside its thread.
+    """Run ``fn`` in ``pool``; at ``timeout_s`` raise TaskTimeout inside its thread, and
+    ``hard_grace_s`` later stop waiting for it (HardTimeout).
 
-    A timer handle rather than ``wait_for``: no extra asyncio task on the per-message path."""
+    Timer handles rather than ``wait_for``: no extra asyncio task on the per-message path."""
     call = _SyncCall(fn, args, kwargs)
     loop = asyncio.get_running_loop()
-    timer = loop.call_later(timeout_s, call.interrupt)
+    outcome: asyncio.Future[Any] = loop.create_future()
+
+    def settle(done: Future[Any]) -> None:
+        if outcome.done():
+            return
+        if done.cancelled():
+            outcome.cancel()
+        elif done.exception() is not None:
+            outcome.set_exception(done.exception())  # type: ignore[arg-type]
+        else:
+            outcome.set_result(done.result())
+
+    def abandon() -> None:
+        if not outcome.done():
+            outcome.set_exception(
+                HardTimeout(
+                    f"sync task ignored its {timeout_s:g}s soft timeout for {hard_grace_s:g}s more "
+                    "(blocked in C code?); abandoning its thread"
+                )
+            )
+
+    def on_done(done: Future[Any]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, done)
+
+    pool.submit(call).add_done_callback(on_done)
+    soft = loop.call_later(timeout_s, call.interrupt)
+    hard = loop.call_later(timeout_s + hard_grace_s, abandon)
     try:
-        return await loop.run_in_executor(pool, call)
-    except TaskTimeout:
+        return await outcome
+    except TaskTimeout as exc:
+        if isinstance(exc, HardTimeout):
+            raise
         raise TaskTimeout(f"sync task exceeded its {timeout_s:g}s timeout") from None
     finally:
-        timer.cancel()
+        soft.cancel()
+        hard.cancel()

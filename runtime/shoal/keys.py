@@ -16,6 +16,8 @@ key                                    type    meaning
 ``{p}:{q}:dead:entries``               HASH    id → dead-letter entry JSON (reason, error, …)
 ``{p}:{q}:stats``                      HASH    counters: enqueued, completed, retried, dead,
                                                recovered
+``{p}:{q}:deliveries``                 HASH    id → times handed to a worker (lost deliveries)
+``{p}:{q}:dedupe``                     HASH    dedupe key → id of the live message holding it
 ``{p}:{q}:result:<id>``                LIST    one result JSON, with a TTL
 ``{p}:{q}:notify``                     pubsub  published when waiting goes from empty to not
 ``{p}:queues``                         SET     every queue name ever enqueued to
@@ -41,6 +43,8 @@ class QueueKeys:
     dead: str
     dead_entries: str
     stats: str
+    deliveries: str
+    dedupe: str
     notify: str
     result_prefix: str
 
@@ -61,6 +65,8 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
         dead=base + "dead",
         dead_entries=base + "dead:entries",
         stats=base + "stats",
+        deliveries=base + "deliveries",
+        dedupe=base + "dedupe",
         notify=base + "notify",
         result_prefix=base + "result:",
     )

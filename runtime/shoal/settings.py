@@ -116,8 +116,20 @@ class Settings:
     worker_ttl_s: float = 30.0
     """How long a worker's registration outlives its last heartbeat (``SHOAL_WORKER_TTL``)."""
 
-    registry: Mapping[str, str] = field(default_factory=dict, repr=False)
-    """The raw ``SHOAL_*`` variables this object was built from (for ``shoal info``)."""
+    hard_timeout_grace_s: float = 5.0
+    """How long a sync task may ignore its soft timeout before its process is replaced
+    (``SHOAL_HARD_TIMEOUT_GRACE``, seconds). A thread stuck in C code (``time.sleep``, a blocking
+    socket read) cannot be interrupted; only a new process frees its slot."""
+
+    max_lost_deliveries: int = 3
+    """Times a message may be delivered to a worker that then vanished (SIGKILL, OOM, node loss)
+    before it is dead-lettered as ``worker_lost`` (``SHOAL_MAX_LOST_DELIVERIES``). Protects the
+    queue from a message that crashes every worker that runs it."""
+
+    signing_keys: tuple[str, ...] = field(default=(), repr=False)
+    """HMAC-SHA256 keys (``SHOAL_SIGNING_KEYS``, comma-separated). The first signs; all verify, so
+    keys rotate by prepending the new one. With keys set, a worker dead-letters unsigned or badly
+    signed messages (``bad_signature``) and never runs them."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -135,7 +147,6 @@ class Settings:
         if "redis_url" in explicit:
             explicit["redis_url_source"] = "argument"
         values.update(explicit)
-        values["registry"] = {k: v for k, v in env.items() if k.startswith("SHOAL_")}
         return cls(**values).validated()
 
     def validated(self) -> Settings:
@@ -174,12 +185,17 @@ _ENV_NAMES = {
     "dlq_max_entries": "SHOAL_DLQ_MAX_ENTRIES",
     "dlq_max_age_s": "SHOAL_DLQ_MAX_AGE",
     "worker_ttl_s": "SHOAL_WORKER_TTL",
+    "hard_timeout_grace_s": "SHOAL_HARD_TIMEOUT_GRACE",
+    "max_lost_deliveries": "SHOAL_MAX_LOST_DELIVERIES",
+    "signing_keys": "SHOAL_SIGNING_KEYS",
 }
 """Field → environment variable. The operator writes these names into worker pods."""
 
 
 def _parse(name: str, raw: str, kind: Any) -> Any:
     kind = str(kind)
+    if kind.startswith("tuple"):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
     try:
         if kind == "float":
             return float(raw)

@@ -27,6 +27,9 @@ from shoal.settings import Settings
 
 log = logging.getLogger("shoal.supervisor")
 
+EXIT_REPLACE_ME = 3
+"""A child exits with this after a hard timeout left a thread it cannot stop: start a new one."""
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
@@ -48,7 +51,7 @@ def _child_main(spec: WorkerSpec, tick: Synchronized[float], log_level: int) -> 
     def beat() -> None:
         tick.value = time.monotonic()
 
-    async def main() -> None:
+    async def main() -> bool:
         worker = Worker(
             app, spec.queues or None, concurrency=spec.concurrency, burst=spec.burst, on_tick=beat
         )
@@ -56,15 +59,17 @@ def _child_main(spec: WorkerSpec, tick: Synchronized[float], log_level: int) -> 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
         await worker.run()
+        return worker.replace_requested
 
-    asyncio.run(main())
+    replace = asyncio.run(main())
     logging.shutdown()
-    os._exit(0)  # do not wait for task threads abandoned after the grace period
+    # os._exit: do not wait for task threads abandoned after a hard timeout or the grace period
+    os._exit(EXIT_REPLACE_ME if replace else 0)
 
 
 class _Child:
     def __init__(self, ctx: Any, spec: WorkerSpec, log_level: int) -> None:
-        self.tick: Synchronized[float] = ctx.Value("d", time.monotonic())
+        self.tick: Synchronized[float] = ctx.Value("d", 0.0)  # 0: still starting up
         self.process = ctx.Process(
             target=_child_main, args=(spec, self.tick, log_level), name="shoal-worker", daemon=False
         )
@@ -113,7 +118,10 @@ class Supervisor:
             if self.stopping and stop_deadline is None:
                 stop_deadline = time.monotonic() + self.settings.shutdown_grace_s + 10
             for i, child in enumerate(self.children):
-                if child is None or child.process.is_alive():
+                if child is None:
+                    continue
+                if child.process.is_alive():
+                    self._kill_if_hung(child)
                     continue
                 code = child.process.exitcode
                 if self.stopping or (self.spec.burst and code == 0):
@@ -121,7 +129,8 @@ class Supervisor:
                     failed |= code not in (0, -signal.SIGTERM)
                     continue
                 self.restarts += 1
-                log.error(
+                log.log(
+                    logging.WARNING if code == EXIT_REPLACE_ME else logging.ERROR,
                     "worker process %d exited with %s; starting a replacement",
                     child.process.pid,
                     code,
@@ -142,6 +151,20 @@ class Supervisor:
             server.shutdown()
         return 1 if failed else 0
 
+    def _kill_if_hung(self, child: _Child) -> None:
+        """A child whose event loop stopped ticking for a whole lease (an async task blocking
+        it, a deadlock) is killed and replaced; its messages return when their leases lapse."""
+        limit = self.settings.lease_s + self.settings.heartbeat_s
+        tick = child.tick.value
+        if tick and time.monotonic() - tick > limit and not self.stopping:
+            log.error(
+                "worker process %d has not looped for %.0fs (blocked event loop?); killing it",
+                child.process.pid,
+                time.monotonic() - tick,
+            )
+            child.process.kill()
+            child.process.join(5)
+
     def _on_signal(self, signum: int, _frame: Any) -> None:
         log.info("supervisor: %s received, draining workers", signal.Signals(signum).name)
         self.stopping = True
@@ -161,7 +184,7 @@ class Supervisor:
                 continue
             if not child.process.is_alive():
                 return False, f"worker process {child.process.pid} is not running"
-            if now - child.tick.value > stale_after:
+            if child.tick.value and now - child.tick.value > stale_after:
                 return (
                     False,
                     f"worker process {child.process.pid} has not looped for "

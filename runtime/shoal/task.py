@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import orjson
 
+from shoal.broker import Outgoing
 from shoal.errors import EnqueueError, ResultTimeout, TaskFailed
 from shoal.message import Message, new_message_id
 from shoal.settings import Seconds, to_seconds
@@ -61,6 +62,7 @@ class SendOptions:
 
     delay_s: float = 0.0
     timeout_s: float | None = None
+    dedupe_key: str | None = None
 
 
 _NOW = SendOptions()
@@ -111,18 +113,21 @@ class Task(Generic[P, R]):
         delay: Seconds = 0.0,
         eta: datetime | None = None,
         timeout: Seconds | None = None,
+        dedupe_key: str | None = None,
     ) -> Sender[P, R]:
         """Per-message options: ``task.with_options(delay=60).enqueue(...)``.
 
         ``delay`` (seconds) or ``eta`` (an aware datetime) hold the message in Redis until due;
-        ``timeout`` overrides the task's timeout for these messages."""
+        ``timeout`` overrides the task's timeout for these messages; while a message with the
+        same ``dedupe_key`` is waiting, delayed or running, enqueueing returns its handle
+        instead of a duplicate."""
         delay_s = to_seconds(delay)
         if eta is not None:
             if eta.tzinfo is None:
                 raise EnqueueError(f"task {self.name!r}: eta must be timezone-aware, got {eta!r}")
             delay_s = max(delay_s, (eta - datetime.now(eta.tzinfo)) / timedelta(seconds=1))
         timeout_s = None if timeout is None else to_seconds(timeout)
-        return Sender(self, SendOptions(delay_s=max(0.0, delay_s), timeout_s=timeout_s))
+        return Sender(self, SendOptions(max(0.0, delay_s), timeout_s, dedupe_key or None))
 
 
 class Sender(Generic[P, R]):
@@ -154,19 +159,25 @@ class Sender(Generic[P, R]):
     def _send(self, batch: list[tuple[list[Any], dict[str, Any]]]) -> list[Handle[R]]:
         task, app = self.task, self.task.app
         now = time.time()
-        options = {} if self.send.timeout_s is None else {"timeout": self.send.timeout_s}
-        delay_ms = int(self.send.delay_s * 1000)
-        items: list[tuple[str, int, bytes]] = []
+        send = self.send
+        options: dict[str, Any] = {}
+        if send.timeout_s is not None:
+            options["timeout"] = send.timeout_s
+        if send.dedupe_key is not None:
+            options["dedupe_key"] = send.dedupe_key
+        delay_ms = int(send.delay_s * 1000)
+        items: list[Outgoing] = []
         hooks = app.enqueue_hooks
+        seal = app.signer.seal
         for args, kwargs in batch:
             message = Message(
                 new_message_id(), task.name, task.queue, args, kwargs, now, options=options
             )
             for mw in hooks:
                 app.call_hook(mw.before_enqueue, task, message)
-            items.append((message.id, delay_ms, self._encode(message)))
-        app.broker.enqueue(task.queue, items)
-        return [Handle(app, task.queue, task.name, mid) for mid, _, _ in items]
+            items.append((message.id, delay_ms, seal(self._encode(message)), send.dedupe_key))
+        ids = app.broker.enqueue(task.queue, items)
+        return [Handle(app, task.queue, task.name, mid) for mid in ids]
 
     def _encode(self, message: Message) -> bytes:
         limit = self.task.app.settings.max_message_bytes

@@ -30,12 +30,13 @@ import redis.exceptions
 
 from shoal import __version__
 from shoal.app import App
-from shoal.broker import AsyncBroker
+from shoal.broker import AsyncBroker, Finished
 from shoal.errors import DecodeError
-from shoal.execution import run_async, run_sync
+from shoal.execution import HardTimeout, run_async, run_sync
 from shoal.keys import worker_key, workers_key
 from shoal.message import Message
 from shoal.middleware import Outcome
+from shoal.signing import BadSignature
 from shoal.task import Task
 
 log = logging.getLogger("shoal.worker")
@@ -69,7 +70,9 @@ class Worker:
         self.started_at = time.time()
         self.broker = AsyncBroker(self.settings)
         self.held: dict[str, dict[str, Message | None]] = {q: {} for q in self.queues}
-        self.acks: dict[str, list[tuple[str, bytes | None]]] = {q: [] for q in self.queues}
+        self.acks: dict[str, list[Finished]] = {q: [] for q in self.queues}
+        self.replace_requested = False
+        """Set after a hard timeout: the process must exit and be replaced to free the slot."""
         self.busy = 0
         self.processed = 0
         self._stopping = False
@@ -132,7 +135,8 @@ class Worker:
         await asyncio.gather(*self._running, return_exceptions=True)
         await self._flush_acks_until(deadline + 5)
         for queue, held in self.held.items():
-            unfinished = [mid for mid in held if mid not in {a[0] for a in self.acks[queue]}]
+            acked = {finished[0] for finished in self.acks[queue]}
+            unfinished = [mid for mid in held if mid not in acked]
             if unfinished:
                 n = await self._retrying(
                     partial(self.broker.handback, queue, unfinished), attempts=5
@@ -188,8 +192,8 @@ class Worker:
             fetched = await self.broker.fetch(queue, free - started)
             if fetched.next_due_ms >= 0:
                 wait_s = min(wait_s, max(0.001, (fetched.next_due_ms - fetched.now_ms) / 1000))
-            for message_id, body in fetched.messages:
-                self._start(queue, message_id, body)
+            for message_id, body, deliveries in fetched.messages:
+                self._start(queue, message_id, body, deliveries)
                 started += 1
             if started >= free:
                 break
@@ -225,26 +229,24 @@ class Worker:
 
     # --- executing ------------------------------------------------------------------------------
 
-    def _start(self, queue: str, message_id: str, body: bytes | None) -> None:
+    def _start(self, queue: str, message_id: str, body: bytes | None, deliveries: int) -> None:
         self.busy += 1
         self.held[queue][message_id] = None
-        running = asyncio.ensure_future(self._process(queue, message_id, body))
+        running = asyncio.ensure_future(self._process(queue, message_id, body, deliveries))
         self._running.add(running)  # the loop keeps only weak references to tasks
         running.add_done_callback(self._running.discard)
 
-    async def _process(self, queue: str, message_id: str, body: bytes | None) -> None:
+    async def _process(
+        self, queue: str, message_id: str, body: bytes | None, deliveries: int
+    ) -> None:
         try:
-            try:
-                message = Message.decode(body if body is not None else b"")
-            except DecodeError as bad:
-                await self._dead_letter(queue, message_id, None, None, "undecodable", bad, body)
+            message, task, rejection = self._admit(body or b"", deliveries)
+            if rejection is not None:
+                reason, error = rejection
+                await self._dead_letter(queue, message_id, message, task, reason, error, body)
                 return
+            assert message is not None and task is not None
             self.held[queue][message_id] = message
-            task = self.app.tasks.get(message.task)
-            if task is None:
-                missing = LookupError(f"task {message.task!r} is not defined by this worker's app")
-                await self._dead_letter(queue, message_id, message, None, "unknown_task", missing)
-                return
             await self._execute(queue, task, message)
         except Exception:
             # Never lose a message to a bug here: it stays held until its lease lapses.
@@ -253,6 +255,33 @@ class Worker:
             self.busy -= 1
             self.processed += 1
             self._capacity.set()
+
+    def _admit(
+        self, data: bytes, deliveries: int
+    ) -> tuple[Message | None, Task[Any, Any] | None, tuple[str, Exception] | None]:
+        """Check a fetched message before it runs; a rejection is (DLQ reason, error)."""
+        limit = self.settings.max_message_bytes + 64  # room for a signature
+        if len(data) > limit:
+            too_big = ValueError(f"message is {len(data)} bytes, over the {limit}-byte limit")
+            return None, None, ("too_large", too_big)
+        try:
+            message = Message.decode(self.app.signer.open(data))
+        except BadSignature as bad:
+            return None, None, ("bad_signature", bad)
+        except DecodeError as bad:
+            return None, None, ("undecodable", bad)
+        task = self.app.tasks.get(message.task)
+        if task is None:
+            missing = LookupError(f"task {message.task!r} is not defined by this worker's app")
+            return message, None, ("unknown_task", missing)
+        lost = deliveries - 1 - message.attempt
+        if lost > self.settings.max_lost_deliveries:
+            gone = RuntimeError(
+                f"delivered {deliveries} times; {lost} workers vanished while running it "
+                "(killed, OOM, node lost): it may be what kills them"
+            )
+            return message, task, ("worker_lost", gone)
+        return message, task, None
 
     async def _execute(self, queue: str, task: Task[Any, Any], message: Message) -> None:
         app = self.app
@@ -268,15 +297,27 @@ class Worker:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="shoal")
                 result = await run_sync(
-                    self._pool, task.fn, message.args, message.kwargs, timeout_s
+                    self._pool,
+                    task.fn,
+                    message.args,
+                    message.kwargs,
+                    timeout_s,
+                    self.settings.hard_timeout_grace_s,
                 )
             stored = orjson.dumps({"ok": True, "value": result}) if task.store_result else None
+        except HardTimeout as exc:
+            error = exc
+            log.error(
+                "task %s %s: %s; this worker process will be replaced", task.name, message.id, exc
+            )
+            self.replace_requested = True
+            self.stop()
         except Exception as exc:
             error = exc
         for mw in app.after_process_hooks:
             app.call_hook(mw.after_process, task, message, result=result, exception=error)
         if error is None:
-            self.acks[queue].append((message.id, stored))
+            self.acks[queue].append((message.id, stored, message.options.get("dedupe_key")))
             self._ack_ready.set()
             return
         outcome = Outcome(error)  # a TaskTimeout is retried like any other failure
@@ -284,7 +325,7 @@ class Worker:
             app.call_hook(mw.after_failure, task, message, outcome)
         if outcome.retry_in_s is not None:
             delay = outcome.retry_in_s
-            body = message.next_attempt(last_error=_describe(error)).encode()
+            body = self.app.signer.seal(message.next_attempt(last_error=_describe(error)).encode())
             log.warning(
                 "task %s %s failed (attempt %d): %s; retrying in %.2fs",
                 task.name,
@@ -324,9 +365,7 @@ class Worker:
                 "enqueued_at": message.enqueued_at if message else None,
                 "failed_at": time.time(),
                 "traceparent": message.headers.get("traceparent") if message else None,
-                "message": message.encode().decode()
-                if message
-                else (raw or b"").decode("utf-8", "replace"),
+                "message": message.encode().decode() if message else _excerpt(raw),
             }
         )
         result = None
@@ -335,7 +374,8 @@ class Worker:
         log.error(
             "message %s on %s dead-lettered (%s): %s", message_id, queue, reason, _describe(error)
         )
-        await self._retrying(lambda: self.broker.dead(queue, message_id, entry, result))
+        dedupe = message.options.get("dedupe_key") if message else None
+        await self._retrying(lambda: self.broker.dead(queue, message_id, entry, result, dedupe))
         self.held[queue].pop(message_id, None)
 
     # --- acks and heartbeats --------------------------------------------------------------------
@@ -366,7 +406,7 @@ class Worker:
                 ok = False
                 continue
             held = self.held[queue]
-            for message_id, _ in batch:
+            for message_id, _, _ in batch:
                 held.pop(message_id, None)
         if not ok:
             await self._sleep(0.5)
@@ -433,6 +473,12 @@ class Worker:
                 log.warning("worker %s: Redis error (%s); retrying in %.1fs", self.id, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+
+def _excerpt(raw: bytes | None, limit: int = 64 * 1024) -> str:
+    """What a DLQ entry keeps of bytes that are not a message: enough to diagnose, bounded."""
+    text = (raw or b"")[:limit].decode("utf-8", "replace")
+    return text + ("…[truncated]" if raw and len(raw) > limit else "")
 
 
 def _describe(error: BaseException) -> str:

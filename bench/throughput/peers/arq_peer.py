@@ -17,6 +17,15 @@ async def work(ctx: dict[str, Any], run: str, i: int, t_enq: float, sleep: float
     await record.run_async(run, i, t_enq, sleep)
 
 
+# arq logs two INFO lines per job by default; the other peers run at WARNING, so does arq.
+LOG_CONFIG = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "level": "WARNING"}},
+    "loggers": {"arq": {"handlers": ["stderr"], "level": "WARNING"}},
+}
+
+
 class WorkerSettings:
     functions: ClassVar[list[Any]] = [work]
     redis_settings = REDIS

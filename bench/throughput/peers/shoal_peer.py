@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from shoal import App
-
 import record
+from shoal import App
 
 app = App()  # SHOAL_REDIS_URL is set by the harness
 

@@ -1,26 +1,32 @@
 -- dead: move a message to the dead-letter queue with its entry, and keep the DLQ bounded.
 --
 -- KEYS[1] inflight      ZSET  id -> lease deadline; the id is removed
--- KEYS[2] messages      HASH  id -> envelope JSON; the id is removed
+-- KEYS[2] messages      HASH  id -> envelope; the id is removed
 -- KEYS[3] dead          ZSET  id -> dead-lettered at (ms)
 -- KEYS[4] dead:entries  HASH  id -> entry JSON (reason, error, original message, ...)
 -- KEYS[5] stats         HASH  counters; "dead" is incremented
--- KEYS[6] result key    LIST  the failure is stored there when ARGV[4] is not ""
+-- KEYS[6] deliveries    HASH  id -> delivery count; the id is removed
+-- KEYS[7] dedupe        HASH  dedupe key -> id; released when held by this id
+-- KEYS[8] result key    LIST  the failure is stored there when ARGV[4] is not ""
 -- ARGV[1] id, ARGV[2] entry JSON, ARGV[3] max entries, ARGV[4] result JSON or "",
--- ARGV[5] result TTL (ms), ARGV[6] max age (ms)
+-- ARGV[5] result TTL (ms), ARGV[6] max age (ms), ARGV[7] dedupe key or ""
 -- Trimming pops the oldest entries by score: O(log n) per entry, never a scan.
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local id = ARGV[1]
 redis.call('ZREM', KEYS[1], id)
 redis.call('HDEL', KEYS[2], id)
+redis.call('HDEL', KEYS[6], id)
+if ARGV[7] ~= '' and redis.call('HGET', KEYS[7], ARGV[7]) == id then
+  redis.call('HDEL', KEYS[7], ARGV[7])
+end
 redis.call('ZADD', KEYS[3], now, id)
 redis.call('HSET', KEYS[4], id, ARGV[2])
 redis.call('HINCRBY', KEYS[5], 'dead', 1)
 if ARGV[4] ~= '' then
-  redis.call('DEL', KEYS[6])
-  redis.call('RPUSH', KEYS[6], ARGV[4])
-  redis.call('PEXPIRE', KEYS[6], tonumber(ARGV[5]))
+  redis.call('DEL', KEYS[8])
+  redis.call('RPUSH', KEYS[8], ARGV[4])
+  redis.call('PEXPIRE', KEYS[8], tonumber(ARGV[5]))
 end
 local excess = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[3])
 if excess > 0 then

@@ -1,30 +1,39 @@
--- enqueue: store messages and make them ready (or delayed), atomically.
+-- enqueue: store messages and make them ready (or delayed), atomically; honour dedupe keys.
 --
 -- KEYS[1] waiting   LIST  tokens "<ready_ms>:<id>" of ready messages (LPUSH here, RPOP at fetch)
--- KEYS[2] messages  HASH  id -> envelope JSON
+-- KEYS[2] messages  HASH  id -> envelope
 -- KEYS[3] delayed   ZSET  id -> due time (ms)
 -- KEYS[4] stats     HASH  counters; "enqueued" is incremented
+-- KEYS[5] dedupe    HASH  dedupe key -> id of the live message holding it
 -- ARGV[1] notify channel, published when waiting goes from empty to non-empty
--- ARGV[2..] triples: id, delay_ms (0 = ready now), envelope JSON
--- Returns the number of messages stored.
+-- ARGV[2..] quads: id, delay_ms (0 = ready now), envelope, dedupe key ("" = none)
+-- Returns the id each message ended up with: its own, or the live message holding its dedupe key.
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local was_empty = redis.call('LLEN', KEYS[1]) == 0
 local pushed = 0
-local n = 0
-for i = 2, #ARGV, 3 do
-  local id, delay = ARGV[i], tonumber(ARGV[i + 1])
-  redis.call('HSET', KEYS[2], id, ARGV[i + 2])
-  if delay > 0 then
-    redis.call('ZADD', KEYS[3], now + delay, id)
+local stored = 0
+local ids = {}
+for i = 2, #ARGV, 4 do
+  local id, delay, dedupe = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 3]
+  local holder = dedupe ~= '' and redis.call('HGET', KEYS[5], dedupe)
+  if holder and redis.call('HEXISTS', KEYS[2], holder) == 1 then
+    ids[#ids + 1] = holder
   else
-    redis.call('LPUSH', KEYS[1], now .. ':' .. id)
-    pushed = pushed + 1
+    if dedupe ~= '' then redis.call('HSET', KEYS[5], dedupe, id) end
+    redis.call('HSET', KEYS[2], id, ARGV[i + 2])
+    if delay > 0 then
+      redis.call('ZADD', KEYS[3], now + delay, id)
+    else
+      redis.call('LPUSH', KEYS[1], now .. ':' .. id)
+      pushed = pushed + 1
+    end
+    stored = stored + 1
+    ids[#ids + 1] = id
   end
-  n = n + 1
 end
-redis.call('HINCRBY', KEYS[4], 'enqueued', n)
+if stored > 0 then redis.call('HINCRBY', KEYS[4], 'enqueued', stored) end
 if was_empty and pushed > 0 then
   redis.call('PUBLISH', ARGV[1], pushed)
 end
-return n
+return ids

@@ -1,14 +1,15 @@
 -- fetch: promote due delayed messages, recover expired leases, then lease up to N ready ones.
 --
--- KEYS[1] waiting   LIST  tokens "<ready_ms>:<id>"; RPOP takes the oldest
--- KEYS[2] messages  HASH  id -> envelope JSON
--- KEYS[3] inflight  ZSET  id -> lease deadline (ms); the leases taken here are added
--- KEYS[4] delayed   ZSET  id -> due time (ms); due ones move to waiting
--- KEYS[5] stats     HASH  counters; "recovered" counts leases that expired
+-- KEYS[1] waiting     LIST  tokens "<ready_ms>:<id>"; RPOP takes the oldest
+-- KEYS[2] messages    HASH  id -> envelope
+-- KEYS[3] inflight    ZSET  id -> lease deadline (ms); the leases taken here are added
+-- KEYS[4] delayed     ZSET  id -> due time (ms); due ones move to waiting
+-- KEYS[5] stats       HASH  counters; "recovered" counts leases that expired
+-- KEYS[6] deliveries  HASH  id -> times handed to a worker (so lost deliveries can be counted)
 -- ARGV[1] lease length (ms)
 -- ARGV[2] max messages to lease
 -- ARGV[3] max delayed / expired entries to move per call (bounds the script's run time)
--- Returns { next_due_ms or -1, now_ms, id1, envelope1, id2, envelope2, ... }.
+-- Returns { next_due_ms or -1, now_ms, id1, envelope1, deliveries1, id2, ... }.
 -- A token whose message is gone (acked by a worker whose lease had expired) is dropped.
 -- A token that is not "<ms>:<id>" is returned with a false envelope, for the dead-letter queue.
 local t = redis.call('TIME')
@@ -48,10 +49,12 @@ while got < want do
       redis.call('ZADD', KEYS[3], deadline, id)
       out[#out + 1] = id
       out[#out + 1] = body
+      out[#out + 1] = redis.call('HINCRBY', KEYS[6], id, 1)
       got = got + 1
     elseif not sep then
       out[#out + 1] = token
       out[#out + 1] = false
+      out[#out + 1] = 1
       got = got + 1
     end
   end

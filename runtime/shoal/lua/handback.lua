@@ -1,8 +1,9 @@
 -- handback: return leased messages a stopping worker will not run, ahead of everything else.
 --
--- KEYS[1] inflight  ZSET  id -> lease deadline; the ids are removed
--- KEYS[2] waiting   LIST  tokens; the ids are pushed at the fetch end, so they run next
--- KEYS[3] messages  HASH  id -> envelope JSON; only ids still present are handed back
+-- KEYS[1] inflight    ZSET  id -> lease deadline; the ids are removed
+-- KEYS[2] waiting     LIST  tokens; the ids are pushed at the fetch end, so they run next
+-- KEYS[3] messages    HASH  id -> envelope; only ids still present are handed back
+-- KEYS[4] deliveries  HASH  id -> delivery count; decremented: a handback is not a lost delivery
 -- ARGV[1] notify channel
 -- ARGV[2..] ids
 -- Returns the number of messages handed back.
@@ -12,6 +13,7 @@ local n = 0
 for i = 2, #ARGV do
   if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 and redis.call('HEXISTS', KEYS[3], ARGV[i]) == 1 then
     redis.call('RPUSH', KEYS[2], now .. ':' .. ARGV[i])
+    redis.call('HINCRBY', KEYS[4], ARGV[i], -1)
     n = n + 1
   end
 end

@@ -1,0 +1,27 @@
+"""Fixtures for the integration tests; the helpers live in ``processes.py``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from processes import WorkerProcess, worker_env
+
+
+@pytest.fixture
+def worker_process(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """``worker_process(redis_url, "--processes", "1", SHOAL_LEASE="2")`` starts a supervisor."""
+    started: list[WorkerProcess] = []
+
+    def start(redis_url: str, *args: str, **env: str) -> WorkerProcess:
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        proc = WorkerProcess(list(args), worker_env(redis_url, **env), log_path)
+        started.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            proc.kill()

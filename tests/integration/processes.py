@@ -1,0 +1,83 @@
+"""Process-level helpers: ``shoal worker`` subprocesses on the test Redis, killed by PID.
+
+Imported by the integration tests as ``from processes import ...`` (this directory is on
+sys.path)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import redis
+
+HERE = Path(__file__).parent
+
+
+class WorkerProcess:
+    """A ``python -m shoal worker tasks_for_tests:app`` supervisor and its children."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "shoal", "worker", "tasks_for_tests:app", *args],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.pid = self.popen.pid
+
+    def children(self) -> list[psutil.Process]:
+        """The worker processes (multiprocessing's helpers excluded)."""
+        try:
+            kids = psutil.Process(self.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+        return [k for k in kids if _is_worker(k)]
+
+    def child_pids(self) -> set[int]:
+        return {k.pid for k in self.children()}
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def kill(self) -> None:
+        """SIGKILL the supervisor and everything it started, by PID."""
+        try:
+            procs = [psutil.Process(self.pid), *psutil.Process(self.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            procs = []
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+        if self.popen.poll() is None:
+            self.popen.wait(10)
+        psutil.wait_procs(procs, timeout=10)
+        self._log.close()
+
+
+def _is_worker(proc: psutil.Process) -> bool:
+    try:
+        return "resource_tracker" not in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def worker_env(redis_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
+    env["SHOAL_REDIS_URL"] = redis_url
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+def runs(client: redis.Redis, prefix: str = "shoal") -> dict[str, int]:
+    """Completed executions per task id, as recorded by tasks_for_tests."""
+    raw = client.hgetall(f"{prefix}:test:runs")
+    return {k.decode(): int(v) for k, v in raw.items()}

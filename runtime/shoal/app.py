@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
 from shoal.broker import Broker, QueueStats
+from shoal.dlq import DeadLetters
 from shoal.errors import ConfigurationError, TaskNotFound
 from shoal.middleware import Middleware, default_middleware
 from shoal.settings import Seconds, Settings, mask_url, to_seconds
@@ -179,6 +180,10 @@ class App:
     def measure(self, queue: str) -> QueueStats:
         """A queue's figures (waiting, in flight, delayed, dead, oldest age, counters), O(1)."""
         return self.broker.measure(queue)
+
+    def dlq(self, queue: str) -> DeadLetters:
+        """The dead-letter queue of ``queue``: list, get, replay, purge."""
+        return DeadLetters(self, queue)
 
     def queues(self) -> list[str]:
         """Queues declared by this app's tasks."""

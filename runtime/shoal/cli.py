@@ -16,6 +16,7 @@ from rich.table import Table
 from shoal import __version__
 from shoal.app import App, load_app
 from shoal.broker import QueueStats
+from shoal.dlq import REASONS
 from shoal.errors import ShoalError
 from shoal.keys import worker_key, workers_key
 from shoal.settings import Settings
@@ -208,6 +209,100 @@ def demo(tasks: int, processes: int) -> None:
     from shoal.demo import run_demo
 
     run_demo(tasks=tasks, processes=processes, console=console)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``15m``, ``3h`` or ``7d``."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    value, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        return float(value) * units[unit]
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not a duration; use seconds or a suffix: 90s, 15m, 3h, 7d"
+        ) from None
+
+
+def _when(epoch: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "-"
+
+
+@cli.group()
+def dlq() -> None:
+    """Inspect, replay and purge a queue's dead letters."""
+
+
+@dlq.command("list")
+@click.argument("queue")
+@click.option("--limit", default=50, show_default=True)
+def dlq_list(queue: str, limit: int) -> None:
+    """The newest dead letters of QUEUE."""
+    dead = App().dlq(queue)
+    table = Table(title=f"Dead letters of {queue} ({len(dead)} in all)")
+    for col in ("id", "task", "reason", "attempts", "failed at", "error"):
+        table.add_column(col, overflow="fold")
+    for e in dead.entries(limit):
+        table.add_row(
+            e.id, e.task or "-", e.reason, str(e.attempts), _when(e.failed_at), e.error[:80]
+        )
+    console.print(table)
+
+
+@dlq.command("show")
+@click.argument("queue")
+@click.argument("message_id")
+def dlq_show(queue: str, message_id: str) -> None:
+    """Everything about one dead letter: reason, error, traceback, trace id, message."""
+    entry = App().dlq(queue).get(message_id)
+    if entry is None:
+        raise click.ClickException(
+            f"no dead letter {message_id} in queue {queue!r}; see `shoal dlq list {queue}`"
+        )
+    for label, value in (
+        ("id", entry.id),
+        ("task", entry.task),
+        ("reason", entry.reason),
+        ("meaning", REASONS.get(entry.reason, "-")),
+        ("error", entry.error),
+        ("attempts", entry.attempts),
+        ("enqueued at", _when(entry.enqueued_at)),
+        ("failed at", _when(entry.failed_at)),
+        ("trace id", entry.trace_id),
+    ):
+        console.print(f"[bold]{label:>12}[/bold]  {value if value is not None else '-'}")
+    console.print("[bold]     message[/bold]  " + entry.message, markup=False, highlight=False)
+    if entry.traceback:
+        console.print(entry.traceback, markup=False, highlight=False)
+
+
+@dlq.command("replay")
+@click.argument("queue")
+@click.argument("message_ids", nargs=-1)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter of QUEUE.")
+@click.option("--task", help="Only dead letters of this task.")
+def dlq_replay(
+    queue: str, message_ids: tuple[str, ...], replay_all: bool, task: str | None
+) -> None:
+    """Put dead letters back in QUEUE with their attempts reset."""
+    if not message_ids and not replay_all and task is None:
+        raise click.UsageError("name message ids, or pass --all (optionally with --task NAME)")
+    report = App().dlq(queue).replay(list(message_ids) or None, task=task)
+    click.echo(f"replayed {len(report.replayed)} message(s) into {queue}")
+    for message_id, why in report.skipped.items():
+        click.echo(f"skipped {message_id}: {why}")
+
+
+@dlq.command("purge")
+@click.argument("queue")
+@click.option("--older-than", help="Only entries at least this old (90s, 15m, 3h, 7d).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dlq_purge(queue: str, older_than: str | None, yes: bool) -> None:
+    """Delete dead letters of QUEUE for good."""
+    age = parse_duration(older_than) if older_than else None
+    what = f"dead letters older than {older_than}" if age is not None else "ALL dead letters"
+    if not yes:
+        click.confirm(f"Delete {what} of {queue}?", abort=True)
+    click.echo(f"purged {App().dlq(queue).purge(age)} dead letter(s) from {queue}")
 
 
 @cli.command()

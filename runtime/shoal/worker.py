@@ -240,10 +240,12 @@ class Worker:
         self, queue: str, message_id: str, body: bytes | None, deliveries: int
     ) -> None:
         try:
-            message, task, rejection = self._admit(body or b"", deliveries)
+            # A malformed waiting entry comes back as its own id, with no body: judge the entry.
+            data = body if body is not None else message_id.encode()
+            message, task, rejection = self._admit(data, deliveries)
             if rejection is not None:
                 reason, error = rejection
-                await self._dead_letter(queue, message_id, message, task, reason, error, body)
+                await self._dead_letter(queue, message_id, message, task, reason, error, data)
                 return
             assert message is not None and task is not None
             self.held[queue][message_id] = message

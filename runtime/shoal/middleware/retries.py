@@ -25,11 +25,16 @@ _rng = random.Random()
 
 
 class Retries(Middleware):
-    """Decides whether a failed message is retried, and after how long."""
+    """Decides whether a failed message is retried, and after how long.
+
+    ``rng`` makes the jitter reproducible (tests); the default is a private Random."""
 
     task_options: ClassVar[frozenset[str]] = frozenset(
         {"max_retries", "min_backoff", "max_backoff", "retry_on", "no_retry_on"}
     )
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self.rng = rng or _rng
 
     def validate_options(self, task_name: str, options: dict[str, Any]) -> None:
         retries = options.get("max_retries")
@@ -79,4 +84,5 @@ class Retries(Middleware):
             message.attempt + 1,
             opts.get("min_backoff", settings.min_backoff_s),
             opts.get("max_backoff", settings.max_backoff_s),
+            self.rng,
         )

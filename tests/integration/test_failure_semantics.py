@@ -1,0 +1,295 @@
+"""Retries, delays, the dead-letter queue, dedupe and signing, on a real Redis.
+
+Backoff is checked from the due times Redis holds, never by sleeping through it."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from helpers import wait_for
+from shoal import App, Retry
+from shoal.middleware import Retries
+from shoal.middleware.retries import backoff_s
+
+
+def redis_now_ms(client: redis.Redis) -> int:
+    sec, usec = client.time()
+    return int(sec) * 1000 + int(usec) // 1000
+
+
+def run_until_delayed(worker: Any, app: App, queue: str, message_id: str) -> None:
+    """Run a worker until the message waits in the delayed set, then stop it."""
+    running = worker(app, [queue], burst=False)
+    delayed = app.broker.keys(queue).delayed
+    wait_for(
+        lambda: app.broker.redis.zscore(delayed, message_id) is not None,
+        message=f"{message_id} to be delayed",
+    )
+    running.stop()
+
+
+def due_in_ms(app: App, queue: str, message_id: str) -> float:
+    score = app.broker.redis.zscore(app.broker.keys(queue).delayed, message_id)
+    assert score is not None, f"{message_id} is not delayed"
+    return float(score) - redis_now_ms(app.broker.redis)
+
+
+def dead_entry(app: App, queue: str, message_id: str) -> dict[str, Any]:
+    raw = app.broker.redis.hget(app.broker.keys(queue).dead_entries, message_id)
+    assert raw is not None, f"{message_id} is not in the DLQ"
+    entry: dict[str, Any] = orjson.loads(raw)
+    return entry
+
+
+def test_failures_retry_with_growing_delays_then_dead_letter(
+    make_app: Callable[..., App], worker: Any
+) -> None:
+    # Given a task that always fails, with a deterministic backoff
+    app = make_app(middleware=[Retries(rng=random.Random(7))])
+    calls: list[int] = []
+
+    @app.task(queue="q", max_retries=3, min_backoff=10, max_backoff=10_000)
+    def always_fails(n: int) -> None:
+        calls.append(n)
+        raise ConnectionError("partner down")
+
+    handle = always_fails.enqueue(1)
+    delays: list[float] = []
+    for attempt in range(3):
+        # When a worker runs it once
+        run_until_delayed(worker, app, "q", handle.id)
+        # Then it waits in Redis (not in memory) for a growing, jittered delay
+        delay = due_in_ms(app, "q", handle.id)
+        delays.append(delay)
+        assert 10_000 * 0.9 <= delay <= min(10_000, 10 * 2**attempt) * 1000 + 100
+        stored = orjson.loads(app.broker.redis.hget(app.broker.keys("q").messages, handle.id))
+        assert stored["attempt"] == attempt + 1
+        assert stored["id"] == handle.id
+        assert "ConnectionError: partner down" in stored["options"]["last_error"]
+        # make it due now instead of sleeping through the backoff
+        app.broker.redis.zadd(app.broker.keys("q").delayed, {handle.id: 0})
+    assert max(delays) > min(delays)
+
+    worker(app, ["q"])
+    assert calls == [1, 1, 1, 1]
+    entry = dead_entry(app, "q", handle.id)
+    assert entry["reason"] == "retries_exhausted"
+    assert entry["attempts"] == 4
+    assert entry["exception_type"] == "ConnectionError"
+    assert "Traceback" in entry["traceback"]
+
+
+def test_backoff_is_bounded_and_grows() -> None:
+    rng = random.Random(1)
+    for attempt in range(1, 12):
+        assert 1.0 <= backoff_s(attempt, 1.0, 60.0, rng) <= min(60.0, 2 ** (attempt - 1))
+
+
+def test_retry_exception_sets_the_delay(make_app: Callable[..., App], worker: Any) -> None:
+    app = make_app()
+
+    @app.task(queue="q", max_retries=2)
+    def later() -> None:
+        raise Retry(delay=120)
+
+    handle = later.enqueue()
+    run_until_delayed(worker, app, "q", handle.id)
+    assert 119_000 <= due_in_ms(app, "q", handle.id) <= 120_000
+
+
+def test_no_retry_on_dead_letters_at_once(make_app: Callable[..., App], worker: Any) -> None:
+    app = make_app()
+
+    @app.task(queue="q", max_retries=5, no_retry_on=(KeyError,))
+    def bad_input() -> None:
+        raise KeyError("user 7")
+
+    handle = bad_input.enqueue()
+    worker(app, ["q"])
+    assert dead_entry(app, "q", handle.id)["reason"] == "not_retryable"
+    assert app.measure("q").retried == 0
+
+
+def test_delayed_message_runs_once_due_even_if_no_worker_was_alive(
+    make_app: Callable[..., App], worker: Any
+) -> None:
+    app = make_app()
+    ran: list[str] = []
+
+    @app.task(queue="q")
+    def remind(who: str) -> None:
+        ran.append(who)
+
+    # Given a message delayed while no worker runs at all
+    remind.with_options(delay=3600).enqueue("ada")
+    assert app.measure("q").delayed == 1
+    ids = app.broker.redis.zrange(app.broker.keys("q").delayed, 0, -1)
+    app.broker.redis.zadd(app.broker.keys("q").delayed, dict.fromkeys(ids, 0))  # now due
+    # When a worker starts later, Then it runs it
+    worker(app, ["q"])
+    assert ran == ["ada"]
+
+
+def test_dlq_is_bounded_by_count_and_age(make_app: Callable[..., App], worker: Any) -> None:
+    app = make_app(dlq_max_entries=3, dlq_max_age_s=3600)
+
+    @app.task(queue="q", max_retries=0)
+    def fails(n: int) -> None:
+        raise ValueError(n)
+
+    first = fails.enqueue_many([(n,) for n in range(5)])
+    worker(app, ["q"])
+    dead = app.dlq("q")
+    assert len(dead) == 3
+    assert app.measure("q").dead_total == 5
+    assert {e.id for e in dead.entries()} <= {h.id for h in first}
+    # an entry older than the max age is dropped when the next one arrives
+    old = dead.entries()[-1].id
+    app.broker.redis.zadd(app.broker.keys("q").dead, {old: 1})  # dead since 1970
+    fails.enqueue(99)
+    worker(app, ["q"])
+    assert old not in {e.id for e in dead.entries()}
+    assert app.broker.redis.hget(app.broker.keys("q").dead_entries, old) is None
+
+
+def test_replay_resets_attempts_and_purge_deletes(
+    make_app: Callable[..., App], worker: Any
+) -> None:
+    app = make_app()
+    healed = {"now": False}
+
+    @app.task(queue="q", max_retries=0, store_result=True)
+    def flaky(n: int) -> int:
+        if not healed["now"]:
+            raise RuntimeError("not yet")
+        return n
+
+    a, b = flaky.enqueue(1), flaky.enqueue(2)
+    other = app.remote("gone.task", queue="q").enqueue()
+    worker(app, ["q"])
+    dead = app.dlq("q")
+    assert {e.reason for e in dead.entries()} == {"retries_exhausted", "unknown_task"}
+
+    healed["now"] = True
+    report = dead.replay(task=flaky.name)
+    assert sorted(report.replayed) == sorted([a.id, b.id])
+    worker(app, ["q"])
+    assert a.result(timeout=5) == 1 and b.result(timeout=5) == 2
+    assert [e.id for e in dead.entries()] == [other.id]
+
+    assert dead.purge(older_than_s=3600) == 0  # too young
+    assert dead.purge() == 1
+    assert len(dead) == 0
+
+
+def test_dedupe_returns_the_live_message(make_app: Callable[..., App], worker: Any) -> None:
+    app = make_app()
+    ran: list[int] = []
+
+    @app.task(queue="q")
+    def sync_user(user: int) -> None:
+        ran.append(user)
+
+    first = sync_user.with_options(dedupe_key="user-7").enqueue(7)
+    again = sync_user.with_options(dedupe_key="user-7").enqueue(7)
+    other = sync_user.with_options(dedupe_key="user-8").enqueue(8)
+    assert again.id == first.id != other.id
+    assert app.measure("q").waiting == 2
+    worker(app, ["q"])
+    assert sorted(ran) == [7, 8]
+    after = sync_user.with_options(dedupe_key="user-7").enqueue(7)  # finished: a new one
+    assert after.id != first.id
+
+
+def test_signed_workers_refuse_unsigned_and_forged_messages(
+    make_app: Callable[..., App], worker: Any
+) -> None:
+    ran: list[str] = []
+
+    def define(app: App) -> Any:
+        @app.task(queue="q", name="pay")
+        def pay(who: str) -> None:
+            ran.append(who)
+
+        return pay
+
+    signed_new = define(make_app(signing_keys=("new", "old")))
+    signed_old = define(make_app(signing_keys=("old",)))
+    unsigned = define(make_app())
+    forger = define(make_app(signing_keys=("guess",)))
+
+    ok_new, ok_old = signed_new.enqueue("alice"), signed_old.enqueue("bob")
+    bad1, bad2 = unsigned.enqueue("mallory"), forger.enqueue("eve")
+    worker(signed_new.app, ["q"])
+    assert sorted(ran) == ["alice", "bob"]
+    dead = signed_new.app.dlq("q")
+    assert {e.id: e.reason for e in dead.entries()} == {
+        bad1.id: "bad_signature",
+        bad2.id: "bad_signature",
+    }
+    assert ok_new.id not in {e.id for e in dead.entries()} and ok_old
+
+
+def test_oversized_stored_message_is_dead_lettered(
+    make_app: Callable[..., App], worker: Any
+) -> None:
+    big_producer = make_app(max_message_bytes=10_000_000)
+    app = make_app(max_message_bytes=1000)
+
+    @big_producer.task(queue="q", name="upload")
+    def upload_big(data: str) -> None: ...
+
+    @app.task(queue="q", name="upload")
+    def upload(data: str) -> None:
+        pytest.fail("an oversized message must not run")
+
+    handle = upload_big.enqueue("x" * 5000)
+    worker(app, ["q"])
+    entry = dead_entry(app, "q", handle.id)
+    assert entry["reason"] == "too_large"
+    assert len(entry["message"]) <= 64 * 1024 + 20
+
+
+def test_message_that_keeps_losing_its_worker_is_dead_lettered(
+    make_app: Callable[..., App], worker: Any
+) -> None:
+    app = make_app(max_lost_deliveries=2)
+
+    @app.task(queue="q")
+    def crashes_workers() -> None:
+        pytest.fail("must not run again")
+
+    handle = crashes_workers.enqueue()
+    # as if three workers had fetched it and died (no retry verdict ever recorded)
+    app.broker.redis.hset(app.broker.keys("q").deliveries, handle.id, 3)
+    worker(app, ["q"])
+    entry = dead_entry(app, "q", handle.id)
+    assert entry["reason"] == "worker_lost"
+    assert "delivered 4 times" in entry["error"]
+
+
+def test_poison_entries_do_not_block_the_queue(make_app: Callable[..., App], worker: Any) -> None:
+    app = make_app()
+    ran: list[int] = []
+
+    @app.task(queue="q")
+    def good(n: int) -> None:
+        ran.append(n)
+
+    keys = app.broker.keys("q")
+    good.enqueue(1)
+    app.broker.redis.lpush(keys.waiting, b"not-a-token")
+    app.broker.redis.hset(keys.messages, "bad1", b"\xff\xfe not json")
+    app.broker.redis.lpush(keys.waiting, b"0:bad1")
+    good.enqueue(2)
+    worker(app, ["q"])
+    assert sorted(ran) == [1, 2]
+    reasons = {e.id: e.reason for e in app.dlq("q").entries()}
+    assert reasons == {"not-a-token": "undecodable", "bad1": "undecodable"}
+    wait_for(lambda: app.measure("q").waiting == 0, message="an empty queue")

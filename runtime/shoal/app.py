@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
+from shoal import queue_defaults
 from shoal.broker import Broker, QueueStats
 from shoal.dlq import DeadLetters
 from shoal.errors import ConfigurationError, TaskNotFound
@@ -132,17 +133,18 @@ class App:
                 raise ConfigurationError(f"task {task_name!r} is declared twice; pass name=")
             for mw in self.middleware:
                 mw.validate_options(task_name, options)
-            timeout_s = self.settings.default_timeout_s if timeout is None else to_seconds(timeout)
-            if timeout_s <= 0:
-                raise ConfigurationError(f"task {task_name!r}: timeout must be > 0 seconds")
+            task_options = dict(options)
+            if timeout is not None:
+                task_options["timeout"] = to_seconds(timeout)
+                if task_options["timeout"] <= 0:
+                    raise ConfigurationError(f"task {task_name!r}: timeout must be > 0 seconds")
             task: Task[P, R] = Task(
                 self,
                 func,
                 name=task_name,
                 queue=queue or self.settings.default_queue,
                 store_result=store_result,
-                timeout_s=timeout_s,
-                options=dict(options),
+                options=task_options,
             )
             self.tasks[task_name] = task
             return task
@@ -164,7 +166,6 @@ class App:
             name=name,
             queue=queue or self.settings.default_queue,
             store_result=False,
-            timeout_s=self.settings.default_timeout_s,
             options={},
         )
 
@@ -180,6 +181,19 @@ class App:
     def measure(self, queue: str) -> QueueStats:
         """A queue's figures (waiting, in flight, delayed, dead, oldest age, counters), O(1)."""
         return self.broker.measure(queue)
+
+    def configure_queue(self, queue: str, **defaults: Any) -> None:
+        """Store defaults for every task of ``queue`` in Redis, where all its workers read them
+        (within a heartbeat): ``max_retries``, ``min_backoff``, ``max_backoff``, ``timeout``,
+        ``dlq_max_entries``, ``dlq_max_age``. Task and message options still win."""
+        fields = queue_defaults.validate(queue, defaults)
+        if fields:
+            self.broker.redis.hset(self.broker.keys(queue).config, mapping=fields)  # type: ignore[arg-type]
+
+    def queue_defaults(self, queue: str) -> dict[str, Any]:
+        """The defaults stored for ``queue`` (empty when none)."""
+        raw = self.broker.redis.hgetall(self.broker.keys(queue).config)
+        return queue_defaults.parse(queue, raw)
 
     def dlq(self, queue: str) -> DeadLetters:
         """The dead-letter queue of ``queue``: list, get, replay, purge."""

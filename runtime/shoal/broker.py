@@ -17,6 +17,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript, Script
 
+from shoal import queue_defaults
 from shoal.errors import BrokerError
 from shoal.keys import QueueKeys, queue_keys, queues_key
 from shoal.settings import Settings, mask_url
@@ -106,7 +107,7 @@ class Fetched:
 def connection_error(url: str, exc: BaseException) -> BrokerError:
     """A one-line error naming the (masked) URL, what failed, and what to check."""
     return BrokerError(
-        f"cannot reach Redis at {mask_url(url)}: {exc}. Check SHOAL_REDIS_URL "
+        f"cannot reach Redis at {mask_url(url)}: {str(exc).rstrip('.')}. Check SHOAL_REDIS_URL "
         "(redis://host:port/db) and that the server is running."
     )
 
@@ -146,8 +147,10 @@ def _dead_call(
     entry: bytes,
     result: bytes | None,
     dedupe: str | None,
-    s: Settings,
+    bounds: tuple[int, float],
+    result_ttl_s: float,
 ) -> Call:
+    max_entries, max_age_s = bounds
     keys = [
         k.inflight,
         k.messages,
@@ -161,10 +164,10 @@ def _dead_call(
     argv = [
         message_id,
         entry,
-        s.dlq_max_entries,
+        max_entries,
         result or b"",
-        int(s.result_ttl_s * 1000),
-        int(s.dlq_max_age_s * 1000),
+        int(result_ttl_s * 1000),
+        int(max_age_s * 1000),
         dedupe or "",
     ]
     return "dead", keys, argv
@@ -215,12 +218,37 @@ class _KeysMixin:
         return k
 
 
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, socket.gaierror)
+
+
+class _ExplainingRedis(redis.Redis):
+    """A blocking client whose connection failures become one BrokerError naming the URL.
+
+    Producers, the CLI and ``handle.result()`` all go through it, so none of them shows a
+    redis-py traceback for a wrong SHOAL_REDIS_URL."""
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        try:
+            return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        except CONNECTION_ERRORS as exc:
+            pool_kwargs = self.connection_pool.connection_kwargs
+            url = _describe_target(pool_kwargs)
+            raise connection_error(url, exc) from exc
+
+
+def _describe_target(kwargs: dict[str, Any]) -> str:
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}"
+    auth = ":***@" if kwargs.get("password") else ""
+    return f"redis://{auth}{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}"
+
+
 class Broker(_KeysMixin):
     """Blocking Redis client for producers, the CLI and the operator's measurements."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis: redis.Redis = redis.Redis.from_url(
+        self.redis: redis.Redis = _ExplainingRedis.from_url(
             settings.redis_url, socket_connect_timeout=5, health_check_interval=30
         )
         self._scripts: dict[str, Script] = {
@@ -231,17 +259,11 @@ class Broker(_KeysMixin):
 
     def _run(self, call: Call, client: Any = None) -> Any:
         name, keys, argv = call
-        try:
-            return self._scripts[name](keys, argv, client=client)
-        except (redis.ConnectionError, redis.TimeoutError, socket.gaierror) as exc:
-            raise connection_error(self.settings.redis_url, exc) from exc
+        return self._scripts[name](keys, argv, client=client)
 
     def _remember_queue(self, queue: str) -> None:
         if queue not in self._known_queues:
-            try:
-                self.redis.sadd(queues_key(self.settings.key_prefix), queue)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                raise connection_error(self.settings.redis_url, exc) from exc
+            self.redis.sadd(queues_key(self.settings.key_prefix), queue)
             self._known_queues.add(queue)
 
     def enqueue(self, queue: str, items: Sequence[Outgoing]) -> list[str]:
@@ -273,7 +295,7 @@ class Broker(_KeysMixin):
             self._run(_measure_call(self.keys(q)), client=pipe)
         try:
             replies = pipe.execute()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except CONNECTION_ERRORS as exc:
             raise connection_error(self.settings.redis_url, exc) from exc
         return [QueueStats.from_reply(q, r) for q, r in zip(queues, replies, strict=True)]
 
@@ -287,18 +309,12 @@ class Broker(_KeysMixin):
 
         BLMOVE from the list onto itself reads the result without consuming it."""
         key = self.keys(queue).result(message_id)
-        try:
-            value = self.redis.blmove(key, key, timeout_s, "RIGHT", "RIGHT")  # type: ignore[arg-type]
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise connection_error(self.settings.redis_url, exc) from exc
+        value = self.redis.blmove(key, key, timeout_s, "RIGHT", "RIGHT")  # type: ignore[arg-type]
         return value if isinstance(value, bytes) else None
 
     def ping(self) -> None:
         """Raise a BrokerError naming the URL when Redis does not answer."""
-        try:
-            self.redis.ping()
-        except (redis.ConnectionError, redis.TimeoutError, socket.gaierror) as exc:
-            raise connection_error(self.settings.redis_url, exc) from exc
+        self.redis.ping()
 
     def close(self) -> None:
         self.redis.close()
@@ -335,10 +351,22 @@ class AsyncBroker(_KeysMixin):
         return bool(await self._run(call))
 
     async def dead(
-        self, queue: str, message_id: str, entry: bytes, result: bytes | None, dedupe: str | None
+        self,
+        queue: str,
+        message_id: str,
+        entry: bytes,
+        result: bytes | None,
+        dedupe: str | None,
+        bounds: tuple[int, float],
     ) -> None:
-        call = _dead_call(self.keys(queue), message_id, entry, result, dedupe, self.settings)
-        await self._run(call)
+        """Dead-letter a message; ``bounds`` is the DLQ's (max entries, max age in seconds)."""
+        k = self.keys(queue)
+        ttl = self.settings.result_ttl_s
+        await self._run(_dead_call(k, message_id, entry, result, dedupe, bounds, ttl))
+
+    async def queue_defaults(self, queue: str) -> dict[str, Any]:
+        """The queue's stored defaults (see :mod:`shoal.queue_defaults`)."""
+        return queue_defaults.parse(queue, await self.redis.hgetall(self.keys(queue).config))
 
     async def handback(self, queue: str, ids: Sequence[str]) -> int:
         if not ids:

@@ -316,7 +316,7 @@ def main() -> None:
     try:
         cli(standalone_mode=True)
     except ShoalError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        click.echo(f"error: {exc}", err=True)  # one line, never wrapped: logs keep it whole
         sys.exit(2)
 
 

@@ -18,6 +18,7 @@ key                                    type    meaning
                                                recovered
 ``{p}:{q}:deliveries``                 HASH    id → times handed to a worker (lost deliveries)
 ``{p}:{q}:dedupe``                     HASH    dedupe key → id of the live message holding it
+``{p}:{q}:config``                     HASH    queue defaults (max_retries, timeout, …)
 ``{p}:{q}:result:<id>``                LIST    one result JSON, with a TTL
 ``{p}:{q}:notify``                     pubsub  published when waiting goes from empty to not
 ``{p}:queues``                         SET     every queue name ever enqueued to
@@ -45,6 +46,7 @@ class QueueKeys:
     stats: str
     deliveries: str
     dedupe: str
+    config: str
     notify: str
     result_prefix: str
 
@@ -67,6 +69,7 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
         stats=base + "stats",
         deliveries=base + "deliveries",
         dedupe=base + "dedupe",
+        config=base + "config",
         notify=base + "notify",
         result_prefix=base + "result:",
     )

@@ -79,7 +79,6 @@ class Task(Generic[P, R]):
         name: str,
         queue: str,
         store_result: bool,
-        timeout_s: float,
         options: dict[str, Any],
     ) -> None:
         self.app = app
@@ -87,7 +86,6 @@ class Task(Generic[P, R]):
         self.name = name
         self.queue = queue
         self.store_result = store_result
-        self.timeout_s = timeout_s
         self.options = options
         self.is_async = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__

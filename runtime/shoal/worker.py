@@ -71,6 +71,9 @@ class Worker:
         self.broker = AsyncBroker(self.settings)
         self.held: dict[str, dict[str, Message | None]] = {q: {} for q in self.queues}
         self.acks: dict[str, list[Finished]] = {q: [] for q in self.queues}
+        self.queue_defaults: dict[str, dict[str, Any]] = {}
+        """Per-queue defaults from Redis (``app.configure_queue``), refreshed each heartbeat."""
+        self._merged: dict[tuple[str, str], dict[str, Any]] = {}
         self.replace_requested = False
         """Set after a hard timeout: the process must exit and be replaced to free the slot."""
         self.busy = 0
@@ -285,11 +288,20 @@ class Worker:
             return message, task, ("worker_lost", gone)
         return message, task, None
 
+    def _options(self, queue: str, task: Task[Any, Any], message: Message) -> dict[str, Any]:
+        """Effective options: the message's, then the task's, then the queue's defaults."""
+        key = (queue, task.name)
+        merged = self._merged.get(key)
+        if merged is None:
+            merged = self._merged[key] = {**self.queue_defaults.get(queue, {}), **task.options}
+        return {**merged, **message.options} if message.options else merged
+
     async def _execute(self, queue: str, task: Task[Any, Any], message: Message) -> None:
         app = self.app
         for mw in app.process_hooks:
             app.call_hook(mw.before_process, task, message)
-        timeout_s = float(message.options.get("timeout") or task.timeout_s)
+        options = self._options(queue, task, message)
+        timeout_s = float(options.get("timeout", self.settings.default_timeout_s))
         result: Any = None
         error: BaseException | None = None
         try:
@@ -322,7 +334,7 @@ class Worker:
             self.acks[queue].append((message.id, stored, message.options.get("dedupe_key")))
             self._ack_ready.set()
             return
-        outcome = Outcome(error)  # a TaskTimeout is retried like any other failure
+        outcome = Outcome(error, options)  # a TaskTimeout is retried like any other failure
         for mw in app.failure_hooks:
             app.call_hook(mw.after_failure, task, message, outcome)
         if outcome.retry_in_s is not None:
@@ -377,7 +389,14 @@ class Worker:
             "message %s on %s dead-lettered (%s): %s", message_id, queue, reason, _describe(error)
         )
         dedupe = message.options.get("dedupe_key") if message else None
-        await self._retrying(lambda: self.broker.dead(queue, message_id, entry, result, dedupe))
+        defaults = self.queue_defaults.get(queue, {})
+        bounds = (
+            int(defaults.get("dlq_max_entries", self.settings.dlq_max_entries)),
+            float(defaults.get("dlq_max_age", self.settings.dlq_max_age_s)),
+        )
+        await self._retrying(
+            lambda: self.broker.dead(queue, message_id, entry, result, dedupe, bounds)
+        )
         self.held[queue].pop(message_id, None)
 
     # --- acks and heartbeats --------------------------------------------------------------------
@@ -427,6 +446,7 @@ class Worker:
             try:
                 for queue, held in self.held.items():
                     await self.broker.renew(queue, list(held))
+                await self._refresh_queue_defaults()
                 info = orjson.dumps(
                     {
                         "id": self.id,
@@ -448,6 +468,14 @@ class Worker:
             except REDIS_ERRORS as exc:
                 log.warning("worker %s: heartbeat failed (%s)", self.id, exc)
             await asyncio.sleep(self.settings.heartbeat_s)
+
+    async def _refresh_queue_defaults(self) -> None:
+        fresh = {q: await self.broker.queue_defaults(q) for q in self.queues}
+        if fresh != self.queue_defaults:
+            if self.queue_defaults:
+                log.info("worker %s: queue defaults changed: %s", self.id, fresh)
+            self.queue_defaults = fresh
+            self._merged = {}
 
     async def _deregister(self) -> None:
         prefix = self.settings.key_prefix

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -18,6 +19,8 @@ class Outcome:
     moves the message to the dead-letter queue with ``reason``."""
 
     exception: BaseException
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """The message's effective options: its own, then the task's, then the queue defaults."""
     reason: str = "failed"
     retry_in_s: float | None = None
 

@@ -60,7 +60,7 @@ class Retries(Middleware):
         if task is None or outcome.reason != "failed":
             return
         exc = outcome.exception
-        opts = task.options
+        opts = outcome.options
         settings = task.app.settings
         max_retries = opts.get("max_retries", settings.default_max_retries)
         if isinstance(exc, Retry):

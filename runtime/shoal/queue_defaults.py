@@ -1,0 +1,62 @@
+"""Per-queue defaults stored in Redis: written by ``app.configure_queue`` or the operator (from a
+``Queue`` resource), read by every worker consuming the queue.
+
+Precedence, most specific first: per-message options, ``@app.task(...)`` options, these queue
+defaults, then :class:`~shoal.settings.Settings`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from shoal.errors import ConfigurationError
+
+log = logging.getLogger("shoal.queue_defaults")
+
+FIELDS: dict[str, type] = {
+    "max_retries": int,
+    "min_backoff": float,
+    "max_backoff": float,
+    "timeout": float,
+    "dlq_max_entries": int,
+    "dlq_max_age": float,
+}
+"""Every default a queue may carry, with its type. Durations are seconds."""
+
+
+def validate(queue: str, values: Mapping[str, Any]) -> dict[str, str]:
+    """Check defaults before they are written; return them as Redis hash fields."""
+    out: dict[str, str] = {}
+    for name, value in values.items():
+        kind = FIELDS.get(name)
+        if kind is None:
+            raise ConfigurationError(
+                f"queue {queue!r}: unknown default {name!r}; accepted: {', '.join(FIELDS)}"
+            )
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ConfigurationError(
+                f"queue {queue!r}: default {name}={value!r} is not a {kind.__name__}"
+            ) from None
+        if number < 0 or (name in {"timeout", "dlq_max_entries", "dlq_max_age"} and number == 0):
+            raise ConfigurationError(f"queue {queue!r}: default {name}={value!r} is out of range")
+        out[name] = str(number)
+    return out
+
+
+def parse(queue: str, raw: Mapping[Any, Any]) -> dict[str, Any]:
+    """Defaults read from Redis; a field that does not parse is logged and ignored, never fatal."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        kind = FIELDS.get(name)
+        try:
+            if kind is None:
+                raise ValueError("unknown field")
+            out[name] = kind(value.decode() if isinstance(value, bytes) else value)
+        except ValueError as exc:
+            log.warning("queue %s: ignoring default %s=%r (%s)", queue, name, value, exc)
+    return out

@@ -4,6 +4,7 @@ Backoff is checked from the due times Redis holds, never by sleeping through it.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 import redis
 
 from helpers import wait_for
-from shoal import App, Retry
+from shoal import App, ConfigurationError, Retry
 from shoal.middleware import Retries
 from shoal.middleware.retries import backoff_s
 
@@ -293,3 +294,38 @@ def test_poison_entries_do_not_block_the_queue(make_app: Callable[..., App], wor
     reasons = {e.id: e.reason for e in app.dlq("q").entries()}
     assert reasons == {"not-a-token": "undecodable", "bad1": "undecodable"}
     wait_for(lambda: app.measure("q").waiting == 0, message="an empty queue")
+
+
+def test_queue_defaults_from_redis_apply_below_task_options(
+    make_app: Callable[..., App], worker: Any
+) -> None:
+    # Given queue defaults written where workers read them (as the operator does)
+    app = make_app()
+    app.configure_queue("q", max_retries=0, timeout=0.05, dlq_max_entries=1)
+    assert app.queue_defaults("q") == {"max_retries": 0, "timeout": 0.05, "dlq_max_entries": 1}
+
+    @app.task(queue="q")
+    async def slow() -> None:
+        await asyncio.sleep(5)
+
+    @app.task(queue="q", max_retries=1, min_backoff=0.001, max_backoff=0.001)
+    def fails_twice() -> None:
+        raise ValueError("no")
+
+    # When both run
+    handles = [slow.enqueue(), fails_twice.enqueue()]
+    worker(app, ["q"])
+    # Then the queue's timeout applied to slow, and the task's own max_retries beat the queue's
+    assert app.measure("q").retried == 1
+    assert app.measure("q").dead_total == 2
+    # And the DLQ bound of the queue kept one entry
+    assert len(app.dlq("q")) == 1
+    assert handles
+
+
+def test_bad_queue_defaults_are_refused_with_the_name(make_app: Callable[..., App]) -> None:
+    app = make_app()
+    with pytest.raises(ConfigurationError, match="max_retires"):
+        app.configure_queue("q", max_retires=3)
+    with pytest.raises(ConfigurationError, match="timeout"):
+        app.configure_queue("q", timeout=0)

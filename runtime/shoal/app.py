@@ -12,6 +12,7 @@ from shoal.broker import Broker, QueueStats
 from shoal.dlq import DeadLetters
 from shoal.errors import ConfigurationError, TaskNotFound
 from shoal.middleware import Middleware, default_middleware
+from shoal.middleware.hooks import Hooks
 from shoal.settings import Seconds, Settings, mask_url, to_seconds
 from shoal.signing import Signer
 from shoal.task import Task
@@ -66,27 +67,8 @@ class App:
         self._refresh_hooks()
 
     def _refresh_hooks(self) -> None:
-        """Keep per-hook lists of the middleware that override it: an unused hook costs nothing."""
-
-        def overriding(name: str) -> list[Middleware]:
-            base = getattr(Middleware, name)
-            return [m for m in self.middleware if getattr(type(m), name) is not base]
-
-        self.enqueue_hooks = overriding("before_enqueue")
-        self.process_hooks = overriding("before_process")
-        self.after_process_hooks = overriding("after_process")[::-1]
-        self.failure_hooks = overriding("after_failure")
+        self.hooks = Hooks(self.middleware)
         self.task_options = CORE_OPTIONS.union(*(m.task_options for m in self.middleware))
-
-    @staticmethod
-    def call_hook(hook: Callable[..., None], *args: Any, **kwargs: Any) -> None:
-        """Run one hook; a failing hook is logged, never fatal."""
-        try:
-            hook(*args, **kwargs)
-        except Exception:
-            log.exception(
-                "middleware hook %s failed; continuing", getattr(hook, "__qualname__", hook)
-            )
 
     # --- tasks ------------------------------------------------------------------------------
 

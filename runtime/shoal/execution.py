@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ctypes
 import threading
 from collections.abc import Callable
@@ -105,7 +106,8 @@ async def run_sync(
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
             loop.call_soon_threadsafe(settle, done)
 
-    pool.submit(call).add_done_callback(on_done)
+    # copy_context: the task's thread sees the caller's context (the current span, log fields)
+    pool.submit(contextvars.copy_context().run, call).add_done_callback(on_done)
     soft = loop.call_later(timeout_s, call.interrupt)
     hard = loop.call_later(timeout_s + hard_grace_s, abandon)
     try:

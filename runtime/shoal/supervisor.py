@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import multiprocessing
 import os
@@ -45,6 +46,8 @@ def _child_main(spec: WorkerSpec, tick: Synchronized[float], log_level: int) -> 
     """Entry point of a worker process."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from shoal.worker import Worker  # imported here: the supervisor never needs it
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps every stack
 
     app = load_app(spec.app)
 
@@ -140,11 +143,14 @@ class Supervisor:
                 self.children[i] = _Child(self.ctx, self.spec, self.log_level)
             if stop_deadline is not None and time.monotonic() > stop_deadline:
                 for child in self.children:
-                    if child is not None and child.process.is_alive():
+                    if child is not None and child.process.is_alive() and child.process.pid:
                         log.error(
-                            "worker %d ignored SIGTERM past the grace period; killing",
+                            "worker %d ignored SIGTERM past the grace period; its stacks "
+                            "follow, then it is killed",
                             child.process.pid,
                         )
+                        os.kill(child.process.pid, signal.SIGUSR1)
+                        time.sleep(0.5)
                         child.process.kill()
                 stop_deadline = float("inf")
         if server is not None:

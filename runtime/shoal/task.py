@@ -164,17 +164,18 @@ class Sender(Generic[P, R]):
         if send.dedupe_key is not None:
             options["dedupe_key"] = send.dedupe_key
         delay_ms = int(send.delay_s * 1000)
-        items: list[Outgoing] = []
-        hooks = app.enqueue_hooks
-        seal = app.signer.seal
-        for args, kwargs in batch:
-            message = Message(
-                new_message_id(), task.name, task.queue, args, kwargs, now, options=options
-            )
-            for mw in hooks:
-                app.call_hook(mw.before_enqueue, task, message)
-            items.append((message.id, delay_ms, seal(self._encode(message)), send.dedupe_key))
-        ids = app.broker.enqueue(task.queue, items)
+        messages = [
+            Message(new_message_id(), task.name, task.queue, args, kwargs, now, options=options)
+            for args, kwargs in batch
+        ]
+        hooks = app.hooks
+        with hooks.context("enqueue_context", task, messages):
+            seal = app.signer.seal
+            items: list[Outgoing] = [
+                (m.id, delay_ms, seal(self._encode(m)), send.dedupe_key) for m in messages
+            ]
+            ids = app.broker.enqueue(task.queue, items)
+        hooks.emit("after_enqueue", task, messages)
         return [Handle(app, task.queue, task.name, mid) for mid in ids]
 
     def _encode(self, message: Message) -> bytes:

@@ -82,6 +82,8 @@ class Worker:
         self._stop_event = asyncio.Event()
         self._capacity = asyncio.Event()
         self._ack_ready = asyncio.Event()
+        self._ack_lock = asyncio.Lock()
+        self._closing = asyncio.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._running: set[asyncio.Future[None]] = set()
         self._rr = 0
@@ -103,25 +105,28 @@ class Worker:
             self.concurrency,
             self.app,
         )
-        for mw in self.app.middleware:
-            self.app.call_hook(mw.before_worker_boot, self)
+        self.app.hooks.emit("before_worker_boot", self)
         background = [
             asyncio.create_task(self._ack_loop()),
             asyncio.create_task(self._heartbeat_loop()),
         ]
         try:
             await self._fetch_loop()
-            for mw in self.app.middleware:
-                self.app.call_hook(mw.before_worker_shutdown, self)
+            self.app.hooks.emit("before_worker_shutdown", self)
             await self._drain()
         finally:
-            for t in background:
+            # Let the ack and heartbeat loops finish their current Redis call and return: a
+            # call cancelled midway could lose an ack or leave a connection half-read.
+            self._closing.set()
+            self._ack_ready.set()
+            _, late = await asyncio.wait(background, timeout=10)
+            for t in late:
                 t.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
             await self._deregister()
             await self.broker.close()
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
+            self.app.hooks.emit("after_worker_shutdown", self)
         log.info("worker %s stopped after %d tasks", self.id, self.processed)
 
     async def _drain(self) -> None:
@@ -246,13 +251,17 @@ class Worker:
             # A malformed waiting entry comes back as its own id, with no body: judge the entry.
             data = body if body is not None else message_id.encode()
             message, task, rejection = self._admit(data, deliveries)
-            if rejection is not None:
-                reason, error = rejection
-                await self._dead_letter(queue, message_id, message, task, reason, error, data)
+            if message is None:  # not even an envelope: no trace to join
+                assert rejection is not None
+                await self._dead_letter(queue, message_id, None, None, *rejection, data)
                 return
-            assert message is not None and task is not None
-            self.held[queue][message_id] = message
-            await self._execute(queue, task, message)
+            with self.app.hooks.context("process_context", task, message, queue):
+                if rejection is not None or task is None:
+                    assert rejection is not None
+                    await self._dead_letter(queue, message_id, message, task, *rejection, data)
+                    return
+                self.held[queue][message_id] = message
+                await self._execute(queue, task, message)
         except Exception:
             # Never lose a message to a bug here: it stays held until its lease lapses.
             log.exception("worker %s: internal error processing %s", self.id, message_id)
@@ -297,9 +306,8 @@ class Worker:
         return {**merged, **message.options} if message.options else merged
 
     async def _execute(self, queue: str, task: Task[Any, Any], message: Message) -> None:
-        app = self.app
-        for mw in app.process_hooks:
-            app.call_hook(mw.before_process, task, message)
+        hooks = self.app.hooks
+        hooks.emit("before_process", task, message)
         options = self._options(queue, task, message)
         timeout_s = float(options.get("timeout", self.settings.default_timeout_s))
         result: Any = None
@@ -328,15 +336,13 @@ class Worker:
             self.stop()
         except Exception as exc:
             error = exc
-        for mw in app.after_process_hooks:
-            app.call_hook(mw.after_process, task, message, result=result, exception=error)
+        hooks.emit("after_process", task, message, result=result, exception=error)
         if error is None:
             self.acks[queue].append((message.id, stored, message.options.get("dedupe_key")))
             self._ack_ready.set()
             return
         outcome = Outcome(error, options)  # a TaskTimeout is retried like any other failure
-        for mw in app.failure_hooks:
-            app.call_hook(mw.after_failure, task, message, outcome)
+        hooks.emit("after_failure", task, message, outcome)
         if outcome.retry_in_s is not None:
             delay = outcome.retry_in_s
             body = self.app.signer.seal(message.next_attempt(last_error=_describe(error)).encode())
@@ -350,6 +356,7 @@ class Worker:
             )
             await self._retrying(lambda: self.broker.retry(queue, message.id, delay, body))
             self.held[queue].pop(message.id, None)
+            hooks.emit("after_retry", task, message, delay)
             return
         await self._dead_letter(queue, message.id, message, task, outcome.reason, error)
 
@@ -398,17 +405,26 @@ class Worker:
             lambda: self.broker.dead(queue, message_id, entry, result, dedupe, bounds)
         )
         self.held[queue].pop(message_id, None)
+        self.app.hooks.emit("after_dead_letter", queue, message, reason, error)
 
     # --- acks and heartbeats --------------------------------------------------------------------
 
     async def _ack_loop(self) -> None:
-        while True:
+        while not self._closing.is_set():
             await self._ack_ready.wait()
             self._ack_ready.clear()
-            await self._flush_acks()
+            if not await self._flush_acks():
+                await asyncio.sleep(0.5)
+                self._ack_ready.set()
 
     async def _flush_acks(self) -> bool:
-        """Send every pending ack; on a Redis error keep them pending and report False."""
+        """Send every pending ack; on a Redis error keep them pending and report False.
+
+        Serialised by a lock, so whoever flushes next also waits for a flush in flight."""
+        async with self._ack_lock:
+            return await self._flush_acks_locked()
+
+    async def _flush_acks_locked(self) -> bool:
         ok = True
         for queue, batch in self.acks.items():
             if not batch:
@@ -429,19 +445,18 @@ class Worker:
             held = self.held[queue]
             for message_id, _, _ in batch:
                 held.pop(message_id, None)
-        if not ok:
-            await self._sleep(0.5)
-            self._ack_ready.set()
         return ok
 
     async def _flush_acks_until(self, deadline: float) -> None:
-        while any(self.acks.values()) and time.monotonic() < deadline:
-            if not await self._flush_acks():
-                await asyncio.sleep(0.2)
+        """Flush until nothing is pending (an in-flight flush included) or the deadline."""
+        while time.monotonic() < deadline:
+            if await self._flush_acks() and not any(self.acks.values()):
+                return
+            await asyncio.sleep(0.2)
 
     async def _heartbeat_loop(self) -> None:
         prefix = self.settings.key_prefix
-        while True:
+        while not self._closing.is_set():
             self.on_tick()
             try:
                 for queue, held in self.held.items():
@@ -467,7 +482,8 @@ class Worker:
                 await pipe.execute()
             except REDIS_ERRORS as exc:
                 log.warning("worker %s: heartbeat failed (%s)", self.id, exc)
-            await asyncio.sleep(self.settings.heartbeat_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.settings.heartbeat_s)
 
     async def _refresh_queue_defaults(self) -> None:
         fresh = {q: await self.broker.queue_defaults(q) for q in self.queues}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -26,7 +27,10 @@ class Outcome:
 
 
 class Middleware:
-    """Base class: override the hooks you need. ``task_options`` names the options it owns."""
+    """Base class: override the hooks you need; the others cost nothing.
+
+    ``*_context`` hooks return a context manager wrapped around the whole step (tracing uses
+    them to keep a span current); ``before_*`` hooks run in list order, ``after_*`` in reverse."""
 
     task_options: ClassVar[frozenset[str]] = frozenset()
     """Options ``@app.task(...)`` accepts on this middleware's behalf."""
@@ -34,16 +38,29 @@ class Middleware:
     def validate_options(self, task_name: str, options: dict[str, Any]) -> None:
         """Raise ConfigurationError when one of this middleware's options has a wrong value."""
 
-    # producer side
-    def before_enqueue(self, task: Task[Any, Any], message: Message) -> None:
-        """Before a message is sent; may add ``message.headers``."""
+    # --- producer side ---------------------------------------------------------------------------
 
-    def after_enqueue(self, task: Task[Any, Any], message: Message) -> None:
-        """After a message was stored in Redis."""
+    def enqueue_context(
+        self, task: Task[Any, Any], messages: Sequence[Message]
+    ) -> contextlib.AbstractContextManager[None]:
+        """Wraps sending a batch (one message or many); may add ``message.headers``."""
+        return contextlib.nullcontext()
 
-    # worker side
+    def after_enqueue(self, task: Task[Any, Any], messages: Sequence[Message]) -> None:
+        """After Redis stored the batch."""
+
+    # --- worker side -----------------------------------------------------------------------------
+
     def before_worker_boot(self, worker: Any) -> None:
         """In each worker process, before it fetches anything."""
+
+    def process_context(
+        self, task: Task[Any, Any] | None, message: Message, queue: str
+    ) -> contextlib.AbstractContextManager[None]:
+        """Wraps a message's whole handling, from start to its verdict (ack, retry or DLQ).
+
+        ``task`` is None for a message rejected before it could run (unknown task)."""
+        return contextlib.nullcontext()
 
     def before_process(self, task: Task[Any, Any], message: Message) -> None:
         """Just before the task function runs."""
@@ -63,5 +80,16 @@ class Middleware:
     ) -> None:
         """After a failure, before the worker retries or dead-letters; may edit ``outcome``."""
 
+    def after_retry(self, task: Task[Any, Any], message: Message, delay_s: float) -> None:
+        """After a failed message was put back to run again in ``delay_s`` seconds."""
+
+    def after_dead_letter(
+        self, queue: str, message: Message | None, reason: str, error: BaseException
+    ) -> None:
+        """After a message went to the dead-letter queue (``message`` None: not decodable)."""
+
     def before_worker_shutdown(self, worker: Any) -> None:
         """When a worker process starts draining."""
+
+    def after_worker_shutdown(self, worker: Any) -> None:
+        """When a worker process has handed everything back; flush buffers here."""

@@ -1,0 +1,60 @@
+"""Dispatching hooks to the middleware that override them.
+
+Each hook keeps the list of middleware that override it, so a hook nobody uses costs a loop
+over an empty list. A hook that raises is logged and skipped: middleware never kills a worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from shoal.middleware.base import Middleware
+
+log = logging.getLogger("shoal.middleware")
+
+AFTER_HOOKS = frozenset(
+    {"after_enqueue", "after_process", "after_retry", "after_dead_letter", "after_worker_shutdown"}
+)
+"""Hooks that run in reverse middleware order, so the first middleware wraps the others."""
+
+
+class Hooks:
+    """The middleware of one App, indexed by the hooks they override."""
+
+    def __init__(self, middleware: Sequence[Middleware]) -> None:
+        self.middleware = list(middleware)
+        self._by_hook: dict[str, list[Middleware]] = {}
+        for name in dir(Middleware):
+            base = getattr(Middleware, name)
+            if name.startswith("_") or not callable(base) or name == "validate_options":
+                continue
+            users = [m for m in self.middleware if getattr(type(m), name) is not base]
+            self._by_hook[name] = users[::-1] if name in AFTER_HOOKS else users
+
+    def has(self, hook: str) -> bool:
+        """Whether any middleware overrides ``hook``."""
+        return bool(self._by_hook[hook])
+
+    def emit(self, hook: str, *args: Any, **kwargs: Any) -> None:
+        """Call ``hook`` on every middleware overriding it; failures are logged."""
+        for mw in self._by_hook[hook]:
+            try:
+                getattr(mw, hook)(*args, **kwargs)
+            except Exception:
+                log.exception("middleware %s.%s failed; continuing", type(mw).__name__, hook)
+
+    def context(self, hook: str, *args: Any) -> contextlib.AbstractContextManager[Any]:
+        """Enter every ``*_context`` hook, outermost first (a nullcontext when none)."""
+        users = self._by_hook[hook]
+        if not users:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        for mw in users:
+            try:
+                stack.enter_context(getattr(mw, hook)(*args))
+            except Exception:
+                log.exception("middleware %s.%s failed; continuing", type(mw).__name__, hook)
+        return stack

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+
+from shoal.errors import ShoalError
+from shoal.redis_server import LocalRedis
+from shoal.worker import Worker
 
 
 def wait_for(
@@ -28,3 +34,66 @@ def wait_for(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {message} (last value: {last!r})")
         time.sleep(interval)
+
+
+def start_local_redis(port: int | None = None) -> LocalRedis:
+    """Start a redis-server of our own; a missing binary fails loudly with the install hint."""
+    try:
+        server = LocalRedis(port)
+    except ShoalError as exc:
+        pytest.fail(
+            f"redis-server is required for the integration tests: {exc}. "
+            "On Debian/Ubuntu: `apt-get install redis-server`; on macOS: `brew install redis`.",
+            pytrace=False,
+        )
+    assert server.port != 6379, "the tests never use the default Redis port"
+    return server.start()
+
+
+class RunningWorker:
+    """A Worker running in a thread with its own event loop."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._main, name="test-worker", daemon=True)
+
+    def _main(self) -> None:
+        async def run() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._ready.set()
+            await self.worker.run()
+
+        try:
+            asyncio.run(run())
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self._ready.set()
+
+    def start(self) -> RunningWorker:
+        self.thread.start()
+        self._ready.wait(10)
+        return self
+
+    def join(self, timeout: float = 30.0) -> Worker:
+        """Wait for the worker to return; fail the test if it does not, or if it raised."""
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            pytest.fail(f"worker {self.worker.id} did not return within {timeout}s")
+        if self.error is not None:
+            raise AssertionError(f"worker {self.worker.id} crashed: {self.error!r}") from self.error
+        return self.worker
+
+    def call(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` on the worker's event loop thread (as a signal handler would)."""
+        assert self._loop is not None, "the worker loop is not running"
+        self._loop.call_soon_threadsafe(fn)
+
+    def stop(self, timeout: float = 30.0) -> Worker:
+        """Ask the worker to stop (as SIGTERM does) and wait until it has drained."""
+        if self.thread.is_alive() and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.worker.stop)
+        return self.join(timeout)

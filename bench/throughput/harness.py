@@ -6,9 +6,11 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,19 +69,39 @@ def prepare(spec: PeerSpec, ensure_venv: Callable[..., None], log_dir: Path) -> 
         err = out.stderr.decode(errors="replace").strip().splitlines()
         return {"error": f"import failed: {err[-1] if err else out.returncode}"}
     versions: dict[str, str] = json.loads(out.stdout)
-    if spec.name == "shoal":
-        versions["shoal"] = git_describe()
     return {"versions": versions}
 
 
-def git_describe() -> str:
-    out = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+def snapshot_shoal(rev: str | None) -> tuple[Path, str]:
+    """Copy ``runtime/`` (the working tree, or ``rev`` via ``git archive``) out of the repo, so
+    that edits made while the bench runs cannot change what it measures. Returns the directory
+    to put on PYTHONPATH and a description of the source."""
+    dest = VENVS / "_shoal_src"
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    git = ["git", "-C", str(REPO)]
+    if rev:
+        archive = subprocess.run(
+            [*git, "archive", rev, "runtime"], capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+        sha = subprocess.run(
+            [*git, "rev-parse", "--short", rev], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        return dest / "runtime", f"git {rev} ({sha})"
+    shutil.copytree(
+        REPO / "runtime", dest / "runtime", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    head = subprocess.run(
+        [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--", "runtime"],
         capture_output=True,
         text=True,
         check=False,
-    )
-    return f"working tree @ {out.stdout.strip() or 'no commit'}"
+    ).stdout.strip()
+    return dest / "runtime", f"working tree @ {head or 'no commit'}{' + edits' if dirty else ''}"
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -92,12 +114,18 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
             text = f"{step}: {err}"
             if text not in errors:
                 errors.append(text)
-    agg["errors"] = errors
+    agg["errors"] = errors or ([] if runs else ["no completed run"])
     return agg
 
 
 def fmt(value: Any, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
+
+
+def short(text: str, limit: int = 160) -> str:
+    """Errors can be long tracebacks: the table shows their end, the JSON has them whole."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else "…" + text[-limit:]
 
 
 def render(peers: dict[str, dict[str, Any]], settings: Settings, runs: int) -> Table:
@@ -122,7 +150,7 @@ def render(peers: dict[str, dict[str, Any]], settings: Settings, runs: int) -> T
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for name, entry in peers.items():
         if "error" in entry:
-            table.add_row(name, *["-"] * 10, f"[red]{entry['error']}")
+            table.add_row(name, *["-"] * 10, f"[red]{short(entry['error'])}")
             continue
         agg = entry["median"]
         bad = agg["lost"] or agg["duplicated"]
@@ -138,9 +166,38 @@ def render(peers: dict[str, dict[str, Any]], settings: Settings, runs: int) -> T
             fmt(agg["peak_rss_mb"], ".0f"),
             f"[red]{agg['lost']}" if bad else str(agg["lost"]),
             f"[red]{agg['duplicated']}" if bad else str(agg["duplicated"]),
-            "[red]" + "; ".join(agg["errors"]) if agg["errors"] else "",
+            "[red]" + short("; ".join(agg["errors"])) if agg["errors"] else "",
         )
+    versions = [
+        f"{name} {' '.join(f'{d}={v}' for d, v in entry['versions'].items())}"
+        for name, entry in peers.items()
+        if "versions" in entry
+    ]
+    table.caption = "; ".join(versions)
     return table
+
+
+def run_all(
+    specs: dict[str, PeerSpec],
+    runs: int,
+    ready: list[str],
+    peers: dict[str, dict[str, Any]],
+    port: int,
+    settings: Settings,
+    log_dir: Path,
+) -> None:
+    for run in range(runs):
+        for n in ready:  # interleave peers so that drift hits everyone alike
+            t0 = time.monotonic()
+            with console.status(f"run {run + 1}/{runs}: {n}"):
+                result = PeerRun(specs[n], port, settings, log_dir, f"r{run}").execute()
+            peers[n]["runs"].append(result)
+            note = "; ".join(f"{k}: {v}" for k, v in result["errors"].items())
+            console.print(
+                f"run {run + 1}/{runs} {n}: {time.monotonic() - t0:.0f}s "
+                f"lost={result['lost']} dup={result['duplicated']} "
+                f"{'[red]' + note if note else ''}"
+            )
 
 
 def run_bench(args: argparse.Namespace, ensure_venv: Callable[..., None]) -> int:
@@ -151,33 +208,34 @@ def run_bench(args: argparse.Namespace, ensure_venv: Callable[..., None]) -> int
     out_path: Path = args.out or RESULTS / f"throughput-{stamp}.json"
     names = args.peers.split(",")
 
+    specs = {name: SPECS[name] for name in names}
+    shoal_source = None
+    if "shoal" in specs:
+        path, shoal_source = snapshot_shoal(args.shoal_rev)
+        specs["shoal"] = replace(specs["shoal"], extra_pythonpath=[path])
     peers: dict[str, dict[str, Any]] = {}
     for name in names:
         with console.status(f"preparing {name} venv"):
-            peers[name] = prepare(SPECS[name], ensure_venv, log_dir)
+            peers[name] = prepare(specs[name], ensure_venv, log_dir)
+        if name == "shoal" and "versions" in peers[name]:
+            peers[name]["versions"]["shoal"] = shoal_source
         if "error" in peers[name]:
             console.print(f"[red]{name}: {peers[name]['error']}")
 
     ready = [n for n in names if "error" not in peers[n]]
     for n in ready:
         peers[n]["runs"] = []
-        spec = SPECS[n]
+        spec = specs[n]
         peers[n]["workers"] = {"noop": spec.describe("noop"), "io": spec.describe("io")}
         peers[n]["noop_tasks"] = max(100, int(settings.tasks * spec.scale))
-    with redis_server(log_dir) as port:
-        console.print(f"redis-server on 127.0.0.1:{port}; logs in {log_dir}")
-        for run in range(args.runs):
-            for n in ready:  # interleave peers so that drift hits everyone alike
-                t0 = time.monotonic()
-                with console.status(f"run {run + 1}/{args.runs}: {n}"):
-                    result = PeerRun(SPECS[n], port, settings, log_dir, f"r{run}").execute()
-                peers[n]["runs"].append(result)
-                note = "; ".join(f"{k}: {v}" for k, v in result["errors"].items())
-                console.print(
-                    f"run {run + 1}/{args.runs} {n}: {time.monotonic() - t0:.0f}s "
-                    f"lost={result['lost']} dup={result['duplicated']} "
-                    f"{'[red]' + note if note else ''}"
-                )
+    interrupted = False
+    try:
+        with redis_server(log_dir) as port:
+            console.print(f"redis-server on 127.0.0.1:{port}; logs in {log_dir}")
+            run_all(specs, args.runs, ready, peers, port, settings, log_dir)
+    except KeyboardInterrupt:
+        interrupted = True
+        console.print("[red]interrupted: reporting the runs completed so far")
     for n in ready:
         peers[n]["median"] = aggregate(peers[n]["runs"])
 
@@ -191,6 +249,7 @@ def run_bench(args: argparse.Namespace, ensure_venv: Callable[..., None]) -> int
             {
                 "meta": {
                     "time": stamp,
+                    "interrupted": interrupted,
                     "runs": args.runs,
                     "quick": args.quick,
                     "settings": vars(settings),

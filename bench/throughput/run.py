@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -88,6 +89,11 @@ def parse_args(argv: list[str], peer_names: list[str]) -> argparse.Namespace:
         default=120.0,
         help="seconds to wait for workers to finish one step",
     )
+    parser.add_argument(
+        "--shoal-rev",
+        help="measure Shoal as committed at this git revision "
+        "(e.g. HEAD) instead of the working tree's runtime/",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.peers.split(",")) - set(peer_names)
     if unknown:
@@ -95,8 +101,16 @@ def parse_args(argv: list[str], peer_names: list[str]) -> argparse.Namespace:
     return args
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main() -> int:
     bootstrap()
+    # SIGTERM, and SIGINT even when started in the background (where it is inherited ignored),
+    # unwind normally: every worker process group and the redis-server get killed on the way.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     sys.path.insert(0, str(HERE))
     from harness import run_bench  # after bootstrap(): needs the harness venv
     from specs import SPECS

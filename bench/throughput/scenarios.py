@@ -22,6 +22,7 @@ import os
 import subprocess
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ class PeerRun:
 
     # ---- plumbing -------------------------------------------------------------------------
 
-    @property
+    @cached_property
     def book(self) -> redis.Redis:
         return redis.Redis(port=self.port, db=1)
 
@@ -107,7 +108,7 @@ class PeerRun:
         return env
 
     def flush(self) -> None:
-        redis.Redis(port=self.port).flushall()
+        self.book.flushall()  # both databases: the peers' (0) and the bookkeeping (1)
 
     def driver(self, action: str, run: str, *extra: str, timeout: float | None = None) -> dict:
         cmd = [

@@ -8,6 +8,7 @@ layout each script documents in its header lives in exactly one Python place too
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -309,8 +310,14 @@ class Broker(_KeysMixin):
 
         BLMOVE from the list onto itself reads the result without consuming it."""
         key = self.keys(queue).result(message_id)
-        value = self.redis.blmove(key, key, timeout_s, "RIGHT", "RIGHT")  # type: ignore[arg-type]
-        return value if isinstance(value, bytes) else None
+        deadline = time.monotonic() + timeout_s
+        while True:  # block in slices: each stays well under the client's socket timeout
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            value = self.redis.blmove(key, key, min(1.0, left), "RIGHT", "RIGHT")  # type: ignore[arg-type]
+            if isinstance(value, bytes):
+                return value
 
     def ping(self) -> None:
         """Raise a BrokerError naming the URL when Redis does not answer."""

@@ -13,7 +13,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from shoal import __version__
+from shoal import __version__, logs
 from shoal.app import App, load_app
 from shoal.broker import QueueStats
 from shoal.dlq import REASONS
@@ -46,7 +46,13 @@ def cli() -> None:
 @click.option("--processes", "-p", default=1, show_default=True, help="Worker processes.")
 @click.option("--burst", is_flag=True, help="Drain the queues, then exit.")
 @click.option("--health-port", type=int, help="Serve /livez and /readyz on this port.")
+@click.option("--metrics-port", type=int, help="Serve Prometheus /metrics on this port.")
 @click.option("--log-level", default="INFO", show_default=True)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="Log lines as text or JSON (default: SHOAL_LOG_FORMAT, else text).",
+)
 def worker(
     app_spec: str,
     queues: str | None,
@@ -54,21 +60,25 @@ def worker(
     processes: int,
     burst: bool,
     health_port: int | None,
+    metrics_port: int | None,
     log_level: str,
+    log_format: str | None,
 ) -> None:
     """Run workers for the tasks of MODULE[:APP]."""
     from shoal.supervisor import Supervisor, WorkerSpec
 
     level = logging.getLevelName(log_level.upper())
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = load_app(app_spec)
-    spec = WorkerSpec(app_spec, _queues(queues), concurrency, burst)
+    fmt = log_format or app.settings.log_format
+    logs.setup(level, fmt)
+    spec = WorkerSpec(app_spec, _queues(queues), concurrency, burst, metrics_port is not None, fmt)
     sys.exit(
         Supervisor(
             spec,
             processes=processes,
             settings=app.settings,
             health_port=health_port,
+            metrics_port=metrics_port,
             log_level=level,
         ).run()
     )

@@ -126,6 +126,21 @@ class Settings:
     before it is dead-lettered as ``worker_lost`` (``SHOAL_MAX_LOST_DELIVERIES``). Protects the
     queue from a message that crashes every worker that runs it."""
 
+    log_format: str = "text"
+    """``text`` for people, ``json`` for log pipelines (``SHOAL_LOG_FORMAT``). Either way every
+    line logged while a task runs carries its id, name, queue, attempt and trace id."""
+
+    otel_export: bool = False
+    """Whether ``shoal worker`` sets up OpenTelemetry trace export itself. True when the standard
+    variables ask for it (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``
+    or ``OTEL_TRACES_EXPORTER=otlp``) and ``OTEL_SDK_DISABLED`` is not true. An app that installs
+    its own tracer provider keeps it."""
+
+    otel_protocol: str = "http/protobuf"
+    """OTLP transport: ``grpc`` or ``http/protobuf`` (``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``, else
+    ``OTEL_EXPORTER_OTLP_PROTOCOL``). The exporters read endpoint, headers and timeouts from
+    their own ``OTEL_*`` variables."""
+
     signing_keys: tuple[str, ...] = field(default=(), repr=False)
     """HMAC-SHA256 keys (``SHOAL_SIGNING_KEYS``, comma-separated). The first signs; all verify, so
     keys rotate by prepending the new one. With keys set, a worker dead-letters unsigned or badly
@@ -143,6 +158,7 @@ class Settings:
             values[f.name] = _parse(name, env[name], f.type)
         if "redis_url" in values:
             values["redis_url_source"] = "SHOAL_REDIS_URL"
+        values.update(_otel_from_env(env))
         explicit = {k: v for k, v in overrides.items() if v is not None}
         if "redis_url" in explicit:
             explicit["redis_url_source"] = "argument"
@@ -155,6 +171,15 @@ class Settings:
         for name in ("lease_s", "heartbeat_s", "default_timeout_s", "idle_poll_s"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"setting {name} must be > 0, got {getattr(self, name)}")
+        if self.log_format not in {"text", "json"}:
+            raise ConfigurationError(
+                f"log format {self.log_format!r} is not one of text, json (SHOAL_LOG_FORMAT)"
+            )
+        if self.otel_protocol not in {"grpc", "http/protobuf"}:
+            raise ConfigurationError(
+                f"OTLP protocol {self.otel_protocol!r} is not supported: set "
+                "OTEL_EXPORTER_OTLP_PROTOCOL to grpc or http/protobuf"
+            )
         if self.heartbeat_s * 2 > self.lease_s:
             raise ConfigurationError(
                 f"heartbeat ({self.heartbeat_s}s) must be at most half the lease "
@@ -188,8 +213,27 @@ _ENV_NAMES = {
     "hard_timeout_grace_s": "SHOAL_HARD_TIMEOUT_GRACE",
     "max_lost_deliveries": "SHOAL_MAX_LOST_DELIVERIES",
     "signing_keys": "SHOAL_SIGNING_KEYS",
+    "log_format": "SHOAL_LOG_FORMAT",
 }
 """Field → environment variable. The operator writes these names into worker pods."""
+
+
+def _otel_from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """The two decisions Shoal takes from the standard OpenTelemetry variables."""
+    exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    wanted = exporter == "otlp" or (
+        exporter != "none"
+        and bool(
+            env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        )
+    )
+    disabled = env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+    protocol = (
+        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    )
+    return {"otel_export": wanted and not disabled, "otel_protocol": protocol.strip()}
 
 
 def _parse(name: str, raw: str, kind: Any) -> Any:

@@ -22,8 +22,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
+from shoal import logs
 from shoal.app import load_app
 from shoal.errors import ShoalError
+from shoal.metrics import MetricsServer
 from shoal.settings import Settings
 
 log = logging.getLogger("shoal.supervisor")
@@ -40,16 +42,22 @@ class WorkerSpec:
     queues: list[str]
     concurrency: int
     burst: bool = False
+    metrics: bool = False
+    log_format: str = "text"
 
 
 def _child_main(spec: WorkerSpec, tick: Synchronized[float], log_level: int) -> None:
     """Entry point of a worker process."""
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(log_level, spec.log_format)
     from shoal.worker import Worker  # imported here: the supervisor never needs it
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps every stack
 
     app = load_app(spec.app)
+    if spec.metrics:
+        from shoal.middleware.prometheus import Prometheus
+
+        app.add_middleware(Prometheus())
 
     def beat() -> None:
         tick.value = time.monotonic()
@@ -90,12 +98,15 @@ class Supervisor:
         processes: int,
         settings: Settings,
         health_port: int | None = None,
+        metrics_port: int | None = None,
         log_level: int = logging.INFO,
     ) -> None:
         self.spec = spec
         self.processes = max(1, processes)
         self.settings = settings
         self.health_port = health_port
+        self.metrics_port = metrics_port
+        self.metrics: MetricsServer | None = None
         self.log_level = log_level
         self.ctx = multiprocessing.get_context("spawn")
         self.children: list[_Child | None] = []
@@ -103,7 +114,12 @@ class Supervisor:
         self.restarts = 0
 
     def run(self) -> int:
-        load_app(self.spec.app)  # fail fast, in the foreground, on a bad module path
+        app = load_app(self.spec.app)  # fail fast, in the foreground, on a bad module path
+        if self.metrics_port is not None:
+            queues = self.spec.queues or app.queues()
+            self.metrics = MetricsServer(self.metrics_port, self.settings, queues)
+            self.metrics_port = self.metrics.start()
+            log.info("supervisor: metrics on :%d/metrics", self.metrics_port)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         server = self._serve_health() if self.health_port is not None else None
@@ -127,6 +143,8 @@ class Supervisor:
                     self._kill_if_hung(child)
                     continue
                 code = child.process.exitcode
+                if self.metrics is not None and child.process.pid:
+                    self.metrics.process_exited(child.process.pid)
                 if self.stopping or (self.spec.burst and code == 0):
                     self.children[i] = None
                     failed |= code not in (0, -signal.SIGTERM)
@@ -155,6 +173,8 @@ class Supervisor:
                 stop_deadline = float("inf")
         if server is not None:
             server.shutdown()
+        if self.metrics is not None:
+            self.metrics.stop()
         return 1 if failed else 0
 
     def _kill_if_hung(self, child: _Child) -> None:

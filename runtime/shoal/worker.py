@@ -34,6 +34,7 @@ from shoal.broker import AsyncBroker, Finished
 from shoal.errors import DecodeError
 from shoal.execution import HardTimeout, run_async, run_sync
 from shoal.keys import worker_key, workers_key
+from shoal.logs import TaskLogContext, current_task, trace_id_of
 from shoal.message import Message
 from shoal.middleware import Outcome
 from shoal.signing import BadSignature
@@ -255,6 +256,15 @@ class Worker:
                 assert rejection is not None
                 await self._dead_letter(queue, message_id, None, None, *rejection, data)
                 return
+            current_task.set(
+                TaskLogContext(
+                    message.id,
+                    message.task,
+                    queue,
+                    message.attempt + 1,
+                    trace_id_of(message.headers.get("traceparent")),
+                )
+            )
             with self.app.hooks.context("process_context", task, message, queue):
                 if rejection is not None or task is None:
                     assert rejection is not None

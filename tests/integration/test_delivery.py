@@ -20,7 +20,7 @@ import pytest
 import redis
 from processes import WorkerProcess, runs, worker_env
 
-from helpers import wait_for
+from helpers import start_local_redis, wait_for
 from shoal import App
 from shoal.keys import worker_key, workers_key
 from shoal.redis_server import LocalRedis, free_port
@@ -42,8 +42,6 @@ def producer(redis_url: str) -> Iterator[App]:
 @pytest.fixture
 def private_redis() -> Iterator[LocalRedis]:
     """A redis-server of this test's own, for tests that stop and restart it."""
-    from conftest import start_local_redis
-
     server = start_local_redis()
     try:
         yield server
@@ -123,7 +121,11 @@ def test_sigterm_drains_then_exits_zero_and_loses_nothing(
 ) -> None:
     # Given a supervisor busy with 40 slow tasks
     ids = enqueue_slow(producer, 40, 0.3)
-    sup = worker_process(redis_url, "--processes", "1", "--concurrency", "4", "--queues", QUEUE)
+    sup = worker_process(
+        redis_url,
+        "--processes", "1", "--concurrency", "4", "--queues", QUEUE,
+        SHOAL_SHUTDOWN_GRACE="5",
+    )  # fmt: skip
     wait_for(lambda: len(runs(redis_client)) >= 4, timeout=20, message="a few tasks to finish")
 
     # When it gets SIGTERM mid-run
@@ -195,9 +197,9 @@ def test_a_busy_worker_does_not_starve_an_idle_one(
     assert a_app.measure("fair").in_flight == 1
 
     release.set()
+    wait_for(lambda: a_app.measure("fair").completed == 21, message="the long task to finish")
     a.stop()
     b.stop()
-    assert a_app.measure("fair").completed == 21
 
 
 def test_worker_survives_a_redis_restart(

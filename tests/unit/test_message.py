@@ -108,7 +108,13 @@ def test_arbitrary_bytes_decode_or_raise_decode_error(data: bytes) -> None:
     assert isinstance(result, Message)
 
 
-scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text()
+)
 json_values = (
     scalars | st.lists(scalars, max_size=3) | st.dictionaries(st.text(max_size=5), scalars)
 )

@@ -32,15 +32,13 @@ def test_from_env_parses_each_type() -> None:
     assert isinstance(s.default_max_retries, int)
     assert s.max_message_bytes == 2048
     assert s.dlq_max_entries == 5
-    assert "UNRELATED" not in s.registry
-    assert s.registry["SHOAL_LEASE"] == "12.5"
 
 
 def test_from_env_defaults_when_unset() -> None:
     s = Settings.from_env({})
     assert s.redis_url == DEFAULT_REDIS_URL
     assert s.redis_url_source == "default"
-    assert s == Settings(registry={})
+    assert s == Settings()
 
 
 def test_explicit_overrides_win_over_env() -> None:

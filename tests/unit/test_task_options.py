@@ -30,7 +30,7 @@ def test_known_options_are_accepted(app: App) -> None:
 
     assert app.tasks[ok.name] is ok
     assert ok.queue == "q"
-    assert ok.timeout_s == 3.0
+    assert ok.options["timeout"] == 3.0
     assert ok.store_result is True
     assert ok.options["max_retries"] == 2
     assert ok() == 1, "calling a task runs it here"
@@ -62,4 +62,4 @@ def test_default_name_and_queue(app: App) -> None:
 
     assert plain.name == f"{__name__}.test_default_name_and_queue.<locals>.plain"
     assert plain.queue == app.settings.default_queue
-    assert plain.timeout_s == app.settings.default_timeout_s
+    assert "timeout" not in plain.options, "no timeout given: the queue/app default applies"

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from shoal.middleware.base import Middleware, Outcome
 from shoal.middleware.retries import Retries
+from shoal.middleware.tracing import Tracing
 
-__all__ = ["Middleware", "Outcome", "Retries", "default_middleware"]
+__all__ = ["Middleware", "Outcome", "Retries", "Tracing", "default_middleware"]
 
 
 def default_middleware() -> list[Middleware]:
-    """The middleware every App gets unless it passes its own list."""
-    return [Retries()]
+    """The middleware every App gets unless it passes its own list, outermost first."""
+    return [Tracing(), Retries()]

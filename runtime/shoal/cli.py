@@ -199,6 +199,8 @@ def info(queue_names: tuple[str, ...], show_workers: bool, interval: float, as_j
     names = list(queue_names) or app.broker.queues()
     if not names:
         console.print(f"No queues yet on {app!r}.")
+        if show_workers:
+            console.print(workers_table(app))
         return
     before = app.broker.measure_many(names)
     time.sleep(interval)

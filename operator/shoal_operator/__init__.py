@@ -1,7 +1,10 @@
-"""The Shoal operator: Queue and Worker custom resources → worker Deployments, autoscaled.
+"""The Shoal operator: Queue and Worker custom resources → worker Deployments, with status.
 
-Only the package exists so far; the kopf handlers land with the operator issue. It may import
-``shoal``; ``shoal`` never imports it (import-linter enforces the direction).
+Importing the package registers the kopf handlers, so ``kopf run -m shoal_operator`` works;
+``shoal-operator`` is the same with the operator's settings (namespaces, liveness endpoint).
+It may import ``shoal``; ``shoal`` never imports it (import-linter enforces the direction).
 """
 
-__all__: list[str] = []
+from shoal_operator import handlers
+
+__all__ = ["handlers"]

@@ -250,7 +250,10 @@ class Broker(_KeysMixin):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.redis: redis.Redis = _ExplainingRedis.from_url(
-            settings.redis_url, socket_connect_timeout=5, health_check_interval=30
+            settings.redis_url,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+            **settings.redis_options(),
         )
         self._scripts: dict[str, Script] = {
             name: self.redis.register_script(_script_source(name)) for name in SCRIPT_NAMES
@@ -334,7 +337,10 @@ class AsyncBroker(_KeysMixin):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=5, socket_keepalive=True
+            settings.redis_url,
+            socket_connect_timeout=5,
+            socket_keepalive=True,
+            **settings.redis_options(),
         )
         self._scripts: dict[str, AsyncScript] = {
             name: self.redis.register_script(_script_source(name)) for name in SCRIPT_NAMES

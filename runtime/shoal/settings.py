@@ -63,6 +63,10 @@ class Settings:
     redis_url_source: str = "default"
     """Where ``redis_url`` came from (``argument``, ``SHOAL_REDIS_URL``, ``default``), for repr."""
 
+    redis_password: str | None = field(default=None, repr=False)
+    """Redis AUTH password (``SHOAL_REDIS_PASSWORD``), kept out of the URL so the operator can
+    inject it from a Kubernetes Secret. A password in the URL wins over it."""
+
     key_prefix: str = "shoal"
     """Prefix of every Redis key (``SHOAL_KEY_PREFIX``); lets several apps share one Redis."""
 
@@ -188,6 +192,10 @@ class Settings:
             )
         return self
 
+    def redis_options(self) -> dict[str, Any]:
+        """Connection options for redis-py besides the URL."""
+        return {"password": self.redis_password} if self.redis_password else {}
+
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with some fields replaced (None values ignored)."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None}).validated()
@@ -195,6 +203,7 @@ class Settings:
 
 _ENV_NAMES = {
     "redis_url": "SHOAL_REDIS_URL",
+    "redis_password": "SHOAL_REDIS_PASSWORD",
     "key_prefix": "SHOAL_KEY_PREFIX",
     "default_queue": "SHOAL_DEFAULT_QUEUE",
     "lease_s": "SHOAL_LEASE",
@@ -238,6 +247,8 @@ def _otel_from_env(env: Mapping[str, str]) -> dict[str, Any]:
 
 def _parse(name: str, raw: str, kind: Any) -> Any:
     kind = str(kind)
+    if kind == "str | None":
+        return raw or None
     if kind.startswith("tuple"):
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     try:

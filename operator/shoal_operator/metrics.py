@@ -1,0 +1,107 @@
+"""Reading queues in Redis for the operator: the runtime's O(1) measurement, and writing the
+Queue's defaults where workers read them. Measuring only; deciding is elsewhere."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from shoal import App, BrokerError, QueueStats, Settings, queue_defaults
+from shoal.broker import CONNECTION_ERRORS, connection_error
+from shoal_operator.errors import RedisUnreachable
+
+DEFAULT_FIELDS = {
+    "maxRetries": "max_retries",
+    "minBackoffSeconds": "min_backoff",
+    "maxBackoffSeconds": "max_backoff",
+    "timeoutSeconds": "timeout",
+}
+DEAD_LETTER_FIELDS = {"maxEntries": "dlq_max_entries", "maxAgeSeconds": "dlq_max_age"}
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    url: str
+    password: str | None
+    key_prefix: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One measurement and the throughput since the previous one (tasks/s)."""
+
+    stats: QueueStats
+    throughput: float
+
+
+def runtime_defaults(spec: dict[str, Any]) -> dict[str, Any]:
+    """A Queue spec's defaults, in the runtime's names (``app.configure_queue``)."""
+    out = {
+        DEFAULT_FIELDS[k]: v for k, v in (spec.get("defaults") or {}).items() if k in DEFAULT_FIELDS
+    }
+    out |= {
+        DEAD_LETTER_FIELDS[k]: v
+        for k, v in (spec.get("deadLetter") or {}).items()
+        if k in DEAD_LETTER_FIELDS
+    }
+    return out
+
+
+class QueueMeter:
+    """Shoal Apps per Redis connection (kept across ticks), and the last reading per queue."""
+
+    def __init__(self) -> None:
+        self._apps: dict[Connection, App] = {}
+        self._last: dict[tuple[str, str], QueueStats] = {}
+        self._lock = threading.Lock()
+
+    def app(self, conn: Connection) -> App:
+        with self._lock:
+            app = self._apps.get(conn)
+            if app is None:
+                settings = Settings(
+                    redis_url=conn.url,
+                    redis_url_source="Queue",
+                    redis_password=conn.password,
+                    key_prefix=conn.key_prefix,
+                ).validated()
+                app = self._apps[conn] = App(settings=settings, middleware=[])
+            return app
+
+    def measure(self, conn: Connection, namespace: str, queue: str) -> Reading:
+        """The queue's figures; RedisUnreachable when Redis does not answer."""
+        try:
+            stats = self.app(conn).measure(queue)
+        except BrokerError as exc:
+            raise RedisUnreachable("RedisUnreachable", str(exc)) from None
+        previous = self._last.get((namespace, queue))
+        self._last[(namespace, queue)] = stats
+        throughput = 0.0
+        if previous is not None and stats.measured_at_ms > previous.measured_at_ms:
+            done = max(0, stats.completed - previous.completed)
+            throughput = done * 1000 / (stats.measured_at_ms - previous.measured_at_ms)
+        return Reading(stats, throughput)
+
+    def configure(self, conn: Connection, queue: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """Write the Queue's defaults to Redis (replacing what was there); returns them."""
+        defaults = runtime_defaults(spec)
+        fields = queue_defaults.validate(queue, defaults)
+        app = self.app(conn)
+        key = app.broker.keys(queue).config
+        try:
+            with app.broker.redis.pipeline(transaction=True) as pipe:  # workers never see a gap
+                pipe.delete(key)
+                if fields:
+                    pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+                pipe.execute()
+        except CONNECTION_ERRORS as exc:
+            raise RedisUnreachable(
+                "RedisUnreachable", str(connection_error(conn.url, exc))
+            ) from None
+        except BrokerError as exc:
+            raise RedisUnreachable("RedisUnreachable", str(exc)) from None
+        return defaults
+
+    def forget(self, namespace: str, queue: str) -> None:
+        self._last.pop((namespace, queue), None)

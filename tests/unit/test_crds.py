@@ -1,0 +1,104 @@
+"""The CRDs: their shape (subresources, printer columns), the example manifests they accept,
+and the invalid specs they refuse (schema and CEL rules, evaluated offline)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+
+from crd_schema import ROOT, load_crds, validate
+
+CRDS = load_crds()
+EXAMPLES = [d for d in yaml.safe_load_all((ROOT / "examples" / "queue.yaml").read_text()) if d]
+
+
+def version(kind: str) -> dict[str, Any]:
+    (v,) = CRDS[kind]["spec"]["versions"]
+    return v
+
+
+def test_group_version_and_names() -> None:
+    for kind, plural in (("Queue", "queues"), ("Worker", "workers")):
+        crd = CRDS[kind]
+        assert crd["metadata"]["name"] == f"{plural}.shoal.dev"
+        assert crd["spec"]["scope"] == "Namespaced"
+        assert crd["spec"]["names"]["shortNames"]
+        assert version(kind)["name"] == "v1alpha1"
+        assert version(kind)["subresources"]["status"] == {}
+
+
+def test_worker_has_a_scale_subresource_for_kubectl_scale() -> None:
+    assert version("Worker")["subresources"]["scale"] == {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
+
+
+def test_printer_columns_show_what_kubectl_get_needs() -> None:
+    queue_cols = {c["name"] for c in version("Queue")["additionalPrinterColumns"]}
+    assert {"Waiting", "In Flight", "Dead", "Age"} <= queue_cols
+    worker_cols = {c["name"] for c in version("Worker")["additionalPrinterColumns"]}
+    assert {"Ready", "Desired", "Queues", "Age"} <= worker_cols
+
+
+@pytest.mark.parametrize("doc", EXAMPLES, ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
+def test_examples_are_accepted(doc: dict[str, Any]) -> None:
+    assert validate(doc, CRDS) == []
+
+
+def _worker(**spec: Any) -> dict[str, Any]:
+    base = copy.deepcopy(next(d for d in EXAMPLES if d["kind"] == "Worker"))
+    base["spec"].update(spec)
+    return base
+
+
+def _queue(**redis: Any) -> dict[str, Any]:
+    base = copy.deepcopy(next(d for d in EXAMPLES if d["kind"] == "Queue"))
+    base["spec"]["redis"] = redis
+    return base
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        (_worker(replicas=-1), "replicas"),
+        (_worker(concurrency=0), "concurrency"),
+        (_worker(queues=[]), "queues"),
+        (_worker(module="not a module!"), "module"),
+        (
+            _worker(autoscaling={"enabled": True, "minReplicas": 5, "maxReplicas": 2}),
+            "minReplicas must not exceed",
+        ),
+        (_worker(podTemplate={"spec": {}}), "podTemplate"),
+        (_queue(url="redis://:secret@redis:6379/0"), "url"),
+        (_queue(url="redis://r:6379/0", urlSecretRef={"name": "s"}), "exactly one"),
+        (_queue(), "exactly one"),
+        (_queue(url="http://redis:6379"), "url"),
+    ],
+    ids=[
+        "negative-replicas",
+        "zero-concurrency",
+        "no-queues",
+        "bad-module",
+        "min>max",
+        "unknown-field",
+        "password-in-url",
+        "url-and-secret",
+        "no-url",
+        "not-redis-scheme",
+    ],
+)
+def test_invalid_specs_are_refused(doc: dict[str, Any], expected: str) -> None:
+    errors = validate(doc, CRDS)
+    assert errors, f"{doc['spec']} was accepted"
+    assert any(expected in e for e in errors), errors
+
+
+def test_queue_backoff_bounds_are_checked_by_cel() -> None:
+    doc = _queue(url="redis://r:6379/0")
+    doc["spec"]["defaults"] = {"minBackoffSeconds": 10, "maxBackoffSeconds": 1}
+    assert any("minBackoffSeconds must not exceed" in e for e in validate(doc, CRDS))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import kopf
@@ -17,6 +18,9 @@ from kubernetes import client
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
+from shoal import BrokerError
+from shoal.autoscale import Snapshot, State
+from shoal_operator import autoscaler
 from shoal_operator import conditions as cond
 from shoal_operator import deployment as deploy
 from shoal_operator.errors import MissingReference, ReconcileError, RedisUnreachable, SpecError
@@ -405,3 +409,93 @@ def deployment_changed(
         raise
     with _deployment_lock:
         _resync(worker, namespace, kopf.Body(owner), memo, logger)
+
+
+# --- autoscaling ------------------------------------------------------------------------------
+
+
+def _autoscaling_on(spec: kopf.Spec, **_: Any) -> bool:
+    return bool((spec.get("autoscaling") or {}).get("enabled"))
+
+
+@kopf.daemon(GROUP, VERSION, "workers", when=_autoscaling_on, cancellation_timeout=5)
+def worker_autoscaler(
+    name: str,
+    namespace: str | None,
+    spec: kopf.Spec,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Every poll: measure the Worker's queues, decide, scale the Deployment, explain."""
+    assert namespace is not None  # Workers are namespaced
+    fleet = autoscaler.FleetMeter(memo.meter)
+    state: State | None = None
+    reported: tuple[int, str] | None = None
+    while not stopped:
+        policy = autoscaler.policy_from_spec(dict(spec.get("autoscaling") or {}))
+        live = _read_deployment(memo, namespace, name)
+        if live is None:  # worker_reconcile has not created it yet
+            stopped.wait(policy.poll_s)
+            continue
+        replicas = int(live["spec"].get("replicas") or 0)
+        ready = int((live.get("status") or {}).get("ready_replicas") or 0)
+        try:
+            refs = _queue_refs(memo, namespace, list(spec.get("queues", [])))
+            url, password = refs[0].target.resolve(memo.core, namespace)
+            conn = Connection(url, password, refs[0].target.key_prefix)
+            snap = fleet.snapshot(conn, [r.name for r in refs], replicas, ready)
+        except (ReconcileError, BrokerError) as exc:
+            logger.warning("autoscaler: cannot measure (%s); holding %d replicas", exc, replicas)
+            snap = Snapshot(time.monotonic(), 0, 0, replicas, ready, fresh=False)
+        decision = autoscaler.traced_decision(name, policy, snap, state)
+        state = decision.state
+        if decision.replicas != replicas:
+            if decision.replicas < replicas:
+                _mark_idle_pods(memo, namespace, name, conn.url if snap.fresh else None, logger)
+            _scale(memo, namespace, name, decision.replicas)
+            kopf.info(
+                body,
+                reason="Scaled",
+                message=f"{replicas} → {decision.replicas}: {decision.reason}",
+            )
+            logger.info(
+                "scaled %s from %d to %d: %s", name, replicas, decision.replicas, decision.reason
+            )
+        if reported != (decision.replicas, decision.reason):
+            status = {"desiredReplicas": decision.replicas, "lastScaleReason": decision.reason}
+            if decision.replicas != replicas:
+                status["lastScaleTime"] = cond.now_iso()
+            _patch_status(memo, namespace, "workers", name, status, logger)
+            reported = (decision.replicas, decision.reason)
+        stopped.wait(policy.poll_s)
+
+
+def _scale(memo: kopf.Memo, namespace: str, name: str, replicas: int) -> None:
+    memo.apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
+
+
+def _mark_idle_pods(
+    memo: kopf.Memo, namespace: str, name: str, url: str | None, logger: kopf.Logger
+) -> None:
+    """Before a scale-in, give each pod a deletion cost equal to its tasks in flight, so the
+    ReplicaSet removes idle pods and busy ones keep working."""
+    if url is None:
+        return
+    pods = memo.core.list_namespaced_pod(namespace, label_selector=deploy.selector(name)).items
+    names = [p.metadata.name for p in pods]
+    registrations = (
+        next(iter(memo.meter._apps.values())).broker.workers() if memo.meter._apps else []
+    )
+    for pod in pods:
+        cost = autoscaler.deletion_costs(names, registrations)[pod.metadata.name]
+        current = (pod.metadata.annotations or {}).get(autoscaler.DELETION_COST)
+        if current != str(cost):
+            memo.core.patch_namespaced_pod(
+                pod.metadata.name,
+                namespace,
+                {"metadata": {"annotations": {autoscaler.DELETION_COST: str(cost)}}},
+            )
+    logger.debug("deletion costs set on %d pods of %s", len(pods), name)

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import orjson
 import redis
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript, Script
 
 from shoal import queue_defaults
 from shoal.errors import BrokerError
-from shoal.keys import QueueKeys, queue_keys, queues_key
+from shoal.keys import QueueKeys, queue_keys, queues_key, worker_key, workers_key
 from shoal.settings import Settings, mask_url
 
 SCRIPT_NAMES = (
@@ -68,6 +69,8 @@ class QueueStats:
     dead_total: int
     recovered: int
     measured_at_ms: int
+    due_soon: int = 0
+    """Delayed messages due within the next few seconds (``DUE_SOON_MS``)."""
 
     @classmethod
     def from_reply(cls, queue: str, reply: Sequence[Any]) -> QueueStats:
@@ -91,6 +94,7 @@ class QueueStats:
             dead_total,
             recovered,
             int(now),
+            int(reply[11]) if len(reply) > 11 else 0,
         )
 
 
@@ -193,8 +197,12 @@ def _purge_call(k: QueueKeys, min_age_ms: int, batch: int) -> Call:
     return "purge", [k.dead, k.dead_entries], [min_age_ms, batch]
 
 
+DUE_SOON_MS = 5000
+"""Delayed messages due within this are reported as ``due_soon`` (the autoscaler counts them)."""
+
+
 def _measure_call(k: QueueKeys) -> Call:
-    return "measure", [k.waiting, k.inflight, k.delayed, k.dead, k.stats], []
+    return "measure", [k.waiting, k.inflight, k.delayed, k.dead, k.stats], [DUE_SOON_MS]
 
 
 def _parse_fetch(reply: Sequence[Any]) -> Fetched:
@@ -302,6 +310,22 @@ class Broker(_KeysMixin):
         except CONNECTION_ERRORS as exc:
             raise connection_error(self.settings.redis_url, exc) from exc
         return [QueueStats.from_reply(q, r) for q, r in zip(queues, replies, strict=True)]
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Live worker registrations (id, host, queues, in_flight, …); expired ones pruned."""
+        prefix = self.settings.key_prefix
+        raw_ids: list[bytes] = self.redis.zrange(workers_key(prefix), 0, -1)  # type: ignore[assignment]
+        ids = [i.decode() for i in raw_ids]
+        if not ids:
+            return []
+        blobs = self.redis.mget([worker_key(prefix, i) for i in ids])
+        live = []
+        for worker_id, blob in zip(ids, blobs, strict=True):
+            if blob is None:  # its process died without deregistering
+                self.redis.zrem(workers_key(prefix), worker_id)
+            else:
+                live.append(orjson.loads(blob))
+        return live
 
     def queues(self) -> list[str]:
         """Every queue that was ever enqueued to, sorted."""

@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import sys
 import time
-from typing import Any
 
 import click
 import orjson
@@ -18,7 +17,6 @@ from shoal.app import App, load_app
 from shoal.broker import QueueStats
 from shoal.dlq import REASONS
 from shoal.errors import ShoalError
-from shoal.keys import worker_key, workers_key
 from shoal.settings import Settings
 
 console = Console()
@@ -158,18 +156,10 @@ def queue_table(before: list[QueueStats], after: list[QueueStats]) -> Table:
 
 def workers_table(app: App) -> Table:
     """Live worker registrations."""
-    prefix = app.settings.key_prefix
-    r = app.broker.redis
-    ids = [i.decode() for i in r.zrange(workers_key(prefix), 0, -1)]  # type: ignore[union-attr]
     table = Table(title="Workers")
     for col in ("id", "host", "queues", "in flight", "concurrency", "processed", "up", "version"):
         table.add_column(col)
-    raw = r.mget([worker_key(prefix, i) for i in ids]) if ids else []
-    for worker_id, blob in zip(ids, raw, strict=True):
-        if blob is None:  # expired: the process died without deregistering
-            r.zrem(workers_key(prefix), worker_id)
-            continue
-        w: dict[str, Any] = orjson.loads(blob)
+    for w in app.broker.workers():
         table.add_row(
             w["id"],
             w["host"],

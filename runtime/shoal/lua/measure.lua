@@ -5,8 +5,9 @@
 -- KEYS[3] delayed   ZSET  ZCARD = delayed and retrying messages
 -- KEYS[4] dead      ZSET  ZCARD = dead letters
 -- KEYS[5] stats     HASH  counters
+-- ARGV[1] horizon (ms): delayed messages due within it are counted as "due soon" (ZCOUNT, log n)
 -- Returns { now_ms, waiting, inflight, delayed, dead, oldest token or false,
---           enqueued, completed, retried, dead_total, recovered }.
+--           enqueued, completed, retried, dead_total, recovered, due_soon }.
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local out = {
@@ -19,4 +20,5 @@ local out = {
 }
 local counters = redis.call('HMGET', KEYS[5], 'enqueued', 'completed', 'retried', 'dead', 'recovered')
 for i = 1, 5 do out[#out + 1] = tonumber(counters[i]) or 0 end
+out[#out + 1] = redis.call('ZCOUNT', KEYS[3], '-inf', now + tonumber(ARGV[1] or 0))
 return out

@@ -442,19 +442,21 @@ def worker_autoscaler(
             continue
         replicas = int(live["spec"].get("replicas") or 0)
         ready = int((live.get("status") or {}).get("ready_replicas") or 0)
+        conn: Connection | None = None
         try:
             refs = _queue_refs(memo, namespace, list(spec.get("queues", [])))
             url, password = refs[0].target.resolve(memo.core, namespace)
             conn = Connection(url, password, refs[0].target.key_prefix)
             snap = fleet.snapshot(conn, [r.name for r in refs], replicas, ready)
         except (ReconcileError, BrokerError) as exc:
+            conn = None
             logger.warning("autoscaler: cannot measure (%s); holding %d replicas", exc, replicas)
             snap = Snapshot(time.monotonic(), 0, 0, replicas, ready, fresh=False)
         decision = autoscaler.traced_decision(name, policy, snap, state)
         state = decision.state
         if decision.replicas != replicas:
             if decision.replicas < replicas:
-                _mark_idle_pods(memo, namespace, name, conn.url if snap.fresh else None, logger)
+                _mark_idle_pods(memo, namespace, name, conn, logger)
             _scale(memo, namespace, name, decision.replicas)
             kopf.info(
                 body,
@@ -478,19 +480,17 @@ def _scale(memo: kopf.Memo, namespace: str, name: str, replicas: int) -> None:
 
 
 def _mark_idle_pods(
-    memo: kopf.Memo, namespace: str, name: str, url: str | None, logger: kopf.Logger
+    memo: kopf.Memo, namespace: str, name: str, conn: Connection | None, logger: kopf.Logger
 ) -> None:
     """Before a scale-in, give each pod a deletion cost equal to its tasks in flight, so the
     ReplicaSet removes idle pods and busy ones keep working."""
-    if url is None:
+    if conn is None:
         return
     pods = memo.core.list_namespaced_pod(namespace, label_selector=deploy.selector(name)).items
     names = [p.metadata.name for p in pods]
-    registrations = (
-        next(iter(memo.meter._apps.values())).broker.workers() if memo.meter._apps else []
-    )
+    costs = autoscaler.deletion_costs(names, memo.meter.app(conn).broker.workers())
     for pod in pods:
-        cost = autoscaler.deletion_costs(names, registrations)[pod.metadata.name]
+        cost = costs[pod.metadata.name]
         current = (pod.metadata.annotations or {}).get(autoscaler.DELETION_COST)
         if current != str(cost):
             memo.core.patch_namespaced_pod(

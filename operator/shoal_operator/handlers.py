@@ -19,7 +19,8 @@ from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
 from shoal import BrokerError
-from shoal.autoscale import Snapshot, State
+from shoal.autoscale import Snapshot, State, policy_from_spec
+from shoal.fleet import FleetMeter, in_flight_by_instance
 from shoal_operator import autoscaler
 from shoal_operator import conditions as cond
 from shoal_operator import deployment as deploy
@@ -431,11 +432,11 @@ def worker_autoscaler(
 ) -> None:
     """Every poll: measure the Worker's queues, decide, scale the Deployment, explain."""
     assert namespace is not None  # Workers are namespaced
-    fleet = autoscaler.FleetMeter(memo.meter)
+    fleet = FleetMeter()
     state: State | None = None
     reported: tuple[int, str] | None = None
     while not stopped:
-        policy = autoscaler.policy_from_spec(dict(spec.get("autoscaling") or {}))
+        policy = policy_from_spec(dict(spec.get("autoscaling") or {}))
         live = _read_deployment(memo, namespace, name)
         if live is None:  # worker_reconcile has not created it yet
             stopped.wait(policy.poll_s)
@@ -447,7 +448,8 @@ def worker_autoscaler(
             refs = _queue_refs(memo, namespace, list(spec.get("queues", [])))
             url, password = refs[0].target.resolve(memo.core, namespace)
             conn = Connection(url, password, refs[0].target.key_prefix)
-            snap = fleet.snapshot(conn, [r.name for r in refs], replicas, ready)
+            broker = memo.meter.app(conn).broker
+            snap = fleet.snapshot(broker, [r.name for r in refs], replicas, ready)
         except (ReconcileError, BrokerError) as exc:
             conn = None
             logger.warning("autoscaler: cannot measure (%s); holding %d replicas", exc, replicas)
@@ -488,7 +490,7 @@ def _mark_idle_pods(
         return
     pods = memo.core.list_namespaced_pod(namespace, label_selector=deploy.selector(name)).items
     names = [p.metadata.name for p in pods]
-    costs = autoscaler.deletion_costs(names, memo.meter.app(conn).broker.workers())
+    costs = autoscaler.deletion_costs(names, in_flight_by_instance(memo.meter.app(conn).broker))
     for pod in pods:
         cost = costs[pod.metadata.name]
         current = (pod.metadata.annotations or {}).get(autoscaler.DELETION_COST)

@@ -11,14 +11,6 @@ from shoal import App, BrokerError, QueueStats, Settings, queue_defaults
 from shoal.broker import CONNECTION_ERRORS, connection_error
 from shoal_operator.errors import RedisUnreachable
 
-DEFAULT_FIELDS = {
-    "maxRetries": "max_retries",
-    "minBackoffSeconds": "min_backoff",
-    "maxBackoffSeconds": "max_backoff",
-    "timeoutSeconds": "timeout",
-}
-DEAD_LETTER_FIELDS = {"maxEntries": "dlq_max_entries", "maxAgeSeconds": "dlq_max_age"}
-
 
 @dataclass(frozen=True, slots=True)
 class Connection:
@@ -33,19 +25,6 @@ class Reading:
 
     stats: QueueStats
     throughput: float
-
-
-def runtime_defaults(spec: dict[str, Any]) -> dict[str, Any]:
-    """A Queue spec's defaults, in the runtime's names (``app.configure_queue``)."""
-    out = {
-        DEFAULT_FIELDS[k]: v for k, v in (spec.get("defaults") or {}).items() if k in DEFAULT_FIELDS
-    }
-    out |= {
-        DEAD_LETTER_FIELDS[k]: v
-        for k, v in (spec.get("deadLetter") or {}).items()
-        if k in DEAD_LETTER_FIELDS
-    }
-    return out
 
 
 class QueueMeter:
@@ -85,7 +64,7 @@ class QueueMeter:
 
     def configure(self, conn: Connection, queue: str, spec: dict[str, Any]) -> dict[str, Any]:
         """Write the Queue's defaults to Redis (replacing what was there); returns them."""
-        defaults = runtime_defaults(spec)
+        defaults = queue_defaults.from_queue_spec(spec)
         fields = queue_defaults.validate(queue, defaults)
         app = self.app(conn)
         key = app.broker.keys(queue).config

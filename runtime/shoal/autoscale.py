@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,21 @@ class Decision:
     replicas: int
     reason: str
     state: State = field(default_factory=State)
+
+
+def policy_from_spec(autoscaling: dict[str, Any]) -> Policy:
+    """``Worker.spec.autoscaling`` (camelCase, as in the CRD) as a Policy."""
+    return Policy(
+        min_replicas=int(autoscaling.get("minReplicas", 0)),
+        max_replicas=int(autoscaling.get("maxReplicas", 10)),
+        target_per_replica=int(autoscaling.get("targetPerReplica", 20)),
+        target_wait_s=autoscaling.get("targetWaitSeconds"),
+        activation_threshold=int(autoscaling.get("activationThreshold", 0)),
+        scale_to_zero_after_s=float(autoscaling.get("scaleToZeroAfterSeconds", 300)),
+        stabilization_s=float(autoscaling.get("scaleDownStabilizationSeconds", 60)),
+        max_scale_down_step=autoscaling.get("maxScaleDownStep"),
+        poll_s=float(autoscaling.get("pollSeconds", 2)),
+    )
 
 
 RATE_SMOOTHING = 0.3

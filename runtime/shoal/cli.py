@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import sys
 import time
+from pathlib import Path
 
 import click
 import orjson
@@ -305,6 +306,29 @@ def dlq_purge(queue: str, older_than: str | None, yes: bool) -> None:
     if not yes:
         click.confirm(f"Delete {what} of {queue}?", abort=True)
     click.echo(f"purged {App().dlq(queue).purge(age)} dead letter(s) from {queue}")
+
+
+@cli.command()
+@click.option(
+    "-f",
+    "--filename",
+    "files",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Manifests with Queue and Worker resources (repeatable).",
+)
+@click.option("--redis-url", help="Redis to use (default: SHOAL_REDIS_URL, else start one).")
+@click.option("--duration", type=float, help="Stop after this many seconds (for scripts).")
+def dev(files: tuple[Path, ...], redis_url: str | None, duration: float | None) -> None:
+    """Run Queue and Worker manifests locally: worker processes, autoscaled like in a cluster."""
+    from shoal.dev import DevRunner, load_manifests
+
+    manifests = load_manifests(list(files))
+    url = redis_url or (
+        App().settings.redis_url if App().settings.redis_url_source == "SHOAL_REDIS_URL" else None
+    )
+    DevRunner(manifests, url, console).run(duration)
 
 
 @cli.command()

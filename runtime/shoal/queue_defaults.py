@@ -26,6 +26,26 @@ FIELDS: dict[str, type] = {
 """Every default a queue may carry, with its type. Durations are seconds."""
 
 
+SPEC_NAMES = {
+    ("defaults", "maxRetries"): "max_retries",
+    ("defaults", "minBackoffSeconds"): "min_backoff",
+    ("defaults", "maxBackoffSeconds"): "max_backoff",
+    ("defaults", "timeoutSeconds"): "timeout",
+    ("deadLetter", "maxEntries"): "dlq_max_entries",
+    ("deadLetter", "maxAgeSeconds"): "dlq_max_age",
+}
+"""``Queue.spec`` fields (section, camelCase name) → the runtime's default names."""
+
+
+def from_queue_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The defaults a ``Queue`` resource's spec sets, in the runtime's names."""
+    return {
+        name: (spec.get(section) or {})[field]
+        for (section, field), name in SPEC_NAMES.items()
+        if field in (spec.get(section) or {})
+    }
+
+
 def validate(queue: str, values: Mapping[str, Any]) -> dict[str, str]:
     """Check defaults before they are written; return them as Redis hash fields."""
     out: dict[str, str] = {}

@@ -7,6 +7,7 @@ environment; the operator writes these same variables into worker pods.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
@@ -130,6 +131,10 @@ class Settings:
     before it is dead-lettered as ``worker_lost`` (``SHOAL_MAX_LOST_DELIVERIES``). Protects the
     queue from a message that crashes every worker that runs it."""
 
+    instance: str = field(default_factory=socket.gethostname)
+    """Name of this worker instance in the registry (``SHOAL_INSTANCE``; default the host name,
+    which in Kubernetes is the pod name). The autoscaler maps in-flight counts to pods by it."""
+
     log_format: str = "text"
     """``text`` for people, ``json`` for log pipelines (``SHOAL_LOG_FORMAT``). Either way every
     line logged while a task runs carries its id, name, queue, attempt and trace id."""
@@ -223,6 +228,7 @@ _ENV_NAMES = {
     "max_lost_deliveries": "SHOAL_MAX_LOST_DELIVERIES",
     "signing_keys": "SHOAL_SIGNING_KEYS",
     "log_format": "SHOAL_LOG_FORMAT",
+    "instance": "SHOAL_INSTANCE",
 }
 """Field → environment variable. The operator writes these names into worker pods."""
 

@@ -475,7 +475,7 @@ class Worker:
                 info = orjson.dumps(
                     {
                         "id": self.id,
-                        "host": socket.gethostname(),
+                        "host": self.settings.instance,
                         "pid": os.getpid(),
                         "queues": self.queues,
                         "in_flight": self.busy,

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from shoal.queue_defaults import from_queue_spec
 from shoal_operator import conditions as cond
 from shoal_operator import deployment as deploy
 from shoal_operator.errors import MissingReference, SpecError
-from shoal_operator.metrics import runtime_defaults
 from shoal_operator.redis_target import RedisTarget
 from shoal_operator.settings import OperatorSettings
 
@@ -197,7 +197,7 @@ def test_queue_spec_maps_to_runtime_defaults() -> None:
         "defaults": {"maxRetries": 5, "timeoutSeconds": 30, "minBackoffSeconds": 1},
         "deadLetter": {"maxEntries": 100, "maxAgeSeconds": 3600},
     }
-    assert runtime_defaults(spec) == {
+    assert from_queue_spec(spec) == {
         "max_retries": 5,
         "timeout": 30,
         "min_backoff": 1,

@@ -1,0 +1,52 @@
+"""Measuring a fleet's queues for the autoscaler: one round trip for all its queues, plus
+arrival and completion rates from the previous tick's counters. Used by the operator and by
+``shoal dev``; the deciding is ``shoal.autoscale``'s."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from shoal.autoscale import Snapshot
+from shoal.broker import Broker
+
+
+@dataclass
+class FleetMeter:
+    """Remembers each queue's counters between ticks to turn them into rates."""
+
+    last: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    """queue → (measured at ms, enqueued, completed) at the previous tick."""
+
+    def snapshot(
+        self, broker: Broker, queues: Sequence[str], replicas: int, ready: int
+    ) -> Snapshot:
+        stats = broker.measure_many(list(queues))
+        arrival = completion = 0.0
+        for s in stats:
+            prev = self.last.get(s.queue)
+            if prev is not None and s.measured_at_ms > prev[0]:
+                span_s = (s.measured_at_ms - prev[0]) / 1000
+                arrival += max(0, s.enqueued - prev[1]) / span_s
+                completion += max(0, s.completed - prev[2]) / span_s
+            self.last[s.queue] = (s.measured_at_ms, s.enqueued, s.completed)
+        return Snapshot(
+            now=time.monotonic(),
+            waiting=sum(s.waiting for s in stats),
+            in_flight=sum(s.in_flight for s in stats),
+            current_replicas=replicas,
+            ready_replicas=ready,
+            delayed_due_soon=sum(s.due_soon for s in stats),
+            oldest_wait_s=max((s.oldest_age_s for s in stats), default=0.0),
+            arrival_rate=arrival,
+            completion_rate=completion,
+        )
+
+
+def in_flight_by_instance(broker: Broker) -> dict[str, int]:
+    """Tasks in flight per worker instance (pod), from the live registrations."""
+    out: dict[str, int] = {}
+    for w in broker.workers():
+        out[w["host"]] = out.get(w["host"], 0) + int(w.get("in_flight", 0))
+    return out

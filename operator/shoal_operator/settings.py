@@ -22,6 +22,11 @@ class OperatorSettings:
     """How often each Worker's Deployment is checked for drift even without events
     (``SHOAL_OPERATOR_RESYNC``, seconds)."""
 
+    retry_delay_s: float = 15.0
+    """How long before retrying a resource whose reference is missing or whose Redis is down
+    (``SHOAL_OPERATOR_RETRY_DELAY``, seconds): slow enough never to hammer the API, fast
+    enough that fixing the reference feels immediate."""
+
     otlp_endpoint: str = ""
     """OTLP endpoint given to every worker pod as ``OTEL_EXPORTER_OTLP_ENDPOINT``
     (``SHOAL_OPERATOR_OTLP_ENDPOINT``; e.g. ``http://jaeger-collector:4318``). Empty: no tracing."""
@@ -46,6 +51,7 @@ class OperatorSettings:
             namespaces=tuple(n.strip() for n in names.split(",") if n.strip()),
             poll_s=float(env.get("SHOAL_OPERATOR_POLL", cls.poll_s)),
             resync_s=float(env.get("SHOAL_OPERATOR_RESYNC", cls.resync_s)),
+            retry_delay_s=float(env.get("SHOAL_OPERATOR_RETRY_DELAY", cls.retry_delay_s)),
             otlp_endpoint=env.get("SHOAL_OPERATOR_OTLP_ENDPOINT", ""),
             health_port=int(env.get("SHOAL_OPERATOR_WORKER_HEALTH_PORT", cls.health_port)),
             metrics_port=int(env.get("SHOAL_OPERATOR_WORKER_METRICS_PORT", cls.metrics_port)),

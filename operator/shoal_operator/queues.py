@@ -1,0 +1,105 @@
+"""A Queue's status: its defaults written to Redis, its figures measured, its conditions.
+
+One writer per Queue (the monitor's tick), so conditions never race."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from shoal_operator import conditions as cond
+from shoal_operator.errors import ReconcileError, RedisUnreachable
+from shoal_operator.kube import patch_status
+from shoal_operator.metrics import Connection, Reading
+from shoal_operator.redis_target import RedisTarget
+
+
+def queue_connection(
+    memo: kopf.Memo, namespace: str, name: str, spec: dict[str, Any]
+) -> Connection:
+    target = RedisTarget.from_queue(name, spec)
+    url, password = target.resolve(memo.core, namespace)
+    return Connection(url, password, target.key_prefix)
+
+
+@dataclass
+class QueueMonitor:
+    """Each tick (``poll_s``): write the spec's defaults to Redis when the spec changed, measure
+    the queue (O(1) in Redis), and report; problems become conditions and one Event per
+    transition, and the next tick tries again (never a crash loop)."""
+
+    name: str
+    namespace: str
+    memo: kopf.Memo
+    logger: kopf.Logger
+    configured: int | None = None
+    """The generation whose defaults are in Redis."""
+    problem: str | None = ""
+    """The reason last reported ("" = nothing reported yet, None = healthy)."""
+
+    def tick(self, body: kopf.Body, spec: kopf.Spec) -> None:
+        name, namespace, memo = self.name, self.namespace, self.memo
+        generation = body["metadata"].get("generation")
+        conditions = body.get("status", {}).get("conditions")
+        status: dict[str, Any] = {}
+        try:
+            conn = queue_connection(memo, namespace, name, dict(spec))
+            if self.configured != generation:
+                defaults = memo.meter.configure(conn, name, dict(spec))
+                self.logger.info("Queue %s: defaults in Redis: %s", name, defaults or "none")
+                self.configured = generation
+            reading = memo.meter.measure(conn, namespace, name)
+        except ReconcileError as exc:
+            if self.problem != exc.reason:
+                kopf.warn(body, reason=exc.reason, message=exc.message)
+                self.problem = exc.reason
+            if isinstance(exc, RedisUnreachable):  # other problems say nothing about Redis
+                conditions = cond.set_condition(
+                    conditions, "RedisReachable", False, exc.reason, exc.message, generation
+                )
+            conditions = cond.set_condition(
+                conditions, "Ready", False, exc.reason, exc.message, generation
+            )
+        else:
+            if self.problem:
+                kopf.info(body, reason="Recovered", message="the Queue is measured again")
+            self.problem = None
+            status = _queue_figures(reading)
+            conditions = cond.set_condition(
+                conditions, "RedisReachable", True, "Connected", "Redis answered", generation
+            )
+            conditions = cond.set_condition(
+                conditions,
+                "Ready",
+                True,
+                "Measured",
+                "defaults written, figures current",
+                generation,
+            )
+            status["observedGeneration"] = generation
+        status["conditions"] = conditions
+        patch_status(memo, namespace, "queues", name, status, self.logger)
+
+
+def _queue_figures(reading: Reading) -> dict[str, Any]:
+    s = reading.stats
+    return {
+        "waiting": s.waiting,
+        "inFlight": s.in_flight,
+        "delayed": s.delayed,
+        "dead": s.dead,
+        "completed": s.completed,
+        "oldestWaitingSeconds": round(s.oldest_age_s, 3),
+        "oldestWaiting": _age(s.oldest_age_s) if s.waiting else "-",
+        "throughputPerSecond": round(reading.throughput, 2),
+        "throughput": f"{reading.throughput:.1f}/s",
+        "lastMeasured": cond.now_iso(),
+    }
+
+
+def _age(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}m" if seconds < 7200 else f"{seconds / 3600:.1f}h"

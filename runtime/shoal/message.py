@@ -87,6 +87,19 @@ class Message:
             )
         except KeyError as exc:
             raise DecodeError(data, f"envelope lacks field {exc.args[0]!r}") from None
+        m = message  # JSON gives exact types, so `type(x) is T` is the whole check (and cheap)
+        if (
+            type(m.id) is str
+            and type(m.task) is str
+            and type(m.queue) is str
+            and type(m.args) is list
+            and type(m.kwargs) is dict
+            and type(m.enqueued_at) in _NUMBERS
+            and type(m.attempt) is int
+            and type(m.headers) is dict
+            and type(m.options) is dict
+        ):
+            return message
         for name, kind in _FIELD_TYPES:
             value = getattr(message, name)
             if not isinstance(value, kind) or isinstance(value, bool):
@@ -94,6 +107,7 @@ class Message:
         return message
 
 
+_NUMBERS = (int, float)
 _FIELD_TYPES: tuple[tuple[str, type | tuple[type, ...]], ...] = (
     ("id", str),
     ("task", str),

@@ -10,8 +10,8 @@
 -- Returns the id each message ended up with: its own, or the live message holding its dedupe key.
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local was_empty = redis.call('LLEN', KEYS[1]) == 0
 local pushed = 0
+local was_empty = false
 local stored = 0
 local ids = {}
 for i = 2, #ARGV, 4 do
@@ -25,7 +25,9 @@ for i = 2, #ARGV, 4 do
     if delay > 0 then
       redis.call('ZADD', KEYS[3], now + delay, id)
     else
-      redis.call('LPUSH', KEYS[1], now .. ':' .. id)
+      -- LPUSH returns the new length: 1 on the first push means the list was empty
+      local length = redis.call('LPUSH', KEYS[1], now .. ':' .. id)
+      if pushed == 0 and length == 1 then was_empty = true end
       pushed = pushed + 1
     end
     stored = stored + 1

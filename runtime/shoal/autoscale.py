@@ -33,7 +33,7 @@ class Policy:
     activation_threshold: int = 0
     """Waiting tasks above which a fleet at zero wakes up (KEDA's activation)."""
     scale_to_zero_after_s: float = 300.0
-    stabilization_s: float = 60.0
+    stabilization_s: float = 45.0
     """Scale-down window: the highest recommendation seen in it is what the fleet shrinks to."""
     max_scale_down_step: int | None = None
     poll_s: float = 2.0
@@ -86,7 +86,7 @@ def policy_from_spec(autoscaling: dict[str, Any]) -> Policy:
         target_wait_s=autoscaling.get("targetWaitSeconds"),
         activation_threshold=int(autoscaling.get("activationThreshold", 0)),
         scale_to_zero_after_s=float(autoscaling.get("scaleToZeroAfterSeconds", 300)),
-        stabilization_s=float(autoscaling.get("scaleDownStabilizationSeconds", 60)),
+        stabilization_s=float(autoscaling.get("scaleDownStabilizationSeconds", 45)),
         max_scale_down_step=autoscaling.get("maxScaleDownStep"),
         poll_s=float(autoscaling.get("pollSeconds", 2)),
     )
@@ -176,9 +176,10 @@ def _needed(policy: Policy, snap: Snapshot, state: State) -> tuple[int, str]:
 
 
 def _learn_rate(state: State, snap: Snapshot) -> State:
-    """Per-replica throughput, learned only while replicas had work to do (an idle fleet's
-    completion rate says nothing about its capacity)."""
-    saturated = snap.waiting > 0 or snap.in_flight >= snap.ready_replicas
+    """Per-replica throughput, learned only while tasks were waiting: then every ready slot is
+    busy (workers pull whenever a slot frees), so completions measure capacity. A fleet with
+    free slots completes what arrives, which says nothing about what it could do."""
+    saturated = snap.waiting > 0
     if snap.ready_replicas <= 0 or snap.completion_rate <= 0 or not saturated:
         return state
     sample = snap.completion_rate / snap.ready_replicas

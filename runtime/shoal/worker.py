@@ -37,6 +37,7 @@ from shoal.keys import worker_key, workers_key
 from shoal.logs import TaskLogContext, current_task, trace_id_of
 from shoal.message import Message
 from shoal.middleware import Outcome
+from shoal.middleware.hooks import Hooks
 from shoal.signing import BadSignature
 from shoal.task import Task
 
@@ -88,6 +89,8 @@ class Worker:
         self._pool: ThreadPoolExecutor | None = None
         self._running: set[asyncio.Future[None]] = set()
         self._rr = 0
+        self.hooks = app.hooks
+        """The hooks of the middleware active in this process (set again once booted)."""
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -107,6 +110,7 @@ class Worker:
             self.app,
         )
         self.app.hooks.emit("before_worker_boot", self)
+        self.hooks = Hooks([m for m in self.app.middleware if m.active_in_worker()])
         background = [
             asyncio.create_task(self._ack_loop()),
             asyncio.create_task(self._heartbeat_loop()),
@@ -265,7 +269,7 @@ class Worker:
                     trace_id_of(message.headers.get("traceparent")),
                 )
             )
-            with self.app.hooks.context("process_context", task, message, queue):
+            with self.hooks.context("process_context", task, message, queue):
                 if rejection is not None or task is None:
                     assert rejection is not None
                     await self._dead_letter(queue, message_id, message, task, *rejection, data)
@@ -316,7 +320,7 @@ class Worker:
         return {**merged, **message.options} if message.options else merged
 
     async def _execute(self, queue: str, task: Task[Any, Any], message: Message) -> None:
-        hooks = self.app.hooks
+        hooks = self.hooks
         hooks.emit("before_process", task, message)
         options = self._options(queue, task, message)
         timeout_s = float(options.get("timeout", self.settings.default_timeout_s))
@@ -415,7 +419,7 @@ class Worker:
             lambda: self.broker.dead(queue, message_id, entry, result, dedupe, bounds)
         )
         self.held[queue].pop(message_id, None)
-        self.app.hooks.emit("after_dead_letter", queue, message, reason, error)
+        self.hooks.emit("after_dead_letter", queue, message, reason, error)
 
     # --- acks and heartbeats --------------------------------------------------------------------
 

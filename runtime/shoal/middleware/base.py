@@ -38,6 +38,11 @@ class Middleware:
     def validate_options(self, task_name: str, options: dict[str, Any]) -> None:
         """Raise ConfigurationError when one of this middleware's options has a wrong value."""
 
+    def active_in_worker(self) -> bool:
+        """Asked once per worker process, after ``before_worker_boot``: False drops this
+        middleware from the worker's per-message hooks (so a disabled feature costs nothing)."""
+        return True
+
     # --- producer side ---------------------------------------------------------------------------
 
     def enqueue_context(

@@ -20,6 +20,8 @@ AFTER_HOOKS = frozenset(
 )
 """Hooks that run in reverse middleware order, so the first middleware wraps the others."""
 
+NOT_HOOKS = frozenset({"validate_options", "active_in_worker"})
+
 
 class Hooks:
     """The middleware of one App, indexed by the hooks they override."""
@@ -29,7 +31,7 @@ class Hooks:
         self._by_hook: dict[str, list[Middleware]] = {}
         for name in dir(Middleware):
             base = getattr(Middleware, name)
-            if name.startswith("_") or not callable(base) or name == "validate_options":
+            if name.startswith("_") or not callable(base) or name in NOT_HOOKS:
                 continue
             users = [m for m in self.middleware if getattr(type(m), name) is not base]
             self._by_hook[name] = users[::-1] if name in AFTER_HOOKS else users

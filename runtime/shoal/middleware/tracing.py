@@ -43,12 +43,23 @@ class Tracing(Middleware):
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
         self._provider = tracer_provider
         self._owned: telemetry.OwnedProvider | None = None
+        self._cached: trace.Tracer | None = None
 
     def _enabled(self) -> bool:
         return self._provider is not None or telemetry.tracing_configured()
 
+    def active_in_worker(self) -> bool:
+        # Decided once the worker booted (and set up OTLP export if asked to): with no tracer
+        # provider, this middleware leaves the worker's per-message path entirely.
+        return self._enabled()
+
     def _tracer(self) -> trace.Tracer:
-        return trace.get_tracer(telemetry.TRACER_NAME, __version__, self._provider)
+        if self._cached is None:  # the provider is fixed once real: build its tracer once
+            tracer = trace.get_tracer(telemetry.TRACER_NAME, __version__, self._provider)
+            if not self._enabled():
+                return tracer
+            self._cached = tracer
+        return self._cached
 
     # --- producer ----------------------------------------------------------------------------
 

@@ -154,6 +154,7 @@ def _dead_call(
     dedupe: str | None,
     bounds: tuple[int, float],
     result_ttl_s: float,
+    stored: bool,
 ) -> Call:
     max_entries, max_age_s = bounds
     keys = [
@@ -174,6 +175,7 @@ def _dead_call(
         int(result_ttl_s * 1000),
         int(max_age_s * 1000),
         dedupe or "",
+        "1" if stored else "0",
     ]
     return "dead", keys, argv
 
@@ -395,11 +397,16 @@ class AsyncBroker(_KeysMixin):
         result: bytes | None,
         dedupe: str | None,
         bounds: tuple[int, float],
-    ) -> None:
-        """Dead-letter a message; ``bounds`` is the DLQ's (max entries, max age in seconds)."""
+        stored: bool = True,
+    ) -> bool:
+        """Dead-letter a message; ``bounds`` is the DLQ's (max entries, max age in seconds).
+
+        ``stored``: the entry is a stored message, so nothing happens (False is returned) if it
+        was finished elsewhere meanwhile. A malformed waiting token is recorded regardless."""
         k = self.keys(queue)
         ttl = self.settings.result_ttl_s
-        await self._run(_dead_call(k, message_id, entry, result, dedupe, bounds, ttl))
+        call = _dead_call(k, message_id, entry, result, dedupe, bounds, ttl, stored)
+        return bool(await self._run(call))
 
     async def queue_defaults(self, queue: str) -> dict[str, Any]:
         """The queue's stored defaults (see :mod:`shoal.queue_defaults`)."""

@@ -29,26 +29,38 @@ def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> None:
     )
 
 
-class _SyncCall:
-    """A sync call run in a pool thread that remembers its thread so it can be interrupted."""
+def _clear_in_thread(thread_id: int) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
 
-    __slots__ = ("args", "done", "fn", "kwargs", "thread_id")
+
+class _SyncCall:
+    """A sync call run in a pool thread that remembers its thread so it can be interrupted.
+
+    The lock makes "interrupt" and "finished" exclusive, and a finished call clears any
+    exception still pending for its thread: a late TaskTimeout must never hit the pool's own
+    code (it would kill the thread and strand the next task)."""
+
+    __slots__ = ("args", "done", "fn", "kwargs", "lock", "thread_id")
 
     def __init__(self, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> None:
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.thread_id: int | None = None
         self.done = False
+        self.lock = threading.Lock()
 
     def __call__(self) -> Any:
         self.thread_id = threading.get_ident()
         try:
             return self.fn(*self.args, **self.kwargs)
         finally:
-            self.done = True
+            with self.lock:
+                self.done = True
+                _clear_in_thread(self.thread_id)
 
     def interrupt(self) -> None:
-        if self.thread_id is not None and not self.done:
-            _raise_in_thread(self.thread_id, TaskTimeout)
+        with self.lock:
+            if self.thread_id is not None and not self.done:
+                _raise_in_thread(self.thread_id, TaskTimeout)
 
 
 async def run_async(
@@ -56,9 +68,11 @@ async def run_async(
 ) -> Any:
     """Await ``fn(*args, **kwargs)``; cancel it and raise TaskTimeout after ``timeout_s``."""
     try:
-        async with asyncio.timeout(timeout_s):
+        async with asyncio.timeout(timeout_s) as deadline:
             return await fn(*args, **kwargs)
     except TimeoutError:
+        if not deadline.expired():
+            raise  # the task's own TimeoutError (an HTTP client's, say): not ours
         raise TaskTimeout(f"async task exceeded its {timeout_s:g}s timeout") from None
 
 

@@ -32,7 +32,7 @@ _FIELDS = TaskLogContext._fields
 
 def trace_id_of(traceparent: str | None) -> str | None:
     """The trace id inside a W3C ``traceparent`` header (``00-<trace>-<span>-<flags>``)."""
-    if traceparent and len(traceparent) >= 55:
+    if isinstance(traceparent, str) and len(traceparent) >= 55:
         return traceparent[3:35]
     return None
 

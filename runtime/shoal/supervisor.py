@@ -72,10 +72,14 @@ def _child_main(spec: WorkerSpec, tick: Synchronized[float], log_level: int) -> 
         await worker.run()
         return worker.replace_requested
 
-    replace = asyncio.run(main())
-    logging.shutdown()
-    # os._exit: do not wait for task threads abandoned after a hard timeout or the grace period
-    os._exit(EXIT_REPLACE_ME if replace else 0)
+    code = 1
+    try:
+        code = EXIT_REPLACE_ME if asyncio.run(main()) else 0
+    finally:
+        logging.shutdown()
+        # os._exit: never wait for task threads abandoned after a hard timeout or the grace
+        # period, whether the worker returned or raised
+        os._exit(code)
 
 
 class _Child:
@@ -158,6 +162,9 @@ class Supervisor:
                 )
                 if time.monotonic() - child.started < 1:
                     time.sleep(1)  # a crash loop: don't spin
+                if self.stop_requested():  # SIGTERM arrived during the pause: no new child
+                    self.children[i] = None
+                    continue
                 self.children[i] = _Child(self.ctx, self.spec, self.log_level)
             if stop_deadline is not None and time.monotonic() > stop_deadline:
                 for child in self.children:
@@ -176,6 +183,10 @@ class Supervisor:
         if self.metrics is not None:
             self.metrics.stop()
         return 1 if failed else 0
+
+    def stop_requested(self) -> bool:
+        """Read anew each time: the signal handler sets ``stopping`` between any two lines."""
+        return self.stopping
 
     def _kill_if_hung(self, child: _Child) -> None:
         """A child whose event loop stopped ticking for a whole lease (an async task blocking

@@ -43,7 +43,9 @@ from shoal.task import Task
 
 log = logging.getLogger("shoal.worker")
 
-REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
+"""Every Redis failure, connection or reply (READONLY after a failover, OOM, BUSY): retried with
+backoff by the loops, never allowed to end one."""
 MAX_BACKOFF_S = 5.0
 
 
@@ -158,6 +160,22 @@ class Worker:
                     "worker %s: handed back %s unfinished message(s) on %s", self.id, n, queue
                 )
 
+    async def _internal_error(
+        self, queue: str, message_id: str, data: bytes, exc: Exception
+    ) -> None:
+        """A message whose handling failed outside its task (a malformed option, a middleware
+        bug) goes to the DLQ as ``internal_error``; it must not stay held, renewed for ever."""
+        log.exception("worker %s: internal error handling %s", self.id, message_id)
+        try:
+            await self._dead_letter(queue, message_id, None, None, "internal_error", exc, data)
+        except Exception:
+            log.exception(
+                "worker %s: could not dead-letter %s either; its lease will lapse",
+                self.id,
+                message_id,
+            )
+            self.held[queue].pop(message_id, None)  # stop renewing: it is redelivered later
+
     # --- fetching -------------------------------------------------------------------------------
 
     async def _fetch_loop(self) -> None:
@@ -174,6 +192,10 @@ class Worker:
                 continue
             try:
                 if not subscribed:
+                    # (Re)connected: renew what we hold before any fetch, which would otherwise
+                    # reclaim our own leases if the outage outlasted them.
+                    for q, held in self.held.items():
+                        await self.broker.renew(q, list(held))
                     await pubsub.subscribe(*(self.broker.keys(q).notify for q in self.queues))
                     subscribed = True
                 started, wait_s = await self._fetch(free)
@@ -258,7 +280,10 @@ class Worker:
             message, task, rejection = self._admit(data, deliveries)
             if message is None:  # not even an envelope: no trace to join
                 assert rejection is not None
-                await self._dead_letter(queue, message_id, None, None, *rejection, data)
+                reason, error = rejection
+                await self._dead_letter(
+                    queue, message_id, None, None, reason, error, data, stored=body is not None
+                )
                 return
             current_task.set(
                 TaskLogContext(
@@ -276,9 +301,8 @@ class Worker:
                     return
                 self.held[queue][message_id] = message
                 await self._execute(queue, task, message)
-        except Exception:
-            # Never lose a message to a bug here: it stays held until its lease lapses.
-            log.exception("worker %s: internal error processing %s", self.id, message_id)
+        except Exception as exc:
+            await self._internal_error(queue, message_id, data, exc)
         finally:
             self.busy -= 1
             self.processed += 1
@@ -359,6 +383,8 @@ class Worker:
         hooks.emit("after_failure", task, message, outcome)
         if outcome.retry_in_s is not None:
             delay = outcome.retry_in_s
+            if isinstance(error, HardTimeout):  # its thread runs on until this process exits
+                delay = max(delay, self.settings.shutdown_grace_s + 5)
             body = self.app.signer.seal(message.next_attempt(last_error=_describe(error)).encode())
             log.warning(
                 "task %s %s failed (attempt %d): %s; retrying in %.2fs",
@@ -383,6 +409,7 @@ class Worker:
         reason: str,
         error: BaseException,
         raw: bytes | None = None,
+        stored: bool = True,
     ) -> None:
         """Set a message aside with its reason; it never runs again unless replayed."""
         entry = orjson.dumps(
@@ -416,7 +443,7 @@ class Worker:
             float(defaults.get("dlq_max_age", self.settings.dlq_max_age_s)),
         )
         await self._retrying(
-            lambda: self.broker.dead(queue, message_id, entry, result, dedupe, bounds)
+            lambda: self.broker.dead(queue, message_id, entry, result, dedupe, bounds, stored)
         )
         self.held[queue].pop(message_id, None)
         self.hooks.emit("after_dead_letter", queue, message, reason, error)

@@ -329,3 +329,76 @@ def test_bad_queue_defaults_are_refused_with_the_name(make_app: Callable[..., Ap
         app.configure_queue("q", max_retires=3)
     with pytest.raises(ConfigurationError, match="timeout"):
         app.configure_queue("q", timeout=0)
+
+
+def test_a_redis_reply_error_on_ack_is_retried_not_lost(
+    make_app: Callable[..., App], worker: Any
+) -> None:
+    # Given a Redis that refuses the first ack batch (READONLY, as after a failover)
+    app = make_app()
+
+    @app.task(queue="q")
+    def job(n: int) -> None: ...
+
+    job.enqueue_many([(n,) for n in range(6)])
+    running = worker(app, ["q"], burst=False)
+    real_ack = running.worker.broker.ack
+    refused: list[int] = []
+
+    async def flaky_ack(*args: Any) -> int:
+        if not refused:
+            refused.append(1)
+            raise redis.exceptions.ReadOnlyError("READONLY You can't write against a replica.")
+        return await real_ack(*args)
+
+    running.worker.broker.ack = flaky_ack
+    # Then every message is still acked once Redis accepts writes again
+    wait_for(lambda: app.measure("q").completed == 6, message="6 acked")
+    running.stop()
+    assert refused == [1]
+    assert app.measure("q").in_flight == 0
+
+
+def test_a_message_that_breaks_the_worker_goes_to_the_dlq(
+    make_app: Callable[..., App], worker: Any
+) -> None:
+    app = make_app()
+
+    @app.task(queue="q", name="job")
+    def job() -> None:
+        pytest.fail("must not run with a broken option")
+
+    keys = app.broker.keys("q")
+    envelope = {
+        "v": 1,
+        "id": "broken1",
+        "task": "job",
+        "queue": "q",
+        "args": [],
+        "kwargs": {},
+        "enqueued_at": 0,
+        "attempt": 0,
+        "headers": {"traceparent": 5},
+        "options": {"timeout": "soon"},
+    }
+    app.broker.redis.hset(keys.messages, "broken1", orjson.dumps(envelope))
+    app.broker.redis.lpush(keys.waiting, b"0:broken1")
+    app.broker.redis.lpush(keys.waiting, b'{"task":"add"}')  # not a token at all
+    worker(app, ["q"])
+    reasons = {e.id: e.reason for e in app.dlq("q").entries()}
+    assert reasons == {"broken1": "internal_error", '{"task":"add"}': "undecodable"}
+    assert app.measure("q").in_flight == 0
+
+
+def test_a_tasks_own_timeout_error_is_not_a_task_timeout(
+    make_app: Callable[..., App], worker: Any
+) -> None:
+    app = make_app()
+
+    @app.task(queue="q", max_retries=0, timeout=30)
+    async def calls_partner() -> None:
+        raise TimeoutError("partner API did not answer")
+
+    handle = calls_partner.enqueue()
+    worker(app, ["q"])
+    assert dead_entry(app, "q", handle.id)["exception_type"] == "TimeoutError"

@@ -42,8 +42,9 @@ while got < want do
   local tokens = redis.call('RPOP', KEYS[1], want - got)
   if not tokens then break end
   for _, token in ipairs(tokens) do
-    local sep = string.find(token, ':', 1, true)
-    local id = sep and string.sub(token, sep + 1) or token
+    local ready, id = string.match(token, '^(%d+):(.+)$')
+    local sep = ready ~= nil
+    id = id or token
     local body = sep and redis.call('HGET', KEYS[2], id) or nil
     if body then
       redis.call('ZADD', KEYS[3], deadline, id)

@@ -62,12 +62,3 @@ def _condition(
     if generation is not None:
         cond["observedGeneration"] = generation
     return cond
-
-
-def get_condition(conditions: Sequence[Condition] | None, type_: str) -> Condition | None:
-    return next((c for c in conditions or () if c.get("type") == type_), None)
-
-
-def is_true(conditions: Sequence[Condition] | None, type_: str) -> bool:
-    cond = get_condition(conditions, type_)
-    return bool(cond and cond.get("status") == "True")

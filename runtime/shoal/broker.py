@@ -142,8 +142,9 @@ def _ack_call(k: QueueKeys, done: Sequence[Finished], ttl_ms: int) -> Call:
     return "ack", keys, argv
 
 
-def _retry_call(k: QueueKeys, message_id: str, delay_ms: int, body: bytes) -> Call:
-    return "retry", [k.inflight, k.messages, k.delayed, k.stats], [message_id, delay_ms, body]
+def _retry_call(k: QueueKeys, message_id: str, delay_ms: int, body: bytes, delivery: int) -> Call:
+    keys = [k.inflight, k.messages, k.delayed, k.stats, k.deliveries]
+    return "retry", keys, [message_id, delay_ms, body, delivery]
 
 
 def _dead_call(
@@ -154,7 +155,7 @@ def _dead_call(
     dedupe: str | None,
     bounds: tuple[int, float],
     result_ttl_s: float,
-    stored: bool,
+    delivery: int | None,
 ) -> Call:
     max_entries, max_age_s = bounds
     keys = [
@@ -175,17 +176,23 @@ def _dead_call(
         int(result_ttl_s * 1000),
         int(max_age_s * 1000),
         dedupe or "",
-        "1" if stored else "0",
+        "" if delivery is None else delivery,
     ]
     return "dead", keys, argv
 
 
-def _handback_call(k: QueueKeys, ids: Sequence[str]) -> Call:
-    return "handback", [k.inflight, k.waiting, k.messages, k.deliveries], [k.notify, *ids]
+def _handback_call(k: QueueKeys, held: Sequence[tuple[str, int]]) -> Call:
+    argv: list[Any] = [k.notify]
+    for message_id, delivery in held:
+        argv += (message_id, delivery)
+    return "handback", [k.inflight, k.waiting, k.messages, k.deliveries], argv
 
 
-def _renew_call(k: QueueKeys, lease_ms: int, ids: Sequence[str]) -> Call:
-    return "renew", [k.inflight], [lease_ms, *ids]
+def _renew_call(k: QueueKeys, lease_ms: int, held: Sequence[tuple[str, int]]) -> Call:
+    argv: list[Any] = [lease_ms]
+    for message_id, delivery in held:
+        argv += (message_id, delivery)
+    return "renew", [k.inflight, k.deliveries], argv
 
 
 def _replay_call(k: QueueKeys, fresh: Sequence[tuple[str, bytes]]) -> Call:
@@ -385,8 +392,14 @@ class AsyncBroker(_KeysMixin):
         ttl_ms = int(self.settings.result_ttl_s * 1000)
         return int(await self._run(_ack_call(self.keys(queue), done, ttl_ms)))
 
-    async def retry(self, queue: str, message_id: str, delay_s: float, body: bytes) -> bool:
-        call = _retry_call(self.keys(queue), message_id, max(0, int(delay_s * 1000)), body)
+    async def retry(
+        self, queue: str, message_id: str, delay_s: float, body: bytes, delivery: int
+    ) -> bool:
+        """Put a failed message back, due in ``delay_s``; False when it is no longer this
+        delivery's (finished, or re-delivered after its lease lapsed)."""
+        call = _retry_call(
+            self.keys(queue), message_id, max(0, int(delay_s * 1000)), body, delivery
+        )
         return bool(await self._run(call))
 
     async def dead(
@@ -397,30 +410,33 @@ class AsyncBroker(_KeysMixin):
         result: bytes | None,
         dedupe: str | None,
         bounds: tuple[int, float],
-        stored: bool = True,
+        delivery: int | None,
     ) -> bool:
         """Dead-letter a message; ``bounds`` is the DLQ's (max entries, max age in seconds).
 
-        ``stored``: the entry is a stored message, so nothing happens (False is returned) if it
-        was finished elsewhere meanwhile. A malformed waiting token is recorded regardless."""
+        ``delivery``: the caller's delivery of a stored message (nothing happens, and False is
+        returned, if it is no longer the latest); None for a malformed waiting token."""
         k = self.keys(queue)
         ttl = self.settings.result_ttl_s
-        call = _dead_call(k, message_id, entry, result, dedupe, bounds, ttl, stored)
+        call = _dead_call(k, message_id, entry, result, dedupe, bounds, ttl, delivery)
         return bool(await self._run(call))
 
     async def queue_defaults(self, queue: str) -> dict[str, Any]:
         """The queue's stored defaults (see :mod:`shoal.queue_defaults`)."""
         return queue_defaults.parse(queue, await self.redis.hgetall(self.keys(queue).config))
 
-    async def handback(self, queue: str, ids: Sequence[str]) -> int:
-        if not ids:
+    async def handback(self, queue: str, held: Sequence[tuple[str, int]]) -> int:
+        """Return (id, delivery) leases this worker will not run; only its own move."""
+        if not held:
             return 0
-        return int(await self._run(_handback_call(self.keys(queue), ids)))
+        return int(await self._run(_handback_call(self.keys(queue), held)))
 
-    async def renew(self, queue: str, ids: Sequence[str]) -> None:
-        """Extend the leases of messages still running (XX: never resurrects a finished one)."""
-        if ids:
-            await self._run(_renew_call(self.keys(queue), int(self.settings.lease_s * 1000), ids))
+    async def renew(self, queue: str, held: Sequence[tuple[str, int]]) -> None:
+        """Extend the leases of (id, delivery) still running, where the delivery is still the
+        latest (XX: never resurrects a finished message)."""
+        if held:
+            lease_ms = int(self.settings.lease_s * 1000)
+            await self._run(_renew_call(self.keys(queue), lease_ms, held))
 
     async def measure(self, queue: str) -> QueueStats:
         return QueueStats.from_reply(queue, await self._run(_measure_call(self.keys(queue))))

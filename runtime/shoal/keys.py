@@ -16,7 +16,10 @@ key                                    type    meaning
 ``{p}:{q}:dead:entries``               HASH    id → dead-letter entry JSON (reason, error, …)
 ``{p}:{q}:stats``                      HASH    counters: enqueued, completed, retried, dead,
                                                recovered
-``{p}:{q}:deliveries``                 HASH    id → times handed to a worker (lost deliveries)
+``{p}:{q}:deliveries``                 HASH    id → times handed to a worker: counts lost
+                                               deliveries, and names the lease's owner (only
+                                               the latest delivery may renew, retry, hand
+                                               back or dead-letter)
 ``{p}:{q}:dedupe``                     HASH    dedupe key → id of the live message holding it
 ``{p}:{q}:config``                     HASH    queue defaults (max_retries, timeout, …)
 ``{p}:{q}:result:<id>``                LIST    one result JSON, with a TTL

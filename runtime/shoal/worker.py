@@ -73,7 +73,8 @@ class Worker:
         self.id = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.started_at = time.time()
         self.broker = AsyncBroker(self.settings)
-        self.held: dict[str, dict[str, Message | None]] = {q: {} for q in self.queues}
+        self.held: dict[str, dict[str, int]] = {q: {} for q in self.queues}
+        """queue → id → the delivery this worker holds: its lease, renewed until the verdict."""
         self.acks: dict[str, list[Finished]] = {q: [] for q in self.queues}
         self.queue_defaults: dict[str, dict[str, Any]] = {}
         """Per-queue defaults from Redis (``app.configure_queue``), refreshed each heartbeat."""
@@ -151,7 +152,7 @@ class Worker:
         await self._flush_acks_until(deadline + 5)
         for queue, held in self.held.items():
             acked = {finished[0] for finished in self.acks[queue]}
-            unfinished = [mid for mid in held if mid not in acked]
+            unfinished = [(mid, d) for mid, d in held.items() if mid not in acked]
             if unfinished:
                 n = await self._retrying(
                     partial(self.broker.handback, queue, unfinished), attempts=5
@@ -195,7 +196,7 @@ class Worker:
                     # (Re)connected: renew what we hold before any fetch, which would otherwise
                     # reclaim our own leases if the outage outlasted them.
                     for q, held in self.held.items():
-                        await self.broker.renew(q, list(held))
+                        await self.broker.renew(q, list(held.items()))
                     await pubsub.subscribe(*(self.broker.keys(q).notify for q in self.queues))
                     subscribed = True
                 started, wait_s = await self._fetch(free)
@@ -266,7 +267,7 @@ class Worker:
 
     def _start(self, queue: str, message_id: str, body: bytes | None, deliveries: int) -> None:
         self.busy += 1
-        self.held[queue][message_id] = None
+        self.held[queue][message_id] = deliveries
         running = asyncio.ensure_future(self._process(queue, message_id, body, deliveries))
         self._running.add(running)  # the loop keeps only weak references to tasks
         running.add_done_callback(self._running.discard)
@@ -299,7 +300,6 @@ class Worker:
                     assert rejection is not None
                     await self._dead_letter(queue, message_id, message, task, *rejection, data)
                     return
-                self.held[queue][message_id] = message
                 await self._execute(queue, task, message)
         except Exception as exc:
             await self._internal_error(queue, message_id, data, exc)
@@ -394,7 +394,10 @@ class Worker:
                 _describe(error),
                 delay,
             )
-            await self._retrying(lambda: self.broker.retry(queue, message.id, delay, body))
+            delivery = self.held[queue][message.id]
+            await self._retrying(
+                lambda: self.broker.retry(queue, message.id, delay, body, delivery)
+            )
             self.held[queue].pop(message.id, None)
             hooks.emit("after_retry", task, message, delay)
             return
@@ -442,8 +445,9 @@ class Worker:
             int(defaults.get("dlq_max_entries", self.settings.dlq_max_entries)),
             float(defaults.get("dlq_max_age", self.settings.dlq_max_age_s)),
         )
+        delivery = self.held[queue].get(message_id) if stored else None
         await self._retrying(
-            lambda: self.broker.dead(queue, message_id, entry, result, dedupe, bounds, stored)
+            lambda: self.broker.dead(queue, message_id, entry, result, dedupe, bounds, delivery)
         )
         self.held[queue].pop(message_id, None)
         self.hooks.emit("after_dead_letter", queue, message, reason, error)
@@ -501,7 +505,7 @@ class Worker:
             self.on_tick()
             try:
                 for queue, held in self.held.items():
-                    await self.broker.renew(queue, list(held))
+                    await self.broker.renew(queue, list(held.items()))
                 await self._refresh_queue_defaults()
                 info = orjson.dumps(
                     {

@@ -11,12 +11,13 @@
 -- ARGV[1] id, ARGV[2] entry JSON, ARGV[3] max entries, ARGV[4] result JSON or "",
 -- ARGV[5] result TTL (ms), ARGV[6] max age (ms), ARGV[7] dedupe key or ""
 -- Trimming pops the oldest entries by score: O(log n) per entry, never a scan.
--- ARGV[8] "1" when the entry is a message: then nothing changes if it was already finished
--- elsewhere (a task that succeeded on another worker must not land in the DLQ); returns 0.
+-- ARGV[8] the caller's delivery of a stored message, or "" for a malformed waiting token: a
+-- message finished or re-delivered elsewhere meanwhile is left alone (a task that succeeded on
+-- another worker must not land in the DLQ); returns 0 then.
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local id = ARGV[1]
-if ARGV[8] == '1' and redis.call('HEXISTS', KEYS[2], id) == 0 then return 0 end
+if ARGV[8] ~= '' and redis.call('HGET', KEYS[6], id) ~= ARGV[8] then return 0 end
 redis.call('ZREM', KEYS[1], id)
 redis.call('HDEL', KEYS[2], id)
 redis.call('HDEL', KEYS[6], id)

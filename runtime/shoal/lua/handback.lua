@@ -5,15 +5,17 @@
 -- KEYS[3] messages    HASH  id -> envelope; only ids still present are handed back
 -- KEYS[4] deliveries  HASH  id -> delivery count; decremented: a handback is not a lost delivery
 -- ARGV[1] notify channel
--- ARGV[2..] ids
+-- ARGV[2..] pairs: id, the delivery this worker holds (only its own leases are handed back)
 -- Returns the number of messages handed back.
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local n = 0
-for i = 2, #ARGV do
-  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 and redis.call('HEXISTS', KEYS[3], ARGV[i]) == 1 then
-    redis.call('RPUSH', KEYS[2], now .. ':' .. ARGV[i])
-    redis.call('HINCRBY', KEYS[4], ARGV[i], -1)
+for i = 2, #ARGV, 2 do
+  local id = ARGV[i]
+  if redis.call('HGET', KEYS[4], id) == ARGV[i + 1] and redis.call('ZREM', KEYS[1], id) == 1
+      and redis.call('HEXISTS', KEYS[3], id) == 1 then
+    redis.call('RPUSH', KEYS[2], now .. ':' .. id)
+    redis.call('HINCRBY', KEYS[4], id, -1)
     n = n + 1
   end
 end

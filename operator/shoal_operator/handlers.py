@@ -5,8 +5,10 @@ Handlers are thin: the work is in ``queues`` (a Queue's status), ``workers`` (a 
 Deployment and autoscaler), ``deployment`` (the objects, pure) and ``metrics`` (Redis). Here a
 ``ReconcileError`` becomes a condition, an Event and kopf's retry policy. Nothing crash-loops: a
 bad spec waits for an edit; a missing reference or an unreachable Redis is retried after a
-delay. Long-running loops are async daemons, so kopf can always stop them; their blocking calls
-run in threads.
+delay. Long-running loops are async daemons that watch kopf's stop flag; their blocking calls
+run in threads. A Worker's Deployment is kept in line by events (its own create/update, and
+every change of the Deployment), with no periodic daemon, so deleting a Worker without
+autoscaling needs no finalizer.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ async def queue_monitor(
     spec: kopf.Spec,
     body: kopf.Body,
     memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
@@ -90,9 +93,9 @@ async def queue_monitor(
     assert namespace is not None  # Queues are namespaced
     monitor = QueueMonitor(name, namespace, memo, logger)
     try:
-        while True:
+        while not stopped:
             await asyncio.to_thread(monitor.tick, body, spec)
-            await asyncio.sleep(memo.settings.poll_s)
+            await stopped.wait(memo.settings.poll_s)
     finally:
         memo.meter.forget(namespace, name)
 
@@ -119,22 +122,6 @@ def worker_reconcile(
     except ReconcileError as exc:
         _fail(exc, body, patch, "Ready", memo.settings.retry_delay_s)
     patch.status.update(worker_status(body, figures))
-
-
-@kopf.daemon(GROUP, VERSION, "workers", cancellation_timeout=5, initial_delay=1)
-async def worker_resync(
-    name: str,
-    namespace: str | None,
-    body: kopf.Body,
-    memo: kopf.Memo,
-    logger: kopf.Logger,
-    **_: Any,
-) -> None:
-    """Every ``resync_s``, correct drift and refresh the status, even if no event was seen."""
-    assert namespace is not None  # Workers are namespaced
-    while True:
-        await asyncio.sleep(memo.settings.resync_s)
-        await asyncio.to_thread(resync, name, namespace, body, memo, logger)
 
 
 @kopf.on.event(
@@ -180,12 +167,13 @@ async def worker_autoscaler(
     spec: kopf.Spec,
     body: kopf.Body,
     memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
     """Every poll: measure the Worker's queues, decide, scale the Deployment, explain."""
     assert namespace is not None  # Workers are namespaced
     scaler = Autoscaling(name, namespace, memo, logger)
-    while True:
+    while not stopped:
         poll_s = await asyncio.to_thread(scaler.tick, body, spec)
-        await asyncio.sleep(poll_s)
+        await stopped.wait(poll_s)

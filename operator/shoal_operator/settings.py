@@ -18,10 +18,6 @@ class OperatorSettings:
     """How often each Queue is measured into its status (``SHOAL_OPERATOR_POLL``, seconds).
     The measurement is O(1) in Redis, so a few seconds is cheap even for many queues."""
 
-    resync_s: float = 60.0
-    """How often each Worker's Deployment is checked for drift even without events
-    (``SHOAL_OPERATOR_RESYNC``, seconds)."""
-
     retry_delay_s: float = 15.0
     """How long before retrying a resource whose reference is missing or whose Redis is down
     (``SHOAL_OPERATOR_RETRY_DELAY``, seconds): slow enough never to hammer the API, fast
@@ -50,7 +46,6 @@ class OperatorSettings:
         return cls(
             namespaces=tuple(n.strip() for n in names.split(",") if n.strip()),
             poll_s=float(env.get("SHOAL_OPERATOR_POLL", cls.poll_s)),
-            resync_s=float(env.get("SHOAL_OPERATOR_RESYNC", cls.resync_s)),
             retry_delay_s=float(env.get("SHOAL_OPERATOR_RETRY_DELAY", cls.retry_delay_s)),
             otlp_endpoint=env.get("SHOAL_OPERATOR_OTLP_ENDPOINT", ""),
             health_port=int(env.get("SHOAL_OPERATOR_WORKER_HEALTH_PORT", cls.health_port)),

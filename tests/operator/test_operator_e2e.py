@@ -22,7 +22,6 @@ WaitFor = Callable[..., Any]
 @pytest.fixture(autouse=True)
 def fast_operator(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHOAL_OPERATOR_POLL", "0.2")
-    monkeypatch.setenv("SHOAL_OPERATOR_RESYNC", "0.5")
     monkeypatch.setenv("SHOAL_OPERATOR_RETRY_DELAY", "0.5")
     monkeypatch.setenv("SHOAL_OPERATOR_OTLP_ENDPOINT", "http://jaeger:4318")
 

@@ -195,11 +195,12 @@ def _renew_call(k: QueueKeys, lease_ms: int, held: Sequence[tuple[str, int]]) ->
     return "renew", [k.inflight, k.deliveries], argv
 
 
-def _replay_call(k: QueueKeys, fresh: Sequence[tuple[str, bytes]]) -> Call:
+def _replay_call(k: QueueKeys, fresh: Sequence[tuple[str, bytes, str | None]]) -> Call:
     argv: list[Any] = [k.notify]
-    for message_id, body in fresh:
-        argv += (message_id, body)
-    return "replay", [k.dead, k.dead_entries, k.messages, k.waiting, k.deliveries], argv
+    for message_id, body, dedupe in fresh:
+        argv += (message_id, body, dedupe or "")
+    keys = [k.dead, k.dead_entries, k.messages, k.waiting, k.deliveries, k.dedupe]
+    return "replay", keys, argv
 
 
 def _purge_call(k: QueueKeys, min_age_ms: int, batch: int) -> Call:
@@ -293,8 +294,9 @@ class Broker(_KeysMixin):
         self._remember_queue(queue)
         return [i.decode() for i in self._run(_enqueue_call(self.keys(queue), items))]
 
-    def replay(self, queue: str, fresh: Sequence[tuple[str, bytes]]) -> int:
-        """Move dead letters back to waiting with the given fresh envelopes; returns how many."""
+    def replay(self, queue: str, fresh: Sequence[tuple[str, bytes, str | None]]) -> int:
+        """Move dead letters back to waiting with fresh envelopes (id, envelope, dedupe key);
+        returns how many moved."""
         return int(self._run(_replay_call(self.keys(queue), fresh))) if fresh else 0
 
     def purge(self, queue: str, min_age_s: float | None = None) -> int:

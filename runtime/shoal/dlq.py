@@ -110,7 +110,7 @@ class DeadLetters:
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             entries = {e.id: e for e in self._load(chunk)}
-            fresh: list[tuple[str, bytes]] = []
+            fresh: list[tuple[str, bytes, str | None]] = []
             for message_id in chunk:
                 entry = entries.get(message_id)
                 if entry is None:
@@ -125,13 +125,14 @@ class DeadLetters:
                     continue
                 options = {k: v for k, v in message.options.items() if k != "last_error"}
                 body = replace(message, attempt=0, options=options).encode()
-                fresh.append((message_id, self.app.signer.seal(body)))
+                dedupe = message.options.get("dedupe_key")
+                fresh.append((message_id, self.app.signer.seal(body), dedupe))
             moved = self.app.broker.replay(self.queue, fresh)
             if moved == len(fresh):
-                replayed += [mid for mid, _ in fresh]
+                replayed += [mid for mid, _, _ in fresh]
             else:  # a concurrent purge or replay took some: report what is really back
                 still_dead = set(self.redis.zrange(self.keys.dead, 0, -1))
-                for mid, _ in fresh:
+                for mid, _, _ in fresh:
                     if mid.encode() in still_dead:
                         skipped[mid] = "still dead"
                     else:

@@ -402,3 +402,20 @@ def test_a_tasks_own_timeout_error_is_not_a_task_timeout(
     handle = calls_partner.enqueue()
     worker(app, ["q"])
     assert dead_entry(app, "q", handle.id)["exception_type"] == "TimeoutError"
+
+
+def test_a_replayed_message_takes_its_dedupe_key_back(
+    make_app: Callable[..., App], worker: Any
+) -> None:
+    app = make_app()
+
+    @app.task(queue="q", name="sync_user", max_retries=0)
+    def sync_user(user: int) -> None:
+        raise RuntimeError("down")
+
+    first = sync_user.with_options(dedupe_key="user-7").enqueue(7)
+    worker(app, ["q"])
+    assert app.dlq("q").replay().replayed == [first.id]
+    # while the replayed message waits, the key is its again
+    assert sync_user.with_options(dedupe_key="user-7").enqueue(7).id == first.id
+    assert app.measure("q").waiting == 1

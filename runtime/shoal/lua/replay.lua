@@ -5,16 +5,24 @@
 -- KEYS[3] messages      HASH  id -> envelope; the fresh envelope is stored
 -- KEYS[4] waiting       LIST  tokens; the ids are pushed as newly ready
 -- KEYS[5] deliveries    HASH  id -> delivery count; reset
+-- KEYS[6] dedupe        HASH  dedupe key -> id; the replayed message takes its key back
+--                             unless another live message holds it
 -- ARGV[1] notify channel
--- ARGV[2..] pairs: id, fresh envelope
+-- ARGV[2..] triples: id, fresh envelope, dedupe key ("" = none)
 -- Only ids still in the DLQ move (a concurrent purge or replay wins); returns how many moved.
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local was_empty = redis.call('LLEN', KEYS[4]) == 0
 local n = 0
-for i = 2, #ARGV, 2 do
-  local id = ARGV[i]
+for i = 2, #ARGV, 3 do
+  local id, dedupe = ARGV[i], ARGV[i + 2]
   if redis.call('ZREM', KEYS[1], id) == 1 then
+    if dedupe ~= '' then
+      local holder = redis.call('HGET', KEYS[6], dedupe)
+      if not holder or redis.call('HEXISTS', KEYS[3], holder) == 0 then
+        redis.call('HSET', KEYS[6], dedupe, id)
+      end
+    end
     redis.call('HDEL', KEYS[2], id)
     redis.call('HDEL', KEYS[5], id)
     redis.call('HSET', KEYS[3], id, ARGV[i + 1])

@@ -10,6 +10,7 @@ from typing import Any
 from shoal import App, BrokerError, QueueStats, Settings, queue_defaults
 from shoal.broker import CONNECTION_ERRORS, connection_error
 from shoal_operator.errors import RedisUnreachable
+from shoal_operator.redis_target import RedisTarget, SecretReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +18,12 @@ class Connection:
     url: str
     password: str | None
     key_prefix: str
+
+
+def connect(target: RedisTarget, api: SecretReader, namespace: str) -> Connection:
+    """The operator's own connection to a target: the Secrets read once, here."""
+    url, password = target.resolve(api, namespace)
+    return Connection(url, password, target.key_prefix)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,16 +12,14 @@ import kopf
 from shoal_operator import conditions as cond
 from shoal_operator.errors import ReconcileError, RedisUnreachable
 from shoal_operator.kube import patch_status
-from shoal_operator.metrics import Connection, Reading
+from shoal_operator.metrics import Connection, Reading, connect
 from shoal_operator.redis_target import RedisTarget
 
 
 def queue_connection(
     memo: kopf.Memo, namespace: str, name: str, spec: dict[str, Any]
 ) -> Connection:
-    target = RedisTarget.from_queue(name, spec)
-    url, password = target.resolve(memo.core, namespace)
-    return Connection(url, password, target.key_prefix)
+    return connect(RedisTarget.from_queue(name, spec), memo.core, namespace)
 
 
 @dataclass

@@ -68,9 +68,6 @@ class RedisTarget:
         env.append({"name": "SHOAL_KEY_PREFIX", "value": self.key_prefix})
         return env
 
-    def secrets(self) -> list[SecretKey]:
-        return [s for s in (self.url_secret, self.password_secret) if s is not None]
-
     def resolve(self, api: SecretReader, namespace: str) -> tuple[str, str | None]:
         """The URL and password, read from the Secrets when referenced."""
         url = self.url or self._read(api, namespace, self.url_secret)

@@ -18,7 +18,7 @@ from shoal_operator import conditions as cond
 from shoal_operator import deployment as deploy
 from shoal_operator.errors import MissingReference, ReconcileError, SpecError
 from shoal_operator.kube import GROUP, VERSION, camel, patch_status, read_deployment
-from shoal_operator.metrics import Connection
+from shoal_operator.metrics import Connection, connect
 from shoal_operator.redis_target import RedisTarget
 
 
@@ -50,8 +50,6 @@ def _queue_refs(memo: kopf.Memo, namespace: str, names: list[str]) -> list[deplo
             f"queues {', '.join(names)} do not share one Redis and key prefix; a "
             "Worker consumes queues of one Redis: split it into several Workers",
         )
-    for secret in refs[0].target.secrets():  # pods would not start without them
-        refs[0].target._read(memo.core, namespace, secret)
     return refs
 
 
@@ -71,6 +69,7 @@ def reconcile_worker(
     """Make the Worker's Deployment match its spec; return the Worker's status figures."""
     spec = dict(body.get("spec", {}))
     queues = _queue_refs(memo, namespace, list(spec.get("queues", [])))
+    queues[0].target.resolve(memo.core, namespace)  # its Secrets exist, or pods would not start
     live = read_deployment(memo, namespace, name)
     desired = deploy.build(name, namespace, spec, queues, memo.settings, _replicas(spec, live))
     if live is None:
@@ -157,8 +156,7 @@ class Autoscaling:
         conn: Connection | None = None
         try:
             refs = _queue_refs(memo, namespace, list(spec.get("queues", [])))
-            url, password = refs[0].target.resolve(memo.core, namespace)
-            conn = Connection(url, password, refs[0].target.key_prefix)
+            conn = connect(refs[0].target, memo.core, namespace)
             broker = memo.meter.app(conn).broker
             snap = self.fleet.snapshot(broker, [r.name for r in refs], replicas, ready)
         except (ReconcileError, BrokerError) as exc:

@@ -325,9 +325,9 @@ def dev(files: tuple[Path, ...], redis_url: str | None, duration: float | None) 
     from shoal.dev import DevRunner, load_manifests
 
     manifests = load_manifests(list(files))
-    url = redis_url or (
-        App().settings.redis_url if App().settings.redis_url_source == "SHOAL_REDIS_URL" else None
-    )
+    settings = App().settings
+    from_env = settings.redis_url if settings.redis_url_source == "SHOAL_REDIS_URL" else None
+    url = redis_url or from_env
     DevRunner(manifests, url, console).run(duration)
 
 

@@ -49,6 +49,22 @@ Finished = tuple[str, bytes | None, str | None]
 """A message to ack: (id, result JSON or None, dedupe key or None)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """Makes an enqueue happen at most once, checked in the same script that stores it.
+
+    ``once``: ``field`` must not exist yet in the ``key`` HASH (a workflow step started by
+    whichever worker gets there first). ``after``: the number that starts ``value`` must be
+    greater than the one stored in ``field`` (a schedule tick, claimed by one worker of many).
+    ``key`` must share the queue's hash tag."""
+
+    key: str
+    mode: str
+    field: str
+    value: str
+    ttl_ms: int = 0
+
+
 def _script_source(name: str) -> str:
     return resources.files("shoal").joinpath(f"lua/{name}.lua").read_text()
 
@@ -120,11 +136,20 @@ def connection_error(url: str, exc: BaseException) -> BrokerError:
 # --- call builders: the one place that knows each script's KEYS/ARGV layout --------------------
 
 
-def _enqueue_call(k: QueueKeys, items: Iterable[Outgoing]) -> Call:
-    argv: list[Any] = [k.notify]
+def _enqueue_call(k: QueueKeys, items: Iterable[Outgoing], guard: Guard | None = None) -> Call:
+    keys = [k.waiting, k.messages, k.delayed, k.stats, k.dedupe]
+    if guard is None:
+        argv: list[Any] = [k.notify, "", "", "", 0]
+    else:
+        keys.append(guard.key)
+        argv = [k.notify, guard.mode, guard.field, guard.value, guard.ttl_ms]
     for message_id, delay_ms, body, dedupe in items:
         argv += (message_id, delay_ms, body, dedupe or "")
-    return "enqueue", [k.waiting, k.messages, k.delayed, k.stats, k.dedupe], argv
+    return "enqueue", keys, argv
+
+
+def _enqueued_ids(reply: Sequence[bytes] | None) -> list[str] | None:
+    return None if reply is None else [i.decode() for i in reply]
 
 
 def _fetch_call(k: QueueKeys, lease_ms: int, count: int) -> Call:
@@ -291,8 +316,17 @@ class Broker(_KeysMixin):
     def enqueue(self, queue: str, items: Sequence[Outgoing]) -> list[str]:
         """Store messages in one round trip; returns each one's id (for a deduplicated message,
         the id of the live message that holds its dedupe key)."""
+        ids = self.enqueue_guarded(queue, items, None)
+        assert ids is not None  # only a guard refuses
+        return ids
+
+    def enqueue_guarded(
+        self, queue: str, items: Sequence[Outgoing], guard: Guard | None
+    ) -> list[str] | None:
+        """Like :meth:`enqueue`, but nothing is stored and None is returned when ``guard``
+        refuses (the step was already enqueued, the tick already claimed)."""
         self._remember_queue(queue)
-        return [i.decode() for i in self._run(_enqueue_call(self.keys(queue), items))]
+        return _enqueued_ids(self._run(_enqueue_call(self.keys(queue), items, guard)))
 
     def replay(self, queue: str, fresh: Sequence[tuple[str, bytes, str | None]]) -> int:
         """Move dead letters back to waiting with fresh envelopes (id, envelope, dedupe key);
@@ -381,10 +415,20 @@ class AsyncBroker(_KeysMixin):
             name: self.redis.register_script(_script_source(name)) for name in SCRIPT_NAMES
         }
         self._keys: dict[str, QueueKeys] = {}
+        self._known_queues: set[str] = set()
 
     async def _run(self, call: Call) -> Any:
         name, keys, argv = call
         return await self._scripts[name](keys, argv)
+
+    async def enqueue(
+        self, queue: str, items: Sequence[Outgoing], guard: Guard | None = None
+    ) -> list[str] | None:
+        """Store messages (see :meth:`Broker.enqueue_guarded`); None when the guard refuses."""
+        if queue not in self._known_queues:
+            await self.redis.sadd(queues_key(self.settings.key_prefix), queue)  # type: ignore[misc]
+            self._known_queues.add(queue)
+        return _enqueued_ids(await self._run(_enqueue_call(self.keys(queue), items, guard)))
 
     async def fetch(self, queue: str, count: int) -> Fetched:
         lease_ms = int(self.settings.lease_s * 1000)

@@ -23,6 +23,13 @@ key                                    type    meaning
 ``{p}:{q}:dedupe``                     HASH    dedupe key → id of the live message holding it
 ``{p}:{q}:config``                     HASH    queue defaults (max_retries, timeout, …)
 ``{p}:{q}:result:<id>``                LIST    one result JSON, with a TTL
+``{p}:{q}:schedules``                  HASH    schedule name → schedule JSON (code or Queue CR)
+``{p}:{q}:schedule:runs``              HASH    schedule name → last claimed tick
+                                               ``<tick_ms> <id|-> <claimed_ms>``
+``{p}:{q}:workflow:<wid>``             HASH    workflow steps already started from this
+                                               queue's slot (enqueue guards), with a TTL
+``{p}:{q}:group:<gid>``                HASH    member index → result JSON of one workflow
+                                               group, with a TTL
 ``{p}:{q}:notify``                     pubsub  published when waiting goes from empty to not
 ``{p}:queues``                         SET     every queue name ever enqueued to
 ``{p}:workers``                        ZSET    worker id → last heartbeat (ms)
@@ -40,6 +47,8 @@ class QueueKeys:
     """The keys of one queue. Build with :func:`queue_keys`."""
 
     queue: str
+    base: str
+    """``{p}:{q}:``, the start of every key of the queue."""
     waiting: str
     messages: str
     inflight: str
@@ -52,10 +61,20 @@ class QueueKeys:
     config: str
     notify: str
     result_prefix: str
+    schedules: str
+    schedule_runs: str
 
     def result(self, message_id: str) -> str:
         """Key of the stored result of one message."""
         return self.result_prefix + message_id
+
+    def workflow(self, workflow_id: str) -> str:
+        """Guards of the workflow steps started into this queue."""
+        return self.base + "workflow:" + workflow_id
+
+    def group(self, group_id: str) -> str:
+        """Member results of one workflow group."""
+        return self.base + "group:" + group_id
 
 
 def queue_keys(prefix: str, queue: str) -> QueueKeys:
@@ -63,6 +82,7 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
     base = f"{prefix}:{{{queue}}}:"
     return QueueKeys(
         queue=queue,
+        base=base,
         waiting=base + "waiting",
         messages=base + "messages",
         inflight=base + "inflight",
@@ -75,6 +95,8 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
         config=base + "config",
         notify=base + "notify",
         result_prefix=base + "result:",
+        schedules=base + "schedules",
+        schedule_runs=base + "schedule:runs",
     )
 
 

@@ -5,16 +5,32 @@
 -- KEYS[3] delayed   ZSET  id -> due time (ms)
 -- KEYS[4] stats     HASH  counters; "enqueued" is incremented
 -- KEYS[5] dedupe    HASH  dedupe key -> id of the live message holding it
+-- KEYS[6] guard     HASH  only with a guard: the markers that make an enqueue happen once
 -- ARGV[1] notify channel, published when waiting goes from empty to non-empty
--- ARGV[2..] quads: id, delay_ms (0 = ready now), envelope, dedupe key ("" = none)
--- Returns the id each message ended up with: its own, or the live message holding its dedupe key.
+-- ARGV[2] guard mode: "" (none), "once" (field must be new), "after" (the number that starts
+--         the value must exceed the one stored in the field: a schedule's tick claim)
+-- ARGV[3] guard field, ARGV[4] guard value, ARGV[5] guard key TTL (ms, 0 = none)
+-- ARGV[6..] quads: id, delay_ms (0 = ready now), envelope, dedupe key ("" = none)
+-- Returns the id each message ended up with: its own, or the live message holding its dedupe
+-- key; nil when the guard refused (someone else already enqueued this step or claimed this tick).
+local mode = ARGV[2]
+if mode == 'once' then
+  if redis.call('HSETNX', KEYS[6], ARGV[3], ARGV[4]) == 0 then return nil end
+elseif mode == 'after' then
+  local stored = redis.call('HGET', KEYS[6], ARGV[3])
+  if stored and tonumber(string.match(stored, '^%d+')) >= tonumber(string.match(ARGV[4], '^%d+')) then
+    return nil
+  end
+  redis.call('HSET', KEYS[6], ARGV[3], ARGV[4])
+end
+if mode ~= '' and tonumber(ARGV[5]) > 0 then redis.call('PEXPIRE', KEYS[6], ARGV[5]) end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local pushed = 0
 local was_empty = false
 local stored = 0
 local ids = {}
-for i = 2, #ARGV, 4 do
+for i = 6, #ARGV, 4 do
   local id, delay, dedupe = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 3]
   local holder = dedupe ~= '' and redis.call('HGET', KEYS[5], dedupe)
   if holder and redis.call('HEXISTS', KEYS[2], holder) == 1 then

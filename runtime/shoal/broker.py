@@ -426,7 +426,7 @@ class AsyncBroker(_KeysMixin):
     ) -> list[str] | None:
         """Store messages (see :meth:`Broker.enqueue_guarded`); None when the guard refuses."""
         if queue not in self._known_queues:
-            await self.redis.sadd(queues_key(self.settings.key_prefix), queue)  # type: ignore[misc]
+            await self.redis.sadd(queues_key(self.settings.key_prefix), queue)
             self._known_queues.add(queue)
         return _enqueued_ids(await self._run(_enqueue_call(self.keys(queue), items, guard)))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
@@ -170,40 +170,51 @@ class Sender(Generic[P, R]):
         ]
         hooks = app.hooks
         with hooks.context("enqueue_context", task, messages):
-            seal = app.signer.seal
-            items: list[Outgoing] = [
-                (m.id, delay_ms, seal(self._encode(m)), send.dedupe_key) for m in messages
-            ]
+            items = encode_batch(task, messages, delay_ms, send.dedupe_key)
             ids = app.broker.enqueue(task.queue, items)
         hooks.emit("after_enqueue", task, messages)
         return [Handle(app, task.queue, task.name, mid) for mid in ids]
 
-    def _encode(self, message: Message) -> bytes:
-        limit = self.task.app.settings.max_message_bytes
-        try:
-            body = message.encode()
-        except TypeError:
-            raise EnqueueError(self._describe_bad_argument(message)) from None
-        if len(body) > limit:
-            name, size = max(_argument_sizes(message), key=lambda item: item[1])
-            raise EnqueueError(
-                f"task {self.task.name!r}: message is {len(body)} bytes, over the "
-                f"{limit}-byte limit (largest argument: {name}, {size} bytes). Store big data "
-                "elsewhere and pass a reference, or raise SHOAL_MAX_MESSAGE_BYTES."
-            )
-        return body
 
-    def _describe_bad_argument(self, message: Message) -> str:
-        for name, value in _arguments(message):
-            try:
-                orjson.dumps(value)
-            except TypeError as exc:
-                return (
-                    f"task {self.task.name!r}: argument {name} ({type(value).__name__}) is not "
-                    f"JSON-serialisable ({exc}); pass plain data (str, int, float, bool, None, "
-                    "list, dict) or an id to load it in the task"
-                )
-        return f"task {self.task.name!r}: the message headers are not JSON-serialisable"
+def encode_batch(
+    task: Task[Any, Any],
+    messages: Sequence[Message],
+    delay_ms: int = 0,
+    dedupe_key: str | None = None,
+) -> list[Outgoing]:
+    """Encode, size-check and sign messages for the broker (call inside the ``enqueue_context``
+    hook, which adds the trace headers). Raises EnqueueError naming the offending argument."""
+    seal = task.app.signer.seal
+    return [(m.id, delay_ms, seal(_encode(task, m)), dedupe_key) for m in messages]
+
+
+def _encode(task: Task[Any, Any], message: Message) -> bytes:
+    limit = task.app.settings.max_message_bytes
+    try:
+        body = message.encode()
+    except TypeError:
+        raise EnqueueError(_describe_bad_argument(task, message)) from None
+    if len(body) > limit:
+        name, size = max(_argument_sizes(message), key=lambda item: item[1])
+        raise EnqueueError(
+            f"task {task.name!r}: message is {len(body)} bytes, over the "
+            f"{limit}-byte limit (largest argument: {name}, {size} bytes). Store big data "
+            "elsewhere and pass a reference, or raise SHOAL_MAX_MESSAGE_BYTES."
+        )
+    return body
+
+
+def _describe_bad_argument(task: Task[Any, Any], message: Message) -> str:
+    for name, value in _arguments(message):
+        try:
+            orjson.dumps(value)
+        except TypeError as exc:
+            return (
+                f"task {task.name!r}: argument {name} ({type(value).__name__}) is not "
+                f"JSON-serialisable ({exc}); pass plain data (str, int, float, bool, None, "
+                "list, dict) or an id to load it in the task"
+            )
+    return f"task {task.name!r}: the message headers are not JSON-serialisable"
 
 
 def _arguments(message: Message) -> Iterable[tuple[str, Any]]:

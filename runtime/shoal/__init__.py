@@ -12,6 +12,9 @@ from shoal.app import App, load_app
 # Messages and the broker
 from shoal.broker import Broker, QueueStats
 
+# Workflows
+from shoal.canvas import Signature, chain, chord, group
+
 # Errors and signals
 from shoal.errors import (
     BrokerError,
@@ -43,6 +46,11 @@ __all__ = [
     "Handle",
     "Sender",
     "Task",
+    # Workflows
+    "Signature",
+    "chain",
+    "chord",
+    "group",
     # Messages and the broker
     "Broker",
     "Message",

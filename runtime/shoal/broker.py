@@ -35,6 +35,7 @@ SCRIPT_NAMES = (
     "replay",
     "purge",
     "measure",
+    "join",
 )
 MOVE_LIMIT = 500
 """Delayed or expired entries moved per fetch: bounds one script's run time on a huge backlog."""
@@ -234,6 +235,19 @@ def _purge_call(k: QueueKeys, min_age_ms: int, batch: int) -> Call:
 
 DUE_SOON_MS = 5000
 """Delayed messages due within this are reported as ``due_soon`` (the autoscaler counts them)."""
+
+
+def _join_call(
+    k: QueueKeys,
+    group_id: str,
+    index: int,
+    result: bytes,
+    size: int,
+    ttls_ms: tuple[int, int],
+    result_of: str | None,
+) -> Call:
+    keys = [k.group(group_id)] + ([] if result_of is None else [k.result(result_of)])
+    return "join", keys, [index, result, size, *ttls_ms]
 
 
 def _measure_call(k: QueueKeys) -> Call:
@@ -483,6 +497,28 @@ class AsyncBroker(_KeysMixin):
         if held:
             lease_ms = int(self.settings.lease_s * 1000)
             await self._run(_renew_call(self.keys(queue), lease_ms, held))
+
+    async def join(
+        self, queue: str, group_id: str, index: int, result: bytes, size: int, result_of: str | None
+    ) -> list[bytes] | None:
+        """Record member ``index``'s result in a workflow group kept in ``queue``'s slot; the
+        results in order once all ``size`` are in (also stored as ``result_of``'s result when
+        given), else None."""
+        s = self.settings
+        ttls = (int(s.workflow_ttl_s * 1000), int(s.result_ttl_s * 1000))
+        reply = await self._run(
+            _join_call(self.keys(queue), group_id, index, result, size, ttls, result_of)
+        )
+        return None if reply is None else list(reply)
+
+    async def store_result(self, queue: str, message_id: str, result: bytes) -> None:
+        """Store (replace) the result of ``message_id`` for ``Handle.result``, with its TTL."""
+        key = self.keys(queue).result(message_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(key)
+        pipe.rpush(key, result)
+        pipe.pexpire(key, int(self.settings.result_ttl_s * 1000))
+        await pipe.execute()
 
     async def measure(self, queue: str) -> QueueStats:
         return QueueStats.from_reply(queue, await self._run(_measure_call(self.keys(queue))))

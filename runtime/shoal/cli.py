@@ -271,6 +271,10 @@ def dlq_show(queue: str, message_id: str) -> None:
         ("enqueued at", _when(entry.enqueued_at)),
         ("failed at", _when(entry.failed_at)),
         ("trace id", entry.trace_id),
+        (
+            "workflow",
+            f"{entry.workflow['kind']} {entry.workflow['id']}" if entry.workflow else None,
+        ),
     ):
         console.print(f"[bold]{label:>12}[/bold]  {value if value is not None else '-'}")
     console.print("[bold]     message[/bold]  " + entry.message, markup=False, highlight=False)

@@ -47,6 +47,8 @@ class DeadLetter:
     failed_at: float
     traceparent: str | None
     message: str = field(repr=False)
+    workflow: dict[str, str] | None = None
+    """The workflow (id, kind) the message was a member of; that workflow failed with it."""
 
     @property
     def trace_id(self) -> str | None:

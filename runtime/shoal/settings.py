@@ -99,6 +99,10 @@ class Settings:
     result_ttl_s: float = 3600.0
     """How long stored task results live in Redis (``SHOAL_RESULT_TTL``, seconds)."""
 
+    workflow_ttl_s: float = 7 * 86400.0
+    """How long a workflow's state (group results, started steps) lives in Redis after its last
+    change (``SHOAL_WORKFLOW_TTL``, seconds): longer than any member's retries may take."""
+
     max_message_bytes: int = 512 * 1024
     """Largest encoded message accepted at enqueue (``SHOAL_MAX_MESSAGE_BYTES``). Redis holds
     every waiting message in memory: a bound keeps one bad producer from filling it."""
@@ -218,6 +222,7 @@ _ENV_NAMES = {
     "min_backoff_s": "SHOAL_MIN_BACKOFF",
     "max_backoff_s": "SHOAL_MAX_BACKOFF",
     "result_ttl_s": "SHOAL_RESULT_TTL",
+    "workflow_ttl_s": "SHOAL_WORKFLOW_TTL",
     "max_message_bytes": "SHOAL_MAX_MESSAGE_BYTES",
     "shutdown_grace_s": "SHOAL_SHUTDOWN_GRACE",
     "idle_poll_s": "SHOAL_IDLE_POLL",

@@ -18,6 +18,7 @@ from shoal.settings import Seconds, to_seconds
 
 if TYPE_CHECKING:
     from shoal.app import App
+    from shoal.canvas import Signature
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -104,6 +105,19 @@ class Task(Generic[P, R]):
     def enqueue_many(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]) -> list[Handle[R]]:
         """Send a batch in one round trip: each item is an args tuple or a kwargs mapping."""
         return Sender(self, _NOW).enqueue_many(calls)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature for workflows: ``chain(add.s(1), double.s())``. In a chain, the previous
+        step's result comes first, before ``args``."""
+        from shoal.canvas import Signature
+
+        return Signature(self, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: it ignores the previous step's result."""
+        from shoal.canvas import Signature
+
+        return Signature(self, args, kwargs, immutable=True)
 
     def with_options(
         self,

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 import redis.exceptions
 
-from shoal import __version__
+from shoal import __version__, workflow
 from shoal.app import App
 from shoal.broker import AsyncBroker, Finished
 from shoal.errors import DecodeError
@@ -94,6 +94,8 @@ class Worker:
         self._rr = 0
         self.hooks = app.hooks
         """The hooks of the middleware active in this process (set again once booted)."""
+        self.steps = workflow.Steps(app, self.broker, self.hooks)
+        """Carries workflow members on (chain, group, chord) before they are acked."""
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -114,6 +116,7 @@ class Worker:
         )
         self.app.hooks.emit("before_worker_boot", self)
         self.hooks = Hooks([m for m in self.app.middleware if m.active_in_worker()])
+        self.steps = workflow.Steps(self.app, self.broker, self.hooks)
         background = [
             asyncio.create_task(self._ack_loop()),
             asyncio.create_task(self._heartbeat_loop()),
@@ -364,7 +367,11 @@ class Worker:
                     timeout_s,
                     self.settings.hard_timeout_grace_s,
                 )
-            stored = orjson.dumps({"ok": True, "value": result}) if task.store_result else None
+            flow = message.options.get(workflow.OPTION)
+            if flow is not None:  # start what this member feeds before it is acked
+                await self._retrying(lambda: self.steps.finished(message, result))
+            store = task.store_result or (flow is not None and not flow["then"])
+            stored = orjson.dumps({"ok": True, "value": result}) if store else None
         except HardTimeout as exc:
             error = exc
             log.error(
@@ -415,6 +422,7 @@ class Worker:
         stored: bool = True,
     ) -> None:
         """Set a message aside with its reason; it never runs again unless replayed."""
+        flow = workflow.Meta.of(message) if message else None
         entry = orjson.dumps(
             {
                 "id": message_id,
@@ -431,8 +439,11 @@ class Worker:
                 "failed_at": time.time(),
                 "traceparent": message.headers.get("traceparent") if message else None,
                 "message": message.encode().decode() if message else _excerpt(raw),
+                "workflow": {"id": flow.id, "kind": flow.kind} if flow else None,
             }
         )
+        if flow is not None and message is not None:  # the workflow fails with this member
+            await self._retrying(lambda: self.steps.failed(message, reason, _describe(error)))
         result = None
         if task is not None and task.store_result:
             result = orjson.dumps({"ok": False, "error": f"{reason}: {_describe(error)}"})

@@ -38,3 +38,18 @@ def slow(task_id: str, seconds: float) -> int:
 def record(task_id: str) -> int:
     _record(runs_key(app.settings.key_prefix), task_id)
     return os.getpid()
+
+
+@app.task(queue="workflows", name="wf_square")
+def wf_square(task_id: str, n: int, seconds: float) -> int:
+    """A chord member: slow enough to be caught in flight by a SIGKILL."""
+    time.sleep(seconds)
+    _record(runs_key(app.settings.key_prefix), task_id)
+    return n * n
+
+
+@app.task(queue="workflows", name="wf_total")
+def wf_total(squares: list[int], task_id: str) -> int:
+    """A chord callback: records each run, so a test can prove it ran exactly once."""
+    _record(runs_key(app.settings.key_prefix), task_id)
+    return sum(squares)

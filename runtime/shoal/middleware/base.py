@@ -54,6 +54,12 @@ class Middleware:
     def after_enqueue(self, task: Task[Any, Any], messages: Sequence[Message]) -> None:
         """After Redis stored the batch."""
 
+    def workflow_context(
+        self, kind: str, workflow_id: str, messages: Sequence[Message]
+    ) -> contextlib.AbstractContextManager[None]:
+        """Wraps sending a workflow's first messages (each batch in its ``enqueue_context``)."""
+        return contextlib.nullcontext()
+
     # --- worker side -----------------------------------------------------------------------------
 
     def before_worker_boot(self, worker: Any) -> None:

@@ -85,6 +85,30 @@ class Tracing(Middleware):
             return contextlib.nullcontext()
         return self._send_span(task, messages)
 
+    @contextlib.contextmanager
+    def _workflow_span(
+        self, kind: str, workflow_id: str, messages: Sequence[Message]
+    ) -> Iterator[None]:
+        attributes: dict[str, Any] = {
+            "messaging.system": SYSTEM,
+            "messaging.batch.message_count": len(messages),
+            "shoal.workflow.id": workflow_id,
+            "shoal.workflow.kind": kind,
+        }
+        with self._tracer().start_as_current_span(
+            f"start {kind}", kind=SpanKind.PRODUCER, attributes=attributes
+        ):
+            yield
+
+    def workflow_context(
+        self, kind: str, workflow_id: str, messages: Sequence[Message]
+    ) -> contextlib.AbstractContextManager[None]:
+        # One parent for the first messages' send spans; every later step is sent from inside
+        # a member's process span: the whole workflow is one trace.
+        if not self._enabled():
+            return contextlib.nullcontext()
+        return self._workflow_span(kind, workflow_id, messages)
+
     # --- worker ------------------------------------------------------------------------------
 
     def before_worker_boot(self, worker: Any) -> None:

@@ -5,7 +5,8 @@ Run a worker first (``shoal worker examples.tasks``), then ``python -m examples.
 
 from __future__ import annotations
 
-from examples.tasks import call_flaky_partner, render_report, send_email
+from examples.tasks import call_flaky_partner, combine_digests, render_report, send_email
+from shoal import chord
 
 
 def main() -> None:
@@ -15,6 +16,10 @@ def main() -> None:
 
     report = render_report.with_options(delay=1).enqueue(7, rounds=1000)
     print("report digest:", report.result(timeout=30))
+
+    reports = [render_report.s(report_id, rounds=1000) for report_id in range(5)]
+    combined = chord(reports, combine_digests.s()).enqueue()  # one call, five reports, one merge
+    print("combined digest:", combined.result(timeout=30))
 
     handles = call_flaky_partner.enqueue_many([(order,) for order in range(20)])
     print(f"enqueued {len(handles)} flaky partner calls in one round trip")

@@ -1,7 +1,8 @@
 """Example task module: what ``shoal worker examples.tasks`` runs (see the README).
 
 Three shapes of real work: an I/O task (async), a CPU task in a thread with a timeout, and a
-flaky task that retries with backoff and ends in the dead-letter queue when it keeps failing.
+flaky task that retries with backoff and ends in the dead-letter queue when it keeps failing;
+and a chord callback that combines several reports once they are all done.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ def render_report(report_id: int, rounds: int = 10_000) -> str:
     for _ in range(rounds):
         digest = hashlib.sha256(digest).digest()
     return digest.hex()
+
+
+@app.task(queue="reports", timeout=10)
+def combine_digests(digests: list[str]) -> str:
+    """A chord callback: runs once, after every report, with their digests in order."""
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
 @app.task(queue="emails", max_retries=2, min_backoff=0.1, retry_on=(ConnectionError,))

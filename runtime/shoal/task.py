@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
+WORKFLOW_KINDS = frozenset({"chain", "group", "chord"})
+"""The ``task_name`` of a workflow's handle (see :mod:`shoal.canvas`)."""
+
 
 class Handle(Generic[R]):
     """What an enqueue returns at once: the message id, and a way to wait for the result."""
@@ -46,9 +49,14 @@ class Handle(Generic[R]):
         timeout_s = to_seconds(timeout)
         raw = self.app.broker.wait_result(self.queue, self.id, timeout_s)
         if raw is None:
+            wanted = (
+                "every queue of the workflow"
+                if self.task_name in WORKFLOW_KINDS
+                else f"queue {self.queue!r}, and was the task declared with store_result=True"
+            )
             raise ResultTimeout(
                 f"no result for {self.task_name} {self.id} within {timeout_s:g}s; is a worker "
-                f"consuming queue {self.queue!r}, and was the task declared with store_result=True?"
+                f"consuming {wanted}?"
             )
         stored = orjson.loads(raw)
         if not stored.get("ok"):

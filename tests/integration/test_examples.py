@@ -39,6 +39,7 @@ def test_producer_against_a_worker(
     out = capsys.readouterr().out
     assert "result: {'user_id': 42, 'chars': 15, 'status': 'sent'}" in out
     assert re.search(r"report digest: [0-9a-f]{64}", out)
+    assert re.search(r"combined digest: [0-9a-f]{64}", out)
     assert "enqueued 20 flaky partner calls in one round trip" in out
 
 

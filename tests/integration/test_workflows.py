@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -315,3 +317,63 @@ def test_dead_letter_entry_json_names_the_workflow(app: App, worker: Any) -> Non
     raw = app.broker.redis.hvals(app.broker.keys("wf-a").dead_entries)
     (entry,) = [orjson.loads(r) for r in raw]  # type: ignore[union-attr]
     assert entry["workflow"] == {"id": handle.id, "kind": "group"}
+
+
+# --- any shape: random workflow trees against a local evaluation of the same tree ----------
+
+
+Tree = tuple[str, Any]
+
+
+def trees() -> st.SearchStrategy[Tree]:
+    leaves = st.tuples(st.just("sig"), st.tuples(st.integers(0, 9), st.booleans(), st.booleans()))
+    return st.recursive(
+        leaves,
+        lambda inner: st.tuples(
+            st.sampled_from(["chain", "group"]), st.lists(inner, min_size=1, max_size=3)
+        ),
+        max_leaves=7,
+    )
+
+
+def expected(tree: Tree, prefix: list[Any]) -> Any:
+    kind, body = tree
+    if kind == "sig":
+        k, immutable, _ = body
+        return ["t", *([] if immutable else prefix), k]
+    if kind == "group":
+        return [expected(member, prefix) for member in body]
+    value = expected(body[0], prefix)
+    for step in body[1:]:
+        value = expected(step, [value])
+    return value
+
+
+@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tree=trees())
+def test_any_nesting_of_chains_and_groups_computes_what_a_local_run_would(
+    make_app: Callable[..., App], worker: Any, tree: Tree
+) -> None:
+    app = make_app(key_prefix=f"h{os.urandom(4).hex()}")  # a keyspace per example
+
+    @app.task(queue="wf-a", name="tag_a")
+    def tag_a(*args: Any) -> list[Any]:
+        return ["t", *args]
+
+    @app.task(queue="wf-b", name="tag_b")
+    def tag_b(*args: Any) -> list[Any]:
+        return ["t", *args]
+
+    def build(t: Tree) -> Any:
+        kind, body = t
+        if kind == "sig":
+            k, immutable, on_b = body
+            task = tag_b if on_b else tag_a
+            return task.si(k) if immutable else task.s(k)
+        parts = [build(member) for member in body]
+        return chain(*parts) if kind == "chain" else group(parts)
+
+    handle = build(tree).enqueue()
+    worker(app, ["wf-a", "wf-b"], concurrency=8)
+
+    assert handle.result(timeout=5) == expected(tree, [])

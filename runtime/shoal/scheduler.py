@@ -25,6 +25,7 @@ import redis.exceptions
 
 from shoal.broker import AsyncBroker, Broker, Guard
 from shoal.errors import ShoalError
+from shoal.keys import queues_key
 from shoal.message import Message
 from shoal.schedules import Decision, Run, Schedule, decide, message_id, next_tick, source_of
 from shoal.task import Task, encode_batch
@@ -249,6 +250,7 @@ def write_queue_schedules(broker: Broker, queue: str, schedules: Sequence[Schedu
     wanted = {s.name.encode(): s.to_json() for s in schedules}
     gone = [n for n, raw in current.items() if source_of(raw) == "queue" and n not in wanted]
     with broker.redis.pipeline(transaction=True) as pipe:
+        pipe.sadd(queues_key(broker.settings.key_prefix), queue)  # listed by `shoal schedules`
         if gone:
             pipe.hdel(keys.schedules, *gone)
         if wanted:

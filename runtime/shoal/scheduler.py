@@ -77,6 +77,9 @@ class Scheduler:
                 log.warning("scheduler: Redis unavailable (%s); retrying in %.1fs", exc, backoff)
                 wait_s, backoff = backoff, min(backoff * 2, MAX_BACKOFF_S)
                 self._refresh_at = 0.0
+            except Exception:  # a bug here must not stop the worker's schedules for good
+                log.exception("scheduler: tick failed; retrying in %.1fs", MAX_BACKOFF_S)
+                wait_s = MAX_BACKOFF_S
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(closing.wait(), wait_s)
 

@@ -1,5 +1,5 @@
 """Reading queues in Redis for the operator: the runtime's O(1) measurement, and writing the
-Queue's defaults where workers read them. Measuring only; deciding is elsewhere."""
+Queue's defaults and schedules where workers read them. Measuring only; deciding is elsewhere."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from shoal import App, BrokerError, QueueStats, Settings, queue_defaults
+from shoal import App, BrokerError, ConfigurationError, QueueStats, Settings, queue_defaults
 from shoal.broker import CONNECTION_ERRORS, connection_error
+from shoal.scheduler import stored, write_queue_schedules
+from shoal.schedules import Schedule, describe_time, from_queue_spec, next_tick
 from shoal_operator.errors import RedisUnreachable
 from shoal_operator.redis_target import RedisTarget, SecretReader
 
@@ -68,6 +70,45 @@ class QueueMeter:
             done = max(0, stats.completed - previous.completed)
             throughput = done * 1000 / (stats.measured_at_ms - previous.measured_at_ms)
         return Reading(stats, throughput)
+
+    def write_schedules(
+        self, conn: Connection, queue: str, spec: dict[str, Any]
+    ) -> tuple[list[Schedule], dict[str, str]]:
+        """Write the Queue's valid schedules where workers read them (its removed ones deleted,
+        code schedules left alone); returns them and the invalid ones' errors, by name."""
+        valid: list[Schedule] = []
+        invalid: dict[str, str] = {}
+        for item in spec.get("schedules") or []:
+            try:
+                valid.append(from_queue_spec(queue, item))
+            except ConfigurationError as exc:
+                invalid[str(item.get("name"))] = str(exc)
+        try:
+            write_queue_schedules(self.app(conn).broker, queue, valid)
+        except CONNECTION_ERRORS as exc:
+            raise RedisUnreachable(
+                "RedisUnreachable", str(connection_error(conn.url, exc))
+            ) from None
+        except BrokerError as exc:
+            raise RedisUnreachable("RedisUnreachable", str(exc)) from None
+        return valid, invalid
+
+    def schedule_runs(self, conn: Connection, queue: str, now_ms: int) -> list[dict[str, str]]:
+        """Each stored schedule's next run, last run and outcome, for the Queue's status."""
+        try:
+            listed = stored(self.app(conn).broker, queue)
+        except BrokerError as exc:
+            raise RedisUnreachable("RedisUnreachable", str(exc)) from None
+        out = []
+        for row in listed:
+            s = row.schedule
+            zone = s.zone if s else None
+            upcoming = "-" if s is None or s.suspend else describe_time(next_tick(s, now_ms), zone)
+            last = describe_time(row.last.tick_ms if row.last else None, zone)
+            out.append(
+                {"name": row.name, "nextRun": upcoming, "lastRun": last, "outcome": row.outcome}
+            )
+        return out
 
     def configure(self, conn: Connection, queue: str, spec: dict[str, Any]) -> dict[str, Any]:
         """Write the Queue's defaults to Redis (replacing what was there); returns them."""

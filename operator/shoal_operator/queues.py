@@ -1,10 +1,12 @@
-"""A Queue's status: its defaults written to Redis, its figures measured, its conditions.
+"""A Queue's status: its defaults and schedules written to Redis, its figures measured, its
+conditions.
 
 One writer per Queue (the monitor's tick), so conditions never race."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -36,6 +38,8 @@ class QueueMonitor:
     """The generation whose defaults are in Redis."""
     problem: str | None = ""
     """The reason last reported ("" = nothing reported yet, None = healthy)."""
+    invalid_schedules: dict[str, str] = field(default_factory=dict)
+    """Schedules of the configured generation that were not written, with why."""
 
     def tick(self, body: kopf.Body, spec: kopf.Spec) -> None:
         name, namespace, memo = self.name, self.namespace, self.memo
@@ -47,8 +51,16 @@ class QueueMonitor:
             if self.configured != generation:
                 defaults = memo.meter.configure(conn, name, dict(spec))
                 self.logger.info("Queue %s: defaults in Redis: %s", name, defaults or "none")
+                valid, invalid = memo.meter.write_schedules(conn, name, dict(spec))
+                self.logger.info("Queue %s: %d schedule(s) in Redis", name, len(valid))
+                if invalid:
+                    kopf.warn(body, reason="InvalidSchedule", message=_describe(invalid))
+                self.invalid_schedules = invalid
                 self.configured = generation
             reading = memo.meter.measure(conn, namespace, name)
+            runs = None
+            if spec.get("schedules") or body.get("status", {}).get("schedules"):
+                runs = memo.meter.schedule_runs(conn, name, int(time.time() * 1000))
         except ReconcileError as exc:
             if self.problem != exc.reason:
                 kopf.warn(body, reason=exc.reason, message=exc.message)
@@ -65,6 +77,8 @@ class QueueMonitor:
                 kopf.info(body, reason="Recovered", message="the Queue is measured again")
             self.problem = None
             status = _queue_figures(reading)
+            if runs is not None:
+                status["schedules"] = runs
             conditions = cond.set_condition(
                 conditions, "RedisReachable", True, "Connected", "Redis answered", generation
             )
@@ -77,8 +91,29 @@ class QueueMonitor:
                 generation,
             )
             status["observedGeneration"] = generation
+        if self.configured is not None:
+            conditions = self._schedules_condition(conditions, generation)
         status["conditions"] = conditions
         patch_status(memo, namespace, "queues", name, status, self.logger)
+
+    def _schedules_condition(self, conditions: Any, generation: int | None) -> list[Any]:
+        """``SchedulesValid``: False naming each schedule that was refused, and why."""
+        if self.invalid_schedules:
+            return cond.set_condition(
+                conditions,
+                "SchedulesValid",
+                False,
+                "InvalidSchedule",
+                _describe(self.invalid_schedules),
+                generation,
+            )
+        return cond.set_condition(
+            conditions, "SchedulesValid", True, "Written", "schedules in Redis", generation
+        )
+
+
+def _describe(invalid: dict[str, str]) -> str:
+    return "; ".join(invalid.values()) + " (the other schedules are running)"
 
 
 def _queue_figures(reading: Reading) -> dict[str, Any]:

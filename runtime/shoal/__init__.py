@@ -32,6 +32,9 @@ from shoal.message import Message
 # Middleware
 from shoal.middleware import Middleware, Outcome, Retries, default_middleware
 
+# Schedules
+from shoal.schedules import Schedule
+
 # Settings
 from shoal.settings import Settings
 
@@ -60,6 +63,8 @@ __all__ = [
     "Outcome",
     "Retries",
     "default_middleware",
+    # Schedules
+    "Schedule",
     # Settings
     "Settings",
     # Errors and signals

@@ -13,6 +13,8 @@ from shoal.dlq import DeadLetters
 from shoal.errors import ConfigurationError, TaskNotFound
 from shoal.middleware import Middleware, default_middleware
 from shoal.middleware.hooks import Hooks
+from shoal.schedules import Schedule
+from shoal.schedules import make as make_schedule
 from shoal.settings import Seconds, Settings, mask_url, to_seconds
 from shoal.signing import Signer
 from shoal.task import Task
@@ -50,6 +52,8 @@ class App:
             default_middleware() if middleware is None else middleware
         )
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: dict[str, Schedule] = {}
+        """Periodic schedules declared in code (``@app.periodic``, ``app.schedule``), by name."""
         self.signer = Signer(self.settings.signing_keys)
         self._broker: Broker | None = None
         self._refresh_hooks()
@@ -151,6 +155,83 @@ class App:
             options={},
         )
 
+    # --- schedules --------------------------------------------------------------------------
+
+    def periodic(
+        self,
+        cron: str,
+        *,
+        queue: str | None = None,
+        name: str | None = None,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        timezone: str = "UTC",
+        missed: str = "skip",
+        suspend: bool = False,
+        **task_options: Any,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a function as a task and run it on a cron schedule:
+        ``@app.periodic("*/5 * * * *", queue="reports", timezone="Europe/Berlin")``.
+
+        Each tick runs once across every worker consuming the queue. ``missed``: what to do with
+        ticks missed while no worker ran: ``"skip"`` them, or ``"run_once"``. An existing Task
+        may be decorated too; other keyword arguments are task options (``max_retries=``)."""
+
+        def register(fn: Callable[P, R]) -> Task[P, R]:
+            if isinstance(fn, Task):
+                if queue is not None or name is not None or task_options:
+                    raise ConfigurationError(
+                        f"task {fn.name!r} is already declared: set queue, name and options "
+                        "in @app.task, or use app.schedule(task, cron=..., name=...)"
+                    )
+                task: Task[P, R] = fn
+            else:
+                task = self.task(queue=queue, name=name, **task_options)(fn)
+            self.schedule(
+                task,
+                cron=cron,
+                args=args,
+                kwargs=kwargs,
+                timezone=timezone,
+                missed=missed,
+                suspend=suspend,
+            )
+            return task
+
+        return register
+
+    def schedule(
+        self,
+        task: Task[..., Any],
+        *,
+        cron: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        timezone: str = "UTC",
+        name: str | None = None,
+        missed: str = "skip",
+        suspend: bool = False,
+    ) -> Schedule:
+        """Run ``task`` on a cron schedule, on the task's queue (see :meth:`periodic`).
+        ``name`` defaults to the task's name; give one to schedule a task twice."""
+        schedule = make_schedule(
+            name=name or task.name,
+            cron=cron,
+            task=task.name,
+            queue=task.queue,
+            args=args,
+            kwargs=kwargs,
+            timezone=timezone,
+            missed=missed,
+            suspend=suspend,
+        )
+        if schedule.name in self.schedules:
+            raise ConfigurationError(
+                f"schedule {schedule.name!r} is declared twice; pass name= to tell them apart"
+            )
+        self.schedules[schedule.name] = schedule
+        return schedule
+
     # --- Redis ------------------------------------------------------------------------------
 
     @property
@@ -182,8 +263,9 @@ class App:
         return DeadLetters(self, queue)
 
     def queues(self) -> list[str]:
-        """Queues declared by this app's tasks."""
-        return sorted({t.queue for t in self.tasks.values()})
+        """Queues declared by this app's tasks and schedules."""
+        declared = {t.queue for t in self.tasks.values()}
+        return sorted(declared | {s.queue for s in self.schedules.values()})
 
     def close(self) -> None:
         if self._broker is not None:

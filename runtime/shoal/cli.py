@@ -1,4 +1,4 @@
-"""The ``shoal`` command: worker, enqueue, info, demo, version."""
+"""The ``shoal`` command: worker, enqueue, info, schedules, dlq, demo, dev, version."""
 
 from __future__ import annotations
 
@@ -202,6 +202,46 @@ def info(queue_names: tuple[str, ...], show_workers: bool, interval: float, as_j
     console.print(queue_table(before, after))
     if show_workers:
         console.print(workers_table(app))
+
+
+@cli.command()
+@click.option("--queue", "-q", "queue_names", multiple=True, help="Only these queues.")
+def schedules(queue_names: tuple[str, ...]) -> None:
+    """Periodic schedules (code and Queue resources): next run, last run and its outcome."""
+    from shoal.scheduler import stored
+    from shoal.schedules import describe_time, next_tick
+
+    app = App()
+    table = Table(title="Schedules")
+    for col in ("queue", "name", "cron", "task", "source", "suspended", "next run", "last run"):
+        table.add_column(col, overflow="fold")
+    table.add_column("outcome")
+    now_ms = int(time.time() * 1000)
+    rows = [row for q in list(queue_names) or app.broker.queues() for row in stored(app.broker, q)]
+    for row in rows:
+        s = row.schedule
+        last = describe_time(row.last.tick_ms if row.last else None, s.zone if s else None)
+        if s is None:
+            table.add_row(
+                row.queue, row.name, "-", "-", "-", "-", "-", last, f"invalid: {row.error}"
+            )
+            continue
+        upcoming = "-" if s.suspend else describe_time(next_tick(s, now_ms), s.zone)
+        table.add_row(
+            row.queue,
+            row.name,
+            f"{s.cron} ({s.timezone})",
+            s.task,
+            s.source,
+            "yes" if s.suspend else "no",
+            upcoming,
+            last,
+            row.outcome,
+        )
+    if not rows:
+        console.print(f"No schedules on {app!r}.")
+        return
+    console.print(table)
 
 
 @cli.command()

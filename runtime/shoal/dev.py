@@ -2,9 +2,9 @@
 
 Each ``Worker`` becomes a fleet of local ``shoal worker`` processes (one per replica), sized by
 the same autoscaling policy the operator uses (``shoal.autoscale``) when
-``spec.autoscaling.enabled``, else by ``spec.replicas``. Queues get their defaults written to
-Redis as the operator would. Redis is ``--redis-url``, else ``SHOAL_REDIS_URL``, else a
-``redis-server`` started here on a free port.
+``spec.autoscaling.enabled``, else by ``spec.replicas``. Queues get their defaults and
+schedules written to Redis as the operator would. Redis is ``--redis-url``, else
+``SHOAL_REDIS_URL``, else a ``redis-server`` started here on a free port.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from shoal.autoscale import Decision, Policy, State, decide, policy_from_spec
 from shoal.errors import ConfigurationError
 from shoal.fleet import FleetMeter, in_flight_by_instance
 from shoal.redis_server import LocalRedis
+from shoal.scheduler import write_queue_schedules
+from shoal.schedules import from_queue_spec
 from shoal.settings import Settings
 
 API_VERSION = "shoal.dev/v1alpha1"
@@ -175,6 +177,8 @@ class DevRunner:
             app = App(settings=settings, middleware=[])
             for name, spec in self.manifests.queues.items():
                 app.configure_queue(name, **queue_defaults.from_queue_spec(spec))
+                entries = spec.get("schedules") or []
+                write_queue_schedules(app.broker, name, [from_queue_spec(name, e) for e in entries])
             env = {**os.environ, "SHOAL_REDIS_URL": url, "SHOAL_KEY_PREFIX": settings.key_prefix}
             fleets = [
                 LocalFleet(n, s, {**env, "OTEL_SERVICE_NAME": n})

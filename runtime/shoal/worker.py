@@ -38,6 +38,7 @@ from shoal.logs import TaskLogContext, current_task, trace_id_of
 from shoal.message import Message
 from shoal.middleware import Outcome
 from shoal.middleware.hooks import Hooks
+from shoal.scheduler import Scheduler
 from shoal.signing import BadSignature
 from shoal.task import Task
 
@@ -121,6 +122,9 @@ class Worker:
             asyncio.create_task(self._ack_loop()),
             asyncio.create_task(self._heartbeat_loop()),
         ]
+        if not self.burst:  # a burst run drains and exits: ticking schedules is not its job
+            scheduler = Scheduler(self.app, self.broker, self.queues)
+            background.append(asyncio.create_task(scheduler.run(self._closing)))
         try:
             await self._fetch_loop()
             self.app.hooks.emit("before_worker_shutdown", self)

@@ -11,12 +11,15 @@ from processes import WorkerProcess, worker_env
 
 @pytest.fixture
 def worker_process(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """``worker_process(redis_url, "--processes", "1", SHOAL_LEASE="2")`` starts a supervisor."""
+    """``worker_process(redis_url, "--processes", "1", SHOAL_LEASE="2")`` starts a supervisor
+    (of ``tasks_for_tests:app``, or of ``app_spec=``)."""
     started: list[WorkerProcess] = []
 
-    def start(redis_url: str, *args: str, **env: str) -> WorkerProcess:
+    def start(
+        redis_url: str, *args: str, app_spec: str = "tasks_for_tests:app", **env: str
+    ) -> WorkerProcess:
         log_path = tmp_path / f"worker-{len(started)}.log"
-        proc = WorkerProcess(list(args), worker_env(redis_url, **env), log_path)
+        proc = WorkerProcess(list(args), worker_env(redis_url, **env), log_path, app_spec)
         started.append(proc)
         return proc
 

@@ -19,13 +19,20 @@ HERE = Path(__file__).parent
 
 
 class WorkerProcess:
-    """A ``python -m shoal worker tasks_for_tests:app`` supervisor and its children."""
+    """A ``python -m shoal worker tasks_for_tests:app`` supervisor and its children (another
+    app with ``app_spec``)."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        app_spec: str = "tasks_for_tests:app",
+    ) -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "shoal", "worker", "tasks_for_tests:app", *args],
+            [sys.executable, "-m", "shoal", "worker", app_spec, *args],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -340,3 +340,46 @@ def test_autoscaler_wakes_from_zero_then_scales_in_idle_pods_first(
         for p in ("tasks-busy", "tasks-idle")
     }
     assert annotations == {"tasks-busy": "3", "tasks-idle": "0"}
+
+
+def test_queue_schedules_land_in_redis_and_an_invalid_one_is_a_condition(
+    kube: Kube, running: None, redis_url: str, key_prefix: str, wait_for: WaitFor
+) -> None:
+    # Given a Queue with a valid schedule and one whose cron does not parse
+    app = App(redis_url, key_prefix=key_prefix)
+    schedules_key = app.broker.keys("reports").schedules
+    app.broker.redis.hset(schedules_key, "from-code", b'{"source":"code"}')
+    nightly = {"name": "nightly", "cron": "0 3 * * *", "task": "tasks.report", "args": [7]}
+    broken = {"name": "broken", "cron": "61 * * * *", "task": "tasks.report"}
+    kube.create(QUEUES, queue("reports", redis_url, key_prefix, schedules=[nightly, broken]))
+
+    # Then the valid one is where workers read it, and the invalid one is reported by name
+    valid = wait_for(
+        lambda: (
+            (c := condition(kube.get(QUEUES, "reports"), "SchedulesValid"))
+            and c["status"] == "False"
+            and c
+        ),
+        message="SchedulesValid=False",
+    )
+    assert "'broken'" in valid["message"] and "not a cron expression" in valid["message"]
+    stored = orjson.loads(app.broker.redis.hget(schedules_key, "nightly"))  # type: ignore[arg-type]
+    assert stored["source"] == "queue" and stored["args"] == [7] and stored["missed"] == "skip"
+    q = wait_for(
+        lambda: (o := kube.get(QUEUES, "reports")).get("status", {}).get("schedules") and o,
+        message="the schedules' next runs in status",
+    )
+    assert {s["name"] for s in q["status"]["schedules"]} >= {"nightly"}
+    assert condition(q, "Ready")["status"] == "True"  # type: ignore[index]
+
+    # When the spec is fixed: the condition clears, and a removed schedule leaves Redis while
+    # the code schedule stays
+    kube.patch(QUEUES, "reports", {"spec": {"schedules": [{**broken, "cron": "1 * * * *"}]}})
+    wait_for(
+        lambda: (
+            (c := condition(kube.get(QUEUES, "reports"), "SchedulesValid"))
+            and c["status"] == "True"
+        ),
+        message="SchedulesValid=True",
+    )
+    assert sorted(app.broker.redis.hkeys(schedules_key)) == [b"broken", b"from-code"]  # type: ignore[arg-type]

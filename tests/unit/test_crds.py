@@ -102,3 +102,50 @@ def test_queue_backoff_bounds_are_checked_by_cel() -> None:
     doc = _queue(url="redis://r:6379/0")
     doc["spec"]["defaults"] = {"minBackoffSeconds": 10, "maxBackoffSeconds": 1}
     assert any("minBackoffSeconds must not exceed" in e for e in validate(doc, CRDS))
+
+
+def _with_schedules(*schedules: dict[str, Any]) -> dict[str, Any]:
+    doc = _queue(url="redis://r:6379/0")
+    doc["spec"]["schedules"] = list(schedules)
+    return doc
+
+
+def test_queue_schedules_are_a_map_list_keyed_by_name() -> None:
+    schema = version("Queue")["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    schedules = schema["properties"]["schedules"]
+    assert schedules["x-kubernetes-list-type"] == "map"
+    assert schedules["x-kubernetes-list-map-keys"] == ["name"]
+    assert set(schedules["items"]["required"]) == {"name", "cron", "task"}
+
+
+def test_queue_schedules_accept_arguments_zones_and_policies() -> None:
+    doc = _with_schedules(
+        {
+            "name": "nightly-report",
+            "cron": "0 3 * * *",
+            "task": "examples.tasks.report",
+            "args": [1, "a", {"deep": [True, None]}],
+            "kwargs": {"format": "pdf", "pages": {"max": 10}},
+            "timezone": "Europe/Berlin",
+            "missed": "runOnce",
+            "suspend": False,
+        },
+        {"name": "tick", "cron": "* * * * * */10", "task": "t"},
+    )
+    assert validate(doc, CRDS) == []
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        ({"name": "x", "task": "t"}, "'cron' is a required property"),
+        ({"name": "x", "cron": "* * * * *"}, "'task' is a required property"),
+        ({"name": "has space", "cron": "* * * * *", "task": "t"}, "does not match"),
+        ({"name": "x", "cron": "* * * * *", "task": "t", "missed": "catchUp"}, "is not one of"),
+        ({"name": "x", "cron": "* * * * *", "task": "t", "every": 5}, "every"),
+    ],
+    ids=["no-cron", "no-task", "bad-name", "bad-policy", "unknown-field"],
+)
+def test_invalid_queue_schedules_are_refused(schedule: dict[str, Any], expected: str) -> None:
+    errors = validate(_with_schedules(schedule), CRDS)
+    assert any(expected in e for e in errors), errors

@@ -1,0 +1,196 @@
+"""Periodic schedules on a real Redis: each tick claimed once by many schedulers (one clock,
+injected), Queue schedules beside code ones, ``shoal schedules``, and worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import redis
+from click.testing import CliRunner
+from processes import WorkerProcess, runs
+
+from helpers import wait_for
+from shoal import App
+from shoal.broker import AsyncBroker
+from shoal.cli import cli
+from shoal.scheduler import Scheduler, write_queue_schedules
+from shoal.schedules import from_queue_spec, message_id
+
+
+def at(*parts: int) -> float:
+    return datetime(*parts, tzinfo=UTC).timestamp()  # type: ignore[misc]
+
+
+def ms(*parts: int) -> int:
+    return round(at(*parts) * 1000)
+
+
+class Clock:
+    """The time every scheduler of a test reads: moved by the test, never by the wall clock."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_schedulers(app: App, queues: list[str], times: Sequence[float], n: int = 4) -> None:
+    """``n`` schedulers, each with its own Redis connection, step together at each time."""
+    clock = Clock(times[0])
+
+    async def scenario() -> None:
+        brokers = [AsyncBroker(app.settings) for _ in range(n)]
+        schedulers = [Scheduler(app, b, queues, clock=clock) for b in brokers]
+        try:
+            for now in times:
+                clock.now = now
+                await asyncio.gather(*(s.step() for s in schedulers))
+        finally:
+            for b in brokers:
+                await b.close()
+
+    asyncio.run(scenario())
+
+
+def stored_ids(app: App, queue: str) -> set[str]:
+    raw: dict[bytes, bytes] = app.broker.redis.hgetall(app.broker.keys(queue).messages)  # type: ignore[assignment]
+    return {k.decode() for k in raw}
+
+
+def test_each_tick_is_enqueued_once_by_concurrent_schedulers(app: App) -> None:
+    @app.periodic("*/5 * * * *", queue="reports", missed="run_once")
+    def report() -> None: ...
+
+    # Given four schedulers sharing one clock, stepping together through an hour with a gap
+    times = [
+        at(2024, 1, 1, 10, 0, 1),  # a new schedule, on time: runs
+        at(2024, 1, 1, 10, 0, 30),  # claimed already: nothing
+        at(2024, 1, 1, 10, 5, 0),
+        at(2024, 1, 1, 10, 9, 59),
+        at(2024, 1, 1, 10, 10, 2),
+        at(2024, 1, 1, 10, 33, 0),  # no worker since 10:10: run_once runs 10:30, once
+        at(2024, 1, 1, 10, 35, 0),
+    ]
+    run_schedulers(app, ["reports"], times)
+
+    # Then each tick's message was enqueued once, with the tick's deterministic id
+    ticks = [ms(2024, 1, 1, 10, m) for m in (0, 5, 10, 30, 35)]
+    assert stored_ids(app, "reports") == {message_id("reports", report.name, t) for t in ticks}
+    stats = app.measure("reports")
+    assert stats.enqueued == 5 and stats.waiting == 5
+
+
+def test_queue_schedules_run_beside_code_ones_and_override_them_by_name(
+    app: App, worker: Callable[..., Any]
+) -> None:
+    ran: list[tuple[Any, ...]] = []
+
+    @app.periodic("* * * * *", queue="reports", name="minutely")
+    def minutely() -> None:
+        ran.append(("minutely",))
+
+    @app.task(queue="reports", name="remote.cleanup")
+    def cleanup(days: int) -> None:
+        ran.append(("cleanup", days))
+
+    # Given a Queue resource's schedule, as the operator writes it
+    cr = {"name": "cr", "cron": "* * * * *", "task": cleanup.name, "args": [7]}
+    write_queue_schedules(app.broker, "reports", [from_queue_spec("reports", cr)])
+    run_schedulers(app, ["reports"], [at(2024, 1, 1, 10, 0, 1)], n=2)
+
+    # Then both ran once, and the code schedule is listed in Redis too
+    worker(app, ["reports"])
+    assert sorted(ran) == [("cleanup", 7), ("minutely",)]
+    names = app.broker.redis.hkeys(app.broker.keys("reports").schedules)
+    assert sorted(names) == [b"cr", b"minutely"]  # type: ignore[arg-type]
+
+    # When the Queue suspends the code schedule by name, and drops its own
+    paused = from_queue_spec(
+        "reports", {"name": "minutely", "cron": "* * * * *", "task": "minutely", "suspend": True}
+    )
+    write_queue_schedules(app.broker, "reports", [paused])
+    ran.clear()
+    run_schedulers(app, ["reports"], [at(2024, 1, 1, 10, 1, 1)], n=2)
+
+    # Then nothing runs; the tick is claimed as skipped
+    assert app.measure("reports").waiting == 0
+    assert app.broker.redis.hkeys(app.broker.keys("reports").schedules) == [b"minutely"]
+
+    # When the Queue drops it too, the code schedule is back (re-published) and runs again
+    write_queue_schedules(app.broker, "reports", [])
+    run_schedulers(app, ["reports"], [at(2024, 1, 1, 10, 2, 1)], n=2)
+    assert b'"source":"code"' in app.broker.redis.hget(  # type: ignore[operator]
+        app.broker.keys("reports").schedules, "minutely"
+    )
+    worker(app, ["reports"])
+    assert ran == [("minutely",)]
+
+
+def test_shoal_schedules_lists_next_run_last_run_and_outcome(
+    app: App, worker: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, key_prefix: str
+) -> None:
+    @app.periodic("*/5 * * * *", queue="jobs", name="ok", timezone="Asia/Tokyo")
+    def ok() -> None: ...
+
+    @app.periodic("*/5 * * * *", queue="jobs", name="boom", max_retries=0)
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    @app.periodic("1 10 * * *", queue="jobs", name="later")
+    def later() -> None: ...
+
+    app.schedule(ok, cron="0 0 1 1 *", name="yearly", missed="run_once")
+
+    # Given ok and boom run at 10:00 (and were executed), yearly's tick was not on time
+    # (skipped), and later's 10:01 tick is waiting
+    run_schedulers(app, ["jobs"], [at(2024, 1, 1, 10, 0, 1)], n=2)
+    worker(app, ["jobs"])
+    run_schedulers(app, ["jobs"], [at(2024, 1, 1, 10, 1, 1)], n=2)
+
+    monkeypatch.setenv("SHOAL_REDIS_URL", app.settings.redis_url)
+    monkeypatch.setenv("SHOAL_KEY_PREFIX", key_prefix)
+    monkeypatch.setenv("COLUMNS", "300")
+    result = CliRunner().invoke(cli, ["schedules", "--queue", "jobs"])
+    assert result.exit_code == 0, result.output
+    lines = {
+        line.split("│")[2].strip(): line for line in result.output.splitlines() if "│ jobs" in line
+    }
+    assert set(lines) == {"ok", "boom", "later", "yearly"}
+    assert "failed (dead-lettered)" in lines["boom"]
+    assert "waiting/running" in lines["later"] and "2024-01-01 10:01:00 UTC" in lines["later"]
+    assert "succeeded" in lines["ok"] and "(Asia/Tokyo)" in lines["ok"] and "JST" in lines["ok"]
+    assert "skipped" in lines["yearly"] and "2024-01-01 00:00:00 UTC" in lines["yearly"]
+
+
+def test_worker_processes_run_each_tick_once(
+    redis_url: str,
+    key_prefix: str,
+    redis_client: redis.Redis,
+    worker_process: Callable[..., WorkerProcess],
+) -> None:
+    # Given two replicas of two worker processes each, all ticking an every-second schedule
+    env = {"SHOAL_KEY_PREFIX": key_prefix}
+    procs = [
+        worker_process(redis_url, "--processes", "2", app_spec="scheduled_tasks:app", **env)
+        for _ in range(2)
+    ]
+
+    # Then ticks run, each exactly once, under distinct ids
+    wait_for(
+        lambda: len(runs(redis_client, key_prefix)) >= 2,
+        timeout=20,
+        message=f"2 ticks run; logs: {procs[0].log()}",
+    )
+    for proc in procs:
+        proc.kill()
+    counts = runs(redis_client, key_prefix)
+    assert set(counts.values()) == {1}, counts
+    ticks = sorted(int(mid[:12], 16) for mid in counts)
+    assert len(set(ticks)) == len(ticks) and all(t % 1000 == 0 for t in ticks)
+    enqueued = int(redis_client.hget(f"{key_prefix}:{{ticks}}:stats", "enqueued") or 0)
+    assert enqueued >= len(counts)  # a tick enqueued just before the kill may not have run

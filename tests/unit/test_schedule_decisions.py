@@ -1,0 +1,170 @@
+"""Schedules without Redis: validation, JSON, and decide() with injected time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from shoal import App, ConfigurationError
+from shoal.schedules import (
+    Run,
+    Schedule,
+    decide,
+    from_queue_spec,
+    latest_tick,
+    make,
+    message_id,
+    next_tick,
+)
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def ms(*parts: int, tz: ZoneInfo | None = None) -> int:
+    return round(datetime(*parts, tzinfo=tz or UTC).timestamp() * 1000)  # type: ignore[misc]
+
+
+def every5(**changes: object) -> Schedule:
+    fields: dict[str, object] = {"name": "s", "cron": "*/5 * * * *", "task": "t", "queue": "q"}
+    fields.update(changes)
+    return make(**fields)  # type: ignore[arg-type]
+
+
+def test_a_tick_on_time_runs_once() -> None:
+    s = every5()
+    now = ms(2024, 1, 1, 10, 5, 3)
+    d = decide(s, ms(2024, 1, 1, 10, 0), now)
+    assert d is not None and d.run and d.tick_ms == ms(2024, 1, 1, 10, 5)
+    assert decide(s, d.tick_ms, now) is None  # claimed: nothing more to do
+    assert decide(s, d.tick_ms, ms(2024, 1, 1, 10, 9, 59)) is None  # until the next tick
+
+
+def test_exactly_on_the_tick_counts_as_due() -> None:
+    d = decide(every5(), ms(2024, 1, 1, 10, 0), ms(2024, 1, 1, 10, 5))
+    assert d is not None and d.run and d.tick_ms == ms(2024, 1, 1, 10, 5)
+
+
+def test_grace_is_a_minute_at_most_and_half_the_period_at_least() -> None:
+    # every 5 minutes: a minute of grace
+    assert decide(every5(), ms(2024, 1, 1, 10, 0), ms(2024, 1, 1, 10, 6)).run  # type: ignore[union-attr]
+    late = decide(every5(), ms(2024, 1, 1, 10, 0), ms(2024, 1, 1, 10, 6, 1))
+    assert late is not None and not late.run and "skipped" in late.why
+    # every 10 seconds: 5 seconds of grace
+    s = every5(cron="* * * * * */10")
+    assert decide(s, ms(2024, 1, 1, 10, 0, 0), ms(2024, 1, 1, 10, 0, 15)).run  # type: ignore[union-attr]
+    assert not decide(s, ms(2024, 1, 1, 10, 0, 0), ms(2024, 1, 1, 10, 0, 16)).run  # type: ignore[union-attr]
+
+
+def test_missed_ticks_skip_or_run_once() -> None:
+    last, now = ms(2024, 1, 1, 8, 0), ms(2024, 1, 1, 10, 7)  # no worker from 8:00 to 10:07
+    skipped = decide(every5(missed="skip"), last, now)
+    assert skipped is not None and not skipped.run and skipped.tick_ms == ms(2024, 1, 1, 10, 5)
+    once = decide(every5(missed="run_once"), last, now)
+    assert once is not None and once.run and once.tick_ms == ms(2024, 1, 1, 10, 5)
+    assert "run_once" in once.why  # one run for the 25 missed ticks, coalesced
+
+
+def test_a_new_schedule_does_not_back_fill_unless_on_time() -> None:
+    late = decide(every5(missed="run_once"), None, ms(2024, 1, 1, 10, 7))
+    assert late is not None and not late.run and late.tick_ms == ms(2024, 1, 1, 10, 5)
+    on_time = decide(every5(), None, ms(2024, 1, 1, 10, 5, 1))
+    assert on_time is not None and on_time.run
+
+
+def test_a_suspended_schedule_claims_its_ticks_without_running() -> None:
+    d = decide(every5(suspend=True), ms(2024, 1, 1, 10, 0), ms(2024, 1, 1, 10, 5, 1))
+    assert d is not None and not d.run and d.why == "suspended"
+
+
+def test_time_zone_and_daylight_saving_change() -> None:
+    nine = make(name="n", cron="0 9 * * *", task="t", queue="q", timezone="Europe/Berlin")
+    # 09:00 in Berlin is 08:00 UTC in winter and 07:00 UTC in summer (DST began 2024-03-31)
+    assert latest_tick(nine, ms(2024, 3, 30, 12, 0)) == ms(2024, 3, 30, 8, 0)
+    assert latest_tick(nine, ms(2024, 3, 31, 12, 0)) == ms(2024, 3, 31, 7, 0)
+    assert next_tick(nine, ms(2024, 3, 30, 12, 0)) == ms(2024, 3, 31, 9, 0, tz=BERLIN)
+
+
+def test_a_wall_time_skipped_or_repeated_by_dst_runs_once() -> None:
+    s = make(name="n", cron="30 2 * * *", task="t", queue="q", timezone="Europe/Berlin")
+    # spring forward: 02:30 does not exist on 2024-03-31; it runs at 03:00, once
+    spring = next_tick(s, ms(2024, 3, 30, 12, 0, tz=BERLIN))
+    assert spring == ms(2024, 3, 31, 3, 0, tz=BERLIN)
+    assert next_tick(s, spring) == ms(2024, 4, 1, 2, 30, tz=BERLIN)
+    # fall back: 02:30 happens twice on 2024-10-27; only the first runs
+    first = next_tick(s, ms(2024, 10, 26, 12, 0, tz=BERLIN))
+    assert first == ms(2024, 10, 27, 0, 30)  # 02:30 CEST
+    assert next_tick(s, first) == ms(2024, 10, 28, 1, 30)  # the next day, 02:30 CET
+    assert latest_tick(s, ms(2024, 10, 27, 1, 45)) == first  # not 02:30 CET that day
+
+
+def test_every_half_hour_keeps_real_time_through_the_repeated_hour() -> None:
+    s = make(name="n", cron="*/30 * * * *", task="t", queue="q", timezone="Europe/Berlin")
+    ticks = [ms(2024, 10, 27, 0, 0)]
+    for _ in range(4):
+        ticks.append(next_tick(s, ticks[-1]))
+    assert [t - ticks[0] for t in ticks] == [i * 1_800_000 for i in range(5)]
+
+
+def test_message_ids_are_deterministic_and_sort_by_tick() -> None:
+    a = message_id("q", "s", ms(2024, 1, 1, 10, 0))
+    assert a == message_id("q", "s", ms(2024, 1, 1, 10, 0)) and len(a) == 32
+    assert a < message_id("q", "s", ms(2024, 1, 1, 10, 5))
+    assert a != message_id("q", "other", ms(2024, 1, 1, 10, 0))
+    assert int(a[:12], 16) == ms(2024, 1, 1, 10, 0)
+
+
+def test_json_round_trip_and_claim_format() -> None:
+    s = every5(args=[1, "x"], kwargs={"k": True}, timezone="Asia/Tokyo", missed="run_once")
+    assert Schedule.from_json("q", s.to_json()) == s
+    run = Run(ms(2024, 1, 1), "abc", ms(2024, 1, 1, 0, 0, 1))
+    assert Run.parse(run.encode().encode()) == run
+    assert Run.parse(f"{ms(2024, 1, 1)} - 5") == Run(ms(2024, 1, 1), None, 5)
+    assert Run.parse("garbage") is None
+
+
+def test_queue_spec_entries_use_kubernetes_names() -> None:
+    s = from_queue_spec("q", {"name": "n", "cron": "0 * * * *", "task": "t", "missed": "runOnce"})
+    assert s.missed == "run_once" and s.source == "queue" and s.timezone == "UTC"
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"cron": "61 * * * *"}, "not a cron expression"),
+        ({"cron": "every day"}, "not a cron expression"),
+        ({"timezone": "Mars/Olympus"}, "unknown time zone 'Mars/Olympus'"),
+        ({"missed": "catch_up"}, "is not a policy"),
+        ({"name": "has space"}, "the name must be"),
+        ({"task": ""}, "name the task"),
+        ({"args": [object()]}, "not JSON-serialisable"),
+    ],
+)
+def test_bad_input_names_the_schedule_and_the_fix(
+    changes: dict[str, object], expected: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=expected) as info:
+        every5(**changes)
+    assert "schedule" in str(info.value)
+
+
+def test_declaring_schedules_on_an_app() -> None:
+    app = App("redis://localhost:1/0")
+
+    @app.periodic("*/5 * * * *", queue="reports", timezone="Europe/Berlin", max_retries=1)
+    def report() -> None: ...
+
+    @app.task(queue="mail")
+    def digest(kind: str) -> None: ...
+
+    app.schedule(digest, cron="0 8 * * 1", args=["weekly"], name="weekly-digest")
+    assert set(app.schedules) == {report.name, "weekly-digest"}
+    assert app.schedules[report.name].queue == "reports"
+    assert app.schedules["weekly-digest"].args == ["weekly"]
+    assert report.options["max_retries"] == 1
+    assert app.queues() == ["mail", "reports"]
+    with pytest.raises(ConfigurationError, match="declared twice"):
+        app.schedule(digest, cron="0 9 * * 1", name="weekly-digest")
+    with pytest.raises(ConfigurationError, match="not a cron expression"):
+        app.periodic("nope")(digest)

@@ -277,6 +277,10 @@ class _KeysMixin:
 
 
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, socket.gaierror)
+REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
+"""Every Redis failure, connection or reply (READONLY after a failover, OOM, BUSY): retried with
+backoff by the loops, never allowed to end one."""
+MAX_BACKOFF_S = 5.0
 
 
 class _ExplainingRedis(redis.Redis):

@@ -21,9 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import redis.exceptions
-
-from shoal.broker import AsyncBroker, Broker, Guard
+from shoal.broker import MAX_BACKOFF_S, REDIS_ERRORS, AsyncBroker, Broker, Guard
 from shoal.errors import ShoalError
 from shoal.keys import queues_key
 from shoal.message import Message
@@ -35,8 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shoal.scheduler")
 
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
-MAX_BACKOFF_S = 5.0
 WAKE_LATE_S = 0.005
 """Wake this much after a tick is due, so the timer's rounding never wakes us just before it."""
 

@@ -26,11 +26,10 @@ from functools import partial
 from typing import Any
 
 import orjson
-import redis.exceptions
 
 from shoal import __version__, workflow
 from shoal.app import App
-from shoal.broker import AsyncBroker, Finished
+from shoal.broker import MAX_BACKOFF_S, REDIS_ERRORS, AsyncBroker, Finished
 from shoal.errors import DecodeError
 from shoal.execution import HardTimeout, run_async, run_sync
 from shoal.keys import worker_key, workers_key
@@ -43,11 +42,6 @@ from shoal.signing import BadSignature
 from shoal.task import Task
 
 log = logging.getLogger("shoal.worker")
-
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
-"""Every Redis failure, connection or reply (READONLY after a failover, OOM, BUSY): retried with
-backoff by the loops, never allowed to end one."""
-MAX_BACKOFF_S = 5.0
 
 
 class Worker:

@@ -26,6 +26,7 @@ from shoal.errors import (
     ShoalError,
     TaskFailed,
     TaskNotFound,
+    WorkflowError,
 )
 from shoal.message import Message
 
@@ -77,5 +78,6 @@ __all__ = [
     "ShoalError",
     "TaskFailed",
     "TaskNotFound",
+    "WorkflowError",
     "__version__",
 ]

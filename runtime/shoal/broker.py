@@ -35,7 +35,9 @@ SCRIPT_NAMES = (
     "replay",
     "purge",
     "measure",
+    "group_start",
     "join",
+    "workflow_failed",
 )
 MOVE_LIMIT = 500
 """Delayed or expired entries moved per fetch: bounds one script's run time on a huge backlog."""
@@ -237,17 +239,14 @@ DUE_SOON_MS = 5000
 """Delayed messages due within this are reported as ``due_soon`` (the autoscaler counts them)."""
 
 
+def _group_start_call(k: QueueKeys, group_id: str, size: int, then: bytes, ttl_ms: int) -> Call:
+    return "group_start", [k.group(group_id)], [then, size, ttl_ms]
+
+
 def _join_call(
-    k: QueueKeys,
-    group_id: str,
-    index: int,
-    result: bytes,
-    size: int,
-    ttls_ms: tuple[int, int],
-    result_of: str | None,
+    k: QueueKeys, group_id: str, index: int, result: bytes, workflow_id: str, ttls_ms: list[int]
 ) -> Call:
-    keys = [k.group(group_id)] + ([] if result_of is None else [k.result(result_of)])
-    return "join", keys, [index, result, size, *ttls_ms]
+    return "join", [k.group(group_id), k.result(workflow_id)], [index, result, *ttls_ms]
 
 
 def _measure_call(k: QueueKeys) -> Call:
@@ -345,6 +344,11 @@ class Broker(_KeysMixin):
         refuses (the step was already enqueued, the tick already claimed)."""
         self._remember_queue(queue)
         return _enqueued_ids(self._run(_enqueue_call(self.keys(queue), items, guard)))
+
+    def start_group(self, queue: str, group_id: str, size: int, then: bytes) -> None:
+        """Write a workflow group's record (see :meth:`AsyncBroker.start_group`)."""
+        ttl_ms = int(self.settings.workflow_ttl_s * 1000)
+        self._run(_group_start_call(self.keys(queue), group_id, size, then, ttl_ms))
 
     def replay(self, queue: str, fresh: Sequence[tuple[str, bytes, str | None]]) -> int:
         """Move dead letters back to waiting with fresh envelopes (id, envelope, dedupe key);
@@ -502,27 +506,30 @@ class AsyncBroker(_KeysMixin):
             lease_ms = int(self.settings.lease_s * 1000)
             await self._run(_renew_call(self.keys(queue), lease_ms, held))
 
-    async def join(
-        self, queue: str, group_id: str, index: int, result: bytes, size: int, result_of: str | None
-    ) -> list[bytes] | None:
-        """Record member ``index``'s result in a workflow group kept in ``queue``'s slot; the
-        results in order once all ``size`` are in (also stored as ``result_of``'s result when
-        given), else None."""
-        s = self.settings
-        ttls = (int(s.workflow_ttl_s * 1000), int(s.result_ttl_s * 1000))
-        reply = await self._run(
-            _join_call(self.keys(queue), group_id, index, result, size, ttls, result_of)
-        )
-        return None if reply is None else list(reply)
+    def _ttls_ms(self) -> list[int]:
+        return [int(self.settings.workflow_ttl_s * 1000), int(self.settings.result_ttl_s * 1000)]
 
-    async def store_result(self, queue: str, message_id: str, result: bytes) -> None:
-        """Store (replace) the result of ``message_id`` for ``Handle.result``, with its TTL."""
-        key = self.keys(queue).result(message_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(key)
-        pipe.rpush(key, result)
-        pipe.pexpire(key, int(self.settings.result_ttl_s * 1000))
-        await pipe.execute()
+    async def start_group(self, queue: str, group_id: str, size: int, then: bytes) -> None:
+        """Write a workflow group's record (what follows it, its size) in ``queue``'s slot."""
+        await self._run(
+            _group_start_call(self.keys(queue), group_id, size, then, self._ttls_ms()[0])
+        )
+
+    async def join(
+        self, queue: str, group_id: str, index: int, result: bytes, workflow_id: str
+    ) -> list[bytes]:
+        """Record member ``index``'s result in a workflow group; see ``lua/join.lua`` for the
+        reply (``expired``, ``waiting``, or ``complete`` with what follows and the results)."""
+        call = _join_call(self.keys(queue), group_id, index, result, workflow_id, self._ttls_ms())
+        return list(await self._run(call))
+
+    async def fail_workflow(self, queue: str, workflow_id: str, failure: bytes) -> bool:
+        """Store a workflow's failure for its handle, unless it already succeeded."""
+        ttl_ms = int(self.settings.result_ttl_s * 1000)
+        reply = await self._run(
+            ("workflow_failed", [self.keys(queue).result(workflow_id)], [failure, ttl_ms])
+        )
+        return bool(reply)
 
     async def measure(self, queue: str) -> QueueStats:
         return QueueStats.from_reply(queue, await self._run(_measure_call(self.keys(queue))))

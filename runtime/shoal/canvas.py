@@ -44,13 +44,19 @@ class Part:
         return chain(self, other)
 
     def enqueue(self) -> Handle[Any]:
-        """Send the first messages (one call) and return the handle of the final result."""
+        """Send the first messages (one call) and return the handle of the final result.
+
+        One Redis call per queue and task of the first step: if this raises (Redis went away
+        midway), some first members may already run; enqueueing again starts a new workflow."""
         app, node = self.app, self.node()
         _same_app(app, self)
         meta = workflow.Meta(new_message_id(), self.kind, workflow.final_queue(node))
-        messages = workflow.start(meta, node, [], [])
+        started = workflow.start(meta, node, [], [], "root")
+        messages = started.messages
         hooks = app.hooks
         with hooks.context("workflow_context", self.kind, meta.id, messages):
+            for g in started.groups:  # each group's record first: members join it
+                app.broker.start_group(g.queue, g.id, g.size, g.then)
             for queue, task_name, batch in workflow.batches(messages):
                 task = app.tasks.get(task_name) or app.remote(task_name, queue=queue)
                 with hooks.context("enqueue_context", task, batch):
@@ -157,7 +163,12 @@ class chord(Part):  # noqa: N801
     kind = "chord"
 
     def __init__(self, header: group | Iterable[Part], callback: Part) -> None:
-        self.header = header if isinstance(header, group) else group(header)
+        if not isinstance(header, group):
+            members = list(header)
+            if not members:
+                raise EnqueueError("chord() needs at least one member before its callback")
+            header = group(members)
+        self.header = header
         if not isinstance(callback, Part):
             raise EnqueueError(
                 f"chord callback must be a signature such as task.s(), got "

@@ -26,6 +26,7 @@ REASONS = {
     "bad_signature": "signing keys are set and the message is unsigned or wrongly signed",
     "too_large": "the stored message is larger than SHOAL_MAX_MESSAGE_BYTES",
     "worker_lost": "workers running it vanished too often (it may be what kills them)",
+    "workflow_error": "its result could not be carried on to the next workflow step",
     "internal_error": "its handling failed outside the task (a malformed option, a middleware bug)",
 }
 """Every machine-readable DLQ reason, with what it means."""

@@ -19,6 +19,11 @@ class EnqueueError(ShoalError):
     """Raised when a message is refused at enqueue; nothing was sent."""
 
 
+class WorkflowError(ShoalError):
+    """Raised in a worker when a workflow member's result cannot be carried on (not JSON, too
+    large, the workflow's state expired); the member is dead-lettered as ``workflow_error``."""
+
+
 class DecodeError(ShoalError):
     """Raised when bytes read from Redis are not a valid Shoal message envelope."""
 

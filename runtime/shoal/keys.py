@@ -28,8 +28,8 @@ key                                    type    meaning
                                                ``<tick_ms> <id|-> <claimed_ms>``
 ``{p}:{q}:workflow:<wid>``             HASH    workflow steps already started from this
                                                queue's slot (enqueue guards), with a TTL
-``{p}:{q}:group:<gid>``                HASH    member index → result JSON of one workflow
-                                               group, with a TTL
+``{p}:{q}:group:<gid>``                HASH    one workflow group: ``then`` (what follows it),
+                                               ``size``, member index → result JSON; TTL
 ``{p}:{q}:notify``                     pubsub  published when waiting goes from empty to not
 ``{p}:queues``                         SET     every queue name ever enqueued to
 ``{p}:workers``                        ZSET    worker id → last heartbeat (ms)

@@ -181,9 +181,18 @@ class Settings:
     def validated(self) -> Settings:
         """Return self after checking cross-field rules; raise ConfigurationError naming one."""
         validate_redis_url(self.redis_url)
-        for name in ("lease_s", "heartbeat_s", "default_timeout_s", "idle_poll_s"):
+        for name in (
+            "lease_s",
+            "heartbeat_s",
+            "default_timeout_s",
+            "idle_poll_s",
+            "workflow_ttl_s",
+        ):
             if getattr(self, name) <= 0:
-                raise ConfigurationError(f"setting {name} must be > 0, got {getattr(self, name)}")
+                raise ConfigurationError(
+                    f"setting {name} ({_ENV_NAMES[name]}) must be > 0 seconds, "
+                    f"got {getattr(self, name)}"
+                )
         if self.log_format not in {"text", "json"}:
             raise ConfigurationError(
                 f"log format {self.log_format!r} is not one of text, json (SHOAL_LOG_FORMAT)"

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-WORKFLOW_KINDS = frozenset({"chain", "group", "chord"})
+WORKFLOW_KINDS = frozenset({"chain", "group", "chord", "task"})
 """The ``task_name`` of a workflow's handle (see :mod:`shoal.canvas`)."""
 
 

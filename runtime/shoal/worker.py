@@ -30,7 +30,7 @@ import orjson
 from shoal import __version__, workflow
 from shoal.app import App
 from shoal.broker import MAX_BACKOFF_S, REDIS_ERRORS, AsyncBroker, Finished
-from shoal.errors import DecodeError
+from shoal.errors import DecodeError, WorkflowError
 from shoal.execution import HardTimeout, run_async, run_sync
 from shoal.keys import worker_key, workers_key
 from shoal.logs import TaskLogContext, current_task, trace_id_of
@@ -365,10 +365,7 @@ class Worker:
                     timeout_s,
                     self.settings.hard_timeout_grace_s,
                 )
-            flow = message.options.get(workflow.OPTION)
-            if flow is not None:  # start what this member feeds before it is acked
-                await self._retrying(lambda: self.steps.finished(message, result))
-            store = task.store_result or (flow is not None and not flow["then"])
+            store = task.store_result or _ends_a_workflow(message)
             stored = orjson.dumps({"ok": True, "value": result}) if store else None
         except HardTimeout as exc:
             error = exc
@@ -379,6 +376,13 @@ class Worker:
             self.stop()
         except Exception as exc:
             error = exc
+        if error is None and workflow.OPTION in message.options:
+            try:  # start what this member feeds, before it is acked
+                await self._retrying(lambda: self.steps.finished(message, result))
+            except WorkflowError as exc:  # retrying the task would not change its result
+                hooks.emit("after_process", task, message, result=result, exception=exc)
+                await self._dead_letter(queue, message.id, message, task, "workflow_error", exc)
+                return
         hooks.emit("after_process", task, message, result=result, exception=error)
         if error is None:
             self.acks[queue].append((message.id, stored, message.options.get("dedupe_key")))
@@ -440,10 +444,8 @@ class Worker:
                 "workflow": {"id": flow.id, "kind": flow.kind} if flow else None,
             }
         )
-        if flow is not None and message is not None:  # the workflow fails with this member
-            await self._retrying(lambda: self.steps.failed(message, reason, _describe(error)))
         result = None
-        if task is not None and task.store_result:
+        if task is not None and task.store_result and flow is None:  # a workflow: see below
             result = orjson.dumps({"ok": False, "error": f"{reason}: {_describe(error)}"})
         log.error(
             "message %s on %s dead-lettered (%s): %s", message_id, queue, reason, _describe(error)
@@ -455,10 +457,12 @@ class Worker:
             float(defaults.get("dlq_max_age", self.settings.dlq_max_age_s)),
         )
         delivery = self.held[queue].get(message_id) if stored else None
-        await self._retrying(
+        dead = await self._retrying(
             lambda: self.broker.dead(queue, message_id, entry, result, dedupe, bounds, delivery)
         )
         self.held[queue].pop(message_id, None)
+        if dead and flow is not None and message is not None:  # the workflow fails with it
+            await self._retrying(lambda: self.steps.failed(message, reason, _describe(error)))
         self.hooks.emit("after_dead_letter", queue, message, reason, error)
 
     # --- acks and heartbeats --------------------------------------------------------------------
@@ -573,6 +577,12 @@ class Worker:
                 log.warning("worker %s: Redis error (%s); retrying in %.1fs", self.id, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+
+def _ends_a_workflow(message: Message) -> bool:
+    """The last step of a workflow stores its result (``handle.result()`` waits on it)."""
+    flow = message.options.get(workflow.OPTION)
+    return isinstance(flow, dict) and flow.get("then") == []
 
 
 def _excerpt(raw: bytes | None, limit: int = 64 * 1024) -> str:

@@ -9,32 +9,40 @@ its result feeds, innermost first:
 * ``{"chain": [node, ...]}``: start the first node with the result as its first argument, and
   the rest after it;
 * ``{"join": group_id, "index": i, "size": n, "queue": q}``: record the result as member ``i``
-  of a group; the member that completes the group carries the list of results on.
+  of a group, always the last frame. What follows the group is stored once, with the group
+  (``{p}:{q}:group:<id>``, written before its members are sent), not in every member.
 
-A continuation is started *before* the finished member is acked, and each enqueue is guarded
-(``Guard`` mode ``once``, field = the finished member's id, or the group's id), so a member run
-twice (its worker died after starting the next step, before its ack) starts nothing twice and a
-chord callback runs once. A group records each member's result at most once (``HSETNX`` by
-index) and reports completion to every member that finishes it, so a crash between the last
-record and the callback's enqueue is repaired by the member's redelivery.
+Crash safety rests on three rules:
+
+* **Deterministic starts.** Every id a step creates (message ids, group ids) derives from the
+  workflow id, the id of what finished (the *guard*) and the position in the tree, so starting a
+  step again builds exactly the same messages and groups.
+* **Guarded enqueues.** A step is enqueued before the member that feeds it is acked, one batch
+  per (queue, task), each guarded by ``<guard>><task>`` (``Guard`` mode ``once``): a member run
+  twice, or a retry after a Redis error between batches, starts nothing twice and nothing half.
+* **Idempotent joins.** A group keeps one result per member index (``HSETNX``) and reports
+  completion to every member that finds it complete; what follows is started under the group's
+  id as guard, so a chord callback runs once.
 
 The last task of a workflow has the workflow id as its message id and stores its result, so
 ``Handle(queue, id).result()`` waits on it; a final group writes the gathered list there itself.
-A member that is dead-lettered writes the failure there instead.
+A member that is dead-lettered (for good: by its latest delivery, having fed nothing yet)
+writes the failure there instead, unless the workflow already succeeded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from shoal.broker import AsyncBroker, Guard
-from shoal.errors import EnqueueError
-from shoal.message import Message, new_message_id
+from shoal.errors import EnqueueError, WorkflowError
+from shoal.message import Message
 from shoal.task import encode_batch
 
 if TYPE_CHECKING:
@@ -62,11 +70,32 @@ class Meta:
         return {"id": self.id, "kind": self.kind, "result_queue": self.result_queue, "then": then}
 
     @staticmethod
-    def of(message: Message) -> Meta | None:
-        wf = message.options.get(OPTION)
-        if not isinstance(wf, dict) or not isinstance(wf.get("result_queue"), str):
+    def of(message: Message | None) -> Meta | None:
+        """The workflow ``message`` belongs to, or None (not a member, or a malformed option)."""
+        wf = message.options.get(OPTION) if message is not None else None
+        if not isinstance(wf, dict):
+            return None
+        if not (isinstance(wf.get("result_queue"), str) and isinstance(wf.get("then"), list)):
             return None
         return Meta(str(wf.get("id")), str(wf.get("kind", "workflow")), wf["result_queue"])
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStart:
+    """A group about to start: where its record lives, and what follows it (JSON frames)."""
+
+    queue: str
+    id: str
+    size: int
+    then: bytes
+
+
+@dataclass(slots=True)
+class Started:
+    """What starting a node takes: group records to write first, then messages to send."""
+
+    messages: list[Message] = field(default_factory=list)
+    groups: list[GroupStart] = field(default_factory=list)
 
 
 def final_queue(node: Node) -> str:
@@ -76,72 +105,52 @@ def final_queue(node: Node) -> str:
     return str(node["queue"])
 
 
-def start(meta: Meta, node: Node, prefix: list[Any], then: list[Frame]) -> list[Message]:
-    """The messages that start ``node`` (``prefix``: the previous step's result, if any)."""
-    out: list[Message] = []
-    _start(meta, node, prefix, then, time.time(), out)
+def first_task(node: Node) -> tuple[str, str]:
+    """(queue, task) of the first message starting ``node`` sends: its first batch."""
+    while "task" not in node:
+        node = node["chain"][0] if "chain" in node else node["group"][0]
+    return str(node["queue"]), str(node["task"])
+
+
+def start(meta: Meta, node: Node, prefix: list[Any], then: list[Frame], guard: str) -> Started:
+    """What starts ``node`` (``prefix``: the previous step's result, if any). Ids derive from
+    ``guard`` (what finished, or "root") and the position in the tree: repeatable."""
+    out = Started()
+    _start(meta, node, prefix, then, f"{meta.id}/{guard}", time.time(), out)
     return out
 
 
+def _derived_id(meta: Meta, path: str) -> str:
+    """A message or group id fixed by its place in the workflow; sorts by the workflow's time."""
+    return meta.id[:12] + hashlib.sha256(path.encode()).hexdigest()[:20]
+
+
 def _start(
-    meta: Meta, node: Node, prefix: list[Any], then: list[Frame], now: float, out: list[Message]
+    meta: Meta,
+    node: Node,
+    prefix: list[Any],
+    then: list[Frame],
+    path: str,
+    now: float,
+    out: Started,
 ) -> None:
     if "task" in node:
         args = list(node["args"]) if node.get("immutable") else [*prefix, *node["args"]]
         options = {**node.get("options", {}), OPTION: meta.option(then)}
-        message_id = meta.id if not then else new_message_id()  # the last step: result:<wid>
-        out.append(
-            Message(message_id, node["task"], node["queue"], args, dict(node["kwargs"]), now,
-                    options=options)
-        )  # fmt: skip
+        message_id = meta.id if not then else _derived_id(meta, path)  # last step: result:<wid>
+        task, queue, kwargs = node["task"], node["queue"], dict(node["kwargs"])
+        out.messages.append(Message(message_id, task, queue, args, kwargs, now, options=options))
     elif "chain" in node:
         first, *rest = node["chain"]
-        _start(meta, first, prefix, ([{"chain": rest}] if rest else []) + then, now, out)
+        after = ([{"chain": rest}] if rest else []) + then
+        _start(meta, first, prefix, after, f"{path}.0", now, out)
     else:
         members = node["group"]
-        group_id, home = new_message_id(), final_queue(node)
+        group_id, home = _derived_id(meta, f"{path}/g"), final_queue(node)
+        out.groups.append(GroupStart(home, group_id, len(members), orjson.dumps(then)))
         for index, member in enumerate(members):
             join = {"join": group_id, "index": index, "size": len(members), "queue": home}
-            _start(meta, member, prefix, [join, *then], now, out)
-
-
-def by_queue(messages: list[Message]) -> Iterator[tuple[str, list[Message]]]:
-    """Messages grouped by queue, in first-seen order (one enqueue call per queue slot)."""
-    queues: dict[str, list[Message]] = {}
-    for m in messages:
-        queues.setdefault(m.queue, []).append(m)
-    yield from queues.items()
-
-
-Join = Callable[[Frame, bytes, bool], Awaitable[list[Any] | None]]
-"""Record a member's result (JSON) in its group; the decoded results in order once all are in,
-else None. The flag says the group ends the workflow (the list is then its result)."""
-StartOnce = Callable[[list[Message], str], Awaitable[None]]
-"""Enqueue the messages of a next step, guarded by a field (at most once per field)."""
-
-
-async def advance(
-    message: Message, result_json: bytes, result: Any, join: Join, start_once: StartOnce
-) -> None:
-    """Carry a finished member's result on to what it feeds. Idempotent: safe to repeat after a
-    crash, and when two deliveries of the same member finish."""
-    meta = Meta.of(message)
-    assert meta is not None
-    frames: list[Frame] = message.options[OPTION]["then"]
-    value, guard = result, message.id
-    while frames:
-        frame, rest = frames[0], frames[1:]
-        if "join" in frame:
-            gathered = await join(frame, result_json, not rest)
-            if gathered is None:
-                return  # other members are still running
-            value, guard, frames = gathered, str(frame["join"]), rest
-            result_json = orjson.dumps(value)  # what an enclosing group records
-            continue
-        first, *after = frame["chain"]
-        then = ([{"chain": after}] if after else []) + rest
-        await start_once(start(meta, first, [value], then), guard)
-        return
+            _start(meta, member, prefix, [join], f"{path}.{index}", now, out)
 
 
 def batches(messages: list[Message]) -> Iterator[tuple[str, str, list[Message]]]:
@@ -154,12 +163,73 @@ def batches(messages: list[Message]) -> Iterator[tuple[str, str, list[Message]]]
         yield queue, task, batch
 
 
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """A group join's answer: complete (with what follows and every result) or not yet."""
+
+    complete: bool
+    then: list[Frame] = field(default_factory=list)
+    results: list[Any] = field(default_factory=list)
+
+
+Join = Callable[[Frame, bytes], Awaitable[Joined]]
+"""Record a member's result (JSON) in its group."""
+StartOnce = Callable[[Started, str], Awaitable[None]]
+"""Write a step's group records, then enqueue its messages, at most once per guard."""
+
+
+async def advance(message: Message, result: Any, join: Join, start_once: StartOnce) -> None:
+    """Carry a finished member's result on to what it feeds. Idempotent: safe to repeat after a
+    crash, and when two deliveries of the same member finish."""
+    meta = _meta(message)
+    frames: list[Frame] = message.options[OPTION]["then"]
+    value, guard, value_json = result, message.id, _result_json(message, result)
+    while frames:
+        frame = frames[0]
+        if "join" in frame:  # always the last frame: what follows a group is kept with it
+            joined = await join(frame, value_json)
+            if not joined.complete:
+                return  # other members are still running
+            value, guard, frames = joined.results, str(frame["join"]), joined.then
+            value_json = orjson.dumps(value)  # what an enclosing group records
+            continue
+        first, *after = frame["chain"]
+        then = ([{"chain": after}] if after else []) + frames[1:]
+        await start_once(start(meta, first, [value], then, guard), guard)
+        return
+
+
+def _meta(message: Message) -> Meta:
+    meta = Meta.of(message)
+    if meta is None:
+        raise WorkflowError(
+            f"message {message.id} ({message.task}) has a malformed {OPTION!r} option; it was "
+            "not built by shoal.chain/group/chord, or by an incompatible Shoal version"
+        )
+    return meta
+
+
+def _result_json(message: Message, result: Any) -> bytes:
+    try:
+        return orjson.dumps(result)
+    except TypeError as exc:
+        raise WorkflowError(
+            f"task {message.task!r} returned a {type(result).__name__}, which is not "
+            f"JSON-serialisable ({exc}); a workflow passes results on: return plain data"
+        ) from None
+
+
 def failure(message: Message, reason: str, error: str) -> bytes:
-    """The result a dead-lettered member leaves for the workflow's handle."""
+    """The result a dead-lettered member leaves for the workflow's handle: what failed, and how
+    to carry the workflow on."""
     return orjson.dumps(
         {
             "ok": False,
-            "error": f"member {message.task} {message.id} was dead-lettered ({reason}): {error}",
+            "error": (
+                f"member {message.task} {message.id} on queue {message.queue!r} was "
+                f"dead-lettered ({reason}): {error}. Fix the cause, then "
+                f"`shoal dlq replay {message.queue} {message.id}` carries the workflow on"
+            ),
             "member": message.id,
             "reason": reason,
         }
@@ -177,33 +247,32 @@ class Steps:
         self.hooks = hooks
 
     async def finished(self, message: Message, result: Any) -> None:
-        """Called after a member's task returned, before its ack; safe to repeat."""
-        meta = Meta.of(message)
-        assert meta is not None
+        """Called after a member's task returned, before its ack; safe to repeat. Raises
+        WorkflowError (or EnqueueError) when the result cannot be carried on."""
+        meta = _meta(message)
         if not message.options[OPTION]["then"]:
             return  # the last step: its ack stores the result
-        try:
-            result_json = orjson.dumps(result)
-        except TypeError as exc:
-            raise EnqueueError(
-                f"task {message.task!r} returned a {type(result).__name__}, which is not "
-                f"JSON-serialisable ({exc}); a workflow passes results on: return plain data"
-            ) from None
         ttl_ms = int(self.app.settings.workflow_ttl_s * 1000)
 
-        async def join(frame: Frame, member_json: bytes, final: bool) -> list[Any] | None:
-            gathered = await self.broker.join(
-                frame["queue"],
-                frame["join"],
-                frame["index"],
-                member_json,
-                frame["size"],
-                meta.id if final else None,
+        async def join(frame: Frame, member_json: bytes) -> Joined:
+            reply = await self.broker.join(
+                frame["queue"], frame["join"], frame["index"], member_json, meta.id
             )
-            return None if gathered is None else [orjson.loads(v) for v in gathered]
+            if reply[0] == b"expired":
+                raise WorkflowError(
+                    f"workflow {meta.kind} {meta.id}: the state of group {frame['join']} is "
+                    "gone from Redis (expired after SHOAL_WORKFLOW_TTL, or deleted); the steps "
+                    "after it cannot run. Raise SHOAL_WORKFLOW_TTL above the longest a "
+                    "workflow may take, and enqueue the workflow again"
+                )
+            if reply[0] == b"waiting":
+                return Joined(False)
+            return Joined(True, orjson.loads(reply[1]), [orjson.loads(v) for v in reply[2:]])
 
-        async def start_once(messages: list[Message], guard: str) -> None:
-            for queue, task_name, batch in batches(messages):
+        async def start_once(started: Started, guard: str) -> None:
+            for group in started.groups:  # before any member can finish and join it
+                await self.broker.start_group(group.queue, group.id, group.size, group.then)
+            for queue, task_name, batch in batches(started.messages):
                 task = self.app.tasks.get(task_name) or self.app.remote(task_name, queue=queue)
                 key = self.broker.keys(queue).workflow(meta.id)
                 once = Guard(key, "once", f"{guard}>{task_name}", "1", ttl_ms)
@@ -211,12 +280,29 @@ class Steps:
                     await self.broker.enqueue(queue, encode_batch(task, batch), once)
                 self.hooks.emit("after_enqueue", task, batch)
 
-        await advance(message, result_json, result, join, start_once)
+        try:
+            await advance(message, result, join, start_once)
+        except EnqueueError as exc:  # the next step's message is refused (too large, …)
+            raise WorkflowError(f"workflow {meta.kind} {meta.id}: {exc}") from None
 
     async def failed(self, message: Message, reason: str, error: str) -> None:
-        """A member was dead-lettered: the workflow fails with its error (what it fed never
-        runs, since its result never arrives). A replayed member that then succeeds carries the
-        workflow on after all."""
-        meta = Meta.of(message)
-        assert meta is not None
-        await self.broker.store_result(meta.result_queue, meta.id, failure(message, reason, error))
+        """A member was dead-lettered: the workflow fails with its error, unless the member had
+        already fed its next step (a redelivery failing after the first run carried on) or the
+        workflow already succeeded. A replayed member that succeeds carries the workflow on."""
+        meta = _meta(message)
+        if await self._carried_on(meta, message):
+            return
+        await self.broker.fail_workflow(meta.result_queue, meta.id, failure(message, reason, error))
+
+    async def _carried_on(self, meta: Meta, message: Message) -> bool:
+        frames: list[Frame] = message.options[OPTION]["then"]
+        if not frames:
+            return False  # the last step: a stored success is kept by fail_workflow
+        frame = frames[0]
+        r = self.broker.redis
+        if "join" in frame:
+            key = self.broker.keys(frame["queue"]).group(frame["join"])
+            return bool(await r.hexists(key, str(frame["index"])))
+        queue, task = first_task(frame["chain"][0])
+        key = self.broker.keys(queue).workflow(meta.id)
+        return bool(await r.hexists(key, f"{message.id}>{task}"))

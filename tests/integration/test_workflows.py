@@ -21,13 +21,16 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from processes import WorkerProcess, runs
+from redis.crc import key_slot
 
 from helpers import wait_for
 from shoal import App, EnqueueError, TaskFailed, chain, chord, group
-from shoal.broker import AsyncBroker
+from shoal.broker import AsyncBroker, Broker
 from shoal.message import Message
 from shoal.middleware import Retries
 from shoal.middleware.tracing import Tracing
+from shoal.task import encode_batch
+from shoal.worker import Worker
 from shoal.workflow import OPTION, Steps
 
 Calls = dict[str, list[Any]]
@@ -291,7 +294,7 @@ def test_sigkill_mid_chord_still_runs_the_callback_exactly_once(
         redis_url, "--processes", "1", "--concurrency", "4", "--queues", "workflows",
         SHOAL_LEASE="2", SHOAL_HEARTBEAT="0.5",
     )  # fmt: skip
-    (child,) = wait_for(sup.child_pids, message="the worker process to start")
+    wait_for(sup.child_pids, message="the worker process to start")
 
     # When the worker process is SIGKILLed with members done and others in flight
     wait_for(
@@ -299,6 +302,7 @@ def test_sigkill_mid_chord_still_runs_the_callback_exactly_once(
         timeout=20,
         message="some members done, others running",
     )
+    (child,) = sup.child_pids()
     os.kill(child, signal.SIGKILL)
 
     # Then the replacement process finishes the chord, and the callback ran exactly once
@@ -377,3 +381,254 @@ def test_any_nesting_of_chains_and_groups_computes_what_a_local_run_would(
     worker(app, ["wf-a", "wf-b"], concurrency=8)
 
     assert handle.result(timeout=5) == expected(tree, [])
+
+
+# --- crash windows and late failures (found in review; each fails on the first design) -----
+
+
+def stored_messages(app: App, queue: str) -> list[Message]:
+    raw: list[bytes] = app.broker.redis.hvals(app.broker.keys(queue).messages)  # type: ignore[assignment]
+    return [Message.decode(b) for b in raw]
+
+
+def two_queue_tasks(app: App) -> tuple[Any, ...]:
+    @app.task(queue="wf-a", name="first")
+    def first(x: int) -> int:
+        return x
+
+    @app.task(queue="wf-a", name="left")
+    def left(x: int) -> int:
+        return x + 1
+
+    @app.task(queue="wf-b", name="right")
+    def right(x: int) -> int:
+        return x + 2
+
+    @app.task(queue="wf-a", name="total")
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    return first, left, right, total
+
+
+def test_a_redis_error_between_the_batches_of_a_step_neither_splits_nor_doubles_it(
+    app: App, worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a chain whose next step is a chord with members on two queues (two guarded batches)
+    first, left, right, total = two_queue_tasks(app)
+    handle = chain(first.s(1), chord([left.s(), right.s()], total.s())).enqueue()
+
+    # When Redis fails once on the second batch, after the first one landed
+    real = AsyncBroker.enqueue
+    guarded = {"n": 0}
+
+    async def flaky(self: AsyncBroker, queue: str, items: Any, guard: Any = None) -> Any:
+        if guard is not None:
+            guarded["n"] += 1
+            if guarded["n"] == 2:
+                raise redis.ConnectionError("simulated blip")
+        return await real(self, queue, items, guard)
+
+    monkeypatch.setattr(AsyncBroker, "enqueue", flaky)
+    worker(app, ["wf-a", "wf-b"])
+
+    # Then the retried step rebuilt the same group: one group, both members, one callback
+    assert guarded["n"] > 2, "the step was started again after the error"
+    assert handle.result(timeout=5) == (1 + 1) + (1 + 2)
+    assert len(app.broker.redis.keys(f"{app.settings.key_prefix}:*group:*")) == 1
+
+
+def test_two_deliveries_of_a_member_finishing_at_once_start_its_step_once(
+    app: App, worker: Any
+) -> None:
+    first, left, right, total = two_queue_tasks(app)
+    handle = chain(first.s(1), chord([left.s(), right.s()], total.s())).enqueue()
+    (member,) = [
+        Message.decode(b) for b in app.broker.redis.hvals(app.broker.keys("wf-a").messages)
+    ]  # type: ignore[union-attr]
+
+    async def both_finish() -> None:
+        brokers = [AsyncBroker(app.settings) for _ in range(2)]
+        try:
+            await asyncio.gather(*(Steps(app, b, app.hooks).finished(member, 1) for b in brokers))
+        finally:
+            for b in brokers:
+                await b.close()
+
+    asyncio.run(both_finish())
+    assert app.measure("wf-a").waiting + app.measure("wf-b").waiting == 1 + 2  # first + 2 members
+    worker(app, ["wf-a", "wf-b"])
+    assert handle.result(timeout=5) == 5
+
+
+def test_a_stale_delivery_failing_late_does_not_fail_a_workflow_that_succeeded(
+    app: App, worker: Any
+) -> None:
+    first, left, _, _ = two_queue_tasks(app)
+    handle = chain(first.s(1), left.s()).enqueue()
+    (member,) = [
+        Message.decode(b) for b in app.broker.redis.hvals(app.broker.keys("wf-a").messages)
+    ]  # type: ignore[union-attr]
+    worker(app, ["wf-a"])
+    assert handle.result(timeout=5) == 2
+
+    # A worker whose lease on `first` had lapsed (its delivery superseded) now gives up on it
+    async def stale() -> None:
+        w = Worker(app, ["wf-a"])
+        w.held["wf-a"][member.id] = 1
+        await w._dead_letter(
+            "wf-a", member.id, member, first, "retries_exhausted", ValueError("late")
+        )
+        await w.broker.close()
+
+    asyncio.run(stale())
+    assert app.dlq("wf-a").entries() == []  # not this worker's delivery: refused
+    assert handle.result(timeout=5) == 2
+
+
+def test_a_member_failing_on_redelivery_after_feeding_its_step_does_not_fail_the_workflow(
+    app: App, worker: Any
+) -> None:
+    fail = {"now": False}
+
+    @app.task(queue="wf-a", name="charge", max_retries=0)
+    def charge(x: int) -> int:
+        if fail["now"]:
+            raise RuntimeError("already charged")
+        return x
+
+    @app.task(queue="wf-a", name="receipt")
+    def receipt(x: int) -> int:
+        return x + 1
+
+    @app.task(queue="wf-a", name="mail")
+    def mail(x: int) -> int:
+        return x * 10
+
+    handle = chain(charge.s(1), receipt.s(), mail.s()).enqueue()
+    (member,) = [
+        Message.decode(b) for b in app.broker.redis.hvals(app.broker.keys("wf-a").messages)
+    ]  # type: ignore[union-attr]
+    worker(app, ["wf-a"])
+    assert handle.result(timeout=5) == 20
+
+    # Its worker had died after starting `receipt`, before the ack: the member comes back,
+    # fails this time, and is dead-lettered; the workflow it already fed succeeded all the same
+    fail["now"] = True
+    app.broker.enqueue("wf-a", encode_batch(charge, [member]))
+    worker(app, ["wf-a"])
+    assert len(app.dlq("wf-a")) == 1
+    assert handle.result(timeout=5) == 20
+
+
+def test_a_result_that_cannot_be_carried_on_is_dead_lettered_without_rerunning_the_task(
+    app: App, worker: Any
+) -> None:
+    runs_of = {"n": 0}
+
+    @app.task(queue="wf-a", name="big", max_retries=3, min_backoff=0.01, max_backoff=0.02)
+    def big(i: int) -> str:
+        runs_of["n"] += 1
+        return "x" * 600_000  # over SHOAL_MAX_MESSAGE_BYTES once it is the next step's argument
+
+    @app.task(queue="wf-a", name="length")
+    def length(value: str) -> int:
+        return len(value)
+
+    handle = chain(big.s(1), length.s()).enqueue()
+    worker(app, ["wf-a"])
+
+    with pytest.raises(TaskFailed, match=r"workflow_error.*over the 524288-byte limit"):
+        handle.result(timeout=5)
+    assert runs_of["n"] == 1
+    assert app.dlq("wf-a").entries()[0].reason == "workflow_error"
+
+
+def test_a_group_whose_state_expired_fails_the_workflow_saying_why(app: App, worker: Any) -> None:
+    _, left, _, total = two_queue_tasks(app)
+    handle = chord([left.s(1), left.s(2)], total.s()).enqueue()
+    for key in app.broker.redis.keys(f"{app.settings.key_prefix}:*group:*"):
+        app.broker.redis.delete(key)  # what SHOAL_WORKFLOW_TTL does to a workflow left too long
+
+    worker(app, ["wf-a"])
+
+    with pytest.raises(TaskFailed, match=r"is gone from Redis .* SHOAL_WORKFLOW_TTL"):
+        handle.result(timeout=5)
+
+
+def test_the_last_step_storing_its_own_result_keeps_the_workflow_error(
+    app: App, worker: Any
+) -> None:
+    first, _, _, _ = two_queue_tasks(app)
+
+    @app.task(queue="wf-a", name="bad", store_result=True, max_retries=0)
+    def bad(x: int) -> int:
+        raise ValueError("nope")
+
+    handle = chain(first.s(1), bad.s()).enqueue()
+    worker(app, ["wf-a"])
+
+    with pytest.raises(
+        TaskFailed, match=r"member bad .* on queue 'wf-a' .* `shoal dlq replay wf-a "
+    ):
+        handle.result(timeout=5)
+
+
+def test_what_follows_a_group_is_stored_once_not_in_every_member(app: App) -> None:
+    _, left, right, _ = two_queue_tasks(app)
+
+    def largest_member(m: int) -> int:
+        group_then_group = chain(
+            group([left.s(i) for i in range(50)]), group([right.s(i) for i in range(m)])
+        )
+        group_then_group.enqueue()
+        sizes = [len(b) for b in app.broker.redis.hvals(app.broker.keys("wf-a").messages)]  # type: ignore[union-attr]
+        app.broker.redis.delete(app.broker.keys("wf-a").messages)
+        return max(sizes)
+
+    # (a few bytes apart: the enqueue time's digits; 990 more nodes would be ~60 KB)
+    assert abs(largest_member(1000) - largest_member(10)) < 32
+
+
+def test_a_workflow_never_uses_two_hash_slots_in_one_script(
+    app: App, worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crossed: list[tuple[str, list[str]]] = []
+
+    def check(call: Any) -> None:
+        name, keys, _ = call
+        if len({key_slot(k.encode()) for k in keys}) > 1:
+            crossed.append((name, keys))
+
+    real_async, real_sync = AsyncBroker._run, Broker._run
+
+    async def run_async(self: AsyncBroker, call: Any) -> Any:
+        check(call)
+        return await real_async(self, call)
+
+    def run_sync(self: Broker, call: Any, client: Any = None) -> Any:
+        check(call)
+        return real_sync(self, call, client)
+
+    monkeypatch.setattr(AsyncBroker, "_run", run_async)
+    monkeypatch.setattr(Broker, "_run", run_sync)
+    tasks = [
+        app.task(queue=f"q{i}", name=f"t{i}", max_retries=0)(lambda *a: list(a)) for i in range(3)
+    ]
+    t1, t2, t3 = (t.s for t in tasks)
+    flows = [
+        chain(t1(1), group(t2(2), chain(t3(3), group(t1(4), t2(5)))), t3()),
+        chord([t3(1), chord([t2(1), t1(2)], group(t3(), t2()))], group(t2(), t1())),
+    ]
+    handles = [f.enqueue() for f in flows]
+    worker(app, ["q0", "q1", "q2"])
+
+    assert all(h.result(timeout=5) for h in handles)
+    assert crossed == []
+
+
+def test_a_wide_chord_joins_past_the_lua_slice_size(app: App, worker: Any) -> None:
+    _, left, _, total = two_queue_tasks(app)
+    handle = chord([left.s(i) for i in range(1201)], total.s()).enqueue()
+    worker(app, ["wf-a"], concurrency=32, timeout=60)
+    assert handle.result(timeout=5) == sum(i + 1 for i in range(1201))

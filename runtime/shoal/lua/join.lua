@@ -1,27 +1,36 @@
--- join: record one workflow group member's result; once every member has one, return them all.
+-- join: record one workflow group member's result; once every member has one, hand them over.
 --
--- KEYS[1] group   HASH  member index -> result JSON (set once per index: a member that runs
---                       twice is counted once), expires with the workflow TTL
--- KEYS[2] result  LIST  only for a group that ends its workflow: gets {"ok":true,"value":[...]}
--- ARGV[1] member index, ARGV[2] its result JSON, ARGV[3] group size, ARGV[4] TTL (ms),
--- ARGV[5] result TTL (ms)
--- Returns nil while members are missing, else the results in index order. Every call that
--- finds the group complete returns them (a redelivered last member must still start what
--- follows; the enqueue guard makes that happen once).
+-- KEYS[1] group   HASH  "then" (JSON frames of what follows the group), "size", and member
+--                       index -> result JSON (set once per index: a member that runs twice is
+--                       counted once); written by group_start before any member was sent
+-- KEYS[2] result  LIST  the workflow's result key in this slot: gets {"ok":true,"value":[...]}
+--                       when the group ends the workflow ("then" is [])
+-- ARGV[1] member index, ARGV[2] its result JSON, ARGV[3] workflow TTL (ms), ARGV[4] result TTL
+-- Returns {"expired"} when the group's record is gone, {"waiting"} while members are missing,
+-- else {"complete", then, result 0, result 1, ...}. Every call that finds the group complete
+-- gets that answer (a redelivered last member must still start what follows; the enqueue
+-- guard makes that happen once); completion shortens the record's life to the result TTL.
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'expired'} end
 redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-local size = tonumber(ARGV[3])
-if redis.call('HLEN', KEYS[1]) < size then return nil end
-local values = {}
+local size = tonumber(redis.call('HGET', KEYS[1], 'size'))
+if redis.call('HLEN', KEYS[1]) - 2 < size then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return {'waiting'}
+end
+local after = redis.call('HGET', KEYS[1], 'then')
+local reply = {'complete', after}
 for first = 0, size - 1, 500 do -- HMGET in slices: unpack() has a stack limit
   local fields = {}
   for i = first, math.min(first + 499, size - 1) do fields[#fields + 1] = tostring(i) end
   local slice = redis.call('HMGET', KEYS[1], unpack(fields))
-  for _, v in ipairs(slice) do values[#values + 1] = v end
+  for _, v in ipairs(slice) do reply[#reply + 1] = v end
 end
-if KEYS[2] then
+if after == '[]' then
+  local values = {}
+  for i = 3, #reply do values[#values + 1] = reply[i] end
   redis.call('DEL', KEYS[2])
   redis.call('RPUSH', KEYS[2], '{"ok":true,"value":[' .. table.concat(values, ',') .. ']}')
-  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
 end
-return values
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return reply

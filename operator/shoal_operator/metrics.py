@@ -3,7 +3,9 @@ Queue's defaults and schedules where workers read them. Measuring only; deciding
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +15,17 @@ from shoal.scheduler import stored, write_queue_schedules
 from shoal.schedules import Schedule, describe_time, from_queue_spec, next_tick
 from shoal_operator.errors import RedisUnreachable
 from shoal_operator.redis_target import RedisTarget, SecretReader
+
+
+@contextlib.contextmanager
+def unreachable_on_redis_errors(conn: Connection) -> Iterator[None]:
+    """Redis failures become the RedisUnreachable condition, naming the (masked) URL."""
+    try:
+        yield
+    except CONNECTION_ERRORS as exc:
+        raise RedisUnreachable("RedisUnreachable", str(connection_error(conn.url, exc))) from None
+    except BrokerError as exc:
+        raise RedisUnreachable("RedisUnreachable", str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +72,8 @@ class QueueMeter:
 
     def measure(self, conn: Connection, namespace: str, queue: str) -> Reading:
         """The queue's figures; RedisUnreachable when Redis does not answer."""
-        try:
+        with unreachable_on_redis_errors(conn):
             stats = self.app(conn).measure(queue)
-        except BrokerError as exc:
-            raise RedisUnreachable("RedisUnreachable", str(exc)) from None
         previous = self._last.get((namespace, queue))
         self._last[(namespace, queue)] = stats
         throughput = 0.0
@@ -83,22 +94,14 @@ class QueueMeter:
                 valid.append(from_queue_spec(queue, item))
             except ConfigurationError as exc:
                 invalid[str(item.get("name"))] = str(exc)
-        try:
+        with unreachable_on_redis_errors(conn):
             write_queue_schedules(self.app(conn).broker, queue, valid)
-        except CONNECTION_ERRORS as exc:
-            raise RedisUnreachable(
-                "RedisUnreachable", str(connection_error(conn.url, exc))
-            ) from None
-        except BrokerError as exc:
-            raise RedisUnreachable("RedisUnreachable", str(exc)) from None
         return valid, invalid
 
     def schedule_runs(self, conn: Connection, queue: str, now_ms: int) -> list[dict[str, str]]:
         """Each stored schedule's next run, last run and outcome, for the Queue's status."""
-        try:
+        with unreachable_on_redis_errors(conn):
             listed = stored(self.app(conn).broker, queue)
-        except BrokerError as exc:
-            raise RedisUnreachable("RedisUnreachable", str(exc)) from None
         out = []
         for row in listed:
             s = row.schedule
@@ -116,18 +119,14 @@ class QueueMeter:
         fields = queue_defaults.validate(queue, defaults)
         app = self.app(conn)
         key = app.broker.keys(queue).config
-        try:
-            with app.broker.redis.pipeline(transaction=True) as pipe:  # workers never see a gap
-                pipe.delete(key)
-                if fields:
-                    pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-                pipe.execute()
-        except CONNECTION_ERRORS as exc:
-            raise RedisUnreachable(
-                "RedisUnreachable", str(connection_error(conn.url, exc))
-            ) from None
-        except BrokerError as exc:
-            raise RedisUnreachable("RedisUnreachable", str(exc)) from None
+        with (
+            unreachable_on_redis_errors(conn),
+            app.broker.redis.pipeline(transaction=True) as pipe,  # workers never see a gap
+        ):
+            pipe.delete(key)
+            if fields:
+                pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+            pipe.execute()
         return defaults
 
     def forget(self, namespace: str, queue: str) -> None:

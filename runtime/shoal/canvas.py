@@ -69,7 +69,7 @@ class Signature(Part):
     """One task call as data. Build with ``task.s(*args, **kwargs)`` or ``task.si(...)``."""
 
     kind = "task"
-    __slots__ = ("args", "immutable", "kwargs", "task")
+    __slots__ = ("args", "immutable", "kwargs", "options", "task")
 
     def __init__(
         self,
@@ -78,11 +78,14 @@ class Signature(Part):
         kwargs: dict[str, Any],
         *,
         immutable: bool = False,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self.task = task
         self.args = list(args)
         self.kwargs = kwargs
         self.immutable = immutable
+        self.options = options or {}
+        """Per-message options of this step (``timeout``), from ``task.with_options(...)``."""
         for name, value in [*enumerate(self.args), *kwargs.items()]:
             try:
                 orjson.dumps(value)
@@ -110,6 +113,8 @@ class Signature(Part):
         }
         if self.immutable:
             node["immutable"] = True
+        if self.options:
+            node["options"] = self.options
         return node
 
 

@@ -162,6 +162,27 @@ class Sender(Generic[P, R]):
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Handle[R]:
         return self._send([(list(args), dict(kwargs))])[0]
 
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A workflow step with these options: ``task.with_options(timeout=5).s()``."""
+        return self._signature(args, kwargs, immutable=False)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable workflow step with these options (see :meth:`Task.si`)."""
+        return self._signature(args, kwargs, immutable=True)
+
+    def _signature(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], immutable: bool
+    ) -> Signature:
+        from shoal.canvas import Signature
+
+        if self.send.delay_s or self.send.dedupe_key:
+            raise EnqueueError(
+                f"task {self.task.name!r}: a workflow step takes timeout= only; delay, eta and "
+                "dedupe_key apply to a whole enqueue (delay the workflow's producer instead)"
+            )
+        options = {} if self.send.timeout_s is None else {"timeout": self.send.timeout_s}
+        return Signature(self.task, args, kwargs, immutable=immutable, options=options)
+
     def enqueue_many(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]) -> list[Handle[R]]:
         batch: list[tuple[list[Any], dict[str, Any]]] = []
         for call in calls:

@@ -208,6 +208,21 @@ def test_a_result_that_is_not_json_fails_the_member_with_a_clear_error(
         handle.result(timeout=5)
 
 
+def test_a_step_can_carry_its_own_timeout(app: App, worker: Any) -> None:
+    @app.task(queue="wf-a", max_retries=0)
+    async def nap(seconds: float) -> float:
+        await asyncio.sleep(seconds)
+        return seconds
+
+    handle = chain(nap.s(0.01), nap.with_options(timeout=0.05).si(5)).enqueue()
+    worker(app, ["wf-a"])
+
+    with pytest.raises(TaskFailed, match="TaskTimeout"):
+        handle.result(timeout=5)
+    with pytest.raises(EnqueueError, match="a workflow step takes timeout= only"):
+        nap.with_options(delay=5).s(1)
+
+
 def test_building_a_workflow_wrong_says_what_to_pass(app: App) -> None:
     add, _, total, _, _ = arithmetic(app)
 

@@ -97,6 +97,11 @@ async def queue_monitor(
             await asyncio.to_thread(monitor.tick, body, spec)
             await stopped.wait(memo.settings.poll_s)
     finally:
+        reason = stopped.reason or kopf.DaemonStoppingReason.DONE
+        if reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:  # its schedules go with it
+            # Shielded: kopf may cancel this daemon again, and a cancelled to_thread call that
+            # has not started yet never runs at all.
+            await asyncio.shield(asyncio.to_thread(monitor.deleted, spec))
         memo.meter.forget(namespace, name)
 
 

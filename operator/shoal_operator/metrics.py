@@ -12,7 +12,7 @@ from typing import Any
 from shoal import App, BrokerError, ConfigurationError, QueueStats, Settings, queue_defaults
 from shoal.broker import CONNECTION_ERRORS, connection_error
 from shoal.scheduler import stored, write_queue_schedules
-from shoal.schedules import Schedule, describe_time, from_queue_spec, next_tick
+from shoal.schedules import Schedule, describe_time, from_queue_spec
 from shoal_operator.errors import RedisUnreachable
 from shoal_operator.redis_target import RedisTarget, SecretReader
 
@@ -84,9 +84,10 @@ class QueueMeter:
 
     def write_schedules(
         self, conn: Connection, queue: str, spec: dict[str, Any]
-    ) -> tuple[list[Schedule], dict[str, str]]:
+    ) -> tuple[list[Schedule], dict[str, str], bool]:
         """Write the Queue's valid schedules where workers read them (its removed ones deleted,
-        code schedules left alone); returns them and the invalid ones' errors, by name."""
+        its invalid ones left as they were, code schedules alone); returns them, the invalid
+        ones' errors by name, and whether Redis changed."""
         valid: list[Schedule] = []
         invalid: dict[str, str] = {}
         for item in spec.get("schedules") or []:
@@ -95,21 +96,29 @@ class QueueMeter:
             except ConfigurationError as exc:
                 invalid[str(item.get("name"))] = str(exc)
         with unreachable_on_redis_errors(conn):
-            write_queue_schedules(self.app(conn).broker, queue, valid)
-        return valid, invalid
+            changed = write_queue_schedules(self.app(conn).broker, queue, valid, keep=invalid)
+        return valid, invalid, changed
+
+    def remove_schedules(self, conn: Connection, queue: str) -> None:
+        """Delete every schedule a Queue resource wrote (and their claims)."""
+        with unreachable_on_redis_errors(conn):
+            write_queue_schedules(self.app(conn).broker, queue, [])
 
     def schedule_runs(self, conn: Connection, queue: str, now_ms: int) -> list[dict[str, str]]:
         """Each stored schedule's next run, last run and outcome, for the Queue's status."""
         with unreachable_on_redis_errors(conn):
-            listed = stored(self.app(conn).broker, queue)
+            listed = stored(self.app(conn).broker, queue, now_ms)
         out = []
         for row in listed:
-            s = row.schedule
-            zone = s.zone if s else None
-            upcoming = "-" if s is None or s.suspend else describe_time(next_tick(s, now_ms), zone)
-            last = describe_time(row.last.tick_ms if row.last else None, zone)
+            zone = row.schedule.zone if row.schedule else None
+            outcome = row.outcome if row.error is None else f"invalid: {row.error}"
             out.append(
-                {"name": row.name, "nextRun": upcoming, "lastRun": last, "outcome": row.outcome}
+                {
+                    "name": row.name,
+                    "nextRun": describe_time(row.next_ms, zone),
+                    "lastRun": describe_time(row.last.tick_ms if row.last else None, zone),
+                    "outcome": outcome,
+                }
             )
         return out
 

@@ -5,6 +5,7 @@ One writer per Queue (the monitor's tick), so conditions never race."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,8 +41,17 @@ class QueueMonitor:
     """The reason last reported ("" = nothing reported yet, None = healthy)."""
     invalid_schedules: dict[str, str] = field(default_factory=dict)
     """Schedules of the configured generation that were not written, with why."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """Serialises ticks and the deletion clean-up: kopf may cancel the daemon while a tick
+    runs in its thread, and that tick must not write schedules back after the clean-up."""
+    gone: bool = False
 
     def tick(self, body: kopf.Body, spec: kopf.Spec) -> None:
+        with self.lock:
+            if not self.gone:
+                self._tick(body, spec)
+
+    def _tick(self, body: kopf.Body, spec: kopf.Spec) -> None:
         name, namespace, memo = self.name, self.namespace, self.memo
         generation = body["metadata"].get("generation")
         conditions = body.get("status", {}).get("conditions")
@@ -51,12 +61,15 @@ class QueueMonitor:
             if self.configured != generation:
                 defaults = memo.meter.configure(conn, name, dict(spec))
                 self.logger.info("Queue %s: defaults in Redis: %s", name, defaults or "none")
-                valid, invalid = memo.meter.write_schedules(conn, name, dict(spec))
-                self.logger.info("Queue %s: %d schedule(s) in Redis", name, len(valid))
-                if invalid:
-                    kopf.warn(body, reason="InvalidSchedule", message=_describe(invalid))
-                self.invalid_schedules = invalid
-                self.configured = generation
+            # Every tick, not only on a spec change: Redis may have lost them (a restart
+            # without persistence, a failover to an empty replica). Only differences are written.
+            valid, invalid, changed = memo.meter.write_schedules(conn, name, dict(spec))
+            if changed:
+                self.logger.info("Queue %s: %d schedule(s) written to Redis", name, len(valid))
+            if invalid and (invalid != self.invalid_schedules or self.configured != generation):
+                kopf.warn(body, reason="InvalidSchedule", message=_describe(invalid))
+            self.invalid_schedules = invalid
+            self.configured = generation
             reading = memo.meter.measure(conn, namespace, name)
             runs = None
             if spec.get("schedules") or body.get("status", {}).get("schedules"):
@@ -96,6 +109,27 @@ class QueueMonitor:
         status["conditions"] = conditions
         patch_status(memo, namespace, "queues", name, status, self.logger)
 
+    def deleted(self, spec: kopf.Spec) -> None:
+        """The Queue is gone: remove its schedules from Redis, so no worker ticks them on
+        (code schedules stay). Best effort: Redis or its Secret may be gone too."""
+        with self.lock:
+            self.gone = True
+            if spec.get("schedules"):
+                self._remove_schedules(spec)
+
+    def _remove_schedules(self, spec: kopf.Spec) -> None:
+        try:
+            conn = queue_connection(self.memo, self.namespace, self.name, dict(spec))
+            self.memo.meter.remove_schedules(conn, self.name)
+            self.logger.info("Queue %s deleted: its schedules removed from Redis", self.name)
+        except ReconcileError as exc:
+            self.logger.warning(
+                "Queue %s deleted, but its schedules could not be removed from Redis (%s); "
+                "remove them with `shoal schedules` or redis-cli HDEL",
+                self.name,
+                exc.message,
+            )
+
     def _schedules_condition(self, conditions: Any, generation: int | None) -> list[Any]:
         """``SchedulesValid``: False naming each schedule that was refused, and why."""
         if self.invalid_schedules:
@@ -113,7 +147,10 @@ class QueueMonitor:
 
 
 def _describe(invalid: dict[str, str]) -> str:
-    return "; ".join(invalid.values()) + " (the other schedules are running)"
+    return (
+        "; ".join(invalid.values())
+        + " (each keeps its last valid version in Redis; the other schedules are running)"
+    )
 
 
 def _queue_figures(reading: Reading) -> dict[str, Any]:

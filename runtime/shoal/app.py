@@ -13,7 +13,7 @@ from shoal.dlq import DeadLetters
 from shoal.errors import ConfigurationError, TaskNotFound
 from shoal.middleware import Middleware, default_middleware
 from shoal.middleware.hooks import Hooks
-from shoal.schedules import Schedule
+from shoal.schedules import Missed, Schedule
 from shoal.schedules import make as make_schedule
 from shoal.settings import Seconds, Settings, mask_url, to_seconds
 from shoal.signing import Signer
@@ -166,7 +166,7 @@ class App:
         args: Sequence[Any] = (),
         kwargs: dict[str, Any] | None = None,
         timezone: str = "UTC",
-        missed: str = "skip",
+        missed: Missed = "skip",
         suspend: bool = False,
         **task_options: Any,
     ) -> Callable[[Callable[P, R]], Task[P, R]]:
@@ -209,7 +209,7 @@ class App:
         kwargs: dict[str, Any] | None = None,
         timezone: str = "UTC",
         name: str | None = None,
-        missed: str = "skip",
+        missed: Missed = "skip",
         suspend: bool = False,
     ) -> Schedule:
         """Run ``task`` on a cron schedule, on the task's queue (see :meth:`periodic`).

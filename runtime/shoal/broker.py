@@ -38,6 +38,7 @@ SCRIPT_NAMES = (
     "group_start",
     "join",
     "workflow_failed",
+    "schedule_publish",
 )
 MOVE_LIMIT = 500
 """Delayed or expired entries moved per fetch: bounds one script's run time on a huge backlog."""
@@ -522,6 +523,16 @@ class AsyncBroker(_KeysMixin):
         reply (``expired``, ``waiting``, or ``complete`` with what follows and the results)."""
         call = _join_call(self.keys(queue), group_id, index, result, workflow_id, self._ttls_ms())
         return list(await self._run(call))
+
+    async def publish_schedules(
+        self, queue: str, now_ms: int, schedules: Sequence[tuple[str, bytes]]
+    ) -> int:
+        """Declare code schedules (name, JSON) for ``queue``; see ``lua/schedule_publish.lua``."""
+        k = self.keys(queue)
+        argv: list[Any] = [now_ms]
+        for name, raw in schedules:
+            argv += (name, raw)
+        return int(await self._run(("schedule_publish", [k.schedules, k.schedules_seen], argv)))
 
     async def fail_workflow(self, queue: str, workflow_id: str, failure: bytes) -> bool:
         """Store a workflow's failure for its handle, unless it already succeeded."""

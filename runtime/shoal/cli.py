@@ -206,18 +206,27 @@ def info(queue_names: tuple[str, ...], show_workers: bool, interval: float, as_j
 
 @cli.command()
 @click.option("--queue", "-q", "queue_names", multiple=True, help="Only these queues.")
-def schedules(queue_names: tuple[str, ...]) -> None:
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="First delete code schedules no worker has declared for 10 minutes (removed from code).",
+)
+def schedules(queue_names: tuple[str, ...], prune: bool) -> None:
     """Periodic schedules (code and Queue resources): next run, last run and its outcome."""
-    from shoal.scheduler import stored
-    from shoal.schedules import describe_time, next_tick
+    from shoal.scheduler import prune_stale, stored
+    from shoal.schedules import describe_time
 
     app = App()
+    queues = list(queue_names) or app.broker.queues()
+    if prune:
+        for q in queues:
+            for name in prune_stale(app.broker, q):
+                console.print(f"removed stale schedule {name!r} of queue {q!r}")
     table = Table(title="Schedules")
     for col in ("queue", "name", "cron", "task", "source", "suspended", "next run", "last run"):
         table.add_column(col, overflow="fold")
     table.add_column("outcome")
-    now_ms = int(time.time() * 1000)
-    rows = [row for q in list(queue_names) or app.broker.queues() for row in stored(app.broker, q)]
+    rows = [row for q in queues for row in stored(app.broker, q)]
     for row in rows:
         s = row.schedule
         last = describe_time(row.last.tick_ms if row.last else None, s.zone if s else None)
@@ -226,15 +235,15 @@ def schedules(queue_names: tuple[str, ...]) -> None:
                 row.queue, row.name, "-", "-", "-", "-", "-", last, f"invalid: {row.error}"
             )
             continue
-        upcoming = "-" if s.suspend else describe_time(next_tick(s, now_ms), s.zone)
+        source = f"{s.source} (stale: no worker declares it; --prune)" if row.stale else s.source
         table.add_row(
             row.queue,
             row.name,
             f"{s.cron} ({s.timezone})",
             s.task,
-            s.source,
+            source,
             "yes" if s.suspend else "no",
-            upcoming,
+            describe_time(row.next_ms, s.zone),
             last,
             row.outcome,
         )

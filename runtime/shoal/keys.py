@@ -25,7 +25,10 @@ key                                    type    meaning
 ``{p}:{q}:result:<id>``                LIST    one result JSON, with a TTL
 ``{p}:{q}:schedules``                  HASH    schedule name → schedule JSON (code or Queue CR)
 ``{p}:{q}:schedule:runs``              HASH    schedule name → last claimed tick
-                                               ``<tick_ms> <id|-> <claimed_ms>``
+                                               ``<tick_ms> <id|-> <claimed_ms> <timing>
+                                               <reason>``
+``{p}:{q}:schedules:seen``             HASH    code schedule name → when a worker last
+                                               declared it (ms): older ones are stale
 ``{p}:{q}:workflow:<wid>``             HASH    workflow steps already started from this
                                                queue's slot (enqueue guards), with a TTL
 ``{p}:{q}:group:<gid>``                HASH    one workflow group: ``then`` (what follows it),
@@ -63,6 +66,7 @@ class QueueKeys:
     result_prefix: str
     schedules: str
     schedule_runs: str
+    schedules_seen: str
 
     def result(self, message_id: str) -> str:
         """Key of the stored result of one message."""
@@ -97,6 +101,7 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
         result_prefix=base + "result:",
         schedules=base + "schedules",
         schedule_runs=base + "schedule:runs",
+        schedules_seen=base + "schedules:seen",
     )
 
 

@@ -17,9 +17,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import redis.exceptions
 
 from shoal.broker import MAX_BACKOFF_S, REDIS_ERRORS, AsyncBroker, Broker, Guard
 from shoal.errors import ShoalError
@@ -38,7 +40,10 @@ WAKE_LATE_S = 0.005
 
 
 class Scheduler:
-    """Ticks the schedules of ``queues``. ``clock`` (epoch seconds) is injectable for tests."""
+    """Ticks the schedules of ``queues``.
+
+    Time is Redis's (``TIME``, re-read at each refresh), so hosts whose clocks disagree still
+    agree on which tick is due; ``clock`` (epoch seconds) replaces it in tests."""
 
     def __init__(
         self,
@@ -46,7 +51,7 @@ class Scheduler:
         broker: AsyncBroker,
         queues: Sequence[str],
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.app = app
         self.broker = broker
@@ -57,10 +62,26 @@ class Scheduler:
         """What this process ticks: code schedules, overridden by Queue schedules of the
         same name (so ``suspend`` in a Queue resource can pause a code schedule too)."""
         self.last: dict[tuple[str, str], int] = {}
-        """The latest claimed tick known here; the guard in Redis has the final word."""
-        self._refresh_at = 0.0
-        self._published = False
-        self._invalid: set[bytes] = set()
+        """The latest claimed tick known here (under the current timing); Redis has the final
+        word."""
+        self.due: dict[tuple[str, str], int] = {}
+        """When each schedule next needs a look (ms): only those due are evaluated."""
+        self._offset_s = 0.0
+        self._refresh_clock = clock or time.monotonic
+        self._refresh_at = float("-inf")
+        self._parsed: dict[bytes, Schedule] = {}
+        self._reported: set[tuple[tuple[str, str], str]] = set()
+        not_consumed = sorted({s.queue for s in app.schedules.values()} - set(self.queues))
+        if not_consumed:
+            log.warning(
+                "scheduler: this worker does not consume %s, so it does not tick their schedules; "
+                "run a worker for them (shoal worker --queues ...)",
+                ", ".join(not_consumed),
+            )
+
+    def now(self) -> float:
+        """Epoch seconds: Redis's clock (or the injected one)."""
+        return self.clock() if self.clock is not None else time.time() + self._offset_s
 
     async def run(self, closing: asyncio.Event) -> None:
         """Tick until ``closing`` is set."""
@@ -72,7 +93,7 @@ class Scheduler:
             except REDIS_ERRORS as exc:
                 log.warning("scheduler: Redis unavailable (%s); retrying in %.1fs", exc, backoff)
                 wait_s, backoff = backoff, min(backoff * 2, MAX_BACKOFF_S)
-                self._refresh_at = 0.0
+                self._refresh_at = float("-inf")
             except Exception:  # a bug here must not stop the worker's schedules for good
                 log.exception("scheduler: tick failed; retrying in %.1fs", MAX_BACKOFF_S)
                 wait_s = MAX_BACKOFF_S
@@ -80,75 +101,114 @@ class Scheduler:
                 await asyncio.wait_for(closing.wait(), wait_s)
 
     async def step(self) -> float:
-        """Refresh when due, claim every due tick; return the seconds until the next one."""
-        now = self.clock()
-        if now >= self._refresh_at:
+        """Refresh when due, claim every due tick; return the seconds until the next look.
+        A schedule that fails (a claim refused by Redis, a cron croniter cannot walk) is
+        reported once and retried at the next refresh; the others tick on."""
+        if self._refresh_clock() >= self._refresh_at:
             await self.refresh()
-            self._refresh_at = now + self.app.settings.heartbeat_s
-        now_ms = int(now * 1000)
-        wake_ms = int(self._refresh_at * 1000)
+            self._refresh_at = self._refresh_clock() + self.app.settings.heartbeat_s
+        now_ms = int(self.now() * 1000)
+        wake_ms = now_ms + int(self.app.settings.heartbeat_s * 1000)
         for key, schedule in self.active.items():
-            decision = decide(schedule, self.last.get(key), now_ms)
-            if decision is not None:
-                await self.claim(schedule, decision, now_ms)
-                self.last[key] = decision.tick_ms
-            wake_ms = min(wake_ms, next_tick(schedule, now_ms))
+            due = self.due.get(key)
+            if due is None or due <= now_ms:
+                try:
+                    due = await self._tick(key, schedule, now_ms)
+                except redis.exceptions.ResponseError as exc:  # a script refused our data
+                    runs = self.broker.keys(schedule.queue).schedule_runs
+                    problem = f"Redis refused its claim ({exc}); check field {key[1]!r} of {runs}"
+                    self._report(key, problem)
+                    due = wake_ms
+                except REDIS_ERRORS:
+                    raise
+                except Exception as exc:
+                    self._report(key, f"cannot tick it: {type(exc).__name__}: {exc}")
+                    due = wake_ms
+                self.due[key] = due
+            wake_ms = min(wake_ms, due)
         return max(0.0, (wake_ms - now_ms) / 1000) + WAKE_LATE_S
 
+    async def _tick(self, key: tuple[str, str], schedule: Schedule, now_ms: int) -> int:
+        decision = decide(schedule, self.last.get(key), now_ms)
+        if decision is not None:
+            await self.claim(schedule, decision, now_ms)
+            self.last[key] = decision.tick_ms
+        return next_tick(schedule, now_ms)
+
+    def _report(self, key: tuple[str, str], problem: str) -> None:
+        if (key, problem) not in self._reported:
+            self._reported.add((key, problem))
+            log.error("schedule %s on %s: %s", key[1], key[0], problem)
+
     async def refresh(self) -> None:
-        """Read the stored schedules and claims; publish this app's code schedules (once at
-        boot, and again whenever one is missing) so ``shoal schedules`` can list them."""
+        """Sync with Redis's clock, declare this app's code schedules (``shoal schedules``
+        lists them, and marks stale the ones no worker declares any more), and read the stored
+        schedules and claims."""
+        r = self.broker.redis
+        if self.clock is None:
+            before = time.time()
+            seconds, micros = await r.time()
+            after = time.time()
+            self._offset_s = seconds + micros / 1e6 - (before + after) / 2
+        now_ms = int(self.now() * 1000)
         active: dict[tuple[str, str], Schedule] = {}
         last: dict[tuple[str, str], int] = {}
-        r = self.broker.redis
         for queue in self.queues:
             keys = self.broker.keys(queue)
+            mine = [(n, s.to_json()) for (q, n), s in self.code.items() if q == queue]
+            if mine:
+                await self.broker.publish_schedules(queue, now_ms, mine)
             stored: dict[bytes, bytes] = await r.hgetall(keys.schedules)  # type: ignore[assignment]
             for (q, name), schedule in self.code.items():
-                if q != queue:
-                    continue
-                active[(q, name)] = schedule
-                current = stored.get(name.encode())
-                if current is None:
-                    await r.hsetnx(keys.schedules, name, schedule.to_json())
-                elif not self._published and source_of(current) == "code":
-                    await r.hset(keys.schedules, name, schedule.to_json())  # a new release
+                if q == queue:
+                    active[(q, name)] = schedule
             for raw_name, raw in stored.items():
                 if source_of(raw) != "queue":
                     continue  # code schedules come from the code, not from Redis
-                try:
-                    schedule = Schedule.from_json(queue, raw)
-                except ShoalError as exc:
-                    if raw not in self._invalid:
-                        self._invalid.add(raw)
-                        log.error("scheduler: ignoring %s: %s", raw_name.decode(), exc)
-                    continue
-                active[(queue, schedule.name)] = schedule
+                parsed = self._parse(queue, raw_name, raw)
+                if parsed is not None:
+                    active[(queue, parsed.name)] = parsed
             runs: dict[bytes, bytes] = await r.hgetall(keys.schedule_runs)  # type: ignore[assignment]
             for raw_name, value in runs.items():
                 claim = Run.parse(value)
-                if claim is not None:
-                    last[(queue, raw_name.decode())] = claim.tick_ms
-        self._published = True
+                key = (queue, raw_name.decode(errors="replace"))
+                if claim is not None and key in active and claim.counts_for(active[key]):
+                    last[key] = claim.tick_ms
+        for key, schedule in active.items():
+            if self.active.get(key) != schedule:
+                self.due.pop(key, None)  # new or changed: look at it now
         self.active = active
         self.last = {key: max(t, self.last.get(key, t)) for key, t in last.items()}
+
+    def _parse(self, queue: str, raw_name: bytes, raw: bytes) -> Schedule | None:
+        schedule = self._parsed.get(raw)
+        if schedule is None:
+            try:
+                schedule = Schedule.from_json(queue, raw)
+            except ShoalError as exc:
+                self._report((queue, raw_name.decode(errors="replace")), f"ignored: {exc}")
+                return None
+            if len(self._parsed) > 4096:
+                self._parsed.clear()
+            self._parsed[raw] = schedule
+        return schedule
 
     async def claim(self, schedule: Schedule, decision: Decision, now_ms: int) -> bool:
         """Claim the tick (and enqueue its message when it runs), in one script call; False
         when another process claimed it first."""
         queue, tick = schedule.queue, decision.tick_ms
-        mid = message_id(queue, schedule.name, tick) if decision.run else None
-        guard = Guard(
-            self.broker.keys(queue).schedule_runs,
-            "after",
-            schedule.name,
-            Run(tick, mid, now_ms).encode(),
-        )
-        if mid is None:
-            claimed = await self.broker.enqueue(queue, [], guard) is not None
+        runs_key = self.broker.keys(queue).schedule_runs
+
+        def guard(message_id: str | None, reason: str) -> Guard:
+            run = Run(tick, message_id, now_ms, schedule.timing, reason)
+            return Guard(runs_key, "after", schedule.name, run.encode())
+
+        if not decision.run:
+            claimed = await self.broker.enqueue(queue, [], guard(None, decision.reason)) is not None
             if claimed:
                 log.info("schedule %s on %s: tick not run: %s", schedule.name, queue, decision.why)
             return claimed
+        mid = message_id(queue, schedule.name, tick)
         task = self._task(schedule)
         message = Message(
             mid,
@@ -163,11 +223,10 @@ class Scheduler:
         try:
             with hooks.context("enqueue_context", task, [message]):
                 items = encode_batch(task, [message])
-                ids = await self.broker.enqueue(queue, items, guard)
+                ids = await self.broker.enqueue(queue, items, guard(mid, decision.reason))
         except ShoalError as exc:  # arguments refused: record the tick as not run, say why
             log.error("schedule %s on %s: cannot enqueue: %s", schedule.name, queue, exc)
-            guard = Guard(guard.key, "after", schedule.name, Run(tick, None, now_ms).encode())
-            return await self.broker.enqueue(queue, [], guard) is not None
+            return await self.broker.enqueue(queue, [], guard(None, "refused")) is not None
         if ids is None:
             return False
         hooks.emit("after_enqueue", task, [message])
@@ -195,36 +254,53 @@ class Scheduler:
 # --- blocking helpers: the CLI and the operator --------------------------------------------
 
 
+STALE_AFTER_S = 600.0
+"""A code schedule no worker has declared for this long is listed as stale (removed from the
+code, or its workers are all gone): ``shoal schedules --prune`` deletes it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Listed:
-    """A stored schedule (or why it does not parse), its last claim and that run's outcome."""
+    """A stored schedule (or why it cannot be used), its next run, its last claim and that
+    run's outcome."""
 
     queue: str
     name: str
     schedule: Schedule | None
     error: str | None
+    next_ms: int | None
     last: Run | None
     outcome: str
+    stale: bool
 
 
-def stored(broker: Broker, queue: str) -> list[Listed]:
+def stored(broker: Broker, queue: str, now_ms: int | None = None) -> list[Listed]:
     """The schedules stored for ``queue``, with their last run's outcome: O(1) per schedule
-    (the message still stored → waiting/running; in the DLQ → failed; gone → succeeded)."""
+    (the message still stored → waiting/running; in the DLQ → failed; gone → finished, which
+    is also what a failure whose dead letter was purged looks like)."""
     keys = broker.keys(queue)
     r = broker.redis
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     raw: dict[bytes, bytes] = r.hgetall(keys.schedules)  # type: ignore[assignment]
     runs: dict[bytes, bytes] = r.hgetall(keys.schedule_runs)  # type: ignore[assignment]
+    seen: dict[bytes, bytes] = r.hgetall(keys.schedules_seen)  # type: ignore[assignment]
     out = []
     for raw_name in sorted(raw):
-        name = raw_name.decode()
+        name = raw_name.decode(errors="replace")
         schedule: Schedule | None = None
-        error = None
+        error = upcoming = None
         try:
             schedule = Schedule.from_json(queue, raw[raw_name])
-        except ShoalError as exc:
-            error = str(exc)
+            upcoming = None if schedule.suspend else next_tick(schedule, now_ms)
+        except Exception as exc:  # one unusable entry must not hide the others
+            error = str(exc) if isinstance(exc, ShoalError) else f"{type(exc).__name__}: {exc}"
         last = Run.parse(runs.get(raw_name))
-        out.append(Listed(queue, name, schedule, error, last, _outcome(broker, queue, last)))
+        declared = seen.get(raw_name)
+        stale = source_of(raw[raw_name]) == "code" and (
+            declared is None or now_ms - int(declared) > STALE_AFTER_S * 1000
+        )
+        outcome = _outcome(broker, queue, last)
+        out.append(Listed(queue, name, schedule, error, upcoming, last, outcome, stale))
     return out
 
 
@@ -232,26 +308,55 @@ def _outcome(broker: Broker, queue: str, last: Run | None) -> str:
     if last is None:
         return "-"
     if last.message_id is None:
-        return "skipped"
+        return f"not run ({last.reason})"
     keys = broker.keys(queue)
     if broker.redis.hexists(keys.messages, last.message_id):
         return "waiting/running"
     if broker.redis.zscore(keys.dead, last.message_id) is not None:
         return "failed (dead-lettered)"
-    return "succeeded"
+    return "finished"
 
 
-def write_queue_schedules(broker: Broker, queue: str, schedules: Sequence[Schedule]) -> None:
-    """Store a Queue resource's schedules (source "queue"), removing the Queue's entries no
-    longer listed and leaving code schedules alone; one transaction, so workers see no gap."""
+def write_queue_schedules(
+    broker: Broker, queue: str, schedules: Sequence[Schedule], keep: Collection[str] = ()
+) -> bool:
+    """Store a Queue resource's schedules (source "queue"), leaving code schedules alone.
+
+    The Queue's entries no longer listed are removed with their claims (so one added back
+    later starts afresh); names in ``keep`` (listed, but invalid now) keep what is stored, so
+    a broken edit never un-suspends anything. Writes only what differs, in one transaction
+    (workers see no gap); returns whether anything changed."""
     keys = broker.keys(queue)
     current: dict[bytes, bytes] = broker.redis.hgetall(keys.schedules)  # type: ignore[assignment]
     wanted = {s.name.encode(): s.to_json() for s in schedules}
-    gone = [n for n, raw in current.items() if source_of(raw) == "queue" and n not in wanted]
+    kept = {name.encode() for name in keep}
+    gone = [
+        n
+        for n, raw in current.items()
+        if source_of(raw) == "queue" and n not in wanted and n not in kept
+    ]
+    changed = {n: raw for n, raw in wanted.items() if current.get(n) != raw}
+    if not gone and not changed:
+        return False
     with broker.redis.pipeline(transaction=True) as pipe:
         pipe.sadd(queues_key(broker.settings.key_prefix), queue)  # listed by `shoal schedules`
         if gone:
             pipe.hdel(keys.schedules, *gone)
-        if wanted:
-            pipe.hset(keys.schedules, mapping=wanted)  # type: ignore[arg-type]
+            pipe.hdel(keys.schedule_runs, *gone)
+        if changed:
+            pipe.hset(keys.schedules, mapping=changed)  # type: ignore[arg-type]
         pipe.execute()
+    return True
+
+
+def prune_stale(broker: Broker, queue: str) -> list[str]:
+    """Delete the code schedules of ``queue`` no worker has declared lately (see
+    :data:`STALE_AFTER_S`), with their claims; returns their names."""
+    names = [row.name for row in stored(broker, queue) if row.stale]
+    if names:
+        keys = broker.keys(queue)
+        with broker.redis.pipeline(transaction=True) as pipe:
+            for key in (keys.schedules, keys.schedule_runs, keys.schedules_seen):
+                pipe.hdel(key, *names)
+            pipe.execute()
+    return names

@@ -9,6 +9,7 @@ once however many workers there are. This module is the pure part: validation, J
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
@@ -18,7 +19,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from shoal.errors import ConfigurationError
 
@@ -53,6 +54,12 @@ class Schedule:
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def timing(self) -> str:
+        """What fixes when it ticks (cron and zone), as a short digest kept with each claim: a
+        claim made under other timing does not count as this schedule's last tick."""
+        return hashlib.sha256(f"{self.cron}\0{self.timezone}".encode()).hexdigest()[:8]
 
     def to_json(self) -> bytes:
         """The JSON stored in ``{p}:{q}:schedules`` (the queue is the key's, not repeated)."""
@@ -114,11 +121,11 @@ def make(
         raise ConfigurationError(f"{what}: the name must be 1-253 characters without white space")
     if not isinstance(task, str) or not task:
         raise ConfigurationError(f"{what}: name the task to run (task=)")
-    if not isinstance(cron, str) or not croniter.is_valid(cron):
+    if not isinstance(cron, str) or cron.strip().startswith("@") or not croniter.is_valid(cron):
         raise ConfigurationError(
             f"{what}: {cron!r} is not a cron expression; use 5 fields "
             "(minute hour day-of-month month day-of-week, e.g. '*/5 * * * *') or 6 with "
-            "seconds last ('* * * * * */10')"
+            "seconds last ('* * * * * */10'); write aliases out ('@hourly' is '0 * * * *')"
         )
     try:
         ZoneInfo(timezone)
@@ -134,13 +141,15 @@ def make(
         )
     if source not in ("code", "queue"):
         raise ConfigurationError(f"{what}: source {source!r} is neither 'code' nor 'queue'")
+    if not isinstance(suspend, bool):
+        raise ConfigurationError(f"{what}: suspend must be true or false, got {suspend!r}")
     if not isinstance(args, list | tuple) or not isinstance(kwargs or {}, Mapping):
         raise ConfigurationError(f"{what}: args must be a list and kwargs a mapping")
     try:
         orjson.dumps([list(args), dict(kwargs or {})])
     except TypeError as exc:
         raise ConfigurationError(f"{what}: args/kwargs are not JSON-serialisable ({exc})") from None
-    return Schedule(
+    schedule = Schedule(
         name=name,
         cron=cron,
         task=task,
@@ -149,9 +158,17 @@ def make(
         kwargs=dict(kwargs or {}),
         timezone=timezone,
         missed=missed,  # type: ignore[arg-type]  # checked above
-        suspend=bool(suspend),
+        suspend=suspend is True,
         source=source,  # type: ignore[arg-type]  # checked above
     )
+    try:  # a valid expression may still never fire (February 30th)
+        next_tick(schedule, _ms(datetime.now(UTC)))
+    except (CroniterBadDateError, StopIteration):
+        raise ConfigurationError(
+            f"{what}: {cron!r} never fires (no date matches it, like February 30th); fix the "
+            "day-of-month and month fields"
+        ) from None
+    return schedule
 
 
 def from_queue_spec(queue: str, item: Mapping[str, Any]) -> Schedule:
@@ -191,10 +208,16 @@ def _ms(moment: datetime) -> int:
     return round(moment.timestamp() * 1000)
 
 
+@functools.lru_cache(maxsize=1024)
+def _every_hour(cron: str) -> bool:
+    hours = croniter(cron).expanded[1]
+    return hours == ["*"] or len(set(hours)) == 24
+
+
 def _repeated_wall_time(schedule: Schedule, tick: datetime) -> bool:
     """The second occurrence of a wall-clock time on a fall-back night, for a schedule pinned
     to given hours: cron runs those once (a daily 02:30 job must not run twice)."""
-    if schedule.cron.split()[1] == "*":
+    if _every_hour(schedule.cron):
         return False  # fires every hour: real time, both occurrences
     first = tick.replace(fold=0)
     return first.utcoffset() != tick.utcoffset()
@@ -225,11 +248,13 @@ def grace_ms(schedule: Schedule, tick_ms: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """Claim ``tick_ms``; enqueue the task only if ``run``. ``why`` is for logs."""
+    """Claim ``tick_ms``; enqueue the task only if ``run``. ``why`` is for logs, ``reason``
+    (one word) is kept with a claim that does not run."""
 
     tick_ms: int
     run: bool
     why: str
+    reason: str = "due"
 
 
 def decide(schedule: Schedule, last_tick_ms: int | None, now_ms: int) -> Decision | None:
@@ -243,14 +268,17 @@ def decide(schedule: Schedule, last_tick_ms: int | None, now_ms: int) -> Decisio
     if last_tick_ms is not None and tick <= last_tick_ms:
         return None
     if schedule.suspend:
-        return Decision(tick, False, "suspended")
+        return Decision(tick, False, "suspended", "suspended")
     if now_ms - tick <= grace_ms(schedule, tick):
         return Decision(tick, True, "due")
     if last_tick_ms is None:
-        return Decision(tick, False, "new schedule: starts at the next tick, no back-fill")
+        why = "new (or retimed) schedule: starts at the next tick, no back-fill"
+        return Decision(tick, False, why, "new")
     if schedule.missed == "run_once":
-        return Decision(tick, True, "missed while no worker ran: running once (run_once)")
-    return Decision(tick, False, "missed while no worker ran: skipped (skip)")
+        return Decision(
+            tick, True, "missed while no worker claimed it: running once (run_once)", "missed"
+        )
+    return Decision(tick, False, "missed while no worker claimed it: skipped (skip)", "missed")
 
 
 def message_id(queue: str, name: str, tick_ms: int) -> str:
@@ -265,25 +293,37 @@ def message_id(queue: str, name: str, tick_ms: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Run:
-    """A claimed tick, as stored in ``{p}:{q}:schedule:runs``: ``<tick_ms> <id|-> <claimed_ms>``."""
+    """A claimed tick, as stored in ``{p}:{q}:schedule:runs``:
+    ``<tick_ms> <id|-> <claimed_ms> <timing> <reason>`` (``-`` for a tick claimed without a
+    run; ``reason`` says why: suspended, missed, new, refused)."""
 
     tick_ms: int
     message_id: str | None
     claimed_ms: int
+    timing: str = "-"
+    reason: str = "due"
 
     def encode(self) -> str:
-        return f"{self.tick_ms} {self.message_id or '-'} {self.claimed_ms}"
+        return (
+            f"{self.tick_ms} {self.message_id or '-'} {self.claimed_ms} {self.timing} {self.reason}"
+        )
 
     @staticmethod
     def parse(raw: bytes | str | None) -> Run | None:
         """The stored claim, or None when absent or unreadable."""
         if raw is None:
             return None
-        text = raw.decode() if isinstance(raw, bytes) else raw
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
         parts = text.split()
-        if len(parts) != 3 or not parts[0].isdigit() or not parts[2].isdigit():
+        if len(parts) not in (3, 5) or not parts[0].isdigit() or not parts[2].isdigit():
             return None
-        return Run(int(parts[0]), None if parts[1] == "-" else parts[1], int(parts[2]))
+        message = None if parts[1] == "-" else parts[1]
+        timing, reason = (parts[3], parts[4]) if len(parts) == 5 else ("-", "due")
+        return Run(int(parts[0]), message, int(parts[2]), timing, reason)
+
+    def counts_for(self, schedule: Schedule) -> bool:
+        """Whether this claim was made under the schedule's current timing."""
+        return self.timing == schedule.timing
 
 
 def describe_time(ms: int | None, zone: ZoneInfo | None = None) -> str:

@@ -163,8 +163,17 @@ def test_shoal_schedules_lists_next_run_last_run_and_outcome(
     assert set(lines) == {"ok", "boom", "later", "yearly"}
     assert "failed (dead-lettered)" in lines["boom"]
     assert "waiting/running" in lines["later"] and "2024-01-01 10:01:00 UTC" in lines["later"]
-    assert "succeeded" in lines["ok"] and "(Asia/Tokyo)" in lines["ok"] and "JST" in lines["ok"]
-    assert "skipped" in lines["yearly"] and "2024-01-01 00:00:00 UTC" in lines["yearly"]
+    assert "finished" in lines["ok"] and "(Asia/Tokyo)" in lines["ok"] and "JST" in lines["ok"]
+    assert "not run (new)" in lines["yearly"] and "2024-01-01 00:00:00 UTC" in lines["yearly"]
+
+    # And since the workers last declared them in (injected) 2024, they are listed as stale,
+    # and --prune removes them with their claims
+    assert all("stale: no worker declares it" in line for line in lines.values())
+    pruned = CliRunner().invoke(cli, ["schedules", "--queue", "jobs", "--prune"])
+    assert pruned.exit_code == 0, pruned.output
+    assert pruned.output.count("removed stale schedule") == 4
+    assert app.broker.redis.hlen(app.broker.keys("jobs").schedules) == 0
+    assert app.broker.redis.hlen(app.broker.keys("jobs").schedule_runs) == 0
 
 
 def test_worker_processes_run_each_tick_once(
@@ -194,3 +203,100 @@ def test_worker_processes_run_each_tick_once(
     assert len(set(ticks)) == len(ticks) and all(t % 1000 == 0 for t in ticks)
     enqueued = int(redis_client.hget(f"{key_prefix}:{{ticks}}:stats", "enqueued") or 0)
     assert enqueued >= len(counts)  # a tick enqueued just before the kill may not have run
+
+
+# --- robustness (found in review) --------------------------------------------------------
+
+
+def test_a_broken_claim_or_schedule_never_stops_the_others(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    @app.periodic("* * * * *", queue="q", name="a")
+    def a() -> None: ...
+
+    @app.periodic("* * * * *", queue="q", name="b")
+    def b() -> None: ...
+
+    # Given a claim value nobody can parse (written by hand, or by a future version)
+    app.broker.redis.hset(app.broker.keys("q").schedule_runs, "a", "garbage")
+
+    run_schedulers(app, ["q"], [at(2024, 1, 1, 10, 0, 1)], n=2)
+
+    # Then both ticks ran: the claim script reads a broken value as "never claimed"
+    assert stored_ids(app, "q") == {message_id("q", n, ms(2024, 1, 1, 10, 0)) for n in "ab"}
+
+
+def test_a_schedule_that_cannot_be_ticked_is_reported_once_and_the_others_run(
+    app: App, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @app.periodic("* * * * *", queue="q", name="fine")
+    def fine() -> None: ...
+
+    @app.periodic("*/2 * * * *", queue="q", name="cursed")
+    def cursed() -> None: ...
+
+    import shoal.scheduler as scheduler_module
+
+    real = scheduler_module.decide
+
+    def decide(schedule: Any, last: Any, now_ms: int) -> Any:
+        if schedule.name == "cursed":
+            raise ValueError("croniter cannot walk this")
+        return real(schedule, last, now_ms)
+
+    monkeypatch.setattr(scheduler_module, "decide", decide)
+    run_schedulers(app, ["q"], [at(2024, 1, 1, 10, 0, 1), at(2024, 1, 1, 10, 1, 1)], n=1)
+
+    assert stored_ids(app, "q") == {
+        message_id("q", "fine", ms(2024, 1, 1, 10, 0)),
+        message_id("q", "fine", ms(2024, 1, 1, 10, 1)),
+    }
+    reports = [r for r in caplog.records if "croniter cannot walk this" in r.getMessage()]
+    assert len(reports) == 1 and "schedule cursed on q: cannot tick it" in reports[0].getMessage()
+
+
+def test_schedulers_keep_redis_time_whatever_their_host_clock_says(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shoal.scheduler as scheduler_module
+
+    real_time = scheduler_module.time.time
+    monkeypatch.setattr(scheduler_module.time, "time", lambda: real_time() + 86_400)  # a day ahead
+
+    async def now_after_refresh() -> float:
+        broker = AsyncBroker(app.settings)
+        try:
+            scheduler = Scheduler(app, broker, ["q"])
+            await scheduler.refresh()
+            return scheduler.now()
+        finally:
+            await broker.close()
+
+    redis_now = float(app.broker.redis.time()[0])  # type: ignore[index]
+    assert abs(asyncio.run(now_after_refresh()) - redis_now) < 5
+
+
+def test_a_queue_schedule_removed_and_added_back_starts_afresh(app: App) -> None:
+    every = from_queue_spec(
+        "q", {"name": "d", "cron": "0 * * * *", "task": "t", "missed": "runOnce"}
+    )
+    write_queue_schedules(app.broker, "q", [every])
+    run_schedulers(app, ["q"], [at(2024, 1, 1, 10, 0, 1)], n=1)
+    assert len(stored_ids(app, "q")) == 1
+
+    # When it is removed, its claim goes with it; added back days later, it runs no backlog
+    write_queue_schedules(app.broker, "q", [])
+    assert app.broker.redis.hget(app.broker.keys("q").schedule_runs, "d") is None
+    write_queue_schedules(app.broker, "q", [every])
+    run_schedulers(app, ["q"], [at(2024, 1, 5, 10, 30)], n=1)
+    assert len(stored_ids(app, "q")) == 1
+
+
+def test_an_invalid_edit_keeps_the_last_valid_version(app: App) -> None:
+    paused = from_queue_spec("q", {"name": "d", "cron": "0 * * * *", "task": "t", "suspend": True})
+    assert write_queue_schedules(app.broker, "q", [paused])
+
+    # When the Queue's entry becomes invalid (a typo in its zone), it is kept as it was
+    assert not write_queue_schedules(app.broker, "q", [], keep={"d"})
+    assert b'"suspend":true' in app.broker.redis.hget(app.broker.keys("q").schedules, "d")  # type: ignore[operator]
+    assert not write_queue_schedules(app.broker, "q", [paused])  # nothing differs: no write

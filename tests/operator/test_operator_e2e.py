@@ -383,3 +383,18 @@ def test_queue_schedules_land_in_redis_and_an_invalid_one_is_a_condition(
         message="SchedulesValid=True",
     )
     assert sorted(app.broker.redis.hkeys(schedules_key)) == [b"broken", b"from-code"]  # type: ignore[arg-type]
+
+    # When Redis loses them (a restart without persistence), the operator writes them again
+    app.broker.redis.delete(schedules_key)
+    wait_for(
+        lambda: app.broker.redis.hexists(schedules_key, "broken"),
+        message="the Queue's schedules written again",
+    )
+
+    # When the Queue is deleted, its schedules leave Redis with it (no worker ticks them on)
+    kube.delete(QUEUES, "reports")
+    wait_for(
+        lambda: not app.broker.redis.hexists(schedules_key, "broken"),
+        message="the deleted Queue's schedules removed",
+    )
+    app.close()

@@ -107,6 +107,27 @@ def test_every_half_hour_keeps_real_time_through_the_repeated_hour() -> None:
     assert [t - ticks[0] for t in ticks] == [i * 1_800_000 for i in range(5)]
 
 
+def test_an_hour_range_covering_the_day_is_every_hour_through_the_repeated_hour() -> None:
+    star = make(name="a", cron="0 * * * *", task="t", queue="q", timezone="Europe/Berlin")
+    ranged = make(name="b", cron="0 0-23 * * *", task="t", queue="q", timezone="Europe/Berlin")
+    start = ms(2024, 10, 26, 23, 0)  # the fall-back night: 02:00 happens twice
+    for s in (star, ranged):
+        ticks = [start]
+        for _ in range(5):
+            ticks.append(next_tick(s, ticks[-1]))
+        assert [t - start for t in ticks] == [i * 3_600_000 for i in range(6)], s.cron
+
+
+def test_a_claim_made_under_other_timing_does_not_count() -> None:
+    tokyo = make(name="d", cron="0 9 * * *", task="t", queue="q", timezone="Asia/Tokyo")
+    utc = make(name="d", cron="0 9 * * *", task="t", queue="q", timezone="UTC")
+    claim = Run(ms(2024, 1, 1, 0, 0), "x", ms(2024, 1, 1, 0, 0), tokyo.timing, "due")
+    assert claim.counts_for(tokyo) and not claim.counts_for(utc)
+    assert Run.parse(claim.encode()) == claim
+    assert Run.parse("1704067200000 - 1704067200005") == Run(1704067200000, None, 1704067200005)
+    assert Run.parse("garbage") is None
+
+
 def test_message_ids_are_deterministic_and_sort_by_tick() -> None:
     a = message_id("q", "s", ms(2024, 1, 1, 10, 0))
     assert a == message_id("q", "s", ms(2024, 1, 1, 10, 0)) and len(a) == 32
@@ -139,6 +160,9 @@ def test_queue_spec_entries_use_kubernetes_names() -> None:
         ({"name": "has space"}, "the name must be"),
         ({"task": ""}, "name the task"),
         ({"args": [object()]}, "not JSON-serialisable"),
+        ({"cron": "0 0 30 2 *"}, r"never fires \(no date matches it, like February 30th\)"),
+        ({"cron": "@hourly"}, r"write aliases out \('@hourly' is '0 \* \* \* \*'\)"),
+        ({"suspend": "false"}, "suspend must be true or false"),
     ],
 )
 def test_bad_input_names_the_schedule_and_the_fix(

@@ -8,7 +8,8 @@
 -- KEYS[6] guard     HASH  only with a guard: the markers that make an enqueue happen once
 -- ARGV[1] notify channel, published when waiting goes from empty to non-empty
 -- ARGV[2] guard mode: "" (none), "once" (field must be new), "after" (the number that starts
---         the value must exceed the one stored in the field: a schedule's tick claim)
+--         the value must exceed the one stored in the field: a schedule's tick claim; a stored
+--         value that does not start with a number counts as never claimed)
 -- ARGV[3] guard field, ARGV[4] guard value, ARGV[5] guard key TTL (ms, 0 = none)
 -- ARGV[6..] quads: id, delay_ms (0 = ready now), envelope, dedupe key ("" = none)
 -- Returns the id each message ended up with: its own, or the live message holding its dedupe
@@ -18,7 +19,7 @@ if mode == 'once' then
   if redis.call('HSETNX', KEYS[6], ARGV[3], ARGV[4]) == 0 then return nil end
 elseif mode == 'after' then
   local stored = redis.call('HGET', KEYS[6], ARGV[3])
-  if stored and tonumber(string.match(stored, '^%d+')) >= tonumber(string.match(ARGV[4], '^%d+')) then
+  if stored and tonumber(string.match(stored, '^%d+') or '0') >= tonumber(string.match(ARGV[4], '^%d+')) then
     return nil
   end
   redis.call('HSET', KEYS[6], ARGV[3], ARGV[4])

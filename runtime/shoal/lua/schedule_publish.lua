@@ -1,0 +1,19 @@
+-- schedule_publish: a worker declares its app's code schedules for one queue.
+--
+-- KEYS[1] schedules       HASH  name -> schedule JSON ("source": "code" or "queue")
+-- KEYS[2] schedules:seen  HASH  code schedule name -> when a worker last declared it (ms)
+-- ARGV[1] now (ms), ARGV[2..] pairs: name, schedule JSON (source "code")
+-- A missing name, or one holding another version of a code schedule (a new release), gets the
+-- JSON; one a Queue resource holds ("source":"queue") is left alone: it overrides the code.
+-- Checked and written in one step, so an override written meanwhile is never lost.
+-- Returns how many entries were written.
+local written = 0
+for i = 2, #ARGV, 2 do
+  local current = redis.call('HGET', KEYS[1], ARGV[i])
+  if not current or (current ~= ARGV[i + 1] and not string.find(current, '"source":"queue"', 1, true)) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    written = written + 1
+  end
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[1])
+end
+return written

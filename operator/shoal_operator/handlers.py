@@ -126,6 +126,7 @@ def worker_reconcile(
         figures = reconcile_worker(name, namespace, body, memo, logger)
     except ReconcileError as exc:
         _fail(exc, body, patch, "Ready", memo.settings.retry_delay_s)
+    assert figures is not None  # create=True: the Deployment exists now
     patch.status.update(worker_status(body, figures))
 
 

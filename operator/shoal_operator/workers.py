@@ -64,13 +64,25 @@ def _replicas(spec: dict[str, Any], live: dict[str, Any] | None) -> int:
 
 
 def reconcile_worker(
-    name: str, namespace: str, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger
-) -> dict[str, Any]:
-    """Make the Worker's Deployment match its spec; return the Worker's status figures."""
+    name: str,
+    namespace: str,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    *,
+    create: bool = True,
+) -> dict[str, Any] | None:
+    """Make the Worker's Deployment match its spec; return the Worker's status figures.
+
+    ``create=False`` (a Deployment event) only corrects an existing Deployment, and returns
+    None when there is none: the event may be the garbage collection of a Worker deleted
+    meanwhile, whose Deployment must not be made again."""
     spec = dict(body.get("spec", {}))
     queues = _queue_refs(memo, namespace, list(spec.get("queues", [])))
     queues[0].target.resolve(memo.core, namespace)  # its Secrets exist, or pods would not start
     live = read_deployment(memo, namespace, name)
+    if live is None and not create:
+        return None
     desired = deploy.build(name, namespace, spec, queues, memo.settings, _replicas(spec, live))
     if live is None:
         kopf.adopt(desired, owner=body)
@@ -124,10 +136,14 @@ def worker_status(body: kopf.Body, figures: dict[str, Any]) -> dict[str, Any]:
 def resync(
     name: str, namespace: str, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger
 ) -> None:
+    if body["metadata"].get("deletionTimestamp"):
+        return  # being deleted: its Deployment goes with it
     try:
-        figures = reconcile_worker(name, namespace, body, memo, logger)
+        figures = reconcile_worker(name, namespace, body, memo, logger, create=False)
     except ReconcileError as exc:
         logger.info("Worker %s/%s not reconciled: %s", namespace, name, exc.message)
+        return
+    if figures is None:
         return
     patch_status(memo, namespace, "workers", name, worker_status(body, figures), logger)
 

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from shoal.app import App
+from shoal.canvas import chord
 from shoal.errors import ShoalError
 from shoal.keys import workers_key
 from shoal.redis_server import LocalRedis
@@ -45,6 +46,12 @@ def checksum(i: int) -> list[float]:
     for _ in range(200):
         digest = hashlib.sha256(digest).digest()
     return [started, time.time()]
+
+
+@app.task(queue=QUEUE, timeout=10)
+def merge(results: list[list[float]]) -> int:
+    """A chord callback: runs once, after every member, with their results in order."""
+    return len(results)
 
 
 _seen: set[int] = set()
@@ -173,4 +180,15 @@ def _drive(producer: App, count: int, console: Console) -> None:
     table.add_row("throughput, enqueue to last completion", f"{len(waits) / elapsed:,.0f} tasks/s")
     table.add_row("enqueue→start p50", f"{_percentile(waits, 50) * 1000:.1f} ms")
     table.add_row("enqueue→start p99", f"{_percentile(waits, 99) * 1000:.1f} ms")
+    table.add_row(*_chord_row(producer))
     console.print(table)
+
+
+def _chord_row(producer: App) -> tuple[str, str]:
+    """A chord: 100 members in parallel, then one callback with their results (one call)."""
+    member = producer.remote(fetch_page.name, queue=QUEUE)
+    started = time.perf_counter()
+    handle = chord([member.s(i) for i in range(100)], producer.remote(merge.name, queue=QUEUE).s())
+    gathered = handle.enqueue().result(timeout=60)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    return "chord: 100 members, then a callback", f"{gathered} results in {elapsed_ms:.0f} ms"

@@ -27,7 +27,7 @@ from shoal_operator import deployment as deploy
 from shoal_operator.errors import ReconcileError, SpecError
 from shoal_operator.kube import GROUP, VERSION
 from shoal_operator.metrics import QueueMeter
-from shoal_operator.queues import QueueMonitor
+from shoal_operator.queues import QueueMonitor, remove_queue_schedules
 from shoal_operator.settings import OperatorSettings
 from shoal_operator.workers import Autoscaling, reconcile_worker, resync, worker_status
 
@@ -103,6 +103,21 @@ async def queue_monitor(
             # has not started yet never runs at all.
             await asyncio.shield(asyncio.to_thread(monitor.deleted, spec))
         memo.meter.forget(namespace, name)
+
+
+@kopf.on.delete(GROUP, VERSION, "queues")
+async def queue_deleted(
+    name: str,
+    namespace: str | None,
+    spec: kopf.Spec,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Remove a deleted Queue's schedules from Redis, also when it was deleted while the
+    operator was down (no daemon ran to see it). Never fails: deletion is not held up."""
+    assert namespace is not None
+    await asyncio.to_thread(remove_queue_schedules, memo, namespace, name, spec, logger)
 
 
 # --- Worker ---------------------------------------------------------------------------------

@@ -122,21 +122,25 @@ class QueueMeter:
             )
         return out
 
-    def configure(self, conn: Connection, queue: str, spec: dict[str, Any]) -> dict[str, Any]:
-        """Write the Queue's defaults to Redis (replacing what was there); returns them."""
+    def configure(
+        self, conn: Connection, queue: str, spec: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool]:
+        """Make the Queue's defaults in Redis what the spec says (replacing what was there,
+        only when it differs); returns them and whether Redis changed."""
         defaults = queue_defaults.from_queue_spec(spec)
         fields = queue_defaults.validate(queue, defaults)
         app = self.app(conn)
         key = app.broker.keys(queue).config
-        with (
-            unreachable_on_redis_errors(conn),
-            app.broker.redis.pipeline(transaction=True) as pipe,  # workers never see a gap
-        ):
-            pipe.delete(key)
-            if fields:
-                pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-            pipe.execute()
-        return defaults
+        with unreachable_on_redis_errors(conn):
+            stored = {k.decode(): v.decode() for k, v in app.broker.redis.hgetall(key).items()}  # type: ignore[union-attr]
+            if stored == fields:
+                return defaults, False
+            with app.broker.redis.pipeline(transaction=True) as pipe:  # workers see no gap
+                pipe.delete(key)
+                if fields:
+                    pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+                pipe.execute()
+        return defaults, True
 
     def forget(self, namespace: str, queue: str) -> None:
         self._last.pop((namespace, queue), None)

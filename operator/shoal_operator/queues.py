@@ -58,11 +58,11 @@ class QueueMonitor:
         status: dict[str, Any] = {}
         try:
             conn = queue_connection(memo, namespace, name, dict(spec))
-            if self.configured != generation:
-                defaults = memo.meter.configure(conn, name, dict(spec))
-                self.logger.info("Queue %s: defaults in Redis: %s", name, defaults or "none")
             # Every tick, not only on a spec change: Redis may have lost them (a restart
             # without persistence, a failover to an empty replica). Only differences are written.
+            defaults, rewritten = memo.meter.configure(conn, name, dict(spec))
+            if rewritten:
+                self.logger.info("Queue %s: defaults in Redis: %s", name, defaults or "none")
             valid, invalid, changed = memo.meter.write_schedules(conn, name, dict(spec))
             if changed:
                 self.logger.info("Queue %s: %d schedule(s) written to Redis", name, len(valid))
@@ -110,25 +110,11 @@ class QueueMonitor:
         patch_status(memo, namespace, "queues", name, status, self.logger)
 
     def deleted(self, spec: kopf.Spec) -> None:
-        """The Queue is gone: remove its schedules from Redis, so no worker ticks them on
-        (code schedules stay). Best effort: Redis or its Secret may be gone too."""
+        """The Queue is gone: stop ticking, and remove its schedules (after any tick in
+        progress, which could have written them back)."""
         with self.lock:
             self.gone = True
-            if spec.get("schedules"):
-                self._remove_schedules(spec)
-
-    def _remove_schedules(self, spec: kopf.Spec) -> None:
-        try:
-            conn = queue_connection(self.memo, self.namespace, self.name, dict(spec))
-            self.memo.meter.remove_schedules(conn, self.name)
-            self.logger.info("Queue %s deleted: its schedules removed from Redis", self.name)
-        except ReconcileError as exc:
-            self.logger.warning(
-                "Queue %s deleted, but its schedules could not be removed from Redis (%s); "
-                "remove them with `shoal schedules` or redis-cli HDEL",
-                self.name,
-                exc.message,
-            )
+            remove_queue_schedules(self.memo, self.namespace, self.name, spec, self.logger)
 
     def _schedules_condition(self, conditions: Any, generation: int | None) -> list[Any]:
         """``SchedulesValid``: False naming each schedule that was refused, and why."""
@@ -143,6 +129,28 @@ class QueueMonitor:
             )
         return cond.set_condition(
             conditions, "SchedulesValid", True, "Written", "schedules in Redis", generation
+        )
+
+
+def remove_queue_schedules(
+    memo: kopf.Memo, namespace: str, name: str, spec: kopf.Spec, logger: kopf.Logger
+) -> None:
+    """A deleted Queue's schedules leave Redis, so no worker ticks them on (code schedules
+    stay). Best effort, never blocking the deletion: Redis or its Secret may be gone too."""
+    if not spec.get("schedules"):
+        return
+    try:
+        memo.meter.remove_schedules(queue_connection(memo, namespace, name, dict(spec)), name)
+        logger.info("Queue %s deleted: its schedules removed from Redis", name)
+    except ReconcileError as exc:
+        logger.warning(
+            "Queue %s deleted, but its schedules could not be removed from Redis (%s); workers "
+            "tick them until their fields are deleted from the hashes {prefix}:{%s}:schedules "
+            "and {prefix}:{%s}:schedule:runs",
+            name,
+            exc.message,
+            name,
+            name,
         )
 
 

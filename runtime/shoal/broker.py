@@ -37,6 +37,7 @@ SCRIPT_NAMES = (
     "measure",
     "group_start",
     "join",
+    "group_done",
     "workflow_failed",
     "schedule_publish",
 )
@@ -247,7 +248,8 @@ def _group_start_call(k: QueueKeys, group_id: str, size: int, then: bytes, ttl_m
 def _join_call(
     k: QueueKeys, group_id: str, index: int, result: bytes, workflow_id: str, ttls_ms: list[int]
 ) -> Call:
-    return "join", [k.group(group_id), k.result(workflow_id)], [index, result, *ttls_ms]
+    keys = [k.group(group_id), k.group_done(group_id), k.result(workflow_id)]
+    return "join", keys, [index, result, *ttls_ms]
 
 
 def _measure_call(k: QueueKeys) -> Call:
@@ -533,6 +535,12 @@ class AsyncBroker(_KeysMixin):
         for name, raw in schedules:
             argv += (name, raw)
         return int(await self._run(("schedule_publish", [k.schedules, k.schedules_seen], argv)))
+
+    async def group_done(self, queue: str, group_id: str) -> None:
+        """What follows a workflow group has started: drop its results, remember that."""
+        k = self.keys(queue)
+        ttl_ms = self._ttls_ms()[0]
+        await self._run(("group_done", [k.group(group_id), k.group_done(group_id)], [ttl_ms]))
 
     async def fail_workflow(self, queue: str, workflow_id: str, failure: bytes) -> bool:
         """Store a workflow's failure for its handle, unless it already succeeded."""

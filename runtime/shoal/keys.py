@@ -33,6 +33,8 @@ key                                    type    meaning
                                                queue's slot (enqueue guards), with a TTL
 ``{p}:{q}:group:<gid>``                HASH    one workflow group: ``then`` (what follows it),
                                                ``size``, member index → result JSON; TTL
+``{p}:{q}:group:<gid>:done``           STRING  what follows that group has started (the
+                                               group's record is gone then); TTL
 ``{p}:{q}:notify``                     pubsub  published when waiting goes from empty to not
 ``{p}:queues``                         SET     every queue name ever enqueued to
 ``{p}:workers``                        ZSET    worker id → last heartbeat (ms)
@@ -79,6 +81,10 @@ class QueueKeys:
     def group(self, group_id: str) -> str:
         """Member results of one workflow group."""
         return self.base + "group:" + group_id
+
+    def group_done(self, group_id: str) -> str:
+        """Set once what follows a workflow group has started."""
+        return self.base + "group:" + group_id + ":done"
 
 
 def queue_keys(prefix: str, queue: str) -> QueueKeys:

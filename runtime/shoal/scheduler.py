@@ -69,7 +69,7 @@ class Scheduler:
         self._offset_s = 0.0
         self._refresh_clock = clock or time.monotonic
         self._refresh_at = float("-inf")
-        self._parsed: dict[bytes, Schedule] = {}
+        self._parsed: dict[tuple[str, bytes], Schedule] = {}
         self._reported: set[tuple[tuple[str, str], str]] = set()
         not_consumed = sorted({s.queue for s in app.schedules.values()} - set(self.queues))
         if not_consumed:
@@ -181,7 +181,7 @@ class Scheduler:
         self.last = {key: max(t, self.last.get(key, t)) for key, t in last.items()}
 
     def _parse(self, queue: str, raw_name: bytes, raw: bytes) -> Schedule | None:
-        schedule = self._parsed.get(raw)
+        schedule = self._parsed.get((queue, raw))  # the JSON does not name its queue
         if schedule is None:
             try:
                 schedule = Schedule.from_json(queue, raw)
@@ -190,7 +190,7 @@ class Scheduler:
                 return None
             if len(self._parsed) > 4096:
                 self._parsed.clear()
-            self._parsed[raw] = schedule
+            self._parsed[queue, raw] = schedule
         return schedule
 
     async def claim(self, schedule: Schedule, decision: Decision, now_ms: int) -> bool:
@@ -280,7 +280,7 @@ def stored(broker: Broker, queue: str, now_ms: int | None = None) -> list[Listed
     is also what a failure whose dead letter was purged looks like)."""
     keys = broker.keys(queue)
     r = broker.redis
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    now_ms = redis_now_ms(broker) if now_ms is None else now_ms
     raw: dict[bytes, bytes] = r.hgetall(keys.schedules)  # type: ignore[assignment]
     runs: dict[bytes, bytes] = r.hgetall(keys.schedule_runs)  # type: ignore[assignment]
     seen: dict[bytes, bytes] = r.hgetall(keys.schedules_seen)  # type: ignore[assignment]
@@ -302,6 +302,12 @@ def stored(broker: Broker, queue: str, now_ms: int | None = None) -> list[Listed
         outcome = _outcome(broker, queue, last)
         out.append(Listed(queue, name, schedule, error, upcoming, last, outcome, stale))
     return out
+
+
+def redis_now_ms(broker: Broker) -> int:
+    """Redis's clock, the one the schedulers keep (a host's own may be off)."""
+    seconds, micros = broker.redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def _outcome(broker: Broker, queue: str, last: Run | None) -> str:

@@ -365,8 +365,7 @@ class Worker:
                     timeout_s,
                     self.settings.hard_timeout_grace_s,
                 )
-            store = task.store_result or _ends_a_workflow(message)
-            stored = orjson.dumps({"ok": True, "value": result}) if store else None
+            stored = orjson.dumps({"ok": True, "value": result}) if task.store_result else None
         except HardTimeout as exc:
             error = exc
             log.error(
@@ -377,7 +376,9 @@ class Worker:
         except Exception as exc:
             error = exc
         if error is None and workflow.OPTION in message.options:
-            try:  # start what this member feeds, before it is acked
+            try:  # start what this member feeds (or, the last step, keep the result) before ack
+                if _ends_a_workflow(message):
+                    stored = workflow.final_result(message, result)
                 await self._retrying(lambda: self.steps.finished(message, result))
             except WorkflowError as exc:  # retrying the task would not change its result
                 hooks.emit("after_process", task, message, result=result, exception=exc)

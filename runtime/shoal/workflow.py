@@ -105,11 +105,13 @@ def final_queue(node: Node) -> str:
     return str(node["queue"])
 
 
-def first_task(node: Node) -> tuple[str, str]:
-    """(queue, task) of the first message starting ``node`` sends: its first batch."""
-    while "task" not in node:
-        node = node["chain"][0] if "chain" in node else node["group"][0]
-    return str(node["queue"]), str(node["task"])
+def first_batches(node: Node) -> set[tuple[str, str]]:
+    """The (queue, task) batches that starting ``node`` sends: one guard each."""
+    if "task" in node:
+        return {(str(node["queue"]), str(node["task"]))}
+    if "chain" in node:
+        return first_batches(node["chain"][0])
+    return set().union(*(first_batches(member) for member in node["group"]))
 
 
 def start(meta: Meta, node: Node, prefix: list[Any], then: list[Frame], guard: str) -> Started:
@@ -165,7 +167,8 @@ def batches(messages: list[Message]) -> Iterator[tuple[str, str, list[Message]]]
 
 @dataclass(frozen=True, slots=True)
 class Joined:
-    """A group join's answer: complete (with what follows and every result) or not yet."""
+    """A group join's answer: complete (with what follows and every result), or not (still
+    waiting, or what follows already started)."""
 
     complete: bool
     then: list[Frame] = field(default_factory=list)
@@ -176,26 +179,36 @@ Join = Callable[[Frame, bytes], Awaitable[Joined]]
 """Record a member's result (JSON) in its group."""
 StartOnce = Callable[[Started, str], Awaitable[None]]
 """Write a step's group records, then enqueue its messages, at most once per guard."""
+GroupDone = Callable[[str, str], Awaitable[None]]
+"""(queue, group id): what follows the group has started; its results may go."""
 
 
-async def advance(message: Message, result: Any, join: Join, start_once: StartOnce) -> None:
+async def advance(
+    message: Message, result: Any, join: Join, start_once: StartOnce, group_done: GroupDone
+) -> None:
     """Carry a finished member's result on to what it feeds. Idempotent: safe to repeat after a
     crash, and when two deliveries of the same member finish."""
     meta = _meta(message)
     frames: list[Frame] = message.options[OPTION]["then"]
     value, guard, value_json = result, message.id, _result_json(message, result)
+    completed: tuple[str, str] | None = None  # the group whose results feed this step
     while frames:
         frame = frames[0]
         if "join" in frame:  # always the last frame: what follows a group is kept with it
             joined = await join(frame, value_json)
+            if completed is not None:  # its list is recorded in the enclosing group
+                await group_done(*completed)
             if not joined.complete:
-                return  # other members are still running
+                return  # other members are still running (or this one is a late duplicate)
             value, guard, frames = joined.results, str(frame["join"]), joined.then
             value_json = orjson.dumps(value)  # what an enclosing group records
+            completed = (str(frame["queue"]), guard)
             continue
         first, *after = frame["chain"]
         then = ([{"chain": after}] if after else []) + frames[1:]
         await start_once(start(meta, first, [value], then, guard), guard)
+        if completed is not None:
+            await group_done(*completed)
         return
 
 
@@ -217,6 +230,11 @@ def _result_json(message: Message, result: Any) -> bytes:
             f"task {message.task!r} returned a {type(result).__name__}, which is not "
             f"JSON-serialisable ({exc}); a workflow passes results on: return plain data"
         ) from None
+
+
+def final_result(message: Message, result: Any) -> bytes:
+    """What the last step stores for the workflow's handle; WorkflowError when not JSON."""
+    return b'{"ok":true,"value":' + _result_json(message, result) + b"}"
 
 
 def failure(message: Message, reason: str, error: str) -> bytes:
@@ -265,7 +283,7 @@ class Steps:
                     "after it cannot run. Raise SHOAL_WORKFLOW_TTL above the longest a "
                     "workflow may take, and enqueue the workflow again"
                 )
-            if reply[0] == b"waiting":
+            if reply[0] in (b"waiting", b"started"):
                 return Joined(False)
             return Joined(True, orjson.loads(reply[1]), [orjson.loads(v) for v in reply[2:]])
 
@@ -281,7 +299,7 @@ class Steps:
                 self.hooks.emit("after_enqueue", task, batch)
 
         try:
-            await advance(message, result, join, start_once)
+            await advance(message, result, join, start_once, self.broker.group_done)
         except EnqueueError as exc:  # the next step's message is refused (too large, …)
             raise WorkflowError(f"workflow {meta.kind} {meta.id}: {exc}") from None
 
@@ -290,8 +308,8 @@ class Steps:
         already fed its next step (a redelivery failing after the first run carried on) or the
         workflow already succeeded. A replayed member that succeeds carries the workflow on."""
         meta = _meta(message)
-        if await self._carried_on(meta, message):
-            return
+        if reason != "workflow_error" and await self._carried_on(meta, message):
+            return  # (a workflow_error may strike after the join: every delivery would fail)
         await self.broker.fail_workflow(meta.result_queue, meta.id, failure(message, reason, error))
 
     async def _carried_on(self, meta: Meta, message: Message) -> bool:
@@ -301,8 +319,12 @@ class Steps:
         frame = frames[0]
         r = self.broker.redis
         if "join" in frame:
-            key = self.broker.keys(frame["queue"]).group(frame["join"])
-            return bool(await r.hexists(key, str(frame["index"])))
-        queue, task = first_task(frame["chain"][0])
-        key = self.broker.keys(queue).workflow(meta.id)
-        return bool(await r.hexists(key, f"{message.id}>{task}"))
+            keys = self.broker.keys(frame["queue"])
+            if await r.exists(keys.group_done(frame["join"])):
+                return True
+            return bool(await r.hexists(keys.group(frame["join"]), str(frame["index"])))
+        for queue, task in first_batches(frame["chain"][0]):  # every batch, or it did not
+            key = self.broker.keys(queue).workflow(meta.id)
+            if not await r.hexists(key, f"{message.id}>{task}"):
+                return False
+        return True

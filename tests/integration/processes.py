@@ -70,8 +70,11 @@ class WorkerProcess:
 
 
 def _is_worker(proc: psutil.Process) -> bool:
+    """A spawned worker process. Matching on ``spawn_main`` (not "anything but the resource
+    tracker"): right after fork, before exec, the tracker still shows the supervisor's command
+    line, and a test that took it for the worker killed the tracker instead."""
     try:
-        return "resource_tracker" not in " ".join(proc.cmdline())
+        return "spawn_main" in " ".join(proc.cmdline())
     except psutil.Error:
         return False
 

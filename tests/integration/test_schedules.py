@@ -17,7 +17,7 @@ from helpers import wait_for
 from shoal import App
 from shoal.broker import AsyncBroker
 from shoal.cli import cli
-from shoal.scheduler import Scheduler, write_queue_schedules
+from shoal.scheduler import Scheduler, prune_stale, write_queue_schedules
 from shoal.schedules import from_queue_spec, message_id
 
 
@@ -299,3 +299,56 @@ def test_an_invalid_edit_keeps_the_last_valid_version(app: App) -> None:
     assert not write_queue_schedules(app.broker, "q", [], keep={"d"})
     assert b'"suspend":true' in app.broker.redis.hget(app.broker.keys("q").schedules, "d")  # type: ignore[operator]
     assert not write_queue_schedules(app.broker, "q", [paused])  # nothing differs: no write
+
+
+def test_the_same_queue_schedule_on_two_queues_runs_on_both(app: App) -> None:
+    spec = {"name": "purge", "cron": "* * * * *", "task": "t"}
+    for q in ("qa", "qb"):
+        write_queue_schedules(app.broker, q, [from_queue_spec(q, spec)])
+
+    run_schedulers(app, ["qa", "qb"], [at(2024, 1, 1, 10, 0, 1)], n=2)
+
+    assert stored_ids(app, "qa") == {message_id("qa", "purge", ms(2024, 1, 1, 10, 0))}
+    assert stored_ids(app, "qb") == {message_id("qb", "purge", ms(2024, 1, 1, 10, 0))}
+
+
+def test_prune_keeps_what_live_workers_declare_whatever_the_cli_clock_says(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shoal.scheduler as scheduler_module
+
+    @app.periodic("* * * * *", queue="q", name="live")
+    def live() -> None: ...
+
+    async def declare() -> None:  # what a worker does at each refresh, on Redis's clock
+        broker = AsyncBroker(app.settings)
+        try:
+            await Scheduler(app, broker, ["q"]).refresh()
+        finally:
+            await broker.close()
+
+    asyncio.run(declare())
+    real_time = scheduler_module.time.time
+    monkeypatch.setattr(scheduler_module.time, "time", lambda: real_time() + 11 * 60)
+    assert prune_stale(app.broker, "q") == []
+
+
+def test_a_new_release_updates_a_code_schedule_whatever_its_arguments_say(app: App) -> None:
+    def declare(cron: str) -> None:
+        fresh = App(redis_url=app.settings.redis_url, key_prefix=app.settings.key_prefix)
+        fresh.periodic(cron, queue="q", name="odd", args=['"source":"queue"'])(lambda _: None)
+
+        async def refresh() -> None:
+            broker = AsyncBroker(fresh.settings)
+            try:
+                await Scheduler(fresh, broker, ["q"]).refresh()
+            finally:
+                await broker.close()
+
+        asyncio.run(refresh())
+        fresh.close()
+
+    declare("0 * * * *")
+    declare("30 * * * *")
+    stored = app.broker.redis.hget(app.broker.keys("q").schedules, "odd")
+    assert stored is not None and b'"cron":"30 * * * *"' in stored  # type: ignore[operator]

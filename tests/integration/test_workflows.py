@@ -647,3 +647,63 @@ def test_a_wide_chord_joins_past_the_lua_slice_size(app: App, worker: Any) -> No
     handle = chord([left.s(i) for i in range(1201)], total.s()).enqueue()
     worker(app, ["wf-a"], concurrency=32, timeout=60)
     assert handle.result(timeout=5) == sum(i + 1 for i in range(1201))
+
+
+# --- second review ---------------------------------------------------------------------------
+
+
+def test_a_callback_that_cannot_be_sent_fails_the_chord(app: App, worker: Any) -> None:
+    @app.task(queue="wf-a", name="half", max_retries=0)
+    def half(i: int) -> str:
+        return "x" * 300_000  # two of these make the callback's argument too large
+
+    @app.task(queue="wf-a", name="count")
+    def count(values: list[str]) -> int:
+        return len(values)
+
+    handle = chord([half.s(1), half.s(2)], count.s()).enqueue()
+    worker(app, ["wf-a"])
+
+    with pytest.raises(TaskFailed, match="workflow_error"):
+        handle.result(timeout=5)
+
+
+def test_a_late_duplicate_of_a_member_after_its_group_moved_on_changes_nothing(
+    app: App, worker: Any
+) -> None:
+    _, mul, total, _, _ = arithmetic(app)
+    handle = chord([mul.s(i, 10) for i in range(3)], total.s()).enqueue()
+    members = stored_messages(app, "wf-b")
+    worker(app, ["wf-a", "wf-b"])
+    assert handle.result(timeout=5) == 30
+    groups = app.broker.redis.keys(f"{app.settings.key_prefix}:*group:*")
+    assert [k.endswith(b":done") for k in groups] == [True]  # the results are dropped
+
+    async def late() -> None:  # a redelivery of a member, long after the callback started
+        broker = AsyncBroker(app.settings)
+        try:
+            await Steps(app, broker, app.hooks).finished(members[0], 0)
+            await Steps(app, broker, app.hooks).failed(members[0], "retries_exhausted", "late")
+        finally:
+            await broker.close()
+
+    asyncio.run(late())
+    assert handle.result(timeout=5) == 30
+    assert app.measure("wf-b").waiting == 0
+
+
+def test_a_last_step_whose_result_is_not_json_is_dead_lettered_once(app: App, worker: Any) -> None:
+    ran = {"n": 0}
+    first, _, _, _ = two_queue_tasks(app)
+
+    @app.task(queue="wf-a", name="setty", max_retries=2, min_backoff=0.01, max_backoff=0.02)
+    def setty(x: int) -> set[int]:
+        ran["n"] += 1
+        return {x}
+
+    handle = chain(first.s(1), setty.s()).enqueue()
+    worker(app, ["wf-a"])
+
+    with pytest.raises(TaskFailed, match=r"workflow_error.*returned a set"):
+        handle.result(timeout=5)
+    assert ran["n"] == 1

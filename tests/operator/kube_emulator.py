@@ -877,6 +877,10 @@ class EmulatorServer:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.emulator.__aexit__(None, None, None)
+        # A closed transport lets go of its socket in a later loop iteration: give those a
+        # turn before the loop stops, or the socket is only found (unclosed) by the GC.
+        for _ in range(3):
+            await asyncio.sleep(0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,10 +7,14 @@
 -- JSON; one a Queue resource holds ("source":"queue") is left alone: it overrides the code.
 -- Checked and written in one step, so an override written meanwhile is never lost.
 -- Returns how many entries were written.
+local function from_queue(raw)
+  local ok, decoded = pcall(cjson.decode, raw)
+  return ok and type(decoded) == 'table' and decoded.source == 'queue'
+end
 local written = 0
 for i = 2, #ARGV, 2 do
   local current = redis.call('HGET', KEYS[1], ARGV[i])
-  if not current or (current ~= ARGV[i + 1] and not string.find(current, '"source":"queue"', 1, true)) then
+  if not current or (current ~= ARGV[i + 1] and not from_queue(current)) then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
     written = written + 1
   end

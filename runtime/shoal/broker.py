@@ -246,10 +246,32 @@ def _group_start_call(k: QueueKeys, group_id: str, size: int, then: bytes, ttl_m
 
 
 def _join_call(
-    k: QueueKeys, group_id: str, index: int, result: bytes, workflow_id: str, ttls_ms: list[int]
+    k: QueueKeys,
+    group_id: str,
+    index: int,
+    result: bytes,
+    workflow_id: str,
+    ttls_ms: tuple[int, int],
 ) -> Call:
     keys = [k.group(group_id), k.group_done(group_id), k.result(workflow_id)]
     return "join", keys, [index, result, *ttls_ms]
+
+
+def _group_done_call(k: QueueKeys, group_id: str, ttl_ms: int) -> Call:
+    return "group_done", [k.group(group_id), k.group_done(group_id)], [ttl_ms]
+
+
+def _workflow_failed_call(k: QueueKeys, workflow_id: str, failure: bytes, ttl_ms: int) -> Call:
+    return "workflow_failed", [k.result(workflow_id)], [failure, ttl_ms]
+
+
+def _schedule_publish_call(
+    k: QueueKeys, now_ms: int, schedules: Sequence[tuple[str, bytes]]
+) -> Call:
+    argv: list[Any] = [now_ms]
+    for name, raw in schedules:
+        argv += (name, raw)
+    return "schedule_publish", [k.schedules, k.schedules_seen], argv
 
 
 def _measure_call(k: QueueKeys) -> Call:
@@ -269,6 +291,14 @@ def _parse_fetch(reply: Sequence[Any]) -> Fetched:
 class _KeysMixin:
     settings: Settings
     _keys: dict[str, QueueKeys]
+
+    @property
+    def _result_ttl_ms(self) -> int:
+        return int(self.settings.result_ttl_s * 1000)
+
+    @property
+    def _workflow_ttl_ms(self) -> int:
+        return int(self.settings.workflow_ttl_s * 1000)
 
     def keys(self, queue: str) -> QueueKeys:
         """The (cached) keys of ``queue``."""
@@ -350,8 +380,7 @@ class Broker(_KeysMixin):
 
     def start_group(self, queue: str, group_id: str, size: int, then: bytes) -> None:
         """Write a workflow group's record (see :meth:`AsyncBroker.start_group`)."""
-        ttl_ms = int(self.settings.workflow_ttl_s * 1000)
-        self._run(_group_start_call(self.keys(queue), group_id, size, then, ttl_ms))
+        self._run(_group_start_call(self.keys(queue), group_id, size, then, self._workflow_ttl_ms))
 
     def replay(self, queue: str, fresh: Sequence[tuple[str, bytes, str | None]]) -> int:
         """Move dead letters back to waiting with fresh envelopes (id, envelope, dedupe key);
@@ -460,8 +489,7 @@ class AsyncBroker(_KeysMixin):
         return _parse_fetch(await self._run(_fetch_call(self.keys(queue), lease_ms, count)))
 
     async def ack(self, queue: str, done: Sequence[Finished]) -> int:
-        ttl_ms = int(self.settings.result_ttl_s * 1000)
-        return int(await self._run(_ack_call(self.keys(queue), done, ttl_ms)))
+        return int(await self._run(_ack_call(self.keys(queue), done, self._result_ttl_ms)))
 
     async def retry(
         self, queue: str, message_id: str, delay_s: float, body: bytes, delivery: int
@@ -509,46 +537,37 @@ class AsyncBroker(_KeysMixin):
             lease_ms = int(self.settings.lease_s * 1000)
             await self._run(_renew_call(self.keys(queue), lease_ms, held))
 
-    def _ttls_ms(self) -> list[int]:
-        return [int(self.settings.workflow_ttl_s * 1000), int(self.settings.result_ttl_s * 1000)]
-
     async def start_group(self, queue: str, group_id: str, size: int, then: bytes) -> None:
         """Write a workflow group's record (what follows it, its size) in ``queue``'s slot."""
-        await self._run(
-            _group_start_call(self.keys(queue), group_id, size, then, self._ttls_ms()[0])
-        )
+        k = self.keys(queue)
+        await self._run(_group_start_call(k, group_id, size, then, self._workflow_ttl_ms))
 
     async def join(
         self, queue: str, group_id: str, index: int, result: bytes, workflow_id: str
     ) -> list[bytes]:
         """Record member ``index``'s result in a workflow group; see ``lua/join.lua`` for the
-        reply (``expired``, ``waiting``, or ``complete`` with what follows and the results)."""
-        call = _join_call(self.keys(queue), group_id, index, result, workflow_id, self._ttls_ms())
+        reply (``started``, ``expired``, ``waiting``, or ``complete`` with what follows and
+        the results)."""
+        ttls = (self._workflow_ttl_ms, self._result_ttl_ms)
+        call = _join_call(self.keys(queue), group_id, index, result, workflow_id, ttls)
         return list(await self._run(call))
+
+    async def group_done(self, queue: str, group_id: str) -> None:
+        """What follows a workflow group has started: drop its results, remember that."""
+        await self._run(_group_done_call(self.keys(queue), group_id, self._workflow_ttl_ms))
+
+    async def fail_workflow(self, queue: str, workflow_id: str, failure: bytes) -> bool:
+        """Store a workflow's failure for its handle, unless it already succeeded."""
+        k = self.keys(queue)
+        return bool(
+            await self._run(_workflow_failed_call(k, workflow_id, failure, self._result_ttl_ms))
+        )
 
     async def publish_schedules(
         self, queue: str, now_ms: int, schedules: Sequence[tuple[str, bytes]]
     ) -> int:
         """Declare code schedules (name, JSON) for ``queue``; see ``lua/schedule_publish.lua``."""
-        k = self.keys(queue)
-        argv: list[Any] = [now_ms]
-        for name, raw in schedules:
-            argv += (name, raw)
-        return int(await self._run(("schedule_publish", [k.schedules, k.schedules_seen], argv)))
-
-    async def group_done(self, queue: str, group_id: str) -> None:
-        """What follows a workflow group has started: drop its results, remember that."""
-        k = self.keys(queue)
-        ttl_ms = self._ttls_ms()[0]
-        await self._run(("group_done", [k.group(group_id), k.group_done(group_id)], [ttl_ms]))
-
-    async def fail_workflow(self, queue: str, workflow_id: str, failure: bytes) -> bool:
-        """Store a workflow's failure for its handle, unless it already succeeded."""
-        ttl_ms = int(self.settings.result_ttl_s * 1000)
-        reply = await self._run(
-            ("workflow_failed", [self.keys(queue).result(workflow_id)], [failure, ttl_ms])
-        )
-        return bool(reply)
+        return int(await self._run(_schedule_publish_call(self.keys(queue), now_ms, schedules)))
 
     async def measure(self, queue: str) -> QueueStats:
         return QueueStats.from_reply(queue, await self._run(_measure_call(self.keys(queue))))

@@ -377,7 +377,7 @@ class Worker:
             error = exc
         if error is None and workflow.OPTION in message.options:
             try:  # start what this member feeds (or, the last step, keep the result) before ack
-                if _ends_a_workflow(message):
+                if workflow.is_last_step(message):
                     stored = workflow.final_result(message, result)
                 await self._retrying(lambda: self.steps.finished(message, result))
             except WorkflowError as exc:  # retrying the task would not change its result
@@ -578,12 +578,6 @@ class Worker:
                 log.warning("worker %s: Redis error (%s); retrying in %.1fs", self.id, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
-
-
-def _ends_a_workflow(message: Message) -> bool:
-    """The last step of a workflow stores its result (``handle.result()`` waits on it)."""
-    flow = message.options.get(workflow.OPTION)
-    return isinstance(flow, dict) and flow.get("then") == []
 
 
 def _excerpt(raw: bytes | None, limit: int = 64 * 1024) -> str:

@@ -98,6 +98,12 @@ class Started:
     groups: list[GroupStart] = field(default_factory=list)
 
 
+def is_last_step(message: Message) -> bool:
+    """The workflow's last task: it stores the result ``handle.result()`` waits on."""
+    flow = message.options.get(OPTION)
+    return isinstance(flow, dict) and flow.get("then") == []
+
+
 def final_queue(node: Node) -> str:
     """The queue of the step that ends ``node``: where its result is kept."""
     while "task" not in node:
@@ -268,8 +274,8 @@ class Steps:
         """Called after a member's task returned, before its ack; safe to repeat. Raises
         WorkflowError (or EnqueueError) when the result cannot be carried on."""
         meta = _meta(message)
-        if not message.options[OPTION]["then"]:
-            return  # the last step: its ack stores the result
+        if is_last_step(message):
+            return  # its ack stores the result
         ttl_ms = int(self.app.settings.workflow_ttl_s * 1000)
 
         async def join(frame: Frame, member_json: bytes) -> Joined:

@@ -12,11 +12,13 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript, Script
 
 from shoal import queue_defaults
@@ -50,8 +52,11 @@ Call = tuple[str, list[str], list[Any]]
 Outgoing = tuple[str, int, bytes, str | None]
 """A message to enqueue: (id, delay in ms, stored bytes, dedupe key or None)."""
 
-Finished = tuple[str, bytes | None, str | None]
-"""A message to ack: (id, result JSON or None, dedupe key or None)."""
+Finished = tuple[str, int, bytes | None, str | None]
+"""A message to ack: (id, owner token, result JSON or None, dedupe key or None)."""
+
+Held = tuple[str, int]
+"""A lease a worker holds: (message id, owner token)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,13 +124,28 @@ class QueueStats:
         )
 
 
+class Leased(NamedTuple):
+    """One message a fetch handed to this worker."""
+
+    id: str
+    """The message id: the key it is stored under, which is its identity. For a key that is not
+    UTF-8, a readable escape of it (``key`` holds the bytes); for a malformed waiting token,
+    the token's text."""
+    body: bytes | None
+    """The stored envelope; None for a malformed waiting token (nothing was leased)."""
+    deliveries: int
+    """How often the message was handed to a worker, this time included."""
+    owner: int
+    """The owner token of this lease: every later transition must present it (0: none)."""
+    key: bytes | None = None
+    """The raw key when it is not UTF-8 text (such a message can only be dead-lettered)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """What one fetch returned: leased (id, stored bytes, deliveries) triples, and when the next
-    delayed message is due. ``deliveries`` counts how often the message was handed to a worker,
-    this time included; the bytes are None for a malformed waiting entry (dead-lettered)."""
+    """What one fetch returned: the leased messages, and when the next delayed one is due."""
 
-    messages: list[tuple[str, bytes | None, int]]
+    messages: list[Leased]
     next_due_ms: int
     now_ms: int
 
@@ -158,34 +178,35 @@ def _enqueued_ids(reply: Sequence[bytes] | None) -> list[str] | None:
 
 
 def _fetch_call(k: QueueKeys, lease_ms: int, count: int) -> Call:
-    keys = [k.waiting, k.messages, k.inflight, k.delayed, k.stats, k.deliveries]
+    keys = [k.waiting, k.messages, k.inflight, k.delayed, k.stats, k.deliveries, k.owners]
     return "fetch", keys, [lease_ms, count, MOVE_LIMIT]
 
 
 def _ack_call(k: QueueKeys, done: Sequence[Finished], ttl_ms: int) -> Call:
-    keys = [k.inflight, k.messages, k.stats, k.deliveries, k.dedupe]
+    keys = [k.inflight, k.messages, k.stats, k.deliveries, k.dedupe, k.owners]
     argv: list[Any] = [ttl_ms]
-    for message_id, result, dedupe in done:
-        argv += (message_id, result or b"", dedupe or "")
+    for message_id, owner, result, dedupe in done:
+        argv += (message_id, owner, result or b"", dedupe or "")
         if result:
             keys.append(k.result(message_id))
     return "ack", keys, argv
 
 
-def _retry_call(k: QueueKeys, message_id: str, delay_ms: int, body: bytes, delivery: int) -> Call:
-    keys = [k.inflight, k.messages, k.delayed, k.stats, k.deliveries]
-    return "retry", keys, [message_id, delay_ms, body, delivery]
+def _retry_call(k: QueueKeys, message_id: str, delay_ms: int, body: bytes, owner: int) -> Call:
+    keys = [k.inflight, k.messages, k.delayed, k.stats, k.owners]
+    return "retry", keys, [message_id, delay_ms, body, owner]
 
 
 def _dead_call(
     k: QueueKeys,
-    message_id: str,
+    message_id: str | bytes,
     entry: bytes,
     result: bytes | None,
     dedupe: str | None,
     bounds: tuple[int, float],
     result_ttl_s: float,
-    delivery: int | None,
+    owner: int | None,
+    dlq_id: str | None,
 ) -> Call:
     max_entries, max_age_s = bounds
     keys = [
@@ -196,7 +217,8 @@ def _dead_call(
         k.stats,
         k.deliveries,
         k.dedupe,
-        k.result(message_id),
+        k.result(message_id) if isinstance(message_id, str) else k.result_prefix,
+        k.owners,
     ]
     argv = [
         message_id,
@@ -206,30 +228,31 @@ def _dead_call(
         int(result_ttl_s * 1000),
         int(max_age_s * 1000),
         dedupe or "",
-        "" if delivery is None else delivery,
+        "" if owner is None else owner,
+        dlq_id or "",
     ]
     return "dead", keys, argv
 
 
-def _handback_call(k: QueueKeys, held: Sequence[tuple[str, int]]) -> Call:
+def _handback_call(k: QueueKeys, held: Sequence[Held]) -> Call:
     argv: list[Any] = [k.notify]
-    for message_id, delivery in held:
-        argv += (message_id, delivery)
-    return "handback", [k.inflight, k.waiting, k.messages, k.deliveries], argv
+    for message_id, owner in held:
+        argv += (message_id, owner)
+    return "handback", [k.inflight, k.waiting, k.messages, k.deliveries, k.owners], argv
 
 
-def _renew_call(k: QueueKeys, lease_ms: int, held: Sequence[tuple[str, int]]) -> Call:
+def _renew_call(k: QueueKeys, lease_ms: int, held: Sequence[Held]) -> Call:
     argv: list[Any] = [lease_ms]
-    for message_id, delivery in held:
-        argv += (message_id, delivery)
-    return "renew", [k.inflight, k.deliveries], argv
+    for message_id, owner in held:
+        argv += (message_id, owner)
+    return "renew", [k.inflight, k.owners], argv
 
 
 def _replay_call(k: QueueKeys, fresh: Sequence[tuple[str, bytes, str | None]]) -> Call:
     argv: list[Any] = [k.notify]
     for message_id, body, dedupe in fresh:
         argv += (message_id, body, dedupe or "")
-    keys = [k.dead, k.dead_entries, k.messages, k.waiting, k.deliveries, k.dedupe]
+    keys = [k.dead, k.dead_entries, k.messages, k.waiting, k.deliveries, k.dedupe, k.owners]
     return "replay", keys, argv
 
 
@@ -279,10 +302,20 @@ def _measure_call(k: QueueKeys) -> Call:
 
 
 def _parse_fetch(reply: Sequence[Any]) -> Fetched:
-    triples = [
-        (reply[i].decode(), reply[i + 1], int(reply[i + 2])) for i in range(2, len(reply), 3)
-    ]
-    return Fetched(triples, int(reply[0]), int(reply[1]))
+    leased = []
+    for i in range(2, len(reply), 4):
+        raw: bytes = reply[i]
+        body, deliveries, owner = reply[i + 1], int(reply[i + 2]), int(reply[i + 3])
+        try:
+            leased.append(Leased(raw.decode(), body, deliveries, owner))
+        except UnicodeDecodeError:  # poison: kept as bytes, so it can still be dead-lettered
+            text = raw.decode("utf-8", "backslashreplace")
+            leased.append(Leased(text, body, deliveries, owner, raw))
+    return Fetched(leased, int(reply[0]), int(reply[1]))
+
+
+def _parse_ack(reply: Sequence[Any]) -> tuple[int, list[str]]:
+    return int(reply[0]), [i.decode("utf-8", "backslashreplace") for i in reply[1:]]
 
 
 # --- clients ------------------------------------------------------------------------------------
@@ -306,6 +339,12 @@ class _KeysMixin:
         if k is None:
             k = self._keys[queue] = queue_keys(self.settings.key_prefix, queue)
         return k
+
+
+def redis_call_timeout_s(lease_s: float) -> float:
+    """How long a worker waits for one Redis reply: a third of the lease (1 to 5 s), so a
+    stalled Redis fails a renewal in time for the next one, well before the lease ends."""
+    return max(1.0, min(5.0, lease_s / 3))
 
 
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, socket.gaierror)
@@ -459,10 +498,15 @@ class AsyncBroker(_KeysMixin):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # Every call returns (or fails) well within a lease, and is not resent by redis-py: the
+        # worker's loops own retrying, and a stalled Redis must never stall them past a lease.
+        timeout_s = redis_call_timeout_s(settings.lease_s)
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
             settings.redis_url,
-            socket_connect_timeout=5,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s,
             socket_keepalive=True,
+            retry=AsyncRetry(NoBackoff(), 0),
             **settings.redis_options(),
         )
         self._scripts: dict[str, AsyncScript] = {
@@ -488,54 +532,59 @@ class AsyncBroker(_KeysMixin):
         lease_ms = int(self.settings.lease_s * 1000)
         return _parse_fetch(await self._run(_fetch_call(self.keys(queue), lease_ms, count)))
 
-    async def ack(self, queue: str, done: Sequence[Finished]) -> int:
-        return int(await self._run(_ack_call(self.keys(queue), done, self._result_ttl_ms)))
+    async def ack(self, queue: str, done: Sequence[Finished]) -> tuple[int, list[str]]:
+        """Finish messages; returns how many were removed, and the ids whose lease this worker
+        no longer owns (nothing changed for them: another delivery decides)."""
+        return _parse_ack(await self._run(_ack_call(self.keys(queue), done, self._result_ttl_ms)))
 
     async def retry(
-        self, queue: str, message_id: str, delay_s: float, body: bytes, delivery: int
+        self, queue: str, message_id: str, delay_s: float, body: bytes, owner: int
     ) -> bool:
-        """Put a failed message back, due in ``delay_s``; False when it is no longer this
-        delivery's (finished, or re-delivered after its lease lapsed)."""
-        call = _retry_call(
-            self.keys(queue), message_id, max(0, int(delay_s * 1000)), body, delivery
-        )
+        """Put a failed message back, due in ``delay_s``; False when this worker no longer owns
+        its lease (finished, or recovered after the lease lapsed)."""
+        call = _retry_call(self.keys(queue), message_id, max(0, int(delay_s * 1000)), body, owner)
         return bool(await self._run(call))
 
     async def dead(
         self,
         queue: str,
-        message_id: str,
+        message_id: str | bytes,
         entry: bytes,
         result: bytes | None,
         dedupe: str | None,
         bounds: tuple[int, float],
-        delivery: int | None,
+        owner: int | None,
+        dlq_id: str | None = None,
     ) -> bool:
         """Dead-letter a message; ``bounds`` is the DLQ's (max entries, max age in seconds).
 
-        ``delivery``: the caller's delivery of a stored message (nothing happens, and False is
-        returned, if it is no longer the latest); None for a malformed waiting token."""
+        ``owner``: the caller's owner token of a stored message (nothing happens, and False is
+        returned, if it no longer owns the lease); None for a malformed waiting token, whose
+        entry is filed under ``dlq_id`` and touches no message state. ``dlq_id`` also files a
+        message whose key is not text (``message_id`` given as bytes) under a readable id."""
         k = self.keys(queue)
         ttl = self.settings.result_ttl_s
-        call = _dead_call(k, message_id, entry, result, dedupe, bounds, ttl, delivery)
+        call = _dead_call(k, message_id, entry, result, dedupe, bounds, ttl, owner, dlq_id)
         return bool(await self._run(call))
 
     async def queue_defaults(self, queue: str) -> dict[str, Any]:
         """The queue's stored defaults (see :mod:`shoal.queue_defaults`)."""
         return queue_defaults.parse(queue, await self.redis.hgetall(self.keys(queue).config))
 
-    async def handback(self, queue: str, held: Sequence[tuple[str, int]]) -> int:
-        """Return (id, delivery) leases this worker will not run; only its own move."""
+    async def handback(self, queue: str, held: Sequence[Held]) -> int:
+        """Return (id, owner token) leases this worker will not run; only its own move."""
         if not held:
             return 0
         return int(await self._run(_handback_call(self.keys(queue), held)))
 
-    async def renew(self, queue: str, held: Sequence[tuple[str, int]]) -> None:
-        """Extend the leases of (id, delivery) still running, where the delivery is still the
-        latest (XX: never resurrects a finished message)."""
-        if held:
-            lease_ms = int(self.settings.lease_s * 1000)
-            await self._run(_renew_call(self.keys(queue), lease_ms, held))
+    async def renew(self, queue: str, held: Sequence[Held]) -> list[str]:
+        """Extend the (id, owner token) leases this worker holds; returns the ids it no longer
+        owns (recovered or re-delivered elsewhere, or finished): it must stop running them."""
+        if not held:
+            return []
+        lease_ms = int(self.settings.lease_s * 1000)
+        lost = await self._run(_renew_call(self.keys(queue), lease_ms, held))
+        return [i.decode("utf-8", "backslashreplace") for i in lost]
 
     async def start_group(self, queue: str, group_id: str, size: int, then: bytes) -> None:
         """Write a workflow group's record (what follows it, its size) in ``queue``'s slot."""

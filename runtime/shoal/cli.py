@@ -158,7 +158,8 @@ def queue_table(before: list[QueueStats], after: list[QueueStats]) -> Table:
 def workers_table(app: App) -> Table:
     """Live worker registrations."""
     table = Table(title="Workers")
-    for col in ("id", "host", "queues", "in flight", "concurrency", "processed", "up", "version"):
+    columns = ("id", "host", "queues", "in flight", "concurrency", "processed", "leases lost")
+    for col in (*columns, "up", "version"):
         table.add_column(col)
     for w in app.broker.workers():
         table.add_row(
@@ -168,6 +169,7 @@ def workers_table(app: App) -> Table:
             str(w["in_flight"]),
             str(w["concurrency"]),
             str(w["processed"]),
+            str(w.get("leases_lost", 0)),  # absent from workers older than this column
             _age(time.time() - w["started_at"]),
             w["version"],
         )

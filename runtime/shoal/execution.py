@@ -23,6 +23,11 @@ class TaskTimeout(ShoalError):
     """Raised in (or for) a task that ran longer than its timeout."""
 
 
+class TaskStopped(ShoalError):
+    """Raised inside a sync task's thread when the worker stops waiting for it: its lease was
+    lost (another worker may run it now), or the shutdown grace period ended."""
+
+
 def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(
         ctypes.c_ulong(thread_id), ctypes.py_object(exc_type)
@@ -49,7 +54,10 @@ class _SyncCall:
         self.lock = threading.Lock()
 
     def __call__(self) -> Any:
-        self.thread_id = threading.get_ident()
+        with self.lock:
+            if self.done:  # interrupted before a pool thread picked it up: never start it
+                raise TaskStopped("stopped before it started")
+            self.thread_id = threading.get_ident()
         try:
             return self.fn(*self.args, **self.kwargs)
         finally:
@@ -57,10 +65,14 @@ class _SyncCall:
                 self.done = True
                 _clear_in_thread(self.thread_id)
 
-    def interrupt(self) -> None:
+    def interrupt(self, exc_type: type[BaseException] = TaskTimeout) -> None:
         with self.lock:
-            if self.thread_id is not None and not self.done:
-                _raise_in_thread(self.thread_id, TaskTimeout)
+            if self.done:
+                return
+            if self.thread_id is None:
+                self.done = True
+            else:
+                _raise_in_thread(self.thread_id, exc_type)
 
 
 async def run_async(
@@ -126,6 +138,9 @@ async def run_sync(
     hard = loop.call_later(timeout_s + hard_grace_s, abandon)
     try:
         return await outcome
+    except asyncio.CancelledError:
+        call.interrupt(TaskStopped)  # nobody waits for its result: stop it where it stands
+        raise
     except TaskTimeout as exc:
         if isinstance(exc, HardTimeout):
             raise

@@ -15,11 +15,13 @@ key                                    type    meaning
 ``{p}:{q}:dead``                       ZSET    id → dead-lettered at (ms)
 ``{p}:{q}:dead:entries``               HASH    id → dead-letter entry JSON (reason, error, …)
 ``{p}:{q}:stats``                      HASH    counters: enqueued, completed, retried, dead,
-                                               recovered
+                                               recovered, leases
 ``{p}:{q}:deliveries``                 HASH    id → times handed to a worker: counts lost
-                                               deliveries, and names the lease's owner (only
-                                               the latest delivery may renew, retry, hand
-                                               back or dead-letter)
+                                               deliveries (``worker_lost``)
+``{p}:{q}:owners``                     HASH    id → owner token of the current lease, a
+                                               number never handed out twice (the stats
+                                               counter ``leases``): only the owner may ack,
+                                               renew, retry, hand back or dead-letter
 ``{p}:{q}:dedupe``                     HASH    dedupe key → id of the live message holding it
 ``{p}:{q}:config``                     HASH    queue defaults (max_retries, timeout, …)
 ``{p}:{q}:result:<id>``                LIST    one result JSON, with a TTL
@@ -62,6 +64,7 @@ class QueueKeys:
     dead_entries: str
     stats: str
     deliveries: str
+    owners: str
     dedupe: str
     config: str
     notify: str
@@ -101,6 +104,7 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
         dead_entries=base + "dead:entries",
         stats=base + "stats",
         deliveries=base + "deliveries",
+        owners=base + "owners",
         dedupe=base + "dedupe",
         config=base + "config",
         notify=base + "notify",

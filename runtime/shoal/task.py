@@ -106,6 +106,17 @@ class Task(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         return self.fn(*args, **kwargs)
 
+    def accepts(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
+        """Whether the function can be called with these arguments (asked only after a
+        TypeError, to tell a call that did not fit from the task's own TypeError)."""
+        try:
+            inspect.signature(self.fn).bind(*args, **kwargs)
+        except TypeError:
+            return False
+        except ValueError:  # no signature to check (some builtins): assume it fits
+            return True
+        return True
+
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Handle[R]:
         """Send one message; returns once Redis has stored it."""
         return Sender(self, _NOW).enqueue(*args, **kwargs)

@@ -5,10 +5,13 @@ Three loops share the process's event loop:
 * fetch: lease as many messages as there is free capacity (never more, so an idle worker
   elsewhere gets the rest), start each one, and sleep on the queue's notify channel when empty;
 * acks: flush finished messages in batches, one script call per queue per flush;
-* heartbeat: renew the leases of everything held, and the worker's registration.
+* heartbeat: renew the leases of everything held, and the worker's registration;
+* watch: proves the event loop alive to the supervisor, and stops any task whose lease may have
+  ended unrenewed (fencing: see :mod:`shoal.leases`).
 
-A message stays *held* (its lease renewed) until its ack has landed in Redis. A Redis outage
-pauses fetching and acking with backoff; it never ends the process.
+A message stays *held* (its lease renewed) until its verdict has landed in Redis, and only the
+owner of its current lease may decide it. A Redis outage pauses fetching and acking with
+backoff; it never ends the process.
 """
 
 from __future__ import annotations
@@ -29,12 +32,13 @@ import orjson
 
 from shoal import __version__, workflow
 from shoal.app import App
-from shoal.broker import MAX_BACKOFF_S, REDIS_ERRORS, AsyncBroker, Finished
+from shoal.broker import MAX_BACKOFF_S, REDIS_ERRORS, AsyncBroker, Finished, Leased
 from shoal.errors import DecodeError, WorkflowError
-from shoal.execution import HardTimeout, run_async, run_sync
+from shoal.execution import HardTimeout, TaskStopped, run_async, run_sync
 from shoal.keys import worker_key, workers_key
+from shoal.leases import Leases
 from shoal.logs import TaskLogContext, current_task, trace_id_of
-from shoal.message import Message
+from shoal.message import Message, new_message_id
 from shoal.middleware import Outcome
 from shoal.middleware.hooks import Hooks
 from shoal.scheduler import Scheduler
@@ -68,8 +72,8 @@ class Worker:
         self.id = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.started_at = time.time()
         self.broker = AsyncBroker(self.settings)
-        self.held: dict[str, dict[str, int]] = {q: {} for q in self.queues}
-        """queue → id → the delivery this worker holds: its lease, renewed until the verdict."""
+        self.leases = Leases(self.queues, self.settings.lease_s)
+        """What this worker holds: per queue, each message's lease, renewed until the verdict."""
         self.acks: dict[str, list[Finished]] = {q: [] for q in self.queues}
         self.queue_defaults: dict[str, dict[str, Any]] = {}
         """Per-queue defaults from Redis (``app.configure_queue``), refreshed each heartbeat."""
@@ -115,6 +119,7 @@ class Worker:
         background = [
             asyncio.create_task(self._ack_loop()),
             asyncio.create_task(self._heartbeat_loop()),
+            asyncio.create_task(self._watch_loop()),
         ]
         if not self.burst:  # a burst run drains and exits: ticking schedules is not its job
             scheduler = Scheduler(self.app, self.broker, self.queues)
@@ -151,9 +156,9 @@ class Worker:
             running.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
         await self._flush_acks_until(deadline + 5)
-        for queue, held in self.held.items():
+        for queue in self.queues:
             acked = {finished[0] for finished in self.acks[queue]}
-            unfinished = [(mid, d) for mid, d in held.items() if mid not in acked]
+            unfinished = [(mid, o) for mid, o in self.leases.held(queue) if mid not in acked]
             if unfinished:
                 n = await self._retrying(
                     partial(self.broker.handback, queue, unfinished), attempts=5
@@ -176,7 +181,7 @@ class Worker:
                 self.id,
                 message_id,
             )
-            self.held[queue].pop(message_id, None)  # stop renewing: it is redelivered later
+            self.leases.release(queue, message_id)  # stop renewing: it is redelivered later
 
     # --- fetching -------------------------------------------------------------------------------
 
@@ -185,7 +190,6 @@ class Worker:
         subscribed = False
         backoff = 0.1
         while not self._stopping:
-            self.on_tick()
             free = self.concurrency - self.busy
             if free <= 0:
                 self._capacity.clear()
@@ -196,8 +200,8 @@ class Worker:
                 if not subscribed:
                     # (Re)connected: renew what we hold before any fetch, which would otherwise
                     # reclaim our own leases if the outage outlasted them.
-                    for q, held in self.held.items():
-                        await self.broker.renew(q, list(held.items()))
+                    for q in self.queues:
+                        await self._renew(q)
                     await pubsub.subscribe(*(self.broker.keys(q).notify for q in self.queues))
                     subscribed = True
                 started, wait_s = await self._fetch(free)
@@ -226,11 +230,12 @@ class Worker:
         self._rr = (self._rr + 1) % n
         for i in range(n):
             queue = self.queues[(self._rr + i) % n]
+            sent_at = time.monotonic()
             fetched = await self.broker.fetch(queue, free - started)
             if fetched.next_due_ms >= 0:
                 wait_s = min(wait_s, max(0.001, (fetched.next_due_ms - fetched.now_ms) / 1000))
-            for message_id, body, deliveries in fetched.messages:
-                self._start(queue, message_id, body, deliveries)
+            for leased in fetched.messages:
+                self._start(queue, leased, sent_at)
                 started += 1
             if started >= free:
                 break
@@ -252,7 +257,7 @@ class Worker:
             await asyncio.gather(getter, stopper, return_exceptions=True)
 
     async def _drained(self) -> bool:
-        if self.busy or any(self.acks.values()) or any(self.held.values()):
+        if self.busy or any(self.acks.values()) or self.leases:
             return False
         for queue in self.queues:
             s = await self.broker.measure(queue)
@@ -266,26 +271,67 @@ class Worker:
 
     # --- executing ------------------------------------------------------------------------------
 
-    def _start(self, queue: str, message_id: str, body: bytes | None, deliveries: int) -> None:
+    def _start(self, queue: str, leased: Leased, sent_at: float) -> None:
         self.busy += 1
-        self.held[queue][message_id] = deliveries
-        running = asyncio.ensure_future(self._process(queue, message_id, body, deliveries))
+        if leased.body is None or leased.key is not None:  # poison, not a message to run
+            running = asyncio.ensure_future(self._reject_unreadable(queue, leased))
+        else:
+            lease = self.leases.take(queue, leased.id, leased.owner, sent_at)
+            running = lease.task = asyncio.ensure_future(
+                self._process(queue, leased.id, leased.body, leased.deliveries)
+            )
         self._running.add(running)  # the loop keeps only weak references to tasks
         running.add_done_callback(self._running.discard)
 
-    async def _process(
-        self, queue: str, message_id: str, body: bytes | None, deliveries: int
-    ) -> None:
+    async def _reject_unreadable(self, queue: str, leased: Leased) -> None:
+        """Dead-letter what is not even addressable as a message: a waiting token that is not
+        ``<ms>:<id>`` (nothing was leased; no message state is touched, the token may name a
+        live message), or a key that is not UTF-8 text (filed under a readable escape)."""
         try:
-            # A malformed waiting entry comes back as its own id, with no body: judge the entry.
-            data = body if body is not None else message_id.encode()
-            message, task, rejection = self._admit(data, deliveries)
-            if message is None:  # not even an envelope: no trace to join
+            if leased.body is None:
+                data = leased.key or leased.id.encode("utf-8", "surrogateescape")
+                why = DecodeError(data, "waiting entry is not <ready_ms>:<id>")
+                await self._dead_letter(
+                    queue,
+                    leased.id,
+                    None,
+                    None,
+                    "undecodable",
+                    why,
+                    data,
+                    stored=False,
+                    dlq_id=new_message_id(),
+                )
+            else:
+                assert leased.key is not None
+                why = DecodeError(leased.key, f"message id is not UTF-8 text: {leased.id}")
+                self.leases.take(queue, leased.id, leased.owner, time.monotonic())
+                await self._dead_letter(
+                    queue,
+                    leased.key,
+                    None,
+                    None,
+                    "undecodable",
+                    why,
+                    leased.body,
+                    dlq_id=leased.id,
+                )
+        except Exception as exc:
+            log.exception("worker %s: could not dead-letter poison on %s: %s", self.id, queue, exc)
+            self.leases.release(queue, leased.id)
+        finally:
+            self.busy -= 1
+            self.processed += 1
+            self._capacity.set()
+
+    async def _process(self, queue: str, message_id: str, body: bytes, deliveries: int) -> None:
+        data = body
+        try:
+            message, task, rejection = self._admit(message_id, data, deliveries)
+            if message is None:  # not even an envelope (or not this key's): no trace to join
                 assert rejection is not None
                 reason, error = rejection
-                await self._dead_letter(
-                    queue, message_id, None, None, reason, error, data, stored=body is not None
-                )
+                await self._dead_letter(queue, message_id, None, None, reason, error, data)
                 return
             current_task.set(
                 TaskLogContext(
@@ -302,6 +348,17 @@ class Worker:
                     await self._dead_letter(queue, message_id, message, task, *rejection, data)
                     return
                 await self._execute(queue, task, message)
+        except asyncio.CancelledError:
+            if not self._lease_lost(queue, message_id):
+                raise  # shutting down: the lease is handed back
+            self.leases.release(queue, message_id)
+            log.warning(
+                "worker %s: stopped %s on %s: its lease was lost (not renewed in time, or "
+                "re-delivered); it is not acked and will run again elsewhere",
+                self.id,
+                message_id,
+                queue,
+            )
         except Exception as exc:
             await self._internal_error(queue, message_id, data, exc)
         finally:
@@ -310,9 +367,12 @@ class Worker:
             self._capacity.set()
 
     def _admit(
-        self, data: bytes, deliveries: int
+        self, message_id: str, data: bytes, deliveries: int
     ) -> tuple[Message | None, Task[Any, Any] | None, tuple[str, Exception] | None]:
-        """Check a fetched message before it runs; a rejection is (DLQ reason, error)."""
+        """Check a fetched message before it runs; a rejection is (DLQ reason, error).
+
+        A message is only returned when it can be trusted to act on its own behalf (its
+        workflow, its dedupe key): a forged or mislabelled envelope comes back as None."""
         limit = self.settings.max_message_bytes + 64  # room for a signature
         if len(data) > limit:
             too_big = ValueError(f"message is {len(data)} bytes, over the {limit}-byte limit")
@@ -323,6 +383,16 @@ class Worker:
             return None, None, ("bad_signature", bad)
         except DecodeError as bad:
             return None, None, ("undecodable", bad)
+        if message.id != message_id:  # the key is the identity; never act for another message
+            mismatch = ValueError(
+                f"envelope id {message.id[:80]!r} differs from the key it is stored under"
+            )
+            return None, None, ("id_mismatch", mismatch)
+        if _may_be_too_deep(data) and not _reencodes(message):
+            deep = ValueError(
+                "arguments are nested deeper than a message may be (255 levels); send flatter data"
+            )
+            return None, None, ("too_deep", deep)
         task = self.app.tasks.get(message.task)
         if task is None:
             missing = LookupError(f"task {message.task!r} is not defined by this worker's app")
@@ -373,6 +443,11 @@ class Worker:
             )
             self.replace_requested = True
             self.stop()
+        except asyncio.CancelledError:  # its lease was lost, or the shutdown grace ended
+            why = "its lease was lost" if self._lease_lost(queue, message.id) else "shutdown"
+            stopped = TaskStopped(f"stopped by the worker: {why}")
+            hooks.emit("after_process", task, message, result=None, exception=stopped)
+            raise
         except Exception as exc:
             error = exc
         if error is None and workflow.OPTION in message.options:
@@ -386,10 +461,26 @@ class Worker:
                 return
         hooks.emit("after_process", task, message, result=result, exception=error)
         if error is None:
-            self.acks[queue].append((message.id, stored, message.options.get("dedupe_key")))
+            owner = self.leases.owner(queue, message.id) or 0
+            dedupe = message.options.get("dedupe_key")
+            self.acks[queue].append((message.id, owner, stored, dedupe))
             self._ack_ready.set()
             return
+        await self._failed(queue, task, message, options, error)
+
+    async def _failed(
+        self,
+        queue: str,
+        task: Task[Any, Any],
+        message: Message,
+        options: dict[str, Any],
+        error: BaseException,
+    ) -> None:
+        """Retry a failed execution or dead-letter it, as the middleware decide."""
+        hooks = self.hooks
         outcome = Outcome(error, options)  # a TaskTimeout is retried like any other failure
+        if isinstance(error, TypeError) and not task.accepts(message.args, message.kwargs):
+            outcome.reason = "bad_arguments"  # the call itself failed: retrying cannot help
         hooks.emit("after_failure", task, message, outcome)
         if outcome.retry_in_s is not None:
             delay = outcome.retry_in_s
@@ -404,11 +495,14 @@ class Worker:
                 _describe(error),
                 delay,
             )
-            delivery = self.held[queue][message.id]
-            await self._retrying(
-                lambda: self.broker.retry(queue, message.id, delay, body, delivery)
+            owner = self.leases.owner(queue, message.id) or 0
+            retried = await self._retrying(
+                lambda: self.broker.retry(queue, message.id, delay, body, owner)
             )
-            self.held[queue].pop(message.id, None)
+            self.leases.release(queue, message.id)
+            if not retried:
+                self._lost_before_verdict(queue, message.id, "retry")
+                return
             hooks.emit("after_retry", task, message, delay)
             return
         await self._dead_letter(queue, message.id, message, task, outcome.reason, error)
@@ -416,19 +510,25 @@ class Worker:
     async def _dead_letter(
         self,
         queue: str,
-        message_id: str,
+        message_id: str | bytes,
         message: Message | None,
         task: Task[Any, Any] | None,
         reason: str,
         error: BaseException,
         raw: bytes | None = None,
         stored: bool = True,
+        dlq_id: str | None = None,
     ) -> None:
-        """Set a message aside with its reason; it never runs again unless replayed."""
+        """Set a message aside with its reason; it never runs again unless replayed.
+
+        ``stored``: False for a malformed waiting token (no message state is touched; the
+        entry is filed under ``dlq_id``). ``message_id`` is bytes for a key that is not text,
+        filed under ``dlq_id`` too."""
         flow = workflow.Meta.of(message) if message else None
+        shown_id = dlq_id or str(message_id)
         entry = orjson.dumps(
             {
-                "id": message_id,
+                "id": shown_id,
                 "queue": queue,
                 "task": message.task if message else None,
                 "reason": reason,
@@ -449,7 +549,7 @@ class Worker:
         if task is not None and task.store_result and flow is None:  # a workflow: see below
             result = orjson.dumps({"ok": False, "error": f"{reason}: {_describe(error)}"})
         log.error(
-            "message %s on %s dead-lettered (%s): %s", message_id, queue, reason, _describe(error)
+            "message %s on %s dead-lettered (%s): %s", shown_id, queue, reason, _describe(error)
         )
         dedupe = message.options.get("dedupe_key") if message else None
         defaults = self.queue_defaults.get(queue, {})
@@ -457,11 +557,16 @@ class Worker:
             int(defaults.get("dlq_max_entries", self.settings.dlq_max_entries)),
             float(defaults.get("dlq_max_age", self.settings.dlq_max_age_s)),
         )
-        delivery = self.held[queue].get(message_id) if stored else None
+        owner = (self.leases.owner(queue, shown_id) or 0) if stored else None
         dead = await self._retrying(
-            lambda: self.broker.dead(queue, message_id, entry, result, dedupe, bounds, delivery)
+            lambda: self.broker.dead(
+                queue, message_id, entry, result, dedupe, bounds, owner, dlq_id
+            )
         )
-        self.held[queue].pop(message_id, None)
+        self.leases.release(queue, shown_id)
+        if not dead and stored:
+            self._lost_before_verdict(queue, shown_id, "dead-letter")
+            return
         if dead and flow is not None and message is not None:  # the workflow fails with it
             await self._retrying(lambda: self.steps.failed(message, reason, _describe(error)))
         self.hooks.emit("after_dead_letter", queue, message, reason, error)
@@ -490,7 +595,7 @@ class Worker:
                 continue
             self.acks[queue] = []
             try:
-                await self.broker.ack(queue, batch)
+                _, refused = await self.broker.ack(queue, batch)
             except REDIS_ERRORS as exc:
                 log.warning(
                     "worker %s: ack of %d message(s) failed (%s); will retry",
@@ -501,9 +606,10 @@ class Worker:
                 self.acks[queue] = batch + self.acks[queue]
                 ok = False
                 continue
-            held = self.held[queue]
-            for message_id, _, _ in batch:
-                held.pop(message_id, None)
+            for finished in batch:
+                self.leases.release(queue, finished[0])
+            for message_id in refused:
+                self._lost_before_verdict(queue, message_id, "ack")
         return ok
 
     async def _flush_acks_until(self, deadline: float) -> None:
@@ -516,10 +622,9 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         prefix = self.settings.key_prefix
         while not self._closing.is_set():
-            self.on_tick()
             try:
-                for queue, held in self.held.items():
-                    await self.broker.renew(queue, list(held.items()))
+                for queue in self.queues:
+                    await self._renew(queue)
                 await self._refresh_queue_defaults()
                 info = orjson.dumps(
                     {
@@ -530,6 +635,7 @@ class Worker:
                         "in_flight": self.busy,
                         "concurrency": self.concurrency,
                         "processed": self.processed,
+                        "leases_lost": self.leases.lost,
                         "started_at": self.started_at,
                         "version": __version__,
                     }
@@ -543,6 +649,56 @@ class Worker:
                 log.warning("worker %s: heartbeat failed (%s)", self.id, exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), self.settings.heartbeat_s)
+
+    async def _renew(self, queue: str) -> None:
+        """Renew every lease held on ``queue``; stop the tasks whose lease is gone."""
+        held = self.leases.held(queue)
+        if not held:
+            return
+        sent_at = time.monotonic()
+        lost = await self.broker.renew(queue, held)
+        self.leases.renewed(queue, held, sent_at)
+        for message_id in lost:
+            self._lose(queue, message_id, "another delivery owns it now")
+
+    def _lose(self, queue: str, message_id: str, why: str) -> None:
+        """A lease this worker held is (or may be) another's: stop its task, never decide it."""
+        lease = self.leases.get(queue, message_id)
+        if lease is None or lease.lost:
+            return
+        if lease.task is None or lease.task.done():  # finished: its verdict is fenced in Redis
+            return
+        lease.lost = True
+        self.leases.lost += 1
+        log.warning("worker %s: lease of %s on %s lost (%s)", self.id, message_id, queue, why)
+        lease.task.cancel()
+
+    def _lease_lost(self, queue: str, message_id: str) -> bool:
+        lease = self.leases.get(queue, message_id)
+        return lease is not None and lease.lost
+
+    def _lost_before_verdict(self, queue: str, message_id: str, verdict: str) -> None:
+        """Redis refused this worker's verdict: its lease had lapsed and another delivery owns
+        the message (or finished it). Nothing changed; that delivery decides."""
+        self.leases.lost += 1
+        log.warning(
+            "worker %s: %s of %s on %s refused: its lease lapsed and another delivery owns it",
+            self.id,
+            verdict,
+            message_id,
+            queue,
+        )
+
+    async def _watch_loop(self) -> None:
+        """Tick for the supervisor's watchdog (this loop runs, whatever Redis does), and stop
+        tasks whose lease may have ended before a renewal got through."""
+        interval = min(0.25, self.settings.lease_s / 20)
+        while not self._closing.is_set():
+            self.on_tick()
+            for queue, message_id, _ in self.leases.overdue():
+                self._lose(queue, message_id, "not renewed in time: Redis unreachable or slow")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), interval)
 
     async def _refresh_queue_defaults(self) -> None:
         fresh = {q: await self.broker.queue_defaults(q) for q in self.queues}
@@ -578,6 +734,24 @@ class Worker:
                 log.warning("worker %s: Redis error (%s); retrying in %.1fs", self.id, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+
+def _may_be_too_deep(data: bytes) -> bool:
+    """Cheap pre-check: can ``data`` nest deeper than the encoder allows? (C-speed counts.)"""
+    return data.count(b"[") + data.count(b"{") > _MAX_DEPTH
+
+
+def _reencodes(message: Message) -> bool:
+    """Whether the message can be encoded again (to retry it or file it): the decoder accepts
+    nesting up to 1,024 levels, the encoder only 255."""
+    try:
+        message.encode()
+    except orjson.JSONEncodeError:
+        return False
+    return True
+
+
+_MAX_DEPTH = 254
 
 
 def _excerpt(raw: bytes | None, limit: int = 64 * 1024) -> str:

@@ -186,7 +186,7 @@ def test_a_busy_worker_does_not_starve_an_idle_one(
 
     # Then B runs all of them while A is still busy, and A never leases beyond its capacity
     def b_done() -> bool:
-        a_held.append(sum(len(h) for h in a.worker.held.values()))
+        a_held.append(a.worker.leases.count())
         return len(ran_by["B"]) == 20
 
     wait_for(b_done, timeout=20, message="worker B to run the 20 short tasks")

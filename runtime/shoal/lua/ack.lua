@@ -5,27 +5,36 @@
 -- KEYS[3] stats       HASH  counters; "completed" counts messages removed here
 -- KEYS[4] deliveries  HASH  id -> delivery count; the ids are removed
 -- KEYS[5] dedupe      HASH  dedupe key -> id; released when held by the finished id
--- KEYS[6..] result keys (LIST, one entry) of the messages that carry a result, in ARGV order
+-- KEYS[6] owners      HASH  id -> owner token of the current lease; removed
+-- KEYS[7..] result keys (LIST, one entry) of the messages that carry a result, in ARGV order
 -- ARGV[1] result TTL (ms)
--- ARGV[2..] triples: id, result JSON ("" = none), dedupe key ("" = none)
--- A message acked twice (its lease expired and another worker ran it too) counts once.
+-- ARGV[2..] quads: id, owner token, result JSON ("" = none), dedupe key ("" = none)
+-- Only the owner of the current lease may ack: a worker whose lease lapsed (its message
+-- recovered or re-delivered while it was cut off) changes nothing, and learns so.
+-- Returns { completed, id of each ack refused, ... }.
 local ttl = tonumber(ARGV[1])
 local done = 0
-local k = 6
-for i = 2, #ARGV, 3 do
-  local id, result, dedupe = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  redis.call('ZREM', KEYS[1], id)
-  done = done + redis.call('HDEL', KEYS[2], id)
-  redis.call('HDEL', KEYS[4], id)
-  if dedupe ~= '' and redis.call('HGET', KEYS[5], dedupe) == id then
-    redis.call('HDEL', KEYS[5], dedupe)
+local refused = {}
+local k = 7
+for i = 2, #ARGV, 4 do
+  local id, owner, result, dedupe = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  if redis.call('HGET', KEYS[6], id) ~= owner then
+    refused[#refused + 1] = id
+  else
+    redis.call('ZREM', KEYS[1], id)
+    done = done + redis.call('HDEL', KEYS[2], id)
+    redis.call('HDEL', KEYS[4], id)
+    redis.call('HDEL', KEYS[6], id)
+    if dedupe ~= '' and redis.call('HGET', KEYS[5], dedupe) == id then
+      redis.call('HDEL', KEYS[5], dedupe)
+    end
+    if result ~= '' then
+      redis.call('DEL', KEYS[k])
+      redis.call('RPUSH', KEYS[k], result)
+      redis.call('PEXPIRE', KEYS[k], ttl)
+    end
   end
-  if result ~= '' then
-    redis.call('DEL', KEYS[k])
-    redis.call('RPUSH', KEYS[k], result)
-    redis.call('PEXPIRE', KEYS[k], ttl)
-    k = k + 1
-  end
+  if result ~= '' then k = k + 1 end
 end
 if done > 0 then redis.call('HINCRBY', KEYS[3], 'completed', done) end
-return done
+return { done, unpack(refused) }

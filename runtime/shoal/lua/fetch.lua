@@ -6,12 +6,17 @@
 -- KEYS[4] delayed     ZSET  id -> due time (ms); due ones move to waiting
 -- KEYS[5] stats       HASH  counters; "recovered" counts leases that expired
 -- KEYS[6] deliveries  HASH  id -> times handed to a worker (so lost deliveries can be counted)
+-- KEYS[7] owners      HASH  id -> the owner token of the current lease: a number never given
+--                           out twice (the "leases" counter in stats); every later transition
+--                           checks it, and a recovered lease has none until leased again
 -- ARGV[1] lease length (ms)
 -- ARGV[2] max messages to lease
 -- ARGV[3] max delayed / expired entries to move per call (bounds the script's run time)
--- Returns { next_due_ms or -1, now_ms, id1, envelope1, deliveries1, id2, ... }.
+-- Returns { next_due_ms or -1, now_ms, id1, envelope1, deliveries1, owner1, id2, ... }.
 -- A token whose message is gone (acked by a worker whose lease had expired) is dropped.
--- A token that is not "<ms>:<id>" is returned with a false envelope, for the dead-letter queue.
+-- A token that is not "<ms>:<id>" is returned whole with a false envelope and owner 0, for the
+-- dead-letter queue; nothing else is touched for it (it may even name a live message).
+-- A deliveries value that is not a number (written by something else) counts as 0.
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local limit = tonumber(ARGV[3])
@@ -25,6 +30,7 @@ end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
 for i = 1, #expired, 2 do
   redis.call('ZREM', KEYS[3], expired[i])
+  redis.call('HDEL', KEYS[7], expired[i])
   if redis.call('HEXISTS', KEYS[2], expired[i]) == 1 then
     redis.call('RPUSH', KEYS[1], expired[i + 1] .. ':' .. expired[i])
     redis.call('HINCRBY', KEYS[5], 'recovered', 1)
@@ -47,15 +53,21 @@ while got < want do
     id = id or token
     local body = sep and redis.call('HGET', KEYS[2], id) or nil
     if body then
+      local delivery = (tonumber(redis.call('HGET', KEYS[6], id)) or 0) + 1
+      local owner = redis.call('HINCRBY', KEYS[5], 'leases', 1)
+      redis.call('HSET', KEYS[6], id, delivery)
+      redis.call('HSET', KEYS[7], id, owner)
       redis.call('ZADD', KEYS[3], deadline, id)
       out[#out + 1] = id
       out[#out + 1] = body
-      out[#out + 1] = redis.call('HINCRBY', KEYS[6], id, 1)
+      out[#out + 1] = delivery
+      out[#out + 1] = owner
       got = got + 1
     elseif not sep then
       out[#out + 1] = token
       out[#out + 1] = false
       out[#out + 1] = 1
+      out[#out + 1] = 0
       got = got + 1
     end
   end

@@ -7,6 +7,7 @@
 -- KEYS[5] deliveries    HASH  id -> delivery count; reset
 -- KEYS[6] dedupe        HASH  dedupe key -> id; the replayed message takes its key back
 --                             unless another live message holds it
+-- KEYS[7] owners        HASH  id -> owner token of a lease; cleared (nobody holds it)
 -- ARGV[1] notify channel
 -- ARGV[2..] triples: id, fresh envelope, dedupe key ("" = none)
 -- Only ids still in the DLQ move (a concurrent purge or replay wins); returns how many moved.
@@ -25,6 +26,7 @@ for i = 2, #ARGV, 3 do
     end
     redis.call('HDEL', KEYS[2], id)
     redis.call('HDEL', KEYS[5], id)
+    redis.call('HDEL', KEYS[7], id)
     redis.call('HSET', KEYS[3], id, ARGV[i + 1])
     redis.call('LPUSH', KEYS[4], now .. ':' .. id)
     n = n + 1

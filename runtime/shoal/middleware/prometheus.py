@@ -4,8 +4,9 @@ Added by ``shoal worker --metrics-port``. Each worker process writes to the mult
 directory the supervisor created; the supervisor serves ``/metrics`` from all of them, plus the
 per-queue gauges it measures in Redis at scrape time (see :mod:`shoal.metrics`).
 
-``shoal_tasks_total{outcome}``: each execution counts once as ``ok``, ``failed`` or ``timed_out``;
-each failure then counts once as ``retried`` or ``dead``.
+``shoal_tasks_total{outcome}``: each execution counts once as ``ok``, ``failed``, ``timed_out`` or
+``stopped`` (its lease was lost, or the shutdown grace ended: it runs again elsewhere); each
+failure then counts once as ``retried`` or ``dead``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from shoal.execution import TaskTimeout
+from shoal.execution import TaskStopped, TaskTimeout
 from shoal.middleware.base import Middleware
 
 if TYPE_CHECKING:
@@ -94,6 +95,8 @@ class Prometheus(Middleware):
             outcome = "ok"
         elif isinstance(exception, TaskTimeout):
             outcome = "timed_out"
+        elif isinstance(exception, TaskStopped):
+            outcome = "stopped"
         else:
             outcome = "failed"
         self.tasks.labels(message.queue, task.name, outcome).inc()

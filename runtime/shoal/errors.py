@@ -15,6 +15,16 @@ class BrokerError(ShoalError):
     """Raised when Redis cannot be reached or answers unexpectedly."""
 
 
+class EnqueueOutcomeUnknown(BrokerError):
+    """Raised when the connection to Redis failed after an enqueue was sent: the messages may or
+    may not have been stored (and may run). A ``dedupe_key`` makes enqueueing them again safe."""
+
+
+class RedisFull(BrokerError):
+    """Raised when Redis refused an enqueue because it reached its ``maxmemory``; nothing was
+    stored. A broker condition, not a bad message: the same enqueue succeeds once Redis has room."""
+
+
 class EnqueueError(ShoalError):
     """Raised when a message is refused at enqueue; nothing was sent."""
 

@@ -27,6 +27,7 @@ from shoal.errors import (
     Retry,
     ShoalError,
     TaskFailed,
+    TaskModuleError,
     TaskNotFound,
     WorkflowError,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "Retry",
     "ShoalError",
     "TaskFailed",
+    "TaskModuleError",
     "TaskNotFound",
     "WorkflowError",
     "__version__",

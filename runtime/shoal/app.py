@@ -10,7 +10,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from shoal import queue_defaults
 from shoal.broker import Broker, QueueStats
 from shoal.dlq import DeadLetters
-from shoal.errors import ConfigurationError, TaskNotFound
+from shoal.errors import ConfigurationError, TaskModuleError, TaskNotFound
 from shoal.middleware import Middleware, default_middleware
 from shoal.middleware.hooks import Hooks
 from shoal.schedules import Missed, Schedule
@@ -274,14 +274,24 @@ class App:
 
 
 def load_app(spec: str) -> App:
-    """Import ``MODULE[:ATTR]`` and return its App (ATTR defaults to ``app``)."""
+    """Import ``MODULE[:ATTR]`` and return its App (ATTR defaults to ``app``).
+
+    Raises ConfigurationError when the module is not found or holds no App, and TaskModuleError
+    (carrying the module's own exception) when its code raised while it was imported."""
     module_name, _, attr = spec.partition(":")
+    if not module_name:
+        raise ConfigurationError(f"{spec!r} names no module: pass MODULE[:APP], e.g. tasks:app")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
+            raise TaskModuleError(module_name, exc) from exc  # it was found: its import failed
         raise ConfigurationError(
-            f"cannot import task module {module_name!r}: {exc}. Is it on PYTHONPATH?"
+            f"cannot import task module {module_name!r}: {exc}. Run shoal from the directory "
+            "that holds it, or add that directory to PYTHONPATH."
         ) from exc
+    except Exception as exc:
+        raise TaskModuleError(module_name, exc) from exc
     attr = attr or "app"
     app = getattr(module, attr, None)
     if not isinstance(app, App):

@@ -8,21 +8,23 @@ layout each script documents in its header lives in exactly one Python place too
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import orjson
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.commands.core import AsyncScript, Script
+from redis.retry import Retry
 
 from shoal import queue_defaults
-from shoal.errors import BrokerError
+from shoal.errors import BrokerError, EnqueueOutcomeUnknown, RedisFull
 from shoal.keys import QueueKeys, queue_keys, queues_key, worker_key, workers_key
 from shoal.settings import Settings, mask_url
 
@@ -150,12 +152,59 @@ class Fetched:
     now_ms: int
 
 
-def connection_error(url: str, exc: BaseException) -> BrokerError:
-    """A one-line error naming the (masked) URL, what failed, and what to check."""
+def connection_error(url: str, exc: BaseException, outcome: str = "") -> BrokerError:
+    """A one-line error naming the (masked) URL, what failed, ``outcome`` (what it means for
+    the caller's data, a sentence) and what to check."""
     return BrokerError(
-        f"cannot reach Redis at {mask_url(url)}: {str(exc).rstrip('.')}. Check SHOAL_REDIS_URL "
-        "(redis://host:port/db) and that the server is running."
+        f"cannot reach Redis at {mask_url(url)}: {str(exc).rstrip('.')}. {outcome}"
+        "Check SHOAL_REDIS_URL (redis://host:port/db) and that the server is running."
     )
+
+
+def _enqueue_what(queue: str, items: Sequence[Outgoing], task: str | None) -> str:
+    n = len(items)
+    of_task = "" if task is None else f" of task {task!r}"
+    return f"enqueue of {n} message{'' if n == 1 else 's'}{of_task} to queue {queue!r}"
+
+
+def _enqueue_failed(
+    url: str, exc: BaseException, what: str, sent: bool, items: Sequence[Outgoing]
+) -> BrokerError:
+    """The error of an enqueue whose connection failed: when the script was ``sent`` whole, its
+    outcome is unknown (it may have run, and the answer was lost); else nothing was stored."""
+    if not sent:
+        return BrokerError(f"{what} failed: {connection_error(url, exc, 'Nothing was stored. ')}")
+    one = len(items) == 1
+    if all(dedupe for *_, dedupe in items):
+        advice = (
+            "Enqueueing again with the same dedupe_key is safe: if the first was stored, that "
+            "message is returned (while it waits or runs) instead of a second one stored."
+        )
+    else:
+        advice = (
+            f"Enqueueing {'it' if one else 'them'} again may run {'it' if one else 'them'} "
+            'twice; give messages a dedupe_key (README, "Dedupe") to make such a retry safe.'
+        )
+    return EnqueueOutcomeUnknown(
+        f"{what}: the outcome is unknown. The connection to Redis at {mask_url(url)} failed "
+        f"after the enqueue was sent ({str(exc).rstrip('.')}), so the "
+        f"{'message' if one else 'messages'} may or may not have been stored (and may run). "
+        + advice
+    )
+
+
+def _redis_full(url: str, what: str) -> RedisFull:
+    return RedisFull(
+        f"{what} refused: Redis at {mask_url(url)} is at its maxmemory limit and refuses writes "
+        "(OOM). Nothing was stored. Give Redis room: raise maxmemory (keep maxmemory-policy "
+        "noeviction, as an evicting policy drops messages), or free memory: let workers drain "
+        "the queues (`shoal info` shows them), purge dead letters (`shoal dlq purge QUEUE`)."
+    )
+
+
+def _is_out_of_memory(exc: redis.exceptions.ResponseError) -> bool:
+    # Redis 7 keeps a script's OOM error code; 6.2 wraps it in "ERR Error running script"
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or "-OOM " in str(exc)
 
 
 # --- call builders: the one place that knows each script's KEYS/ARGV layout --------------------
@@ -354,19 +403,46 @@ backoff by the loops, never allowed to end one."""
 MAX_BACKOFF_S = 5.0
 
 
+PRODUCER_RETRY = Retry(
+    ExponentialWithJitterBackoff(base=0.05, cap=0.5),
+    retries=2,
+    supported_errors=(redis.ConnectionError,),
+)
+"""How the blocking client resends a command whose connection failed: twice, after up to 0.1 and
+0.2 s, on a new connection (a connection dropped mid-command, a failover). Safe because every
+write it sends is idempotent: a resent enqueue finds its message id stored and pushes nothing
+(see ``lua/enqueue.lua``). Timeouts are not resent: a stalled Redis would stall each resend."""
+
+
 class _ExplainingRedis(redis.Redis):
     """A blocking client whose connection failures become one BrokerError naming the URL.
 
     Producers, the CLI and ``handle.result()`` all go through it, so none of them shows a
-    redis-py traceback for a wrong SHOAL_REDIS_URL."""
+    redis-py traceback for a wrong SHOAL_REDIS_URL. It also tells whether the last command that
+    failed on this thread had been sent whole (:meth:`sent_before_failing`)."""
+
+    _sent = threading.local()
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
+        self._sent.whole = False
         try:
             return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         except CONNECTION_ERRORS as exc:
-            pool_kwargs = self.connection_pool.connection_kwargs
-            url = _describe_target(pool_kwargs)
-            raise connection_error(url, exc) from exc
+            raise connection_error(self.target(), exc) from exc
+
+    def parse_response(self, connection: Any, command_name: Any, **options: Any) -> Any:
+        # called once the command was written whole, on each (re)send: from here it may run
+        self._sent.whole = True
+        return super().parse_response(connection, command_name, **options)  # type: ignore[no-untyped-call]
+
+    def sent_before_failing(self) -> bool:
+        """Whether this thread's last command reached Redis whole (on any of its sends) before
+        its connection failed: then Redis may have run it. False: it certainly did not run."""
+        return bool(getattr(self._sent, "whole", True))
+
+    def target(self) -> str:
+        """The server's address (password masked), for error messages."""
+        return _describe_target(self.connection_pool.connection_kwargs)
 
 
 def _describe_target(kwargs: dict[str, Any]) -> str:
@@ -381,11 +457,15 @@ class Broker(_KeysMixin):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis: redis.Redis = _ExplainingRedis.from_url(
-            settings.redis_url,
-            socket_connect_timeout=5,
-            health_check_interval=30,
-            **settings.redis_options(),
+        self.redis = cast(
+            _ExplainingRedis,
+            _ExplainingRedis.from_url(
+                settings.redis_url,
+                socket_connect_timeout=5,
+                health_check_interval=30,
+                retry=PRODUCER_RETRY,
+                **settings.redis_options(),
+            ),
         )
         self._scripts: dict[str, Script] = {
             name: self.redis.register_script(_script_source(name)) for name in SCRIPT_NAMES
@@ -402,20 +482,45 @@ class Broker(_KeysMixin):
             self.redis.sadd(queues_key(self.settings.key_prefix), queue)
             self._known_queues.add(queue)
 
-    def enqueue(self, queue: str, items: Sequence[Outgoing]) -> list[str]:
+    def enqueue(
+        self, queue: str, items: Sequence[Outgoing], *, task: str | None = None
+    ) -> list[str]:
         """Store messages in one round trip; returns each one's id (for a deduplicated message,
-        the id of the live message that holds its dedupe key)."""
-        ids = self.enqueue_guarded(queue, items, None)
+        the id of the live message that holds its dedupe key). ``task`` names them in errors.
+
+        Raises RedisFull when Redis is at its maxmemory (nothing stored), EnqueueOutcomeUnknown
+        when the connection failed after the messages were sent (they may have been stored),
+        and BrokerError when Redis could not be reached (nothing stored)."""
+        ids = self.enqueue_guarded(queue, items, None, task=task)
         assert ids is not None  # only a guard refuses
         return ids
 
     def enqueue_guarded(
-        self, queue: str, items: Sequence[Outgoing], guard: Guard | None
+        self,
+        queue: str,
+        items: Sequence[Outgoing],
+        guard: Guard | None,
+        *,
+        task: str | None = None,
     ) -> list[str] | None:
         """Like :meth:`enqueue`, but nothing is stored and None is returned when ``guard``
         refuses (the step was already enqueued, the tick already claimed)."""
-        self._remember_queue(queue)
-        return _enqueued_ids(self._run(_enqueue_call(self.keys(queue), items, guard)))
+        sent = False
+        try:
+            self._remember_queue(queue)
+            sent = True  # from here, the enqueue itself may reach Redis
+            reply = self._run(_enqueue_call(self.keys(queue), items, guard))
+        except BrokerError as exc:
+            if not isinstance(exc.__cause__, CONNECTION_ERRORS):
+                raise
+            sent = sent and self.redis.sent_before_failing()
+            what = _enqueue_what(queue, items, task)
+            raise _enqueue_failed(self.redis.target(), exc.__cause__, what, sent, items) from exc
+        except redis.exceptions.ResponseError as exc:
+            if _is_out_of_memory(exc):
+                raise _redis_full(self.redis.target(), _enqueue_what(queue, items, task)) from exc
+            raise
+        return _enqueued_ids(reply)
 
     def start_group(self, queue: str, group_id: str, size: int, then: bytes) -> None:
         """Write a workflow group's record (see :meth:`AsyncBroker.start_group`)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,10 +18,19 @@ from shoal import __version__, logs
 from shoal.app import App, load_app
 from shoal.broker import QueueStats
 from shoal.dlq import REASONS
-from shoal.errors import ShoalError
+from shoal.errors import ShoalError, TaskModuleError
 from shoal.settings import Settings
 
 console = Console()
+
+
+def _load_app(spec: str) -> App:
+    """:func:`load_app`, looking in the current directory first (as ``python -m`` does):
+    ``shoal worker tasks`` imports ./tasks.py. Worker processes inherit this ``sys.path``."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    return load_app(spec)
 
 
 def _queues(value: str | None) -> list[str]:
@@ -67,7 +77,7 @@ def worker(
     from shoal.supervisor import Supervisor, WorkerSpec
 
     level = logging.getLevelName(log_level.upper())
-    app = load_app(app_spec)
+    app = _load_app(app_spec)
     fmt = log_format or app.settings.log_format
     logs.setup(level, fmt)
     spec = WorkerSpec(app_spec, _queues(queues), concurrency, burst, metrics_port is not None, fmt)
@@ -105,7 +115,7 @@ def enqueue(
         raise click.BadParameter(f"--args/--kwargs must be JSON: {exc}") from None
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise click.BadParameter("--args takes a JSON list and --kwargs a JSON object")
-    app = load_app(app_spec) if app_spec else App()
+    app = _load_app(app_spec) if app_spec else App()
     if app_spec and task_name not in app.tasks:
         raise click.BadParameter(
             f"{app_spec} defines no task {task_name!r}; it has: "
@@ -393,10 +403,13 @@ def version() -> None:
 
 
 def main() -> None:
-    """Console-script entry point: errors become one clear line and exit status 2."""
+    """Console-script entry point: errors become one clear line and exit status 2 (after the
+    traceback of the user's code, when a task module raised at import)."""
     try:
         cli(standalone_mode=True)
     except ShoalError as exc:
+        if isinstance(exc, TaskModuleError):
+            click.echo(exc.user_traceback(), err=True, nl=False)
         click.echo(f"error: {exc}", err=True)  # one line, never wrapped: logs keep it whole
         sys.exit(2)
 

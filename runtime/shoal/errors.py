@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import traceback
+from pathlib import Path
+
 
 class ShoalError(Exception):
     """Base class of every error raised by Shoal."""
@@ -13,6 +17,45 @@ class ConfigurationError(ShoalError):
 
 class BrokerError(ShoalError):
     """Raised when Redis cannot be reached or answers unexpectedly."""
+
+
+class EnqueueOutcomeUnknown(BrokerError):
+    """Raised when the connection to Redis failed after an enqueue was sent: the messages may or
+    may not have been stored (and may run). A ``dedupe_key`` makes enqueueing them again safe."""
+
+
+class RedisFull(BrokerError):
+    """Raised when Redis refused an enqueue because it reached its ``maxmemory``; nothing was
+    stored. A broker condition, not a bad message: the same enqueue succeeds once Redis has room."""
+
+
+class TaskModuleError(ConfigurationError):
+    """Raised when a task module (``shoal worker MODULE``, :func:`shoal.load_app`) raised while
+    it was imported; ``error`` is its exception, :meth:`user_traceback` its traceback."""
+
+    def __init__(self, module: str, error: BaseException) -> None:
+        super().__init__(
+            f"could not import {module!r}: fix the error above "
+            f"(run `python -c 'import {module}'` to reproduce)"
+        )
+        self.module = module
+        self.error = error
+
+    def user_traceback(self) -> str:
+        """The module's traceback from its own code on: without the frames of the import
+        machinery and of load_app, which imported it."""
+        tb = self.error.__traceback__
+        while tb is not None and _is_import_machinery(tb.tb_frame.f_code.co_filename):
+            tb = tb.tb_next
+        return "".join(traceback.format_exception(type(self.error), self.error, tb))
+
+
+def _is_import_machinery(filename: str) -> bool:
+    return filename.startswith("<frozen importlib") or filename in _IMPORTERS
+
+
+_IMPORTERS = frozenset({importlib.__file__, str(Path(__file__).with_name("app.py"))})
+"""Files whose frames lead into a task module's import (``load_app`` lives in app.py)."""
 
 
 class EnqueueError(ShoalError):

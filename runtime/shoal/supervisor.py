@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 
 from shoal import logs
 from shoal.app import load_app
-from shoal.errors import ShoalError
+from shoal.errors import ShoalError, TaskModuleError
 from shoal.metrics import MetricsServer
 from shoal.settings import Settings
 
@@ -53,7 +54,12 @@ def _child_main(spec: WorkerSpec, tick: Synchronized[float], log_level: int) -> 
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps every stack
 
-    app = load_app(spec.app)
+    try:
+        app = load_app(spec.app)
+    except TaskModuleError as exc:  # the supervisor imported it, this process cannot: say why
+        sys.stderr.write(f"{exc.user_traceback()}error: {exc}\n")
+        sys.stderr.flush()
+        os._exit(2)
     if spec.metrics:
         from shoal.middleware.prometheus import Prometheus
 

@@ -118,7 +118,12 @@ class Task(Generic[P, R]):
         return True
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Handle[R]:
-        """Send one message; returns once Redis has stored it."""
+        """Send one message; returns once Redis has stored it.
+
+        Raises EnqueueError for arguments that cannot be sent, RedisFull when Redis is out of
+        memory, BrokerError when it cannot be reached (nothing stored in these cases), and
+        EnqueueOutcomeUnknown when the connection failed after the message was sent: it may
+        have been stored, so enqueue again only with a ``dedupe_key`` (README, "Dedupe")."""
         return Sender(self, _NOW).enqueue(*args, **kwargs)
 
     def enqueue_many(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]) -> list[Handle[R]]:
@@ -225,7 +230,7 @@ class Sender(Generic[P, R]):
         hooks = app.hooks
         with hooks.context("enqueue_context", task, messages):
             items = encode_batch(task, messages, delay_ms, send.dedupe_key)
-            ids = app.broker.enqueue(task.queue, items)
+            ids = app.broker.enqueue(task.queue, items, task=task.name)
         hooks.emit("after_enqueue", task, messages)
         return [Handle(app, task.queue, task.name, mid) for mid in ids]
 

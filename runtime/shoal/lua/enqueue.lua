@@ -14,6 +14,10 @@
 -- ARGV[6..] quads: id, delay_ms (0 = ready now), envelope, dedupe key ("" = none)
 -- Returns the id each message ended up with: its own, or the live message holding its dedupe
 -- key; nil when the guard refused (someone else already enqueued this step or claimed this tick).
+-- Idempotent by id: an id already in messages is left as it is (no second token, not counted),
+-- so a client that resends this call after losing its answer stores each message once. A resend
+-- arriving after the message already finished (acked or dead-lettered) stores it again: the
+-- producer resends only within its short reconnect backoff (see broker.PRODUCER_RETRY).
 local mode = ARGV[2]
 if mode == 'once' then
   if redis.call('HSETNX', KEYS[6], ARGV[3], ARGV[4]) == 0 then return nil end
@@ -34,7 +38,9 @@ local ids = {}
 for i = 6, #ARGV, 4 do
   local id, delay, dedupe = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 3]
   local holder = dedupe ~= '' and redis.call('HGET', KEYS[5], dedupe)
-  if holder and redis.call('HEXISTS', KEYS[2], holder) == 1 then
+  if redis.call('HEXISTS', KEYS[2], id) == 1 then
+    ids[#ids + 1] = id  -- sent before (a resend): already stored
+  elseif holder and redis.call('HEXISTS', KEYS[2], holder) == 1 then
     ids[#ids + 1] = holder
   else
     if dedupe ~= '' then redis.call('HSET', KEYS[5], dedupe, id) end

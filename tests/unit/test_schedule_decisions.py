@@ -12,6 +12,7 @@ from shoal.schedules import (
     Run,
     Schedule,
     decide,
+    explain_lateness,
     from_queue_spec,
     latest_tick,
     make,
@@ -192,3 +193,39 @@ def test_declaring_schedules_on_an_app() -> None:
         app.schedule(digest, cron="0 9 * * 1", name="weekly-digest")
     with pytest.raises(ConfigurationError, match="not a cron expression"):
         app.periodic("nope")(digest)
+
+
+@pytest.mark.parametrize(
+    ("now", "up_since", "reason"),
+    [
+        (ms(2024, 1, 1, 10, 5, 1), ms(2024, 1, 1, 9), "due"),  # within a second: on time
+        (ms(2024, 1, 1, 10, 5, 41), ms(2024, 1, 1, 10, 5, 40), "late"),  # started after it
+        (ms(2024, 1, 1, 10, 5, 41), ms(2024, 1, 1, 9), "delayed"),  # running, could not claim
+    ],
+    ids=["on-time", "no-worker-was-running", "running-but-stalled"],
+)
+def test_a_late_claim_says_why(now: int, up_since: int, reason: str) -> None:
+    d = decide(every5(), ms(2024, 1, 1, 10, 0), now)
+    assert d is not None and d.run
+    assert explain_lateness(d, now, up_since).reason == reason
+
+
+@pytest.mark.parametrize(
+    ("run", "shown"),
+    [
+        (Run(0, "m", 800, "t", "due"), None),
+        (Run(0, "m", 41_000, "t", "late"), "late 41s: no worker was running at the tick"),
+        (Run(0, "m", 30_000, "t", "delayed"), "late 30s: the running workers could not claim"),
+        (Run(0, "m", 41_000, "t", "due"), "late 41s"),  # claimed before reasons were kept
+        (Run(0, None, 300_000, "t", "missed"), "skipped: missed while no worker ran (claimed 5m"),
+        (
+            Run(0, "m", 7_380_000, "t", "missed"),
+            "late 2h 3m: missed while no worker ran (run_once)",
+        ),
+        (Run(0, None, 90_000, "t", "suspended"), None),
+    ],
+    ids=["on-time", "late", "delayed", "old-claim", "skipped", "run-once", "suspended"],
+)
+def test_lateness_for_humans(run: Run, shown: str | None) -> None:
+    text = run.lateness()
+    assert text == shown if shown is None else text is not None and text.startswith(shown)

@@ -38,7 +38,6 @@ from shoal.errors import ShoalError
 from shoal.keys import queues_key
 from shoal.message import Message
 from shoal.schedules import (
-    MAX_GRACE_MS,
     Decision,
     Run,
     Schedule,
@@ -46,6 +45,7 @@ from shoal.schedules import (
     explain_lateness,
     message_id,
     next_tick,
+    pending_tick,
     source_of,
 )
 from shoal.task import Task, encode_batch
@@ -358,8 +358,8 @@ def next_unclaimed_tick(
     no worker has claimed yet, at most ``hold_s`` old: what a fleet at zero is woken for. One
     round trip; times on Redis's clock.
 
-    Left out: suspended and unreadable schedules; a schedule never claimed, for its ticks past
-    the longest grace (a worker would not run those); and a code schedule its queue's workers
+    Left out: suspended and unreadable schedules; a tick of a schedule never claimed that a
+    worker would not run any more (past its grace); and a code schedule its queue's workers
     stopped declaring (:data:`STALE_AFTER_S` before their latest declaration: removed from the
     code). A fleet asleep declares nothing, so its code schedules all stay in."""
     pipe = broker.redis.pipeline(transaction=False)
@@ -379,7 +379,7 @@ def next_unclaimed_tick(
     for i, queue in enumerate(queues):
         raw, runs, seen = replies[3 * i : 3 * i + 3]
         declared = [int(v) for v in seen.values() if v.isdigit()]
-        latest = max(declared, default=None)
+        latest_declared = max(declared, default=None)
         for raw_name, blob in raw.items():
             schedule = _parsed(queue, blob)
             if schedule is None or schedule.suspend:
@@ -387,18 +387,15 @@ def next_unclaimed_tick(
             stamp = seen.get(raw_name, b"")
             if (
                 schedule.source == "code"
-                and latest is not None
+                and latest_declared is not None
                 and stamp.isdigit()
-                and latest - int(stamp) > STALE_AFTER_S * 1000
+                and latest_declared - int(stamp) > STALE_AFTER_S * 1000
             ):
                 continue
             last = Run.parse(runs.get(raw_name))
-            if last is not None and last.counts_for(schedule):
-                after = max(since_ms - 1, last.tick_ms)
-            else:
-                after = max(since_ms, now_ms - MAX_GRACE_MS) - 1
+            last_ms = last.tick_ms if last is not None and last.counts_for(schedule) else None
             try:
-                tick = next_tick(schedule, after)
+                tick = pending_tick(schedule, last_ms, now_ms, since_ms)
             except Exception:  # a cron croniter cannot walk: its workers report it
                 continue
             if best is None or tick < best[0]:

@@ -285,6 +285,17 @@ def decide(schedule: Schedule, last_tick_ms: int | None, now_ms: int) -> Decisio
     return Decision(tick, False, "missed while no worker claimed it: skipped (skip)", "missed")
 
 
+def pending_tick(schedule: Schedule, last_tick_ms: int | None, now_ms: int, since_ms: int) -> int:
+    """The earliest tick a worker has yet to claim, not before ``since_ms`` (may be in the
+    past: due, unclaimed). For a schedule never claimed (under its timing), that is its latest
+    tick while a worker would still run it (within its grace, see :func:`decide`), else the
+    next one."""
+    if last_tick_ms is None:
+        latest = latest_tick(schedule, now_ms)
+        last_tick_ms = latest - 1 if now_ms - latest <= grace_ms(schedule, latest) else now_ms
+    return next_tick(schedule, max(last_tick_ms, since_ms - 1))
+
+
 def explain_lateness(decision: Decision, now_ms: int, up_since_ms: int) -> Decision:
     """A tick that runs later than :data:`ON_TIME_MS` (within its grace) says why in its claim:
     ``late`` when this scheduler started after the tick (no worker was running: a fleet at

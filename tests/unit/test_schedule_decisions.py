@@ -18,6 +18,7 @@ from shoal.schedules import (
     make,
     message_id,
     next_tick,
+    pending_tick,
 )
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -229,3 +230,24 @@ def test_a_late_claim_says_why(now: int, up_since: int, reason: str) -> None:
 def test_lateness_for_humans(run: Run, shown: str | None) -> None:
     text = run.lateness()
     assert text == shown if shown is None else text is not None and text.startswith(shown)
+
+
+@pytest.mark.parametrize(
+    ("last", "now", "since", "pending"),
+    [
+        # claimed up to 10:00: the next
+        (ms(2024, 1, 1, 10, 0), ms(2024, 1, 1, 10, 2), ms(2024, 1, 1, 9, 57), (10, 5)),
+        # 10:00 due and unclaimed (a fleet asleep since 9:00): still pending within the hold
+        (ms(2024, 1, 1, 9, 0), ms(2024, 1, 1, 10, 2), ms(2024, 1, 1, 9, 57), (10, 0)),
+        # ... and not beyond it
+        (ms(2024, 1, 1, 9, 0), ms(2024, 1, 1, 10, 2), ms(2024, 1, 1, 10, 1), (10, 5)),
+        # never claimed: its latest tick while a worker would still run it, else the next
+        (None, ms(2024, 1, 1, 10, 0, 20), ms(2024, 1, 1, 9, 55), (10, 0)),
+        (None, ms(2024, 1, 1, 10, 2), ms(2024, 1, 1, 9, 55), (10, 5)),
+    ],
+    ids=["claimed", "unclaimed-in-hold", "past-hold", "new-in-grace", "new-past-grace"],
+)
+def test_the_pending_tick_a_fleet_is_woken_for(
+    last: int | None, now: int, since: int, pending: tuple[int, int]
+) -> None:
+    assert pending_tick(every5(), last, now, since) == ms(2024, 1, 1, *pending)

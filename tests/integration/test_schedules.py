@@ -4,14 +4,17 @@ injected), Queue schedules beside code ones, ``shoal schedules``, and worker pro
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from click.testing import CliRunner
-from processes import WorkerProcess, runs
+from processes import WorkerProcess, runs, worker_env
 
 from helpers import wait_for
 from shoal import App
@@ -22,6 +25,7 @@ from shoal.scheduler import (
     next_unclaimed_tick,
     prune_stale,
     redis_now_ms,
+    stored,
     write_queue_schedules,
 )
 from shoal.schedules import Run, Schedule, from_queue_spec, latest_tick, make, message_id
@@ -250,15 +254,16 @@ def test_next_unclaimed_tick_is_what_a_fleet_at_zero_is_woken_for(app: App) -> N
         keys.schedules_seen, mapping={"removed": now_ms - 11 * 60_000, "kept": now_ms}
     )
 
-    # Then the fleet is woken for the minutely one's latest tick (never claimed, in its grace)
+    # Then the fleet is woken for the minutely one: its latest tick while a worker would still
+    # run it (within its 30 s grace; never claimed), else its next one
     first = next_unclaimed_tick(app.broker, ["q", "empty"], hold_s=300)
     assert first is not None and first.schedule == "minutely" and first.queue == "q"
-    assert -60 <= first.in_s <= 0
+    assert -30 <= first.in_s <= 60
 
-    # When a worker claims it, the next one is a minute later
+    # When a worker has claimed up to the coming minute, the next is the one after it
     raw = app.broker.redis.hget(keys.schedules, "minutely")
     minutely = Schedule.from_json("q", raw)  # type: ignore[arg-type]
-    tick_ms = latest_tick(minutely, redis_now_ms(app.broker))
+    tick_ms = latest_tick(minutely, redis_now_ms(app.broker) + 60_000)
     claim = Run(tick_ms, "id", tick_ms, minutely.timing, "due")
     app.broker.redis.hset(keys.schedule_runs, "minutely", claim.encode())
     second = next_unclaimed_tick(app.broker, ["q"], hold_s=300)
@@ -448,3 +453,63 @@ def test_a_new_release_updates_a_code_schedule_whatever_its_arguments_say(app: A
     declare("30 * * * *")
     stored = app.broker.redis.hget(app.broker.keys("q").schedules, "odd")
     assert stored is not None and b'"cron":"30 * * * *"' in stored  # type: ignore[operator]
+
+
+DEV_MANIFEST = """
+apiVersion: shoal.dev/v1alpha1
+kind: Queue
+metadata: {name: burst}
+spec:
+  redis: {url: "redis://cluster-redis:6379/0", keyPrefix: %(prefix)s}
+  schedules:
+    - {name: daily, cron: "%(cron)s", task: crunch, args: [1]}
+---
+apiVersion: shoal.dev/v1alpha1
+kind: Worker
+metadata: {name: crunchers}
+spec:
+  image: example/tasks:1
+  module: dev_tasks
+  queues: [burst]
+  autoscaling:
+    enabled: true
+    minReplicas: 0
+    maxReplicas: 2
+    pollSeconds: 0.2
+    scaleToZeroAfterSeconds: 0
+    scaleDownStabilizationSeconds: 0
+    scheduleLeadSeconds: 6
+"""
+
+
+def test_shoal_dev_wakes_its_fleet_at_zero_for_a_schedule(
+    redis_url: str, key_prefix: str, app: App, tmp_path: Path
+) -> None:
+    # Given shoal dev with a Worker at zero, and a Queue schedule due 10 s from now (daily)
+    due_ms = (redis_now_ms(app.broker) // 1000 + 10) * 1000
+    due = datetime.fromtimestamp(due_ms / 1000, UTC)
+    manifest = tmp_path / "queue.yaml"
+    cron = f"{due.minute} {due.hour} * * * {due.second}"
+    manifest.write_text(DEV_MANIFEST % {"prefix": key_prefix, "cron": cron})
+    log = tmp_path / "dev.log"
+    with log.open("wb") as out:
+        dev = subprocess.Popen(
+            [sys.executable, "-m", "shoal", "dev", "-f", str(manifest), "--redis-url", redis_url],
+            env=worker_env(redis_url),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        # Then a local worker starts with nothing waiting, the tick runs, and the fleet goes
+        # back to zero once it is claimed
+        wait_for(app.broker.workers, timeout=20, message="a worker woken")
+        wait_for(
+            lambda: app.measure("burst").completed == 1, timeout=30, message="the tick's task run"
+        )
+        (row,) = stored(app.broker, "burst")
+        assert row.last is not None and row.last.tick_ms == due_ms
+        wait_for(lambda: app.broker.workers() == [], timeout=30, message="back to zero")
+    finally:
+        dev.terminate()
+        dev.wait(60)
+    assert "crunchers: 0 → 1 (schedule daily on burst due in" in log.read_text()

@@ -35,4 +35,12 @@ def traced_decision(worker: str, policy: Policy, snap: Snapshot, state: State | 
                 "shoal.autoscale.reason": decision.reason,
             }
         )
+        if snap.next_tick is not None:
+            span.set_attributes(
+                {
+                    "shoal.autoscale.next_tick.schedule": snap.next_tick.schedule,
+                    "shoal.autoscale.next_tick.queue": snap.next_tick.queue,
+                    "shoal.autoscale.next_tick.in_s": snap.next_tick.in_s,
+                }
+            )
         return decision

@@ -4,7 +4,7 @@ scale it when autoscaling is on. The handlers call these; the objects come from 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import kopf
@@ -13,6 +13,7 @@ from kubernetes.client.exceptions import ApiException
 from shoal import BrokerError
 from shoal.autoscale import Snapshot, State, policy_from_spec
 from shoal.fleet import FleetMeter, in_flight_by_instance
+from shoal.scheduler import next_unclaimed_tick
 from shoal_operator import autoscaler
 from shoal_operator import conditions as cond
 from shoal_operator import deployment as deploy
@@ -150,7 +151,8 @@ def resync(
 
 @dataclass
 class Autoscaling:
-    """One Worker's autoscaler: each tick measures its queues, asks the policy, and acts."""
+    """One Worker's autoscaler: each tick measures its queues and reads their next scheduled
+    tick, asks the policy, and acts."""
 
     name: str
     namespace: str
@@ -174,7 +176,11 @@ class Autoscaling:
             refs = _queue_refs(memo, namespace, list(spec.get("queues", [])))
             conn = connect(refs[0].target, memo.core, namespace)
             broker = memo.meter.app(conn).broker
-            snap = self.fleet.snapshot(broker, [r.name for r in refs], replicas, ready)
+            names = [r.name for r in refs]
+            snap = self.fleet.snapshot(broker, names, replicas, ready)
+            # The schedules of its queues (code and Queue ones): a fleet at zero wakes for them.
+            tick = next_unclaimed_tick(broker, names, policy.schedule_hold_s)
+            snap = replace(snap, next_tick=tick)
         except (ReconcileError, BrokerError) as exc:
             self.logger.warning("autoscaler: cannot measure (%s); holding %d", exc, replicas)
             conn = None

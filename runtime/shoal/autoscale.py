@@ -10,7 +10,10 @@ decides, they act. It is built to beat KEDA + HPA defaults on the failures users
 * scale-down waits out a stabilisation window (the highest recommendation in it wins, like
   HPA's), moves in bounded steps, and reaches zero only after real idleness, measured from the
   last task activity rather than the last poll;
-* missing or stale data never scales anything down.
+* missing or stale data never scales anything down;
+* a fleet at zero wakes ahead of its queues' next scheduled tick (``schedule_lead_s``, long
+  enough for a pod to start) and stays up until a worker has claimed that tick, or for at most
+  ``schedule_hold_s`` after it: schedules run whether or not tasks keep a worker up.
 """
 
 from __future__ import annotations
@@ -37,9 +40,25 @@ class Policy:
     """Scale-down window: the highest recommendation seen in it is what the fleet shrinks to."""
     max_scale_down_step: int | None = None
     poll_s: float = 2.0
+    schedule_lead_s: float = 60.0
+    """Wake the fleet this long before a scheduled tick is due: a pod's start-up (image pull,
+    imports, readiness), so a worker is there to claim the tick on time."""
+    schedule_hold_s: float = 300.0
+    """Keep a woken fleet up at most this long after a tick no worker has claimed (a pod
+    that cannot start, a code schedule no longer in the code), so a tick never pins it up."""
 
     def clamp(self, replicas: int) -> int:
         return max(self.min_replicas, min(self.max_replicas, replicas))
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledTick:
+    """The earliest tick of the fleet's schedules that no worker has claimed yet."""
+
+    schedule: str
+    queue: str
+    in_s: float
+    """Seconds until it is due (Redis's clock); negative once due and still unclaimed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +76,8 @@ class Snapshot:
     completion_rate: float = 0.0
     fresh: bool = True
     """False when Redis could not be read this tick: then nothing moves."""
+    next_tick: ScheduledTick | None = None
+    """The next unclaimed scheduled tick of the fleet's queues, if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +110,7 @@ def policy_from_spec(autoscaling: dict[str, Any]) -> Policy:
         stabilization_s=float(autoscaling.get("scaleDownStabilizationSeconds", 45)),
         max_scale_down_step=autoscaling.get("maxScaleDownStep"),
         poll_s=float(autoscaling.get("pollSeconds", 2)),
+        schedule_lead_s=float(autoscaling.get("scheduleLeadSeconds", 60)),
     )
 
 
@@ -106,11 +128,17 @@ def decide(policy: Policy, snap: Snapshot, state: State | None = None) -> Decisi
     ready_work = snap.waiting + snap.delayed_due_soon
     busy = ready_work + snap.in_flight > 0
     progressing = snap.completion_rate > 0 or snap.arrival_rate > 0
-    state = replace(state, last_activity=snap.now if busy or progressing else state.last_activity)
+    wake = _schedule_wake(policy, snap.next_tick)
+    # A wake counts as activity: once its tick is claimed, the fleet idles from here, then sleeps.
+    active = busy or progressing or wake is not None
+    state = replace(state, last_activity=snap.now if active else state.last_activity)
     state = _learn_rate(state, snap)
 
     if current == 0 and ready_work <= policy.activation_threshold and snap.in_flight == 0:
         floor = policy.min_replicas
+        if wake is not None:
+            woken = policy.clamp(1)
+            return Decision(woken, f"{wake} → {woken}", _remember(state, snap.now, woken, policy))
         reason = (
             f"{ready_work} waiting ≤ activation threshold {policy.activation_threshold}"
             if ready_work
@@ -121,14 +149,14 @@ def decide(policy: Policy, snap: Snapshot, state: State | None = None) -> Decisi
     wanted, why = _needed(policy, snap, state)
     if not busy:
         idle_for = snap.now - (state.last_activity if state.last_activity is not None else snap.now)
-        if policy.min_replicas == 0 and idle_for >= policy.scale_to_zero_after_s:
+        if wake is None and policy.min_replicas == 0 and idle_for >= policy.scale_to_zero_after_s:
             return Decision(
                 0,
                 f"idle for {idle_for:.0f}s ≥ {policy.scale_to_zero_after_s:.0f}s → 0",
                 _remember(state, snap.now, 0, policy),
             )
-        wanted = max(wanted, 1 if current > 0 else 0)
-        why = f"idle for {idle_for:.0f}s (zero after {policy.scale_to_zero_after_s:.0f}s)"
+        wanted = max(wanted, 1 if current > 0 or wake is not None else 0)
+        why = wake or f"idle for {idle_for:.0f}s (zero after {policy.scale_to_zero_after_s:.0f}s)"
     target = policy.clamp(wanted)
     state = _remember(state, snap.now, target, policy)
 
@@ -148,6 +176,22 @@ def decide(policy: Policy, snap: Snapshot, state: State | None = None) -> Decisi
             state,
         )
     return Decision(shrink_to, f"{why} → {shrink_to}", state)
+
+
+def _schedule_wake(policy: Policy, tick: ScheduledTick | None) -> str | None:
+    """Why the fleet must be up for a scheduled tick, or None: the tick is due within the
+    lead, or due and unclaimed for less than the hold."""
+    if tick is None or not -policy.schedule_hold_s <= tick.in_s <= policy.schedule_lead_s:
+        return None
+    what = f"schedule {tick.schedule} on {tick.queue}"
+    if tick.in_s > 0:
+        return f"{what} due in {_seconds(tick.in_s)}"
+    return f"{what} due {_seconds(-tick.in_s)} ago, not claimed yet"
+
+
+def _seconds(s: float) -> str:
+    whole = max(0, math.ceil(s))
+    return f"{whole}s" if whole < 60 else f"{whole // 60}m {whole % 60}s"
 
 
 def _needed(policy: Policy, snap: Snapshot, state: State) -> tuple[int, str]:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from shoal.autoscale import Decision, Policy, State, decide, policy_from_spec
 from shoal.errors import ConfigurationError
 from shoal.fleet import FleetMeter, in_flight_by_instance
 from shoal.redis_server import LocalRedis
-from shoal.scheduler import write_queue_schedules
+from shoal.scheduler import next_unclaimed_tick, write_queue_schedules
 from shoal.schedules import from_queue_spec
 from shoal.settings import Settings
 
@@ -219,6 +219,8 @@ class DevRunner:
         else:
             ready = sum(1 for instance in fleet.processes if instance in in_flight)
             snap = fleet.meter.snapshot(app.broker, fleet.spec["queues"], current, ready)
+            tick = next_unclaimed_tick(app.broker, fleet.spec["queues"], policy.schedule_hold_s)
+            snap = replace(snap, next_tick=tick)  # woken for schedules, as in the cluster
             fleet.decision = decide(policy, snap, fleet.state)
             fleet.state = fleet.decision.state
             wanted, reason = fleet.decision.replicas, fleet.decision.reason

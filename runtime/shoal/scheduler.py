@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -23,11 +24,30 @@ from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
 
-from shoal.broker import MAX_BACKOFF_S, REDIS_ERRORS, AsyncBroker, Broker, Guard
+from shoal.autoscale import ScheduledTick
+from shoal.broker import (
+    CONNECTION_ERRORS,
+    MAX_BACKOFF_S,
+    REDIS_ERRORS,
+    AsyncBroker,
+    Broker,
+    Guard,
+    connection_error,
+)
 from shoal.errors import ShoalError
 from shoal.keys import queues_key
 from shoal.message import Message
-from shoal.schedules import Decision, Run, Schedule, decide, message_id, next_tick, source_of
+from shoal.schedules import (
+    Decision,
+    Run,
+    Schedule,
+    decide,
+    explain_lateness,
+    message_id,
+    next_tick,
+    pending_tick,
+    source_of,
+)
 from shoal.task import Task, encode_batch
 
 if TYPE_CHECKING:
@@ -67,6 +87,8 @@ class Scheduler:
         self.due: dict[tuple[str, str], int] = {}
         """When each schedule next needs a look (ms): only those due are evaluated."""
         self._offset_s = 0.0
+        self._born_s = clock() if clock is not None else time.time()
+        """When this scheduler started (host clock until the first refresh learns Redis's)."""
         self._refresh_clock = clock or time.monotonic
         self._refresh_at = float("-inf")
         self._parsed: dict[tuple[str, bytes], Schedule] = {}
@@ -131,6 +153,8 @@ class Scheduler:
     async def _tick(self, key: tuple[str, str], schedule: Schedule, now_ms: int) -> int:
         decision = decide(schedule, self.last.get(key), now_ms)
         if decision is not None:
+            born_ms = int((self._born_s + (0.0 if self.clock else self._offset_s)) * 1000)
+            decision = explain_lateness(decision, now_ms, born_ms)
             await self.claim(schedule, decision, now_ms)
             self.last[key] = decision.tick_ms
         return next_tick(schedule, now_ms)
@@ -311,16 +335,83 @@ def redis_now_ms(broker: Broker) -> int:
 
 
 def _outcome(broker: Broker, queue: str, last: Run | None) -> str:
+    """What became of the last claimed tick, and why it ran late or not at all."""
     if last is None:
         return "-"
+    late = last.lateness()
     if last.message_id is None:
-        return f"not run ({last.reason})"
+        return late or f"not run ({last.reason})"
     keys = broker.keys(queue)
     if broker.redis.hexists(keys.messages, last.message_id):
-        return "waiting/running"
-    if broker.redis.zscore(keys.dead, last.message_id) is not None:
-        return "failed (dead-lettered)"
-    return "finished"
+        outcome = "waiting/running"
+    elif broker.redis.zscore(keys.dead, last.message_id) is not None:
+        outcome = "failed (dead-lettered)"
+    else:
+        outcome = "finished"
+    return f"{outcome}, {late}" if late else outcome
+
+
+def next_unclaimed_tick(
+    broker: Broker, queues: Sequence[str], hold_s: float
+) -> ScheduledTick | None:
+    """The earliest tick of the schedules stored for ``queues`` (code and Queue resources) that
+    no worker has claimed yet, at most ``hold_s`` old: what a fleet at zero is woken for. One
+    round trip; times on Redis's clock.
+
+    Left out: suspended and unreadable schedules; a tick of a schedule never claimed that a
+    worker would not run any more (past its grace); and a code schedule its queue's workers
+    stopped declaring (:data:`STALE_AFTER_S` before their latest declaration: removed from the
+    code). A fleet asleep declares nothing, so its code schedules all stay in."""
+    pipe = broker.redis.pipeline(transaction=False)
+    pipe.time()
+    for queue in queues:
+        keys = broker.keys(queue)
+        pipe.hgetall(keys.schedules)
+        pipe.hgetall(keys.schedule_runs)
+        pipe.hgetall(keys.schedules_seen)
+    try:
+        (seconds, micros), *replies = pipe.execute()
+    except CONNECTION_ERRORS as exc:
+        raise connection_error(broker.settings.redis_url, exc) from exc
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    since_ms = now_ms - int(hold_s * 1000)
+    best: tuple[int, str, str] | None = None
+    for i, queue in enumerate(queues):
+        raw, runs, seen = replies[3 * i : 3 * i + 3]
+        declared = [int(v) for v in seen.values() if v.isdigit()]
+        latest_declared = max(declared, default=None)
+        for raw_name, blob in raw.items():
+            schedule = _parsed(queue, blob)
+            if schedule is None or schedule.suspend:
+                continue
+            stamp = seen.get(raw_name, b"")
+            if (
+                schedule.source == "code"
+                and latest_declared is not None
+                and stamp.isdigit()
+                and latest_declared - int(stamp) > STALE_AFTER_S * 1000
+            ):
+                continue
+            last = Run.parse(runs.get(raw_name))
+            last_ms = last.tick_ms if last is not None and last.counts_for(schedule) else None
+            try:
+                tick = pending_tick(schedule, last_ms, now_ms, since_ms)
+            except Exception:  # a cron croniter cannot walk: its workers report it
+                continue
+            if best is None or tick < best[0]:
+                best = (tick, queue, schedule.name)
+    if best is None:
+        return None
+    tick, queue, name = best
+    return ScheduledTick(schedule=name, queue=queue, in_s=(tick - now_ms) / 1000)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(queue: str, raw: bytes) -> Schedule | None:
+    try:
+        return Schedule.from_json(queue, raw)
+    except ShoalError:
+        return None
 
 
 def write_queue_schedules(

@@ -13,7 +13,7 @@ import functools
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -33,7 +33,11 @@ SPEC_MISSED = {"skip": "skip", "runOnce": "run_once"}
 NAME = re.compile(r"^\S{1,253}$")
 """A schedule's name: a task name by default, so anything without white space."""
 MAX_GRACE_MS = 60_000
-"""A tick claimed within min(this, half the period) after it is due runs: it is on time."""
+"""A tick claimed within min(this, half the period) after it is due runs (late, past
+:data:`ON_TIME_MS`, but it runs); later ones were missed (see ``missed``)."""
+ON_TIME_MS = 1_000
+"""A tick claimed more than this after it was due is late: its claim says why, and ``shoal
+schedules`` shows it. A running scheduler claims within milliseconds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +285,29 @@ def decide(schedule: Schedule, last_tick_ms: int | None, now_ms: int) -> Decisio
     return Decision(tick, False, "missed while no worker claimed it: skipped (skip)", "missed")
 
 
+def pending_tick(schedule: Schedule, last_tick_ms: int | None, now_ms: int, since_ms: int) -> int:
+    """The earliest tick a worker has yet to claim, not before ``since_ms`` (may be in the
+    past: due, unclaimed). For a schedule never claimed (under its timing), that is its latest
+    tick while a worker would still run it (within its grace, see :func:`decide`), else the
+    next one."""
+    if last_tick_ms is None:
+        latest = latest_tick(schedule, now_ms)
+        last_tick_ms = latest - 1 if now_ms - latest <= grace_ms(schedule, latest) else now_ms
+    return next_tick(schedule, max(last_tick_ms, since_ms - 1))
+
+
+def explain_lateness(decision: Decision, now_ms: int, up_since_ms: int) -> Decision:
+    """A tick that runs later than :data:`ON_TIME_MS` (within its grace) says why in its claim:
+    ``late`` when this scheduler started after the tick (no worker was running: a fleet at
+    zero woken too late, or a pod slow to start), ``delayed`` when it was already running
+    (Redis unreachable, or its process too busy to tick)."""
+    if not decision.run or decision.reason != "due" or now_ms - decision.tick_ms <= ON_TIME_MS:
+        return decision
+    reason = "late" if up_since_ms > decision.tick_ms else "delayed"
+    late = describe_duration(now_ms - decision.tick_ms)
+    return replace(decision, reason=reason, why=f"due, run {late} late: {LATE_WHY[reason]}")
+
+
 def message_id(queue: str, name: str, tick_ms: int) -> str:
     """The id of a tick's message: the same for every worker (a duplicate would show as one
     id run twice), and time-sorted like :func:`shoal.message.new_message_id`."""
@@ -295,7 +322,8 @@ def message_id(queue: str, name: str, tick_ms: int) -> str:
 class Run:
     """A claimed tick, as stored in ``{p}:{q}:schedule:runs``:
     ``<tick_ms> <id|-> <claimed_ms> <timing> <reason>`` (``-`` for a tick claimed without a
-    run; ``reason`` says why: suspended, missed, new, refused)."""
+    run). ``reason``: due (on time), late or delayed (run late, see :func:`explain_lateness`),
+    missed (past its grace: run once or skipped), suspended, new, refused."""
 
     tick_ms: int
     message_id: str | None
@@ -324,6 +352,44 @@ class Run:
     def counts_for(self, schedule: Schedule) -> bool:
         """Whether this claim was made under the schedule's current timing."""
         return self.timing == schedule.timing
+
+    @property
+    def late_ms(self) -> int:
+        """How long after its time the tick was claimed."""
+        return max(0, self.claimed_ms - self.tick_ms)
+
+    def lateness(self) -> str | None:
+        """Why the tick ran late or not at all, for humans; None when it ran on time (or
+        was not meant to run: suspended, new, refused)."""
+        late = describe_duration(self.late_ms)
+        if self.reason == "missed":
+            if self.message_id is None:
+                return f"skipped: {LATE_WHY['missed']} (claimed {late} late)"
+            return f"late {late}: {LATE_WHY['missed']} (run_once)"
+        if self.message_id is None or self.late_ms <= ON_TIME_MS:
+            return None
+        why = LATE_WHY.get(self.reason)
+        return f"late {late}: {why}" if why else f"late {late}"
+
+
+LATE_WHY = {
+    "late": "no worker was running at the tick",
+    "delayed": "the running workers could not claim it in time (Redis unreachable or busy)",
+    "missed": "missed while no worker ran",
+}
+"""A late claim's reason, in words."""
+
+
+def describe_duration(ms: int) -> str:
+    """``41s``, ``5m 3s``, ``2h 5m``, ``3d 2h``."""
+    s = ms // 1000
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60}s"
+    if s < 86_400:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86_400}d {s % 86_400 // 3600}h"
 
 
 def describe_time(ms: int | None, zone: ZoneInfo | None = None) -> str:

@@ -4,21 +4,31 @@ injected), Queue schedules beside code ones, ``shoal schedules``, and worker pro
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from click.testing import CliRunner
-from processes import WorkerProcess, runs
+from processes import WorkerProcess, runs, worker_env
 
 from helpers import wait_for
 from shoal import App
 from shoal.broker import AsyncBroker
 from shoal.cli import cli
-from shoal.scheduler import Scheduler, prune_stale, write_queue_schedules
-from shoal.schedules import from_queue_spec, message_id
+from shoal.scheduler import (
+    Scheduler,
+    next_unclaimed_tick,
+    prune_stale,
+    redis_now_ms,
+    stored,
+    write_queue_schedules,
+)
+from shoal.schedules import Run, Schedule, from_queue_spec, latest_tick, make, message_id
 
 
 def at(*parts: int) -> float:
@@ -164,6 +174,7 @@ def test_shoal_schedules_lists_next_run_last_run_and_outcome(
     assert "failed (dead-lettered)" in lines["boom"]
     assert "waiting/running" in lines["later"] and "2024-01-01 10:01:00 UTC" in lines["later"]
     assert "finished" in lines["ok"] and "(Asia/Tokyo)" in lines["ok"] and "JST" in lines["ok"]
+    assert "late" not in lines["ok"]  # claimed 1 s after its time: on time
     assert "not run (new)" in lines["yearly"] and "2024-01-01 00:00:00 UTC" in lines["yearly"]
 
     # And since the workers last declared them in (injected) 2024, they are listed as stale,
@@ -174,6 +185,96 @@ def test_shoal_schedules_lists_next_run_last_run_and_outcome(
     assert pruned.output.count("removed stale schedule") == 4
     assert app.broker.redis.hlen(app.broker.keys("jobs").schedules) == 0
     assert app.broker.redis.hlen(app.broker.keys("jobs").schedule_runs) == 0
+
+
+def test_shoal_schedules_shows_a_late_tick_and_why(
+    app: App, monkeypatch: pytest.MonkeyPatch, key_prefix: str
+) -> None:
+    @app.periodic("*/5 * * * *", queue="woken", name="woke-late")
+    def woke_late() -> None: ...
+
+    @app.periodic("0 * * * *", queue="busy", name="delayed")
+    def delayed() -> None: ...
+
+    @app.periodic("0 * * * *", queue="asleep", name="skipper")
+    def skipper() -> None: ...
+
+    @app.periodic("0 * * * *", queue="asleep", name="catcher", missed="run_once")
+    def catcher() -> None: ...
+
+    # Given a worker that started 41 s after a tick (a fleet at zero woken too late): it runs
+    run_schedulers(app, ["woken"], [at(2024, 1, 1, 10, 0, 41)], n=1)
+    # a worker up since 9:00 that could not claim 10:00 until 10:00:30 (Redis was away)
+    run_schedulers(app, ["busy"], [at(2024, 1, 1, 9, 0, 0), at(2024, 1, 1, 10, 0, 30)], n=1)
+    # and no worker at all between 9:00 and 10:05: skip drops 10:00, run_once runs it
+    run_schedulers(app, ["asleep"], [at(2024, 1, 1, 9, 0, 0)], n=1)
+    run_schedulers(app, ["asleep"], [at(2024, 1, 1, 10, 5, 0)], n=1)
+
+    monkeypatch.setenv("SHOAL_REDIS_URL", app.settings.redis_url)
+    monkeypatch.setenv("SHOAL_KEY_PREFIX", key_prefix)
+    monkeypatch.setenv("COLUMNS", "400")
+    queues = ["--queue", "woken", "--queue", "busy", "--queue", "asleep"]
+    result = CliRunner().invoke(cli, ["schedules", *queues])
+    assert result.exit_code == 0, result.output
+    lines = {
+        line.split("│")[2].strip(): line
+        for line in result.output.splitlines()
+        if line.count("│") > 3 and "2024-01-01" in line
+    }
+    assert set(lines) == {"woke-late", "delayed", "skipper", "catcher"}, result.output
+
+    # Then each says how late its last tick was, and why
+    assert "waiting/running, late 41s: no worker was running at the tick" in lines["woke-late"]
+    assert "late 30s: the running workers could not claim it in time" in lines["delayed"]
+    assert "skipped: missed while no worker ran (claimed 5m 0s late)" in lines["skipper"]
+    assert "late 5m 0s: missed while no worker ran (run_once)" in lines["catcher"]
+
+
+def test_next_unclaimed_tick_is_what_a_fleet_at_zero_is_woken_for(app: App) -> None:
+    # Given a Queue's minutely schedule and a suspended every-second one, a code schedule the
+    # workers still declare (yearly), one they stopped declaring 11 minutes before their
+    # latest declaration (removed from the code), and an unreadable entry
+    keys = app.broker.keys("q")
+    now_ms = redis_now_ms(app.broker)
+    every_second = {"cron": "* * * * * *", "task": "t"}
+    write_queue_schedules(
+        app.broker,
+        "q",
+        [
+            from_queue_spec("q", {"name": "minutely", "cron": "* * * * *", "task": "t"}),
+            from_queue_spec("q", {"name": "paused", "suspend": True, **every_second}),
+        ],
+    )
+    code = {n: make(name=n, queue="q", **every_second) for n in ("removed", "kept")}
+    code["kept"] = make(name="kept", queue="q", cron="0 0 1 1 *", task="t")
+    app.broker.redis.hset(
+        keys.schedules, mapping={**{n: s.to_json() for n, s in code.items()}, "broken": b"{"}
+    )
+    app.broker.redis.hset(
+        keys.schedules_seen, mapping={"removed": now_ms - 11 * 60_000, "kept": now_ms}
+    )
+
+    # Then the fleet is woken for the minutely one: its latest tick while a worker would still
+    # run it (within its 30 s grace; never claimed), else its next one
+    first = next_unclaimed_tick(app.broker, ["q", "empty"], hold_s=300)
+    assert first is not None and first.schedule == "minutely" and first.queue == "q"
+    assert -30 <= first.in_s <= 60
+
+    # When a worker has claimed up to the coming minute, the next is the one after it
+    raw = app.broker.redis.hget(keys.schedules, "minutely")
+    minutely = Schedule.from_json("q", raw)  # type: ignore[arg-type]
+    tick_ms = latest_tick(minutely, redis_now_ms(app.broker) + 60_000)
+    claim = Run(tick_ms, "id", tick_ms, minutely.timing, "due")
+    app.broker.redis.hset(keys.schedule_runs, "minutely", claim.encode())
+    second = next_unclaimed_tick(app.broker, ["q"], hold_s=300)
+    assert second is not None and second.schedule == "minutely"
+    assert second.in_s > first.in_s
+
+    # And with nothing but suspended or far schedules, nothing is imminent
+    app.broker.redis.hdel(keys.schedules, "minutely", "removed")
+    far = next_unclaimed_tick(app.broker, ["q"], hold_s=300)
+    assert far is not None and far.schedule == "kept" and far.in_s > 0
+    assert next_unclaimed_tick(app.broker, ["empty"], hold_s=300) is None
 
 
 def test_worker_processes_run_each_tick_once(
@@ -352,3 +453,63 @@ def test_a_new_release_updates_a_code_schedule_whatever_its_arguments_say(app: A
     declare("30 * * * *")
     stored = app.broker.redis.hget(app.broker.keys("q").schedules, "odd")
     assert stored is not None and b'"cron":"30 * * * *"' in stored  # type: ignore[operator]
+
+
+DEV_MANIFEST = """
+apiVersion: shoal.dev/v1alpha1
+kind: Queue
+metadata: {name: burst}
+spec:
+  redis: {url: "redis://cluster-redis:6379/0", keyPrefix: %(prefix)s}
+  schedules:
+    - {name: daily, cron: "%(cron)s", task: crunch, args: [1]}
+---
+apiVersion: shoal.dev/v1alpha1
+kind: Worker
+metadata: {name: crunchers}
+spec:
+  image: example/tasks:1
+  module: dev_tasks
+  queues: [burst]
+  autoscaling:
+    enabled: true
+    minReplicas: 0
+    maxReplicas: 2
+    pollSeconds: 0.2
+    scaleToZeroAfterSeconds: 0
+    scaleDownStabilizationSeconds: 0
+    scheduleLeadSeconds: 6
+"""
+
+
+def test_shoal_dev_wakes_its_fleet_at_zero_for_a_schedule(
+    redis_url: str, key_prefix: str, app: App, tmp_path: Path
+) -> None:
+    # Given shoal dev with a Worker at zero, and a Queue schedule due 10 s from now (daily)
+    due_ms = (redis_now_ms(app.broker) // 1000 + 10) * 1000
+    due = datetime.fromtimestamp(due_ms / 1000, UTC)
+    manifest = tmp_path / "queue.yaml"
+    cron = f"{due.minute} {due.hour} * * * {due.second}"
+    manifest.write_text(DEV_MANIFEST % {"prefix": key_prefix, "cron": cron})
+    log = tmp_path / "dev.log"
+    with log.open("wb") as out:
+        dev = subprocess.Popen(
+            [sys.executable, "-m", "shoal", "dev", "-f", str(manifest), "--redis-url", redis_url],
+            env=worker_env(redis_url),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        # Then a local worker starts with nothing waiting, the tick runs, and the fleet goes
+        # back to zero once it is claimed
+        wait_for(app.broker.workers, timeout=20, message="a worker woken")
+        wait_for(
+            lambda: app.measure("burst").completed == 1, timeout=30, message="the tick's task run"
+        )
+        (row,) = stored(app.broker, "burst")
+        assert row.last is not None and row.last.tick_ms == due_ms
+        wait_for(lambda: app.broker.workers() == [], timeout=30, message="back to zero")
+    finally:
+        dev.terminate()
+        dev.wait(60)
+    assert "crunchers: 0 → 1 (schedule daily on burst due in" in log.read_text()

@@ -5,7 +5,14 @@ Each scenario applies resources as ``kubectl apply`` would and polls for the out
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -15,6 +22,7 @@ from kube_emulator import DEPLOYMENTS, PODS, QUEUES, SECRETS, WORKERS, Kube
 from conftest import OperatorRunnerFactory
 from shoal import App
 from shoal.redis_server import LocalRedis, free_port
+from shoal.scheduler import redis_now_ms, stored
 
 WaitFor = Callable[..., Any]
 
@@ -397,4 +405,112 @@ def test_queue_schedules_land_in_redis_and_an_invalid_one_is_a_condition(
         lambda: not app.broker.redis.hexists(schedules_key, "broken"),
         message="the deleted Queue's schedules removed",
     )
+    app.close()
+
+
+SCHEDULED_TASKS = """
+from shoal import App
+
+app = App()
+
+
+@app.task(queue="reports", name="woken.report")
+def report() -> None:
+    pass
+"""
+
+
+@contextlib.contextmanager
+def worker_pod(tmp_path: Path, redis_url: str, key_prefix: str) -> Iterator[None]:
+    """What a kubelet would run for the Deployment's one replica: `shoal worker`, killed by PID
+    at the end."""
+    (tmp_path / "woken_tasks.py").write_text(SCHEDULED_TASKS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
+    env.update(SHOAL_REDIS_URL=redis_url, SHOAL_KEY_PREFIX=key_prefix, PYTHONPATH=str(tmp_path))
+    with (tmp_path / "worker.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shoal", "worker", "woken_tasks:app", "--queues", "reports"],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def test_a_worker_at_zero_is_woken_before_its_schedule_is_due_and_the_tick_runs(
+    kube: Kube,
+    running: None,
+    redis_url: str,
+    key_prefix: str,
+    wait_for: WaitFor,
+    tmp_path: Path,
+) -> None:
+    # Given a Worker scaled to zero (nothing waiting) whose schedules wake it 6 s ahead
+    app = App(redis_url, key_prefix=key_prefix)
+    kube.create(QUEUES, queue("reports", redis_url, key_prefix))
+    kube.create(
+        WORKERS,
+        worker(
+            "reporter",
+            ["reports"],
+            autoscaling={
+                "enabled": True,
+                "minReplicas": 0,
+                "maxReplicas": 3,
+                "pollSeconds": 0.2,
+                "scaleToZeroAfterSeconds": 0,
+                "scaleDownStabilizationSeconds": 0,
+                "scheduleLeadSeconds": 6,
+            },
+        ),
+    )
+    wait_for(
+        lambda: (
+            "idle" in kube.get(WORKERS, "reporter").get("status", {}).get("lastScaleReason", "")
+        ),
+        message="the autoscaler idle at zero",
+    )
+    assert kube.get(DEPLOYMENTS, "reporter")["spec"]["replicas"] == 0
+
+    # When the Queue gets a (daily) schedule due 10 s from now, on Redis's clock
+    due_ms = (redis_now_ms(app.broker) // 1000 + 10) * 1000
+    due = datetime.fromtimestamp(due_ms / 1000, UTC)
+    cron = f"{due.minute} {due.hour} * * * {due.second}"
+    spec = {"name": "daily-report", "cron": cron, "task": "woken.report"}
+    kube.patch(QUEUES, "reports", {"spec": {"schedules": [spec]}})
+
+    # Then the Worker is scaled to 1 before the tick is due, saying why
+    wait_for(
+        lambda: kube.get(DEPLOYMENTS, "reporter")["spec"]["replicas"] == 1,
+        timeout=15,
+        message="1 replica for the coming tick",
+    )
+    assert redis_now_ms(app.broker) < due_ms  # woken ahead of the tick
+    reason = kube.get(WORKERS, "reporter")["status"]["lastScaleReason"]
+    assert "schedule daily-report on reports due in" in reason
+
+    # When its pod runs, the tick runs (claimed by that worker, its task finished)
+    def last_run() -> str | None:
+        (row,) = stored(app.broker, "reports")
+        done = row.last is not None and row.last.tick_ms == due_ms
+        return row.outcome if done and row.outcome.startswith("finished") else None
+
+    with worker_pod(tmp_path, redis_url, key_prefix):
+        outcome = wait_for(last_run, timeout=30, message="the tick run and finished")
+        assert "missed" not in outcome and "skipped" not in outcome
+
+        # Then, the tick claimed and nothing else to do, the fleet goes back to zero
+        wait_for(
+            lambda: kube.get(DEPLOYMENTS, "reporter")["spec"]["replicas"] == 0,
+            message="back to zero once the tick was claimed",
+        )
     app.close()

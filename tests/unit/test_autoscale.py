@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.autoscale import Decision, Policy, Snapshot, State, decide
+from shoal.autoscale import (
+    Decision,
+    Policy,
+    ScheduledTick,
+    Snapshot,
+    State,
+    decide,
+    policy_from_spec,
+)
 
 POLICY = Policy(
     min_replicas=0,
@@ -123,3 +131,123 @@ def test_oldest_wait_over_target_adds_a_replica() -> None:
     d = decide(policy, Snapshot(0, 10, 3, 3, 3, oldest_wait_s=5, completion_rate=300), state)
     assert d.replicas == 4
     assert "oldest waited 5.0s" in d.reason
+
+
+# --- schedules: a fleet at zero wakes before a tick is due ---------------------------------
+
+
+def tick(in_s: float, name: str = "nightly-report", queue: str = "reports") -> ScheduledTick:
+    return ScheduledTick(schedule=name, queue=queue, in_s=in_s)
+
+
+WAKE = Policy(max_replicas=10, target_per_replica=20, schedule_lead_s=60, schedule_hold_s=300)
+
+
+@pytest.mark.parametrize(
+    ("snap", "policy", "expected", "reason"),
+    [
+        # a tick due within the lead wakes a fleet at zero, saying which and when
+        (
+            Snapshot(0, 0, 0, 0, 0, next_tick=tick(42)),
+            WAKE,
+            1,
+            "schedule nightly-report on reports due in 42s → 1",
+        ),
+        # beyond the lead it sleeps on
+        (Snapshot(0, 0, 0, 0, 0, next_tick=tick(61)), WAKE, 0, "idle → 0"),
+        # a longer lead (scheduleLeadSeconds) wakes it earlier
+        (
+            Snapshot(0, 0, 0, 0, 0, next_tick=tick(100)),
+            Policy(schedule_lead_s=120),
+            1,
+            "due in 1m 40s",
+        ),
+        # due, not claimed yet: stays up until a worker claims it ...
+        (
+            Snapshot(0, 0, 0, 1, 0, next_tick=tick(-20)),
+            WAKE,
+            1,
+            "schedule nightly-report on reports due 20s ago, not claimed yet → 1",
+        ),
+        # ... for a bounded time only
+        (Snapshot(0, 0, 0, 0, 0, next_tick=tick(-301)), WAKE, 0, "idle → 0"),
+        # below the activation threshold, a schedule still wakes the fleet
+        (
+            Snapshot(0, 3, 0, 0, 0, next_tick=tick(5)),
+            Policy(activation_threshold=5),
+            1,
+            "due in 5s → 1",
+        ),
+        # a fleet kept up by work is sized by its work
+        (Snapshot(0, 500, 0, 0, 0, next_tick=tick(5)), WAKE, 10, "500 waiting"),
+        # never below min
+        (Snapshot(0, 0, 0, 0, 0, next_tick=tick(5)), Policy(min_replicas=3), 3, "→ 3"),
+        # woken and up, no idle period: held until the tick is claimed
+        (
+            Snapshot(0, 0, 0, 1, 1, next_tick=tick(-3)),
+            Policy(scale_to_zero_after_s=0),
+            1,
+            "due 3s ago, not claimed yet → 1",
+        ),
+        # no fresh measurement: nothing moves, schedule or not
+        (Snapshot(0, 0, 0, 0, 0, fresh=False, next_tick=tick(5)), WAKE, 0, "holding 0"),
+    ],
+    ids=[
+        "due-within-lead",
+        "beyond-lead",
+        "longer-lead",
+        "overdue-unclaimed",
+        "overdue-beyond-hold",
+        "below-activation",
+        "work-wins",
+        "min",
+        "up-with-zero-idle-period",
+        "stale-holds",
+    ],
+)
+def test_schedule_wake_decisions(
+    snap: Snapshot, policy: Policy, expected: int, reason: str
+) -> None:
+    decision = decide(policy, snap)
+    assert decision.replicas == expected, decision.reason
+    assert reason in decision.reason
+
+
+def test_an_idle_fleet_is_not_scaled_to_zero_just_before_a_tick() -> None:
+    policy = Policy(scale_to_zero_after_s=300, stabilization_s=0)
+    state = decide(policy, Snapshot(0, 0, 1, 1, 1)).state  # last activity at 0
+    kept = decide(policy, Snapshot(1000, 0, 0, 1, 1, next_tick=tick(30)), state)
+    assert kept.replicas == 1 and "due in 30s" in kept.reason
+    # the same fleet without the tick goes to zero
+    assert decide(policy, Snapshot(1000, 0, 0, 1, 1), state).replicas == 0
+
+
+def test_after_the_tick_is_claimed_the_woken_fleet_idles_then_sleeps() -> None:
+    policy = Policy(scale_to_zero_after_s=300, stabilization_s=0)
+    # Given a fleet at zero woken 60 s before a tick
+    woken = decide(policy, Snapshot(1000, 0, 0, 0, 0, next_tick=tick(60)))
+    assert woken.replicas == 1
+    # When the tick has been claimed (the next one is a day away) and its task ran
+    ran = decide(policy, Snapshot(1061, 0, 0, 1, 1, completion_rate=0.5), woken.state)
+    assert ran.replicas == 1
+    # Then the fleet idles scale_to_zero_after_s from its last activity, then sleeps
+    assert (
+        decide(policy, Snapshot(1300, 0, 0, 1, 1, next_tick=tick(86_000)), ran.state).replicas == 1
+    )
+    asleep = decide(policy, Snapshot(1361, 0, 0, 1, 1, next_tick=tick(86_000)), ran.state)
+    assert asleep.replicas == 0 and "idle for 300s" in asleep.reason
+
+
+def test_a_wake_counts_as_activity_even_when_the_tick_runs_nothing() -> None:
+    # A fleet that never had work, woken for a tick claimed without a run (missed: skip), still
+    # goes back to zero after the idle period, counted from the wake
+    policy = Policy(scale_to_zero_after_s=100, stabilization_s=0)
+    woken = decide(policy, Snapshot(0, 0, 0, 0, 0, next_tick=tick(10)))
+    held = decide(policy, Snapshot(50, 0, 0, 1, 1), woken.state)
+    assert held.replicas == 1
+    assert decide(policy, Snapshot(100, 0, 0, 1, 1), held.state).replicas == 0
+
+
+def test_schedule_lead_from_the_worker_spec() -> None:
+    assert policy_from_spec({}).schedule_lead_s == 60
+    assert policy_from_spec({"scheduleLeadSeconds": 180}).schedule_lead_s == 180

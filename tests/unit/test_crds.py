@@ -149,3 +149,12 @@ def test_queue_schedules_accept_arguments_zones_and_policies() -> None:
 def test_invalid_queue_schedules_are_refused(schedule: dict[str, Any], expected: str) -> None:
     errors = validate(_with_schedules(schedule), CRDS)
     assert any(expected in e for e in errors), errors
+
+
+def test_worker_schedule_lead_is_seconds_from_zero() -> None:
+    def lead(seconds: int) -> dict[str, Any]:
+        scaling = {"enabled": True, "minReplicas": 0, "maxReplicas": 3}
+        return _worker(autoscaling={**scaling, "scheduleLeadSeconds": seconds})
+
+    assert validate(lead(120), CRDS) == []
+    assert any("-1 is less than the minimum of 0" in e for e in validate(lead(-1), CRDS))

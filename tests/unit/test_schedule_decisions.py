@@ -12,11 +12,13 @@ from shoal.schedules import (
     Run,
     Schedule,
     decide,
+    explain_lateness,
     from_queue_spec,
     latest_tick,
     make,
     message_id,
     next_tick,
+    pending_tick,
 )
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -192,3 +194,60 @@ def test_declaring_schedules_on_an_app() -> None:
         app.schedule(digest, cron="0 9 * * 1", name="weekly-digest")
     with pytest.raises(ConfigurationError, match="not a cron expression"):
         app.periodic("nope")(digest)
+
+
+@pytest.mark.parametrize(
+    ("now", "up_since", "reason"),
+    [
+        (ms(2024, 1, 1, 10, 5, 1), ms(2024, 1, 1, 9), "due"),  # within a second: on time
+        (ms(2024, 1, 1, 10, 5, 41), ms(2024, 1, 1, 10, 5, 40), "late"),  # started after it
+        (ms(2024, 1, 1, 10, 5, 41), ms(2024, 1, 1, 9), "delayed"),  # running, could not claim
+    ],
+    ids=["on-time", "no-worker-was-running", "running-but-stalled"],
+)
+def test_a_late_claim_says_why(now: int, up_since: int, reason: str) -> None:
+    d = decide(every5(), ms(2024, 1, 1, 10, 0), now)
+    assert d is not None and d.run
+    assert explain_lateness(d, now, up_since).reason == reason
+
+
+@pytest.mark.parametrize(
+    ("run", "shown"),
+    [
+        (Run(0, "m", 800, "t", "due"), None),
+        (Run(0, "m", 41_000, "t", "late"), "late 41s: no worker was running at the tick"),
+        (Run(0, "m", 30_000, "t", "delayed"), "late 30s: the running workers could not claim"),
+        (Run(0, "m", 41_000, "t", "due"), "late 41s"),  # claimed before reasons were kept
+        (Run(0, None, 300_000, "t", "missed"), "skipped: missed while no worker ran (claimed 5m"),
+        (
+            Run(0, "m", 7_380_000, "t", "missed"),
+            "late 2h 3m: missed while no worker ran (run_once)",
+        ),
+        (Run(0, None, 90_000, "t", "suspended"), None),
+    ],
+    ids=["on-time", "late", "delayed", "old-claim", "skipped", "run-once", "suspended"],
+)
+def test_lateness_for_humans(run: Run, shown: str | None) -> None:
+    text = run.lateness()
+    assert text == shown if shown is None else text is not None and text.startswith(shown)
+
+
+@pytest.mark.parametrize(
+    ("last", "now", "since", "pending"),
+    [
+        # claimed up to 10:00: the next
+        (ms(2024, 1, 1, 10, 0), ms(2024, 1, 1, 10, 2), ms(2024, 1, 1, 9, 57), (10, 5)),
+        # 10:00 due and unclaimed (a fleet asleep since 9:00): still pending within the hold
+        (ms(2024, 1, 1, 9, 0), ms(2024, 1, 1, 10, 2), ms(2024, 1, 1, 9, 57), (10, 0)),
+        # ... and not beyond it
+        (ms(2024, 1, 1, 9, 0), ms(2024, 1, 1, 10, 2), ms(2024, 1, 1, 10, 1), (10, 5)),
+        # never claimed: its latest tick while a worker would still run it, else the next
+        (None, ms(2024, 1, 1, 10, 0, 20), ms(2024, 1, 1, 9, 55), (10, 0)),
+        (None, ms(2024, 1, 1, 10, 2), ms(2024, 1, 1, 9, 55), (10, 5)),
+    ],
+    ids=["claimed", "unclaimed-in-hold", "past-hold", "new-in-grace", "new-past-grace"],
+)
+def test_the_pending_tick_a_fleet_is_woken_for(
+    last: int | None, now: int, since: int, pending: tuple[int, int]
+) -> None:
+    assert pending_tick(every5(), last, now, since) == ms(2024, 1, 1, *pending)

@@ -180,7 +180,7 @@ def _retry_call(k: QueueKeys, message_id: str, delay_ms: int, body: bytes, deliv
 def _dead_call(
     k: QueueKeys,
     message_id: str,
-    entry: bytes,
+    entry: tuple[bytes, bytes],
     result: bytes | None,
     dedupe: str | None,
     bounds: tuple[int, float],
@@ -200,7 +200,7 @@ def _dead_call(
     ]
     argv = [
         message_id,
-        entry,
+        entry[0],
         max_entries,
         result or b"",
         int(result_ttl_s * 1000),
@@ -208,6 +208,8 @@ def _dead_call(
         dedupe or "",
         "" if delivery is None else delivery,
     ]
+    keys.append(k.dead_bodies)  # last: dead.lua reads KEYS[#KEYS] and ARGV[#ARGV]
+    argv.append(entry[1])
     return "dead", keys, argv
 
 
@@ -230,11 +232,11 @@ def _replay_call(k: QueueKeys, fresh: Sequence[tuple[str, bytes, str | None]]) -
     for message_id, body, dedupe in fresh:
         argv += (message_id, body, dedupe or "")
     keys = [k.dead, k.dead_entries, k.messages, k.waiting, k.deliveries, k.dedupe]
-    return "replay", keys, argv
+    return "replay", [*keys, k.dead_bodies], argv  # last: replay.lua reads KEYS[#KEYS]
 
 
-def _purge_call(k: QueueKeys, min_age_ms: int, batch: int) -> Call:
-    return "purge", [k.dead, k.dead_entries], [min_age_ms, batch]
+def _purge_call(k: QueueKeys, min_age_ms: int, batch: int, ids: Sequence[str] = ()) -> Call:
+    return "purge", [k.dead, k.dead_entries, k.dead_bodies], [min_age_ms, batch, *ids]
 
 
 DUE_SOON_MS = 5000
@@ -395,6 +397,17 @@ class Broker(_KeysMixin):
             total += n
         return total
 
+    def purge_ids(
+        self, queue: str, ids: Sequence[str], min_age_s: float | None = None
+    ) -> list[str]:
+        """Delete these dead letters (those at least ``min_age_s`` old); returns the deleted."""
+        min_age_ms = -1 if min_age_s is None else int(min_age_s * 1000)
+        deleted: list[bytes] = []
+        for start in range(0, len(ids), 1000):
+            call = _purge_call(self.keys(queue), min_age_ms, 0, ids[start : start + 1000])
+            deleted += self._run(call)
+        return [i.decode() for i in deleted]
+
     def measure(self, queue: str) -> QueueStats:
         """The queue's figures, O(1) in Redis."""
         return QueueStats.from_reply(queue, self._run(_measure_call(self.keys(queue))))
@@ -505,13 +518,15 @@ class AsyncBroker(_KeysMixin):
         self,
         queue: str,
         message_id: str,
-        entry: bytes,
+        entry: tuple[bytes, bytes],
         result: bytes | None,
         dedupe: str | None,
         bounds: tuple[int, float],
         delivery: int | None,
     ) -> bool:
-        """Dead-letter a message; ``bounds`` is the DLQ's (max entries, max age in seconds).
+        """Dead-letter a message; ``entry`` is (summary JSON, stored body) as built by
+        :func:`shoal.dlq.dead_letter_entry`; ``bounds`` is the DLQ's (max entries, max age in
+        seconds).
 
         ``delivery``: the caller's delivery of a stored message (nothing happens, and False is
         returned, if it is no longer the latest); None for a malformed waiting token."""

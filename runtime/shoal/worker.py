@@ -19,7 +19,6 @@ import logging
 import os
 import socket
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -27,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from shoal import __version__, workflow
+from shoal import __version__, dlq, workflow
 from shoal.app import App
 from shoal.broker import MAX_BACKOFF_S, REDIS_ERRORS, AsyncBroker, Finished
 from shoal.errors import DecodeError, WorkflowError
@@ -426,30 +425,22 @@ class Worker:
     ) -> None:
         """Set a message aside with its reason; it never runs again unless replayed."""
         flow = workflow.Meta.of(message) if message else None
-        entry = orjson.dumps(
-            {
-                "id": message_id,
-                "queue": queue,
-                "task": message.task if message else None,
-                "reason": reason,
-                "error": _describe(error),
-                "exception_type": type(error).__qualname__,
-                "traceback": "".join(traceback.format_exception(error))
-                if error.__traceback__
-                else "",
-                "attempts": message.attempt + 1 if message else 0,
-                "enqueued_at": message.enqueued_at if message else None,
-                "failed_at": time.time(),
-                "traceparent": message.headers.get("traceparent") if message else None,
-                "message": message.encode().decode() if message else _excerpt(raw),
-                "workflow": {"id": flow.id, "kind": flow.kind} if flow else None,
-            }
+        dlq_id = message_id if stored else dlq.dead_letter_id(message_id)  # a bad token: bounded
+        entry = dlq.dead_letter_entry(
+            dlq_id,
+            queue,
+            message,
+            reason,
+            error,
+            raw,
+            signer=self.app.signer,
+            workflow={"id": flow.id, "kind": flow.kind} if flow else None,
         )
         result = None
         if task is not None and task.store_result and flow is None:  # a workflow: see below
             result = orjson.dumps({"ok": False, "error": f"{reason}: {_describe(error)}"})
         log.error(
-            "message %s on %s dead-lettered (%s): %s", message_id, queue, reason, _describe(error)
+            "message %s on %s dead-lettered (%s): %s", dlq_id, queue, reason, _describe(error)
         )
         dedupe = message.options.get("dedupe_key") if message else None
         defaults = self.queue_defaults.get(queue, {})
@@ -459,7 +450,7 @@ class Worker:
         )
         delivery = self.held[queue].get(message_id) if stored else None
         dead = await self._retrying(
-            lambda: self.broker.dead(queue, message_id, entry, result, dedupe, bounds, delivery)
+            lambda: self.broker.dead(queue, dlq_id, entry, result, dedupe, bounds, delivery)
         )
         self.held[queue].pop(message_id, None)
         if dead and flow is not None and message is not None:  # the workflow fails with it
@@ -580,11 +571,5 @@ class Worker:
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
 
 
-def _excerpt(raw: bytes | None, limit: int = 64 * 1024) -> str:
-    """What a DLQ entry keeps of bytes that are not a message: enough to diagnose, bounded."""
-    text = (raw or b"")[:limit].decode("utf-8", "replace")
-    return text + ("…[truncated]" if raw and len(raw) > limit else "")
-
-
 def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+    return dlq.describe(error)  # bounded: it goes into log lines, envelopes and results

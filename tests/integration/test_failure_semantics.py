@@ -251,10 +251,13 @@ def test_oversized_stored_message_is_dead_lettered(
         pytest.fail("an oversized message must not run")
 
     handle = upload_big.enqueue("x" * 5000)
+    keys = app.broker.keys("q")
+    size = app.broker.redis.hstrlen(keys.messages, handle.id)
     worker(app, ["q"])
     entry = dead_entry(app, "q", handle.id)
     assert entry["reason"] == "too_large"
-    assert len(entry["message"]) <= 64 * 1024 + 20
+    assert (entry["size"], entry["stored"]) == (size, "excerpt")
+    assert app.broker.redis.hstrlen(keys.dead_bodies, handle.id) == 4096
 
 
 def test_message_that_keeps_losing_its_worker_is_dead_lettered(

@@ -3,20 +3,25 @@
 -- KEYS[1] inflight      ZSET  id -> lease deadline; the id is removed
 -- KEYS[2] messages      HASH  id -> envelope; the id is removed
 -- KEYS[3] dead          ZSET  id -> dead-lettered at (ms)
--- KEYS[4] dead:entries  HASH  id -> entry JSON (reason, error, original message, ...)
+-- KEYS[4] dead:entries  HASH  id -> entry JSON (reason, error, body size, ...; bounded)
 -- KEYS[5] stats         HASH  counters; "dead" is incremented
 -- KEYS[6] deliveries    HASH  id -> delivery count; the id is removed
 -- KEYS[7] dedupe        HASH  dedupe key -> id; released when held by this id
 -- KEYS[8] result key    LIST  the failure is stored there when ARGV[4] is not ""
 -- ARGV[1] id, ARGV[2] entry JSON, ARGV[3] max entries, ARGV[4] result JSON or "",
 -- ARGV[5] result TTL (ms), ARGV[6] max age (ms), ARGV[7] dedupe key or ""
+-- KEYS[#KEYS] dead:bodies HASH id -> the message's envelope, or an excerpt of bad bytes; and
+-- ARGV[#ARGV] that body: both last, whatever comes before (entry and body are written, and
+-- trimmed, together).
 -- Trimming pops the oldest entries by score: O(log n) per entry, never a scan.
 -- ARGV[8] the caller's delivery of a stored message, or "" for a malformed waiting token: a
 -- message finished or re-delivered elsewhere meanwhile is left alone (a task that succeeded on
 -- another worker must not land in the DLQ); returns 0 then.
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local bodies, body = KEYS[#KEYS], ARGV[#ARGV]
 local id = ARGV[1]
+local dlq_id = id -- the id the entry is filed under
 if ARGV[8] ~= '' and redis.call('HGET', KEYS[6], id) ~= ARGV[8] then return 0 end
 redis.call('ZREM', KEYS[1], id)
 redis.call('HDEL', KEYS[2], id)
@@ -26,6 +31,7 @@ if ARGV[7] ~= '' and redis.call('HGET', KEYS[7], ARGV[7]) == id then
 end
 redis.call('ZADD', KEYS[3], now, id)
 redis.call('HSET', KEYS[4], id, ARGV[2])
+redis.call('HSET', bodies, dlq_id, body)
 redis.call('HINCRBY', KEYS[5], 'dead', 1)
 if ARGV[4] ~= '' then
   redis.call('DEL', KEYS[8])
@@ -35,11 +41,15 @@ end
 local excess = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[3])
 if excess > 0 then
   local popped = redis.call('ZPOPMIN', KEYS[3], excess)
-  for i = 1, #popped, 2 do redis.call('HDEL', KEYS[4], popped[i]) end
+  for i = 1, #popped, 2 do
+    redis.call('HDEL', KEYS[4], popped[i])
+    redis.call('HDEL', bodies, popped[i])
+  end
 end
 local stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[6]), 'LIMIT', 0, 100)
 for _, old in ipairs(stale) do
   redis.call('ZREM', KEYS[3], old)
   redis.call('HDEL', KEYS[4], old)
+  redis.call('HDEL', bodies, old)
 end
 return 1

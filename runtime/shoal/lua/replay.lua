@@ -7,12 +7,15 @@
 -- KEYS[5] deliveries    HASH  id -> delivery count; reset
 -- KEYS[6] dedupe        HASH  dedupe key -> id; the replayed message takes its key back
 --                             unless another live message holds it
+-- KEYS[#KEYS] dead:bodies HASH id -> stored body; the ids are removed (last, whatever comes
+--                             before)
 -- ARGV[1] notify channel
 -- ARGV[2..] triples: id, fresh envelope, dedupe key ("" = none)
 -- Only ids still in the DLQ move (a concurrent purge or replay wins); returns how many moved.
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local was_empty = redis.call('LLEN', KEYS[4]) == 0
+local bodies = KEYS[#KEYS]
 local n = 0
 for i = 2, #ARGV, 3 do
   local id, dedupe = ARGV[i], ARGV[i + 2]
@@ -24,6 +27,7 @@ for i = 2, #ARGV, 3 do
       end
     end
     redis.call('HDEL', KEYS[2], id)
+    redis.call('HDEL', bodies, id)
     redis.call('HDEL', KEYS[5], id)
     redis.call('HSET', KEYS[3], id, ARGV[i + 1])
     redis.call('LPUSH', KEYS[4], now .. ':' .. id)

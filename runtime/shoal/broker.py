@@ -7,6 +7,7 @@ layout each script documents in its header lives in exactly one Python place too
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import threading
 import time
@@ -249,7 +250,7 @@ def _retry_call(k: QueueKeys, message_id: str, delay_ms: int, body: bytes, owner
 def _dead_call(
     k: QueueKeys,
     message_id: str | bytes,
-    entry: bytes,
+    entry: tuple[bytes, bytes],
     result: bytes | None,
     dedupe: str | None,
     bounds: tuple[int, float],
@@ -271,7 +272,7 @@ def _dead_call(
     ]
     argv = [
         message_id,
-        entry,
+        entry[0],
         max_entries,
         result or b"",
         int(result_ttl_s * 1000),
@@ -280,6 +281,8 @@ def _dead_call(
         "" if owner is None else owner,
         dlq_id or "",
     ]
+    keys.append(k.dead_bodies)
+    argv.append(entry[1])
     return "dead", keys, argv
 
 
@@ -302,11 +305,11 @@ def _replay_call(k: QueueKeys, fresh: Sequence[tuple[str, bytes, str | None]]) -
     for message_id, body, dedupe in fresh:
         argv += (message_id, body, dedupe or "")
     keys = [k.dead, k.dead_entries, k.messages, k.waiting, k.deliveries, k.dedupe, k.owners]
-    return "replay", keys, argv
+    return "replay", [*keys, k.dead_bodies], argv
 
 
-def _purge_call(k: QueueKeys, min_age_ms: int, batch: int) -> Call:
-    return "purge", [k.dead, k.dead_entries], [min_age_ms, batch]
+def _purge_call(k: QueueKeys, min_age_ms: int, batch: int, ids: Sequence[str] = ()) -> Call:
+    return "purge", [k.dead, k.dead_entries, k.dead_bodies], [min_age_ms, batch, *ids]
 
 
 DUE_SOON_MS = 5000
@@ -350,17 +353,40 @@ def _measure_call(k: QueueKeys) -> Call:
     return "measure", [k.waiting, k.inflight, k.delayed, k.dead, k.stats], [DUE_SOON_MS]
 
 
+MAX_ID_BYTES = 128
+"""Longest message id a worker accepts (Shoal's own are 32 hex digits, workflow steps' a few
+more): a longer key, or one that is not printable UTF-8 text, is poison."""
+
+
 def _parse_fetch(reply: Sequence[Any]) -> Fetched:
     leased = []
     for i in range(2, len(reply), 4):
         raw: bytes = reply[i]
         body, deliveries, owner = reply[i + 1], int(reply[i + 2]), int(reply[i + 3])
-        try:
-            leased.append(Leased(raw.decode(), body, deliveries, owner))
-        except UnicodeDecodeError:  # poison: kept as bytes, so it can still be dead-lettered
-            text = raw.decode("utf-8", "backslashreplace")
-            leased.append(Leased(text, body, deliveries, owner, raw))
+        text = _valid_id(raw)
+        if text is not None:
+            leased.append(Leased(text, body, deliveries, owner))
+        else:  # poison: the raw key is kept, so it can still be dead-lettered under a safe name
+            leased.append(Leased(readable_id(raw), body, deliveries, owner, raw))
     return Fetched(leased, int(reply[0]), int(reply[1]))
+
+
+def _valid_id(raw: bytes) -> str | None:
+    if len(raw) > MAX_ID_BYTES:
+        return None
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        return None
+    return text if text.isprintable() else None
+
+
+def readable_id(raw: bytes) -> str:
+    """A printable, bounded name for a key or token that is not a valid id: its escaped text
+    when short, else ``key-`` and a digest (the DLQ entry keeps an excerpt of the bytes)."""
+    if len(raw) <= MAX_ID_BYTES:
+        return repr(raw)[2:-1]  # printable ASCII as is, every other byte as \xNN
+    return "key-" + hashlib.sha256(raw).hexdigest()[:32]
 
 
 def _parse_ack(reply: Sequence[Any]) -> tuple[int, list[str]]:
@@ -539,6 +565,17 @@ class Broker(_KeysMixin):
             total += n
         return total
 
+    def purge_ids(
+        self, queue: str, ids: Sequence[str], min_age_s: float | None = None
+    ) -> list[str]:
+        """Delete these dead letters (those at least ``min_age_s`` old); returns the deleted."""
+        min_age_ms = -1 if min_age_s is None else int(min_age_s * 1000)
+        deleted: list[bytes] = []
+        for start in range(0, len(ids), 1000):
+            call = _purge_call(self.keys(queue), min_age_ms, 0, ids[start : start + 1000])
+            deleted += self._run(call)
+        return [i.decode() for i in deleted]
+
     def measure(self, queue: str) -> QueueStats:
         """The queue's figures, O(1) in Redis."""
         return QueueStats.from_reply(queue, self._run(_measure_call(self.keys(queue))))
@@ -654,14 +691,16 @@ class AsyncBroker(_KeysMixin):
         self,
         queue: str,
         message_id: str | bytes,
-        entry: bytes,
+        entry: tuple[bytes, bytes],
         result: bytes | None,
         dedupe: str | None,
         bounds: tuple[int, float],
         owner: int | None,
         dlq_id: str | None = None,
     ) -> bool:
-        """Dead-letter a message; ``bounds`` is the DLQ's (max entries, max age in seconds).
+        """Dead-letter a message; ``entry`` is (summary JSON, stored body) as built by
+        :func:`shoal.dlq.dead_letter_entry`; ``bounds`` is the DLQ's (max entries, max age in
+        seconds).
 
         ``owner``: the caller's owner token of a stored message (nothing happens, and False is
         returned, if it no longer owns the lease); None for a malformed waiting token, whose

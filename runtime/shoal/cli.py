@@ -17,7 +17,7 @@ from rich.table import Table
 from shoal import __version__, logs
 from shoal.app import App, load_app
 from shoal.broker import QueueStats
-from shoal.dlq import REASONS
+from shoal.dlq import REASONS, DeadLetter
 from shoal.errors import ShoalError, TaskModuleError
 from shoal.settings import Settings
 
@@ -305,18 +305,42 @@ def dlq_list(queue: str, limit: int) -> None:
     table = Table(title=f"Dead letters of {queue} ({len(dead)} in all)")
     for col in ("id", "task", "reason", "attempts", "failed at", "error"):
         table.add_column(col, overflow="fold")
-    for e in dead.entries(limit):
+    for e in dead.entries(limit):  # summaries only: listing never reads the bodies
         table.add_row(
-            e.id, e.task or "-", e.reason, str(e.attempts), _when(e.failed_at), e.error[:80]
+            _printable(e.id),
+            _printable(e.task or "-"),
+            e.reason,
+            str(e.attempts),
+            _when(e.failed_at),
+            _printable(e.error[:80]),
         )
     console.print(table)
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped: a poison message must not drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
+
+
+def _body_label(entry: DeadLetter) -> str:
+    size, kept = entry.size, len(entry.body or b"")
+    if entry.stored == "envelope":
+        return f"the whole envelope, {size} bytes"
+    if entry.stored == "excerpt":
+        if size is not None and size > kept:
+            return f"first {kept} of {size} bytes; not a verified envelope"
+        return f"{kept} bytes; not a verified envelope"
+    return "as kept by an older Shoal"
 
 
 @dlq.command("show")
 @click.argument("queue")
 @click.argument("message_id")
 def dlq_show(queue: str, message_id: str) -> None:
-    """Everything about one dead letter: reason, error, traceback, trace id, message."""
+    """Everything about one dead letter: reason, error, traceback, trace id, message (or, when
+    it was not a verified envelope, an excerpt with its real size)."""
     entry = App().dlq(queue).get(message_id)
     if entry is None:
         raise click.ClickException(
@@ -327,7 +351,13 @@ def dlq_show(queue: str, message_id: str) -> None:
         ("task", entry.task),
         ("reason", entry.reason),
         ("meaning", REASONS.get(entry.reason, "-")),
-        ("error", entry.error),
+        (
+            "replay",
+            f"not replayable: {entry.refusal}; delete it with `shoal dlq purge {queue} {entry.id}`"
+            if entry.refusal
+            else "replayable",
+        ),
+        ("error", _printable(entry.error)),
         ("attempts", entry.attempts),
         ("enqueued at", _when(entry.enqueued_at)),
         ("failed at", _when(entry.failed_at)),
@@ -337,10 +367,14 @@ def dlq_show(queue: str, message_id: str) -> None:
             f"{entry.workflow['kind']} {entry.workflow['id']}" if entry.workflow else None,
         ),
     ):
-        console.print(f"[bold]{label:>12}[/bold]  {value if value is not None else '-'}")
-    console.print("[bold]     message[/bold]  " + entry.message, markup=False, highlight=False)
+        text = str(value) if value is not None else "-"
+        console.print(f"[bold]{label:>12}[/bold]  ", end="")
+        console.print(text, markup=False, highlight=False)
+    message = "-" if entry.message is None else _printable(entry.message)
+    console.print(f"[bold]     message[/bold]  ({_body_label(entry)})")
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
     if entry.traceback:
-        console.print(entry.traceback, markup=False, highlight=False)
+        console.print(_printable(entry.traceback), markup=False, highlight=False)
 
 
 @dlq.command("replay")
@@ -351,7 +385,10 @@ def dlq_show(queue: str, message_id: str) -> None:
 def dlq_replay(
     queue: str, message_ids: tuple[str, ...], replay_all: bool, task: str | None
 ) -> None:
-    """Put dead letters back in QUEUE with their attempts reset."""
+    """Put dead letters back in QUEUE with their attempts reset.
+
+    Messages that failed verification or decoding (bad_signature, undecodable, too_large,
+    id_mismatch, too_deep) are refused: show or purge them instead."""
     if not message_ids and not replay_all and task is None:
         raise click.UsageError("name message ids, or pass --all (optionally with --task NAME)")
     report = App().dlq(queue).replay(list(message_ids) or None, task=task)
@@ -362,15 +399,25 @@ def dlq_replay(
 
 @dlq.command("purge")
 @click.argument("queue")
+@click.argument("message_ids", nargs=-1)
 @click.option("--older-than", help="Only entries at least this old (90s, 15m, 3h, 7d).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def dlq_purge(queue: str, older_than: str | None, yes: bool) -> None:
-    """Delete dead letters of QUEUE for good."""
+def dlq_purge(queue: str, message_ids: tuple[str, ...], older_than: str | None, yes: bool) -> None:
+    """Delete dead letters of QUEUE for good: those named, else all (or --older-than)."""
     age = parse_duration(older_than) if older_than else None
+    dead = App().dlq(queue)
+    if message_ids:
+        deleted = set(dead.purge_ids(message_ids, age))
+        click.echo(f"purged {len(deleted)} dead letter(s) from {queue}")
+        missing = [i for i in dict.fromkeys(message_ids) if i not in deleted]
+        if missing:
+            younger = f" or younger than {older_than}" if age is not None else ""
+            click.echo(f"not in the dead-letter queue{younger}: {', '.join(missing)}")
+        return
     what = f"dead letters older than {older_than}" if age is not None else "ALL dead letters"
     if not yes:
         click.confirm(f"Delete {what} of {queue}?", abort=True)
-    click.echo(f"purged {App().dlq(queue).purge(age)} dead letter(s) from {queue}")
+    click.echo(f"purged {dead.purge(age)} dead letter(s) from {queue}")
 
 
 @cli.command()

@@ -13,7 +13,10 @@ key                                    type    meaning
 ``{p}:{q}:inflight``                   ZSET    id → lease deadline (ms, Redis clock)
 ``{p}:{q}:delayed``                    ZSET    id → due time (ms, Redis clock)
 ``{p}:{q}:dead``                       ZSET    id → dead-lettered at (ms)
-``{p}:{q}:dead:entries``               HASH    id → dead-letter entry JSON (reason, error, …)
+``{p}:{q}:dead:entries``               HASH    id → dead-letter entry JSON (reason, error, …):
+                                               bounded, what listing reads
+``{p}:{q}:dead:bodies``                HASH    id → the dead letter's message: its envelope,
+                                               or the first 4 KiB of bytes that were not one
 ``{p}:{q}:stats``                      HASH    counters: enqueued, completed, retried, dead,
                                                recovered, leases
 ``{p}:{q}:deliveries``                 HASH    id → times handed to a worker: counts lost
@@ -62,6 +65,7 @@ class QueueKeys:
     delayed: str
     dead: str
     dead_entries: str
+    dead_bodies: str
     stats: str
     deliveries: str
     owners: str
@@ -102,6 +106,7 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
         delayed=base + "delayed",
         dead=base + "dead",
         dead_entries=base + "dead:entries",
+        dead_bodies=base + "dead:bodies",
         stats=base + "stats",
         deliveries=base + "deliveries",
         owners=base + "owners",

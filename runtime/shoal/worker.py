@@ -22,7 +22,6 @@ import logging
 import os
 import socket
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -30,9 +29,9 @@ from typing import Any
 
 import orjson
 
-from shoal import __version__, workflow
+from shoal import __version__, dlq, workflow
 from shoal.app import App
-from shoal.broker import MAX_BACKOFF_S, REDIS_ERRORS, AsyncBroker, Finished, Leased
+from shoal.broker import MAX_BACKOFF_S, MAX_ID_BYTES, REDIS_ERRORS, AsyncBroker, Finished, Leased
 from shoal.errors import DecodeError, WorkflowError
 from shoal.execution import HardTimeout, TaskStopped, run_async, run_sync
 from shoal.keys import worker_key, workers_key
@@ -304,7 +303,11 @@ class Worker:
                 )
             else:
                 assert leased.key is not None
-                why = DecodeError(leased.key, f"message id is not UTF-8 text: {leased.id}")
+                why = DecodeError(
+                    leased.key,
+                    f"message id {leased.id} is not printable UTF-8 text of at most "
+                    f"{MAX_ID_BYTES} bytes",
+                )
                 self.leases.take(queue, leased.id, leased.owner, time.monotonic())
                 await self._dead_letter(
                     queue,
@@ -526,24 +529,15 @@ class Worker:
         filed under ``dlq_id`` too."""
         flow = workflow.Meta.of(message) if message else None
         shown_id = dlq_id or str(message_id)
-        entry = orjson.dumps(
-            {
-                "id": shown_id,
-                "queue": queue,
-                "task": message.task if message else None,
-                "reason": reason,
-                "error": _describe(error),
-                "exception_type": type(error).__qualname__,
-                "traceback": "".join(traceback.format_exception(error))
-                if error.__traceback__
-                else "",
-                "attempts": message.attempt + 1 if message else 0,
-                "enqueued_at": message.enqueued_at if message else None,
-                "failed_at": time.time(),
-                "traceparent": message.headers.get("traceparent") if message else None,
-                "message": message.encode().decode() if message else _excerpt(raw),
-                "workflow": {"id": flow.id, "kind": flow.kind} if flow else None,
-            }
+        entry = dlq.dead_letter_entry(
+            shown_id,
+            queue,
+            message,
+            reason,
+            error,
+            raw,
+            signer=self.app.signer,
+            workflow={"id": flow.id, "kind": flow.kind} if flow else None,
         )
         result = None
         if task is not None and task.store_result and flow is None:  # a workflow: see below
@@ -754,11 +748,5 @@ def _reencodes(message: Message) -> bool:
 _MAX_DEPTH = 254
 
 
-def _excerpt(raw: bytes | None, limit: int = 64 * 1024) -> str:
-    """What a DLQ entry keeps of bytes that are not a message: enough to diagnose, bounded."""
-    text = (raw or b"")[:limit].decode("utf-8", "replace")
-    return text + ("…[truncated]" if raw and len(raw) > limit else "")
-
-
 def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+    return dlq.describe(error)  # bounded: it goes into log lines, envelopes and results

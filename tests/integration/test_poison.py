@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
 
 from helpers import wait_for
 from shoal import App
@@ -63,19 +64,25 @@ def test_a_waiting_token_that_is_not_utf8_is_dead_lettered(
     assert reasons(app) == ["undecodable"]
 
 
-def test_a_message_whose_id_is_not_utf8_is_dead_lettered_once(
-    make_app: Callable[..., App], worker: Any
+@pytest.mark.parametrize(
+    "bad_key",
+    [b"bad-\xff\xfe-id", b"with\x1b[31mescape", b"x" * 10_000],
+    ids=["not-utf8", "control-characters", "10-kB"],
+)
+def test_a_message_whose_id_is_not_a_valid_id_is_dead_lettered_once(
+    make_app: Callable[..., App], worker: Any, bad_key: bytes
 ) -> None:
     app, ran = recording_app(make_app)
-    bad_key = b"bad-\xff\xfe-id"
     store(app, bad_key, envelope("whatever", "good", [0]))
     app.remote("good", queue=QUEUE).enqueue(1)
     worker(app, [QUEUE])
     assert ran == [1]
     (entry,) = app.dlq(QUEUE).entries()
     assert entry.reason == "undecodable"
-    assert "not UTF-8" in entry.error
-    assert app.dlq(QUEUE).get(entry.id) == entry  # filed under a readable id
+    assert "not printable UTF-8 text" in entry.error
+    assert entry.id.isprintable() and len(entry.id) <= 128
+    shown = app.dlq(QUEUE).get(entry.id)  # filed under a readable id
+    assert shown is not None and shown.reason == "undecodable"
     keys = app.broker.keys(QUEUE)
     assert not app.broker.redis.hexists(keys.messages, bad_key)  # type: ignore[arg-type]
     stats = app.measure(QUEUE)

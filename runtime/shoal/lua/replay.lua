@@ -8,12 +8,14 @@
 -- KEYS[6] dedupe        HASH  dedupe key -> id; the replayed message takes its key back
 --                             unless another live message holds it
 -- KEYS[7] owners        HASH  id -> owner token of a lease; cleared (nobody holds it)
+-- KEYS[8] dead:bodies   HASH  id -> stored body; the ids are removed
 -- ARGV[1] notify channel
 -- ARGV[2..] triples: id, fresh envelope, dedupe key ("" = none)
 -- Only ids still in the DLQ move (a concurrent purge or replay wins); returns how many moved.
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local was_empty = redis.call('LLEN', KEYS[4]) == 0
+local bodies = KEYS[8]
 local n = 0
 for i = 2, #ARGV, 3 do
   local id, dedupe = ARGV[i], ARGV[i + 2]
@@ -25,6 +27,7 @@ for i = 2, #ARGV, 3 do
       end
     end
     redis.call('HDEL', KEYS[2], id)
+    redis.call('HDEL', bodies, id)
     redis.call('HDEL', KEYS[5], id)
     redis.call('HDEL', KEYS[7], id)
     redis.call('HSET', KEYS[3], id, ARGV[i + 1])

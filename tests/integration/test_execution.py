@@ -69,7 +69,16 @@ def test_enqueue_many_is_one_round_trip_and_all_run(
     delta = {k: v for k, v in delta.items() if v and k != "info"}
     assert delta.get("evalsha") == 1, delta
     # (commands run inside the script are counted too; none was sent on its own)
-    assert set(delta) <= {"evalsha", "hset", "lpush", "llen", "hincrby", "time", "publish"}
+    assert set(delta) <= {
+        "evalsha",
+        "hexists",
+        "hset",
+        "lpush",
+        "llen",
+        "hincrby",
+        "time",
+        "publish",
+    }
     assert len({h.id for h in handles}) == 50
     assert app.measure("batch").waiting == 51
 

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -48,11 +49,17 @@ def free_port() -> int:
 
 
 class LocalRedis:
-    """A redis-server child process, stopped by PID on exit. Persistence off, loopback only."""
+    """A redis-server child process, stopped by PID on exit. Persistence off, loopback only.
 
-    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
+    ``args`` go after the defaults and so override them (``["--appendonly", "yes"]``, another
+    ``--bind``). ``stop(keep_data=True)`` then ``start()`` restarts it on its data."""
+
+    def __init__(
+        self, port: int | None = None, binary: str | None = None, args: Sequence[str] = ()
+    ) -> None:
         self.port = port or free_port()
         self.binary = binary or find_redis_server()
+        self.args = list(args)
         self.dir = tempfile.mkdtemp(prefix="shoal-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -76,6 +83,7 @@ class LocalRedis:
                 self.dir,
                 "--protected-mode",
                 "yes",
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -99,7 +107,7 @@ class LocalRedis:
         finally:
             client.close()
 
-    def stop(self) -> None:
+    def stop(self, keep_data: bool = False) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -110,7 +118,8 @@ class LocalRedis:
         if self.process is not None and self.process.stderr:
             self.process.stderr.close()
         self.process = None
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not keep_data:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> LocalRedis:
         return self.start()

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
@@ -20,7 +21,8 @@ HERE = Path(__file__).parent
 
 class WorkerProcess:
     """A ``python -m shoal worker tasks_for_tests:app`` supervisor and its children (another
-    app with ``app_spec``)."""
+    app with ``app_spec``). ``wrapper`` runs it through a command that execs it in place
+    (``ip netns exec NS``), so ``pid`` is still the supervisor's."""
 
     def __init__(
         self,
@@ -28,11 +30,12 @@ class WorkerProcess:
         env: dict[str, str],
         log_path: Path,
         app_spec: str = "tasks_for_tests:app",
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "shoal", "worker", app_spec, *args],
+            [*wrapper, sys.executable, "-m", "shoal", "worker", app_spec, *args],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -29,7 +29,10 @@ class Lease:
     sure_until: float
     """Monotonic time until which no other worker can have this message."""
     task: asyncio.Future[None] | None = None
-    """The running task; None once it ended (its verdict may still be on its way)."""
+    """What handles the message, from its start to its verdict."""
+    deciding: bool = False
+    """The task's own code has returned: only its verdict (ack, retry, DLQ) is on its way, and
+    is fenced in Redis by the owner token; it is never stopped any more."""
     lost: bool = False
     """Set when the lease was lost while the task ran: the task is being stopped."""
 
@@ -77,9 +80,22 @@ class Leases:
             if lease is not None and lease.owner == owner:
                 lease.sure_until = max(lease.sure_until, sent_at + self._sure_for_s)
 
-    def release(self, queue: str, message_id: str) -> Lease | None:
-        """Forget a lease: its verdict landed, or it was lost."""
-        return self._held[queue].pop(message_id, None)
+    def release(self, queue: str, message_id: str, owner: int | None = None) -> None:
+        """Forget a lease: its verdict landed, or it was lost. With ``owner``, only that lease
+        (this worker may hold a newer lease of the same message by then)."""
+        held = self._held[queue]
+        lease = held.get(message_id)
+        if lease is not None and (owner is None or lease.owner == owner):
+            del held[message_id]
+
+    def running(self) -> list[tuple[str, str, Lease]]:
+        """Leases whose task still runs its own code (not yet deciding its verdict)."""
+        return [
+            (queue, mid, lease)
+            for queue, held in self._held.items()
+            for mid, lease in held.items()
+            if lease.task is not None and not lease.task.done() and not lease.deciding
+        ]
 
     def overdue(self, now: float | None = None) -> list[tuple[str, str, Lease]]:
         """Running tasks whose lease may have ended (not renewed in time), not yet stopped."""
@@ -88,7 +104,9 @@ class Leases:
             (queue, mid, lease)
             for queue, held in self._held.items()
             for mid, lease in held.items()
-            if lease.task is not None and not lease.lost and lease.sure_until <= now
+            if lease.task is not None
+            and not (lease.lost or lease.deciding)
+            and lease.sure_until <= now
         ]
 
     def queues(self) -> Iterator[str]:

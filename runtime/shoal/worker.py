@@ -31,11 +31,19 @@ import orjson
 
 from shoal import __version__, dlq, workflow
 from shoal.app import App
-from shoal.broker import MAX_BACKOFF_S, MAX_ID_BYTES, REDIS_ERRORS, AsyncBroker, Finished, Leased
+from shoal.broker import (
+    MAX_BACKOFF_S,
+    MAX_ID_BYTES,
+    REDIS_ERRORS,
+    AsyncBroker,
+    Finished,
+    Held,
+    Leased,
+)
 from shoal.errors import DecodeError, WorkflowError
 from shoal.execution import HardTimeout, TaskStopped, run_async, run_sync
 from shoal.keys import worker_key, workers_key
-from shoal.leases import Leases
+from shoal.leases import Lease, Leases
 from shoal.logs import TaskLogContext, current_task, trace_id_of
 from shoal.message import Message, new_message_id
 from shoal.middleware import Outcome
@@ -74,6 +82,9 @@ class Worker:
         self.leases = Leases(self.queues, self.settings.lease_s)
         """What this worker holds: per queue, each message's lease, renewed until the verdict."""
         self.acks: dict[str, list[Finished]] = {q: [] for q in self.queues}
+        self._fenced: dict[str, list[Held]] = {}
+        """Leases whose tasks were stopped because they could not be renewed: handed back (if
+        still this worker's) once Redis answers again."""
         self.queue_defaults: dict[str, dict[str, Any]] = {}
         """Per-queue defaults from Redis (``app.configure_queue``), refreshed each heartbeat."""
         self._merged: dict[tuple[str, str], dict[str, Any]] = {}
@@ -151,7 +162,13 @@ class Worker:
                 await asyncio.wait_for(self._capacity.wait(), deadline - time.monotonic())
             except TimeoutError:
                 break
-        for running in list(self._running):  # past the grace period: stop waiting for them
+        for _, _, lease in self.leases.running():  # past the grace period: stop them
+            if lease.task is not None:
+                lease.task.cancel()
+        if self._running:  # verdicts on their way (fenced in Redis) get a little longer
+            left = max(0.1, deadline + 5 - time.monotonic())
+            await asyncio.wait(set(self._running), timeout=left)
+        for running in list(self._running):
             running.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
         await self._flush_acks_until(deadline + 5)
@@ -167,20 +184,24 @@ class Worker:
                 )
 
     async def _internal_error(
-        self, queue: str, message_id: str, data: bytes, exc: Exception
+        self, queue: str, message_id: str, data: bytes, exc: Exception, lease: Lease
     ) -> None:
         """A message whose handling failed outside its task (a malformed option, a middleware
         bug) goes to the DLQ as ``internal_error``; it must not stay held, renewed for ever."""
         log.exception("worker %s: internal error handling %s", self.id, message_id)
+        lease.deciding = True
         try:
-            await self._dead_letter(queue, message_id, None, None, "internal_error", exc, data)
+            await self._dead_letter(
+                queue, message_id, None, None, "internal_error", exc, data, owner=lease.owner
+            )
         except Exception:
             log.exception(
                 "worker %s: could not dead-letter %s either; its lease will lapse",
                 self.id,
                 message_id,
             )
-            self.leases.release(queue, message_id)  # stop renewing: it is redelivered later
+            # stop renewing: it is redelivered later
+            self.leases.release(queue, message_id, lease.owner)
 
     # --- fetching -------------------------------------------------------------------------------
 
@@ -277,7 +298,7 @@ class Worker:
         else:
             lease = self.leases.take(queue, leased.id, leased.owner, sent_at)
             running = lease.task = asyncio.ensure_future(
-                self._process(queue, leased.id, leased.body, leased.deliveries)
+                self._process(queue, leased.id, leased.body, leased.deliveries, lease)
             )
         self._running.add(running)  # the loop keeps only weak references to tasks
         running.add_done_callback(self._running.discard)
@@ -298,7 +319,7 @@ class Worker:
                     "undecodable",
                     why,
                     data,
-                    stored=False,
+                    owner=None,
                     dlq_id=new_message_id(),
                 )
             else:
@@ -308,7 +329,6 @@ class Worker:
                     f"message id {leased.id} is not printable UTF-8 text of at most "
                     f"{MAX_ID_BYTES} bytes",
                 )
-                self.leases.take(queue, leased.id, leased.owner, time.monotonic())
                 await self._dead_letter(
                     queue,
                     leased.key,
@@ -317,24 +337,31 @@ class Worker:
                     "undecodable",
                     why,
                     leased.body,
+                    owner=leased.owner,
                     dlq_id=leased.id,
                 )
-        except Exception as exc:
+        except Exception as exc:  # its lease (if any) lapses; it comes back, and is tried again
             log.exception("worker %s: could not dead-letter poison on %s: %s", self.id, queue, exc)
-            self.leases.release(queue, leased.id)
         finally:
             self.busy -= 1
             self.processed += 1
             self._capacity.set()
 
-    async def _process(self, queue: str, message_id: str, body: bytes, deliveries: int) -> None:
+    async def _process(
+        self, queue: str, message_id: str, body: bytes, deliveries: int, lease: Lease
+    ) -> None:
         data = body
+        owner = lease.owner
         try:
             message, task, rejection = self._admit(message_id, data, deliveries)
+            if rejection is not None:
+                lease.deciding = True
             if message is None:  # not even an envelope (or not this key's): no trace to join
                 assert rejection is not None
                 reason, error = rejection
-                await self._dead_letter(queue, message_id, None, None, reason, error, data)
+                await self._dead_letter(
+                    queue, message_id, None, None, reason, error, data, owner=owner
+                )
                 return
             current_task.set(
                 TaskLogContext(
@@ -348,13 +375,15 @@ class Worker:
             with self.hooks.context("process_context", task, message, queue):
                 if rejection is not None or task is None:
                     assert rejection is not None
-                    await self._dead_letter(queue, message_id, message, task, *rejection, data)
+                    await self._dead_letter(
+                        queue, message_id, message, task, *rejection, data, owner=owner
+                    )
                     return
-                await self._execute(queue, task, message)
+                await self._execute(queue, task, message, lease)
         except asyncio.CancelledError:
-            if not self._lease_lost(queue, message_id):
+            if not lease.lost:
                 raise  # shutting down: the lease is handed back
-            self.leases.release(queue, message_id)
+            self.leases.release(queue, message_id, owner)
             log.warning(
                 "worker %s: stopped %s on %s: its lease was lost (not renewed in time, or "
                 "re-delivered); it is not acked and will run again elsewhere",
@@ -363,7 +392,7 @@ class Worker:
                 queue,
             )
         except Exception as exc:
-            await self._internal_error(queue, message_id, data, exc)
+            await self._internal_error(queue, message_id, data, exc, lease)
         finally:
             self.busy -= 1
             self.processed += 1
@@ -417,7 +446,9 @@ class Worker:
             merged = self._merged[key] = {**self.queue_defaults.get(queue, {}), **task.options}
         return {**merged, **message.options} if message.options else merged
 
-    async def _execute(self, queue: str, task: Task[Any, Any], message: Message) -> None:
+    async def _execute(
+        self, queue: str, task: Task[Any, Any], message: Message, lease: Lease
+    ) -> None:
         hooks = self.hooks
         hooks.emit("before_process", task, message)
         options = self._options(queue, task, message)
@@ -447,12 +478,13 @@ class Worker:
             self.replace_requested = True
             self.stop()
         except asyncio.CancelledError:  # its lease was lost, or the shutdown grace ended
-            why = "its lease was lost" if self._lease_lost(queue, message.id) else "shutdown"
+            why = "its lease was lost" if lease.lost else "shutdown"
             stopped = TaskStopped(f"stopped by the worker: {why}")
             hooks.emit("after_process", task, message, result=None, exception=stopped)
             raise
         except Exception as exc:
             error = exc
+        lease.deciding = True  # from here on only the verdict is left: never stop it midway
         if error is None and workflow.OPTION in message.options:
             try:  # start what this member feeds (or, the last step, keep the result) before ack
                 if workflow.is_last_step(message):
@@ -460,16 +492,17 @@ class Worker:
                 await self._retrying(lambda: self.steps.finished(message, result))
             except WorkflowError as exc:  # retrying the task would not change its result
                 hooks.emit("after_process", task, message, result=result, exception=exc)
-                await self._dead_letter(queue, message.id, message, task, "workflow_error", exc)
+                await self._dead_letter(
+                    queue, message.id, message, task, "workflow_error", exc, owner=lease.owner
+                )
                 return
         hooks.emit("after_process", task, message, result=result, exception=error)
         if error is None:
-            owner = self.leases.owner(queue, message.id) or 0
             dedupe = message.options.get("dedupe_key")
-            self.acks[queue].append((message.id, owner, stored, dedupe))
+            self.acks[queue].append((message.id, lease.owner, stored, dedupe))
             self._ack_ready.set()
             return
-        await self._failed(queue, task, message, options, error)
+        await self._failed(queue, task, message, options, error, lease.owner)
 
     async def _failed(
         self,
@@ -478,6 +511,7 @@ class Worker:
         message: Message,
         options: dict[str, Any],
         error: BaseException,
+        owner: int,
     ) -> None:
         """Retry a failed execution or dead-letter it, as the middleware decide."""
         hooks = self.hooks
@@ -498,17 +532,18 @@ class Worker:
                 _describe(error),
                 delay,
             )
-            owner = self.leases.owner(queue, message.id) or 0
             retried = await self._retrying(
                 lambda: self.broker.retry(queue, message.id, delay, body, owner)
             )
-            self.leases.release(queue, message.id)
+            self.leases.release(queue, message.id, owner)
             if not retried:
                 self._lost_before_verdict(queue, message.id, "retry")
                 return
             hooks.emit("after_retry", task, message, delay)
             return
-        await self._dead_letter(queue, message.id, message, task, outcome.reason, error)
+        await self._dead_letter(
+            queue, message.id, message, task, outcome.reason, error, owner=owner
+        )
 
     async def _dead_letter(
         self,
@@ -519,14 +554,15 @@ class Worker:
         reason: str,
         error: BaseException,
         raw: bytes | None = None,
-        stored: bool = True,
+        *,
+        owner: int | None,
         dlq_id: str | None = None,
     ) -> None:
         """Set a message aside with its reason; it never runs again unless replayed.
 
-        ``stored``: False for a malformed waiting token (no message state is touched; the
-        entry is filed under ``dlq_id``). ``message_id`` is bytes for a key that is not text,
-        filed under ``dlq_id`` too."""
+        ``owner``: this worker's owner token of the message's lease; None for a malformed
+        waiting token (no message state is touched; the entry is filed under ``dlq_id``).
+        ``message_id`` is bytes for a key that is not text, filed under ``dlq_id`` too."""
         flow = workflow.Meta.of(message) if message else None
         shown_id = dlq_id or str(message_id)
         entry = dlq.dead_letter_entry(
@@ -551,14 +587,14 @@ class Worker:
             int(defaults.get("dlq_max_entries", self.settings.dlq_max_entries)),
             float(defaults.get("dlq_max_age", self.settings.dlq_max_age_s)),
         )
-        owner = (self.leases.owner(queue, shown_id) or 0) if stored else None
         dead = await self._retrying(
             lambda: self.broker.dead(
                 queue, message_id, entry, result, dedupe, bounds, owner, dlq_id
             )
         )
-        self.leases.release(queue, shown_id)
-        if not dead and stored:
+        if owner is not None:
+            self.leases.release(queue, shown_id, owner)
+        if not dead and owner is not None:
             self._lost_before_verdict(queue, shown_id, "dead-letter")
             return
         if dead and flow is not None and message is not None:  # the workflow fails with it
@@ -601,7 +637,7 @@ class Worker:
                 ok = False
                 continue
             for finished in batch:
-                self.leases.release(queue, finished[0])
+                self.leases.release(queue, finished[0], finished[1])
             for message_id in refused:
                 self._lost_before_verdict(queue, message_id, "ack")
         return ok
@@ -646,30 +682,36 @@ class Worker:
 
     async def _renew(self, queue: str) -> None:
         """Renew every lease held on ``queue``; stop the tasks whose lease is gone."""
+        fenced = self._fenced.pop(queue, [])
+        if fenced:  # stopped here while Redis was away: give back what is still ours
+            await self.broker.handback(queue, fenced)
         held = self.leases.held(queue)
         if not held:
             return
         sent_at = time.monotonic()
         lost = await self.broker.renew(queue, held)
         self.leases.renewed(queue, held, sent_at)
+        owners = dict(held)
         for message_id in lost:
-            self._lose(queue, message_id, "another delivery owns it now")
+            self._lose(queue, message_id, owners[message_id], "another delivery owns it now")
 
-    def _lose(self, queue: str, message_id: str, why: str) -> None:
-        """A lease this worker held is (or may be) another's: stop its task, never decide it."""
+    def _lose(self, queue: str, message_id: str, owner: int, why: str) -> None:
+        """A lease this worker held is (or may be) another's: stop its task, never decide it.
+
+        A task whose own code has returned is left to finish: its verdict is fenced in Redis.
+        When the lease may still be this worker's (it only could not renew), it is handed back
+        once Redis answers, so the stop does not count as a lost delivery."""
         lease = self.leases.get(queue, message_id)
-        if lease is None or lease.lost:
+        if lease is None or lease.owner != owner or lease.lost or lease.deciding:
             return
-        if lease.task is None or lease.task.done():  # finished: its verdict is fenced in Redis
+        if lease.task is None or lease.task.done():
             return
         lease.lost = True
         self.leases.lost += 1
         log.warning("worker %s: lease of %s on %s lost (%s)", self.id, message_id, queue, why)
         lease.task.cancel()
-
-    def _lease_lost(self, queue: str, message_id: str) -> bool:
-        lease = self.leases.get(queue, message_id)
-        return lease is not None and lease.lost
+        if why == _NOT_RENEWED:
+            self._fenced.setdefault(queue, []).append((message_id, owner))
 
     def _lost_before_verdict(self, queue: str, message_id: str, verdict: str) -> None:
         """Redis refused this worker's verdict: its lease had lapsed and another delivery owns
@@ -689,8 +731,8 @@ class Worker:
         interval = min(0.25, self.settings.lease_s / 20)
         while not self._closing.is_set():
             self.on_tick()
-            for queue, message_id, _ in self.leases.overdue():
-                self._lose(queue, message_id, "not renewed in time: Redis unreachable or slow")
+            for queue, message_id, lease in self.leases.overdue():
+                self._lose(queue, message_id, lease.owner, _NOT_RENEWED)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), interval)
 
@@ -728,6 +770,9 @@ class Worker:
                 log.warning("worker %s: Redis error (%s); retrying in %.1fs", self.id, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+
+_NOT_RENEWED = "not renewed in time: Redis unreachable or slow"
 
 
 def _may_be_too_deep(data: bytes) -> bool:

@@ -103,12 +103,14 @@ class LongTasks:
 
     def __init__(self, app: App) -> None:
         self.started = threading.Event()
+        self.starts = 0
         self.stopped = threading.Event()
         self.stop_error: list[str] = []
         self.finished = threading.Event()
 
         @app.task(queue="long", name="long_async", timeout=60)
         async def long_async() -> None:
+            self.starts += 1
             self.started.set()
             try:
                 await asyncio.sleep(60)
@@ -120,6 +122,7 @@ class LongTasks:
 
         @app.task(queue="long", name="long_sync", timeout=60)
         def long_sync() -> None:
+            self.starts += 1
             self.started.set()
             try:
                 deadline = time.monotonic() + 60
@@ -188,7 +191,7 @@ def test_a_worker_that_cannot_renew_stops_its_task_before_the_lease_ends(
 ) -> None:
     app = lease_app
     tasks = LongTasks(app)
-    app.remote(kind, queue="long").enqueue_many([()])
+    (handle,) = app.remote(kind, queue="long").enqueue_many([()])
     w = running(app)
     assert tasks.started.wait(10)
 
@@ -203,9 +206,12 @@ def test_a_worker_that_cannot_renew_stops_its_task_before_the_lease_ends(
         assert w.thread.is_alive()
     finally:
         redis_client.execute_command("CLIENT", "UNPAUSE")
-    # And once Redis is back, the message runs again (it was never acked or lost)
-    wait_for(lambda: tasks.started.is_set() and len(tasks.stop_error) == 1)
-    wait_for(lambda: app.measure("long").recovered >= 1, message="the lease to be recovered")
+    # And once Redis is back, the worker hands the stopped message back (the lease was still
+    # its own: not a lost delivery) and it runs again
+    wait_for(lambda: tasks.starts == 2, message="the message to run again")
+    deliveries = app.broker.redis.hget(app.broker.keys("long").deliveries, handle.id)
+    assert deliveries == b"1"
+    assert app.measure("long").recovered == 0
     w.stop()
 
 
@@ -225,3 +231,49 @@ def test_only_the_watch_loop_ticks_so_a_stalled_redis_is_not_a_blocked_loop(
     finally:
         redis_client.execute_command("CLIENT", "UNPAUSE")
     w.stop()
+
+
+def test_a_verdict_resent_after_its_reply_was_lost_is_not_a_lost_lease(
+    make_app: Callable[..., App],
+) -> None:
+    """A worker resends a verdict whose reply it never got (a timeout in a stall). The first
+    send landed; the resend must say so, not that another delivery owns the message."""
+    app = make_app()
+    handles = app.remote("job", queue="q").enqueue_many([(), (), ()])
+
+    async def scenario() -> None:
+        broker = AsyncBroker(app.settings)
+        acked, retried, dead = (await broker.fetch("q", 3)).messages
+        done = [(acked.id, acked.owner, None, None)]
+        assert await broker.ack("q", done) == (1, [])
+        assert await broker.ack("q", done) == (0, [])  # gone: finished, nothing to refuse
+        assert await broker.retry("q", retried.id, 60, b"{}", retried.owner) is True
+        assert await broker.retry("q", retried.id, 60, b"{}", retried.owner) is True
+        entry = (b"{}", b"{}")
+        assert await broker.dead("q", dead.id, entry, None, None, (10, 60), dead.owner) is True
+        assert await broker.dead("q", dead.id, entry, None, None, (10, 60), dead.owner) is True
+        stats = app.measure("q")
+        assert (stats.completed, stats.retried, stats.dead_total) == (1, 1, 1)
+        assert {m.id for m in (acked, retried, dead)} == {h.id for h in handles}
+        await broker.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_task_whose_code_returned_is_never_stopped_while_its_verdict_is_sent() -> None:
+    from shoal.leases import Leases
+
+    leases = Leases(["q"], lease_s=2.0)
+    running = leases.take("q", "a", 1, sent_at=0.0)
+    deciding = leases.take("q", "b", 2, sent_at=0.0)
+    loop = asyncio.new_event_loop()
+    try:
+        running.task = loop.create_future()
+        deciding.task = loop.create_future()
+        deciding.deciding = True
+        assert [mid for _, mid, _ in leases.overdue(now=10.0)] == ["a"]
+        assert [mid for _, mid, _ in leases.running()] == ["a"]
+        leases.release("q", "a", owner=99)  # another lease's verdict: not this one
+        assert leases.owner("q", "a") == 1
+    finally:
+        loop.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -491,9 +490,8 @@ def test_a_stale_delivery_failing_late_does_not_fail_a_workflow_that_succeeded(
     # A worker whose lease on `first` had lapsed (its delivery superseded) now gives up on it
     async def stale() -> None:
         w = Worker(app, ["wf-a"])
-        w.leases.take("wf-a", member.id, 1, time.monotonic())  # a token no longer current
-        await w._dead_letter(
-            "wf-a", member.id, member, first, "retries_exhausted", ValueError("late")
+        await w._dead_letter(  # owner 1: a token no longer current
+            "wf-a", member.id, member, first, "retries_exhausted", ValueError("late"), owner=1
         )
         await w.broker.close()
 

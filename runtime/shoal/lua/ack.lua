@@ -10,8 +10,10 @@
 -- ARGV[1] result TTL (ms)
 -- ARGV[2..] quads: id, owner token, result JSON ("" = none), dedupe key ("" = none)
 -- Only the owner of the current lease may ack: a worker whose lease lapsed (its message
--- recovered or re-delivered while it was cut off) changes nothing, and learns so.
--- Returns { completed, id of each ack refused, ... }.
+-- recovered or re-delivered while it was cut off) changes nothing, and learns so. A message
+-- that is gone already (this ack resent after its reply was lost, or finished by another
+-- delivery) is not a refusal: nothing will run it again.
+-- Returns { completed, id of each ack refused (the message lives on, not ours), ... }.
 local ttl = tonumber(ARGV[1])
 local done = 0
 local refused = {}
@@ -19,7 +21,7 @@ local k = 7
 for i = 2, #ARGV, 4 do
   local id, owner, result, dedupe = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   if redis.call('HGET', KEYS[6], id) ~= owner then
-    refused[#refused + 1] = id
+    if redis.call('HEXISTS', KEYS[2], id) == 1 then refused[#refused + 1] = id end
   else
     redis.call('ZREM', KEYS[1], id)
     done = done + redis.call('HDEL', KEYS[2], id)

@@ -17,7 +17,8 @@
 -- ARGV[8] the caller's owner token of a stored message, or "" for a malformed waiting token
 -- (then no message state is touched: the token's text may even name another, live message).
 -- A message finished or re-delivered elsewhere meanwhile is left alone (a task that succeeded
--- on another worker must not land in the DLQ); returns 0 then.
+-- on another worker must not land in the DLQ); returns 0 then. A dead-letter resent after its
+-- reply was lost finds the message gone and its entry filed: 1, nothing changes.
 -- ARGV[9] the id to file the entry under ("" = ARGV[1]): a key that is not readable text, or a
 -- malformed token, is filed under a readable id of its own.
 -- ARGV[10] the body stored in dead:bodies
@@ -28,7 +29,12 @@ local bodies, body = KEYS[10], ARGV[10]
 local id = ARGV[1]
 local dlq_id = ARGV[9] ~= '' and ARGV[9] or id
 if ARGV[8] ~= '' then
-  if redis.call('HGET', KEYS[9], id) ~= ARGV[8] then return 0 end
+  if redis.call('HGET', KEYS[9], id) ~= ARGV[8] then
+    if redis.call('HEXISTS', KEYS[2], id) == 0 and redis.call('ZSCORE', KEYS[3], dlq_id) then
+      return 1
+    end
+    return 0
+  end
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[2], id)
   redis.call('HDEL', KEYS[6], id)

@@ -8,7 +8,13 @@
 -- ARGV[1] id, ARGV[2] delay (ms), ARGV[3] new envelope JSON, ARGV[4] the caller's owner token
 -- Returns 1, or 0 when the message was finished or re-delivered elsewhere (nothing changes:
 -- a worker whose lease lapsed must not schedule a second copy of a message another one runs).
-if redis.call('HGET', KEYS[5], ARGV[1]) ~= ARGV[4] then return 0 end
+-- A retry resent after its reply was lost finds its own envelope delayed: 1, nothing changes.
+if redis.call('HGET', KEYS[5], ARGV[1]) ~= ARGV[4] then
+  if redis.call('ZSCORE', KEYS[3], ARGV[1]) and redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[3] then
+    return 1
+  end
+  return 0
+end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('ZREM', KEYS[1], ARGV[1])

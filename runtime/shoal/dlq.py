@@ -22,6 +22,7 @@ import orjson
 
 from shoal.errors import DecodeError
 from shoal.message import Message
+from shoal.signing import BadSignature, unsealed
 
 if TYPE_CHECKING:
     from shoal.app import App
@@ -116,6 +117,8 @@ def dead_letter_entry(
     ``message_id``'s envelope are kept whole even without ``message`` (an internal error after
     decoding), unless ``reason`` says they failed verification or decoding."""
     body, stored, message = _stored_body(message_id, message, reason, raw, signer)
+    if stored == "envelope" and signer is not None:
+        body = signer.seal(body)  # a replay acts only on what verifies: Redis data can be edited
     traceparent = message.headers.get("traceparent") if message else None
     summary = {
         "id": message_id,
@@ -189,8 +192,11 @@ class DeadLetter:
 
     @property
     def message(self) -> str | None:
-        """The kept message as text (None when the body was not loaded)."""
-        return None if self.body is None else self.body.decode("utf-8", "backslashreplace")
+        """The kept message as text, for reading (None when the body was not loaded)."""
+        if self.body is None:
+            return None
+        shown = unsealed(self.body) if self.stored == "envelope" else self.body
+        return shown.decode("utf-8", "backslashreplace")
 
     @property
     def trace_id(self) -> str | None:
@@ -340,6 +346,18 @@ class DeadLetters:
             body = entry.body if entry.body is not None else loaded.get(entry.id)
             if body is None:
                 yield entry, "its stored message is gone (purged meanwhile?)"
+                continue
+            try:  # with signing keys, only what the worker verified and sealed comes back
+                body = self.app.signer.open(body)
+            except BadSignature:
+                yield (
+                    entry,
+                    (
+                        "refused: its stored message does not verify against SHOAL_SIGNING_KEYS "
+                        "(written or edited in Redis by someone else, stored before DLQ bodies were "
+                        "sealed, or sealed with a retired key); show or purge it"
+                    ),
+                )
                 continue
             try:
                 message = Message.decode(body)

@@ -211,6 +211,43 @@ def test_replayable_entries_still_replay_with_signing_keys(
     assert app.broker.redis.hlen(app.broker.keys("q").dead_bodies) == 0
 
 
+def test_a_dead_letter_written_or_edited_in_redis_is_never_replayed_signed(
+    make_app: Callable[..., App], worker: Any
+) -> None:
+    """Signing defends against producers that can write to Redis: they can write DLQ entries
+    too. A replay acts only on a stored body the worker sealed, whatever the summary says."""
+    app = make_app(signing_keys=("k1",))
+    ran: list[str] = []
+
+    @app.task(queue="q", name="pay", max_retries=0)
+    def pay(who: str) -> None:
+        if who == "alice":
+            raise RuntimeError("partner down")
+        ran.append(who)
+
+    keys, client = app.broker.keys("q"), app.broker.redis
+    genuine = pay.enqueue("alice")
+    worker(app, ["q"])
+    # Given a forged entry written from scratch, and the genuine entry's body swapped
+    forged = Message("forged1", "pay", "q", ["mallory"], {}, 1.0)
+    summary, _ = dead_letter_entry("forged1", "q", forged, "retries_exhausted", ValueError("x"))
+    client.zadd(keys.dead, {"forged1": 1})
+    client.hset(keys.dead_entries, "forged1", summary)
+    client.hset(keys.dead_bodies, "forged1", forged.encode())
+    swapped = Message(genuine.id, "pay", "q", ["mallory"], {}, 1.0)
+    client.hset(keys.dead_bodies, genuine.id, swapped.encode())
+
+    # When the operator replays everything
+    report = app.dlq("q").replay()
+
+    # Then nothing comes back, each refusal says why, and mallory never runs
+    assert report.replayed == []
+    assert set(report.skipped) == {"forged1", genuine.id}
+    assert all("does not verify" in why for why in report.skipped.values())
+    worker(app, ["q"])
+    assert ran == []
+
+
 # --- bounded storage, logs and listing --------------------------------------------------------
 
 
@@ -391,11 +428,20 @@ def test_old_format_entries_still_show_and_replay(
     assert '"alice"' in shown.output and "retries_exhausted" in shown.output
     assert {e.id for e in app.dlq("q").entries()} == {"old1", "old2"}
 
-    report = app.dlq("q").replay()
+    # With signing keys, an entry stored before bodies were sealed cannot be verified
+    sealed_report = app.dlq("q").replay()
+    assert sealed_report.replayed == []
+    assert "does not verify" in sealed_report.skipped["old1"]
+    assert "bad_signature" in sealed_report.skipped["old2"]
+
+    # Without keys (no signing in use), the old entry replays as before
+    unsigned = make_app()
+    unsigned.tasks.update(app.tasks)
+    report = unsigned.dlq("q").replay()
 
     assert report.replayed == ["old1"]
     assert "bad_signature" in report.skipped["old2"]
-    worker(app, ["q"])
+    worker(unsigned, ["q"])
     assert ran == ["alice"]
     assert app.dlq("q").all_ids() == ["old2"]
 

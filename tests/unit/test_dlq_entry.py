@@ -89,7 +89,7 @@ def test_raw_bytes_are_kept_whole_only_when_they_verify(reason: str, key: str, s
     data = summary(entry)
     assert (data["stored"], data["size"]) == (stored, len(raw))
     if stored == "envelope":
-        assert body == message.encode() and data["task"] == "pay"
+        assert Signer(("k1",)).open(body) == message.encode() and data["task"] == "pay"
     else:
         assert body == raw[:EXCERPT_BYTES] and data["task"] is None
 

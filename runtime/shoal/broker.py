@@ -20,7 +20,7 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript, Script
 from redis.retry import Retry
 
@@ -429,15 +429,11 @@ backoff by the loops, never allowed to end one."""
 MAX_BACKOFF_S = 5.0
 
 
-PRODUCER_RETRY = Retry(
-    ExponentialWithJitterBackoff(base=0.05, cap=0.5),
-    retries=2,
-    supported_errors=(redis.ConnectionError,),
-)
-"""How the blocking client resends a command whose connection failed: twice, after up to 0.1 and
-0.2 s, on a new connection (a connection dropped mid-command, a failover). Safe because every
-write it sends is idempotent: a resent enqueue finds its message id stored and pushes nothing
-(see ``lua/enqueue.lua``). Timeouts are not resent: a stalled Redis would stall each resend."""
+ENQUEUE_RESENDS = (0.05, 0.2)
+"""Pauses before resending an enqueue whose connection failed *before it was sent whole* (it
+certainly did not run: a connection dropped while idle, a failover). One that reached Redis is
+never resent: a worker may already have run and acked it, and a resend would run it again; the
+caller gets EnqueueOutcomeUnknown instead. redis-py itself resends nothing."""
 
 
 class _ExplainingRedis(redis.Redis):
@@ -449,8 +445,12 @@ class _ExplainingRedis(redis.Redis):
 
     _sent = threading.local()
 
-    def execute_command(self, *args: Any, **options: Any) -> Any:
+    def begin(self) -> None:
+        """Start one logical operation (a script call may be EVALSHA, SCRIPT LOAD, EVALSHA):
+        :meth:`sent_before_failing` then tells whether any of its commands reached Redis."""
         self._sent.whole = False
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
         try:
             return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         except CONNECTION_ERRORS as exc:
@@ -489,7 +489,7 @@ class Broker(_KeysMixin):
                 settings.redis_url,
                 socket_connect_timeout=5,
                 health_check_interval=30,
-                retry=PRODUCER_RETRY,
+                retry=Retry(NoBackoff(), 0),
                 **settings.redis_options(),
             ),
         )
@@ -531,22 +531,30 @@ class Broker(_KeysMixin):
     ) -> list[str] | None:
         """Like :meth:`enqueue`, but nothing is stored and None is returned when ``guard``
         refuses (the step was already enqueued, the tick already claimed)."""
-        sent = False
-        try:
-            self._remember_queue(queue)
-            sent = True  # from here, the enqueue itself may reach Redis
-            reply = self._run(_enqueue_call(self.keys(queue), items, guard))
-        except BrokerError as exc:
-            if not isinstance(exc.__cause__, CONNECTION_ERRORS):
+        call = _enqueue_call(self.keys(queue), items, guard)
+        for pause_s in (*ENQUEUE_RESENDS, None):
+            sent = False
+            try:
+                self._remember_queue(queue)
+                self.redis.begin()
+                sent = True  # from here, the enqueue itself may reach Redis
+                return _enqueued_ids(self._run(call))
+            except BrokerError as exc:
+                if not isinstance(exc.__cause__, CONNECTION_ERRORS):
+                    raise
+                sent = sent and self.redis.sent_before_failing()
+                if not sent and pause_s is not None:
+                    time.sleep(pause_s)  # it certainly did not run: safe to send again
+                    continue
+                what = _enqueue_what(queue, items, task)
+                cause = exc.__cause__
+                raise _enqueue_failed(self.redis.target(), cause, what, sent, items) from exc
+            except redis.exceptions.ResponseError as exc:
+                if _is_out_of_memory(exc):
+                    what = _enqueue_what(queue, items, task)
+                    raise _redis_full(self.redis.target(), what) from exc
                 raise
-            sent = sent and self.redis.sent_before_failing()
-            what = _enqueue_what(queue, items, task)
-            raise _enqueue_failed(self.redis.target(), exc.__cause__, what, sent, items) from exc
-        except redis.exceptions.ResponseError as exc:
-            if _is_out_of_memory(exc):
-                raise _redis_full(self.redis.target(), _enqueue_what(queue, items, task)) from exc
-            raise
-        return _enqueued_ids(reply)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def start_group(self, queue: str, group_id: str, size: int, then: bytes) -> None:
         """Write a workflow group's record (see :meth:`AsyncBroker.start_group`)."""

@@ -353,9 +353,10 @@ class DeadLetters:
                 yield (
                     entry,
                     (
-                        "refused: its stored message does not verify against SHOAL_SIGNING_KEYS "
-                        "(written or edited in Redis by someone else, stored before DLQ bodies were "
-                        "sealed, or sealed with a retired key); show or purge it"
+                        "refused: its stored message does not verify against "
+                        "SHOAL_SIGNING_KEYS (written or edited in Redis by someone else, stored "
+                        "before DLQ bodies were sealed, or sealed with a retired key); show or "
+                        "purge it"
                     ),
                 )
                 continue

@@ -14,10 +14,10 @@
 -- ARGV[6..] quads: id, delay_ms (0 = ready now), envelope, dedupe key ("" = none)
 -- Returns the id each message ended up with: its own, or the live message holding its dedupe
 -- key; nil when the guard refused (someone else already enqueued this step or claimed this tick).
--- Idempotent by id: an id already in messages is left as it is (no second token, not counted),
--- so a client that resends this call after losing its answer stores each message once. A resend
--- arriving after the message already finished (acked or dead-lettered) stores it again: the
--- producer resends only within its short reconnect backoff (see broker.PRODUCER_RETRY).
+-- Idempotent by id while the message lives: an id already in messages is left as it is (no
+-- second token, not counted). A call resent after the message finished (acked or dead-lettered)
+-- would store it again, so the producer never resends a call that may have reached Redis
+-- (see broker.ENQUEUE_RESENDS); it raises EnqueueOutcomeUnknown instead.
 local mode = ARGV[2]
 if mode == 'once' then
   if redis.call('HSETNX', KEYS[6], ARGV[3], ARGV[4]) == 0 then return nil end

@@ -346,7 +346,7 @@ def _schedule_publish_call(
     argv: list[Any] = [now_ms]
     for name, raw in schedules:
         argv += (name, raw)
-    return "schedule_publish", [k.schedules, k.schedules_seen], argv
+    return "schedule_publish", [k.schedules, k.schedules_seen, k.schedules_declared], argv
 
 
 def _measure_call(k: QueueKeys) -> Call:

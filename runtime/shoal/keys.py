@@ -34,6 +34,8 @@ key                                    type    meaning
                                                <reason>``
 ``{p}:{q}:schedules:seen``             HASH    code schedule name → when a worker last
                                                declared it (ms): older ones are stale
+``{p}:{q}:schedules:declared``         STRING  when a worker of the queue last declared its
+                                               code schedules, none included (ms)
 ``{p}:{q}:workflow:<wid>``             HASH    workflow steps already started from this
                                                queue's slot (enqueue guards), with a TTL
 ``{p}:{q}:group:<gid>``                HASH    one workflow group: ``then`` (what follows it),
@@ -76,6 +78,7 @@ class QueueKeys:
     schedules: str
     schedule_runs: str
     schedules_seen: str
+    schedules_declared: str
 
     def result(self, message_id: str) -> str:
         """Key of the stored result of one message."""
@@ -117,6 +120,7 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
         schedules=base + "schedules",
         schedule_runs=base + "schedule:runs",
         schedules_seen=base + "schedules:seen",
+        schedules_declared=base + "schedules:declared",
     )
 
 

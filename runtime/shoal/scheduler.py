@@ -180,8 +180,7 @@ class Scheduler:
         for queue in self.queues:
             keys = self.broker.keys(queue)
             mine = [(n, s.to_json()) for (q, n), s in self.code.items() if q == queue]
-            if mine:
-                await self.broker.publish_schedules(queue, now_ms, mine)
+            await self.broker.publish_schedules(queue, now_ms, mine)  # none is news too
             stored: dict[bytes, bytes] = await r.hgetall(keys.schedules)  # type: ignore[assignment]
             for (q, name), schedule in self.code.items():
                 if q == queue:
@@ -369,6 +368,7 @@ def next_unclaimed_tick(
         pipe.hgetall(keys.schedules)
         pipe.hgetall(keys.schedule_runs)
         pipe.hgetall(keys.schedules_seen)
+        pipe.get(keys.schedules_declared)
     try:
         (seconds, micros), *replies = pipe.execute()
     except CONNECTION_ERRORS as exc:
@@ -377,8 +377,8 @@ def next_unclaimed_tick(
     since_ms = now_ms - int(hold_s * 1000)
     best: tuple[int, str, str] | None = None
     for i, queue in enumerate(queues):
-        raw, runs, seen = replies[3 * i : 3 * i + 3]
-        declared = [int(v) for v in seen.values() if v.isdigit()]
+        raw, runs, seen, marker = replies[4 * i : 4 * i + 4]
+        declared = [int(v) for v in (*seen.values(), marker or b"") if v.isdigit()]
         latest_declared = max(declared, default=None)
         for raw_name, blob in raw.items():
             schedule = _parsed(queue, blob)

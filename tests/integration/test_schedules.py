@@ -513,3 +513,30 @@ def test_shoal_dev_wakes_its_fleet_at_zero_for_a_schedule(
         dev.terminate()
         dev.wait(60)
     assert "crunchers: 0 → 1 (schedule daily on burst due in" in log.read_text()
+
+
+def test_a_code_schedule_removed_from_the_only_code_that_had_one_stops_waking_the_fleet(
+    app: App,
+) -> None:
+    """Workers running code with no schedules for a queue declare none; they must still mark
+    the queue as declared, or a removed schedule would look current (and wake a fleet at zero
+    at every tick) for ever."""
+    keys = app.broker.keys("q")
+    now_ms = redis_now_ms(app.broker)
+    every_second = make(name="removed", queue="q", cron="* * * * * *", task="t")
+    app.broker.redis.hset(keys.schedules, "removed", every_second.to_json())
+    app.broker.redis.hset(keys.schedules_seen, "removed", now_ms - 24 * 3600_000)
+    assert next_unclaimed_tick(app.broker, ["q"], hold_s=300) is not None  # nothing newer yet
+
+    # When a worker of the new code (no schedules on q) refreshes
+    async def refresh() -> None:
+        broker = AsyncBroker(app.settings)
+        try:
+            await Scheduler(app, broker, ["q"]).refresh()
+        finally:
+            await broker.close()
+
+    asyncio.run(refresh())
+
+    # Then the removed schedule no longer wakes anyone
+    assert next_unclaimed_tick(app.broker, ["q"], hold_s=300) is None

@@ -45,10 +45,13 @@ REASONS = {
     "worker_lost": "workers running it vanished too often (it may be what kills them)",
     "workflow_error": "its result could not be carried on to the next workflow step",
     "internal_error": "its handling failed outside the task (a malformed option, a middleware bug)",
+    "unreadable": "its DLQ entry was not written by Shoal (edited or corrupted in Redis)",
 }
 """Every machine-readable DLQ reason, with what it means."""
 
-UNREPLAYABLE = frozenset({"bad_signature", "undecodable", "too_large", "id_mismatch", "too_deep"})
+UNREPLAYABLE = frozenset(
+    {"bad_signature", "undecodable", "too_large", "id_mismatch", "too_deep", "unreadable"}
+)
 """Reasons whose entries may be shown and purged but never replayed; every other reason may be.
 
 These messages failed verification or decoding (``too_deep``: a replay would fail the same
@@ -244,6 +247,29 @@ class DeadLetter:
         )
 
 
+def _read_entry(dlq_id: str, raw: bytes | str, body: bytes | None) -> DeadLetter:
+    """An entry, or, for a summary that is not one (written by something else), a stand-in
+    that lists as ``unreadable`` and can be shown and purged but never replayed."""
+    try:
+        return DeadLetter.from_json(raw, body)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        return DeadLetter(
+            id=dlq_id,
+            queue="",
+            task=None,
+            reason="unreadable",
+            error=clip(f"its DLQ summary is not one ({type(exc).__name__}): {raw[:200]!r}", 400),
+            exception_type="",
+            traceback="",
+            attempts=0,
+            enqueued_at=None,
+            failed_at=0.0,
+            traceparent=None,
+            stored="excerpt",
+            body=body,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ReplayReport:
     """What a replay did: ids back in the queue, and ids left in the DLQ with why (those
@@ -280,7 +306,9 @@ class DeadLetters:
             return []
         raws = self.redis.hmget(self.keys.dead_entries, list(ids))
         stored = self._bodies(ids) if bodies else [None] * len(ids)
-        return [DeadLetter.from_json(r, b) for r, b in zip(raws, stored, strict=True) if r]
+        return [
+            _read_entry(i, r, b) for i, r, b in zip(ids, raws, stored, strict=True) if r is not None
+        ]
 
     def _bodies(self, ids: Sequence[str]) -> list[bytes | None]:
         """The stored bodies of ``ids`` (None where there is none): only show and replay."""

@@ -248,6 +248,29 @@ def test_a_dead_letter_written_or_edited_in_redis_is_never_replayed_signed(
     assert ran == []
 
 
+def test_an_entry_that_is_not_a_summary_is_listed_as_unreadable_and_never_replayed(
+    make_app: Callable[..., App], worker: Any
+) -> None:
+    app = make_app()
+
+    @app.task(queue="q", name="pay", max_retries=0)
+    def pay() -> None:
+        raise RuntimeError("down")
+
+    genuine = pay.enqueue()
+    worker(app, ["q"])
+    keys = app.broker.keys("q")
+    app.broker.redis.zadd(keys.dead, {"junk": 1, "no-id": 2})
+    app.broker.redis.hset(keys.dead_entries, mapping={"junk": b"\xff{", "no-id": b"{}"})
+
+    by_id = {e.id: e for e in app.dlq("q").entries()}
+    assert by_id[genuine.id].reason != "unreadable"
+    assert by_id["junk"].reason == by_id["no-id"].reason == "unreadable"
+    report = app.dlq("q").replay(["junk", "no-id"])
+    assert report.replayed == [] and set(report.skipped) == {"junk", "no-id"}
+    assert app.dlq("q").purge(ids=["junk", "no-id"]) == 2
+
+
 # --- bounded storage, logs and listing --------------------------------------------------------
 
 

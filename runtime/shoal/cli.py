@@ -388,7 +388,7 @@ def dlq_replay(
     """Put dead letters back in QUEUE with their attempts reset.
 
     Messages that failed verification or decoding (bad_signature, undecodable, too_large,
-    id_mismatch, too_deep) are refused: show or purge them instead."""
+    id_mismatch, too_deep, unreadable) are refused: show or purge them instead."""
     if not message_ids and not replay_all and task is None:
         raise click.UsageError("name message ids, or pass --all (optionally with --task NAME)")
     report = App().dlq(queue).replay(list(message_ids) or None, task=task)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from shoal.broker import Held
@@ -62,11 +62,6 @@ class Leases:
     def get(self, queue: str, message_id: str) -> Lease | None:
         return self._held[queue].get(message_id)
 
-    def owner(self, queue: str, message_id: str) -> int | None:
-        """The owner token this worker holds for the message, or None."""
-        lease = self._held[queue].get(message_id)
-        return None if lease is None else lease.owner
-
     def held(self, queue: str) -> list[Held]:
         """(id, owner token) of every lease held on ``queue``, for a renewal or a handback."""
         return [(mid, lease.owner) for mid, lease in self._held[queue].items()]
@@ -88,12 +83,12 @@ class Leases:
         if lease is not None and (owner is None or lease.owner == owner):
             del held[message_id]
 
-    def running(self) -> list[tuple[str, str, Lease]]:
-        """Leases whose task still runs its own code (not yet deciding its verdict)."""
+    def running(self) -> list[asyncio.Future[None]]:
+        """The tasks still running their own code (not yet deciding their verdict)."""
         return [
-            (queue, mid, lease)
-            for queue, held in self._held.items()
-            for mid, lease in held.items()
+            lease.task
+            for held in self._held.values()
+            for lease in held.values()
             if lease.task is not None and not lease.task.done() and not lease.deciding
         ]
 
@@ -108,9 +103,6 @@ class Leases:
             and not (lease.lost or lease.deciding)
             and lease.sure_until <= now
         ]
-
-    def queues(self) -> Iterator[str]:
-        return iter(self._held)
 
     def count(self) -> int:
         return sum(len(held) for held in self._held.values())

@@ -162,9 +162,8 @@ class Worker:
                 await asyncio.wait_for(self._capacity.wait(), deadline - time.monotonic())
             except TimeoutError:
                 break
-        for _, _, lease in self.leases.running():  # past the grace period: stop them
-            if lease.task is not None:
-                lease.task.cancel()
+        for task in self.leases.running():  # past the grace period: stop them
+            task.cancel()
         if self._running:  # verdicts on their way (fenced in Redis) get a little longer
             left = max(0.1, deadline + 5 - time.monotonic())
             await asyncio.wait(set(self._running), timeout=left)
@@ -307,39 +306,18 @@ class Worker:
         """Dead-letter what is not even addressable as a message: a waiting token that is not
         ``<ms>:<id>`` (nothing was leased; no message state is touched, the token may name a
         live message), or a key that is not UTF-8 text (filed under a readable escape)."""
+        key = leased.key or leased.id.encode()
+        if leased.body is None:  # a bare token: nothing leased, filed under an id of its own
+            data, owner, dlq_id = key, None, new_message_id()
+            why = DecodeError(data, "waiting entry is not <ready_ms>:<id>")
+        else:
+            data, owner, dlq_id = leased.body, leased.owner, leased.id
+            text = f"printable UTF-8 text of at most {MAX_ID_BYTES} bytes"
+            why = DecodeError(key, f"message id {leased.id} is not {text}")
         try:
-            if leased.body is None:
-                data = leased.key or leased.id.encode("utf-8", "surrogateescape")
-                why = DecodeError(data, "waiting entry is not <ready_ms>:<id>")
-                await self._dead_letter(
-                    queue,
-                    leased.id,
-                    None,
-                    None,
-                    "undecodable",
-                    why,
-                    data,
-                    owner=None,
-                    dlq_id=new_message_id(),
-                )
-            else:
-                assert leased.key is not None
-                why = DecodeError(
-                    leased.key,
-                    f"message id {leased.id} is not printable UTF-8 text of at most "
-                    f"{MAX_ID_BYTES} bytes",
-                )
-                await self._dead_letter(
-                    queue,
-                    leased.key,
-                    None,
-                    None,
-                    "undecodable",
-                    why,
-                    leased.body,
-                    owner=leased.owner,
-                    dlq_id=leased.id,
-                )
+            await self._dead_letter(
+                queue, key, None, None, "undecodable", why, data, owner=owner, dlq_id=dlq_id
+            )
         except Exception as exc:  # its lease (if any) lapses; it comes back, and is tried again
             log.exception("worker %s: could not dead-letter poison on %s: %s", self.id, queue, exc)
         finally:
@@ -350,17 +328,16 @@ class Worker:
     async def _process(
         self, queue: str, message_id: str, body: bytes, deliveries: int, lease: Lease
     ) -> None:
-        data = body
         owner = lease.owner
         try:
-            message, task, rejection = self._admit(message_id, data, deliveries)
+            message, task, rejection = self._admit(message_id, body, deliveries)
             if rejection is not None:
                 lease.deciding = True
             if message is None:  # not even an envelope (or not this key's): no trace to join
                 assert rejection is not None
                 reason, error = rejection
                 await self._dead_letter(
-                    queue, message_id, None, None, reason, error, data, owner=owner
+                    queue, message_id, None, None, reason, error, body, owner=owner
                 )
                 return
             current_task.set(
@@ -376,7 +353,7 @@ class Worker:
                 if rejection is not None or task is None:
                     assert rejection is not None
                     await self._dead_letter(
-                        queue, message_id, message, task, *rejection, data, owner=owner
+                        queue, message_id, message, task, *rejection, body, owner=owner
                     )
                     return
                 await self._execute(queue, task, message, lease)
@@ -392,7 +369,7 @@ class Worker:
                 queue,
             )
         except Exception as exc:
-            await self._internal_error(queue, message_id, data, exc, lease)
+            await self._internal_error(queue, message_id, body, exc, lease)
         finally:
             self.busy -= 1
             self.processed += 1
@@ -523,13 +500,15 @@ class Worker:
             delay = outcome.retry_in_s
             if isinstance(error, HardTimeout):  # its thread runs on until this process exits
                 delay = max(delay, self.settings.shutdown_grace_s + 5)
-            body = self.app.signer.seal(message.next_attempt(last_error=_describe(error)).encode())
+            body = self.app.signer.seal(
+                message.next_attempt(last_error=dlq.describe(error)).encode()
+            )
             log.warning(
                 "task %s %s failed (attempt %d): %s; retrying in %.2fs",
                 task.name,
                 message.id,
                 message.attempt + 1,
-                _describe(error),
+                dlq.describe(error),
                 delay,
             )
             retried = await self._retrying(
@@ -577,9 +556,9 @@ class Worker:
         )
         result = None
         if task is not None and task.store_result and flow is None:  # a workflow: see below
-            result = orjson.dumps({"ok": False, "error": f"{reason}: {_describe(error)}"})
+            result = orjson.dumps({"ok": False, "error": f"{reason}: {dlq.describe(error)}"})
         log.error(
-            "message %s on %s dead-lettered (%s): %s", shown_id, queue, reason, _describe(error)
+            "message %s on %s dead-lettered (%s): %s", shown_id, queue, reason, dlq.describe(error)
         )
         dedupe = message.options.get("dedupe_key") if message else None
         defaults = self.queue_defaults.get(queue, {})
@@ -598,7 +577,7 @@ class Worker:
             self._lost_before_verdict(queue, shown_id, "dead-letter")
             return
         if dead and flow is not None and message is not None:  # the workflow fails with it
-            await self._retrying(lambda: self.steps.failed(message, reason, _describe(error)))
+            await self._retrying(lambda: self.steps.failed(message, reason, dlq.describe(error)))
         self.hooks.emit("after_dead_letter", queue, message, reason, error)
 
     # --- acks and heartbeats --------------------------------------------------------------------
@@ -791,7 +770,3 @@ def _reencodes(message: Message) -> bool:
 
 
 _MAX_DEPTH = 254
-
-
-def _describe(error: BaseException) -> str:
-    return dlq.describe(error)  # bounded: it goes into log lines, envelopes and results

@@ -22,7 +22,7 @@ from hypothesis import settings as hypothesis_settings
 
 from helpers import RunningWorker, start_local_redis
 from shoal import App
-from shoal.redis_server import LocalRedis
+from shoal.protocol.server import LocalRedis
 from shoal.worker import Worker
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from shoal.errors import ShoalError
-from shoal.redis_server import LocalRedis
+from shoal.protocol.server import LocalRedis
 from shoal.worker import Worker
 
 

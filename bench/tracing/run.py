@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal import App
-from shoal.redis_server import LocalRedis
+from shoal.protocol.server import LocalRedis
 
 HERE = Path(__file__).resolve().parent
 QUEUE = "trace-bench"

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from shoal.redis_server import LocalRedis
+from shoal.protocol.server import LocalRedis
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -2,7 +2,8 @@
 autoscaled when asked.
 
 Handlers are thin: the work is in ``queues`` (a Queue's status), ``workers`` (a Worker's
-Deployment and autoscaler), ``deployment`` (the objects, pure) and ``metrics`` (Redis). Here a
+Deployment and autoscaler), ``deployment`` (the objects, pure) and ``redis_gateway`` (everything
+the operator reads or writes in Redis, through the runtime's APIs). Here a
 ``ReconcileError`` becomes a condition, an Event and kopf's retry policy. Nothing crash-loops: a
 bad spec waits for an edit; a missing reference or an unreachable Redis is retried after a
 delay. Long-running loops are async daemons that watch kopf's stop flag; their blocking calls
@@ -26,8 +27,8 @@ from shoal_operator import conditions as cond
 from shoal_operator import deployment as deploy
 from shoal_operator.errors import ReconcileError, SpecError
 from shoal_operator.kube import GROUP, VERSION
-from shoal_operator.metrics import QueueMeter
 from shoal_operator.queues import QueueMonitor, remove_queue_schedules
+from shoal_operator.redis_gateway import RedisGateway
 from shoal_operator.settings import OperatorSettings
 from shoal_operator.workers import Autoscaling, reconcile_worker, resync, worker_status
 
@@ -41,7 +42,7 @@ def configure(
     """Clients and caches go in ``memo``, shared by every handler; kopf's own bookkeeping goes
     in annotations, so the CRDs' status schema stays exactly what users see."""
     memo.settings = OperatorSettings.from_env()
-    memo.meter = QueueMeter()
+    memo.redis = RedisGateway()
     try:
         kube_config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kube_config.ConfigException:
@@ -102,7 +103,7 @@ async def queue_monitor(
             # Shielded: kopf may cancel this daemon again, and a cancelled to_thread call that
             # has not started yet never runs at all.
             await asyncio.shield(asyncio.to_thread(monitor.deleted, spec))
-        memo.meter.forget(namespace, name)
+        memo.redis.forget(namespace, name)
 
 
 @kopf.on.delete(GROUP, VERSION, "queues")

@@ -15,7 +15,7 @@ import kopf
 from shoal_operator import conditions as cond
 from shoal_operator.errors import ReconcileError, RedisUnreachable
 from shoal_operator.kube import patch_status
-from shoal_operator.metrics import Connection, Reading, connect
+from shoal_operator.redis_gateway import Connection, Reading, connect
 from shoal_operator.redis_target import RedisTarget
 
 
@@ -60,20 +60,20 @@ class QueueMonitor:
             conn = queue_connection(memo, namespace, name, dict(spec))
             # Every tick, not only on a spec change: Redis may have lost them (a restart
             # without persistence, a failover to an empty replica). Only differences are written.
-            defaults, rewritten = memo.meter.configure(conn, name, dict(spec))
+            defaults, rewritten = memo.redis.configure(conn, name, dict(spec))
             if rewritten:
                 self.logger.info("Queue %s: defaults in Redis: %s", name, defaults or "none")
-            valid, invalid, changed = memo.meter.write_schedules(conn, name, dict(spec))
+            valid, invalid, changed = memo.redis.write_schedules(conn, name, dict(spec))
             if changed:
                 self.logger.info("Queue %s: %d schedule(s) written to Redis", name, len(valid))
             if invalid and (invalid != self.invalid_schedules or self.configured != generation):
                 kopf.warn(body, reason="InvalidSchedule", message=_describe(invalid))
             self.invalid_schedules = invalid
             self.configured = generation
-            reading = memo.meter.measure(conn, namespace, name)
+            reading = memo.redis.measure(conn, namespace, name)
             runs = None
             if spec.get("schedules") or body.get("status", {}).get("schedules"):
-                runs = memo.meter.schedule_runs(conn, name, int(time.time() * 1000))
+                runs = memo.redis.schedule_runs(conn, name, int(time.time() * 1000))
         except ReconcileError as exc:
             if self.problem != exc.reason:
                 kopf.warn(body, reason=exc.reason, message=exc.message)
@@ -140,7 +140,7 @@ def remove_queue_schedules(
     if not spec.get("schedules"):
         return
     try:
-        memo.meter.remove_schedules(queue_connection(memo, namespace, name, dict(spec)), name)
+        memo.redis.remove_schedules(queue_connection(memo, namespace, name, dict(spec)), name)
         logger.info("Queue %s deleted: its schedules removed from Redis", name)
     except ReconcileError as exc:
         logger.warning(

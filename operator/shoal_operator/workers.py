@@ -19,7 +19,7 @@ from shoal_operator import conditions as cond
 from shoal_operator import deployment as deploy
 from shoal_operator.errors import MissingReference, ReconcileError, SpecError
 from shoal_operator.kube import GROUP, VERSION, camel, patch_status, read_deployment
-from shoal_operator.metrics import Connection, connect
+from shoal_operator.redis_gateway import Connection, connect
 from shoal_operator.redis_target import RedisTarget
 
 
@@ -175,7 +175,7 @@ class Autoscaling:
         try:
             refs = _queue_refs(memo, namespace, list(spec.get("queues", [])))
             conn = connect(refs[0].target, memo.core, namespace)
-            broker = memo.meter.app(conn).broker
+            broker = memo.redis.app(conn).broker
             names = [r.name for r in refs]
             snap = self.fleet.snapshot(broker, names, replicas, ready)
             # The schedules of its queues (code and Queue ones): a fleet at zero wakes for them.
@@ -214,7 +214,7 @@ class Autoscaling:
         selector = deploy.selector(self.name)
         pods = memo.core.list_namespaced_pod(self.namespace, label_selector=selector).items
         names = [p.metadata.name for p in pods]
-        costs = autoscaler.deletion_costs(names, in_flight_by_instance(memo.meter.app(conn).broker))
+        costs = autoscaler.deletion_costs(names, in_flight_by_instance(memo.redis.app(conn).broker))
         for pod in pods:
             cost = str(costs[pod.metadata.name])
             if (pod.metadata.annotations or {}).get(autoscaler.DELETION_COST) != cost:

@@ -1,16 +1,11 @@
 """Shoal: a Kubernetes-native task queue for Python.
 
 The runtime: define tasks on an :class:`App`, enqueue them, run workers. Redis is the broker;
-delivery is at-least-once. See DESIGN.md for the promises and ``shoal.keys`` for the protocol.
+delivery is at-least-once. See DESIGN.md for the promises and ``shoal.protocol`` for the protocol.
 """
-
-__version__ = "0.1.0"
 
 # Application
 from shoal.app import App, load_app
-
-# Messages and the broker
-from shoal.broker import Broker, QueueStats
 
 # Workflows
 from shoal.canvas import Signature, chain, chord, group
@@ -36,6 +31,9 @@ from shoal.message import Message
 # Middleware
 from shoal.middleware import Middleware, Outcome, Retries, default_middleware
 
+# Messages and the broker
+from shoal.protocol import Broker, QueueStats
+
 # Schedules
 from shoal.schedules import Schedule
 
@@ -44,6 +42,9 @@ from shoal.settings import Settings
 
 # Tasks and handles
 from shoal.task import Handle, Sender, Task
+
+# Version
+from shoal.version import __version__
 
 __all__ = [
     # Application

@@ -8,11 +8,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
 from shoal import queue_defaults
-from shoal.broker import Broker, QueueStats
 from shoal.dlq import DeadLetters
 from shoal.errors import ConfigurationError, TaskModuleError, TaskNotFound
 from shoal.middleware import Middleware, default_middleware
 from shoal.middleware.hooks import Hooks
+from shoal.protocol import Broker, QueueStats
 from shoal.schedules import Missed, Schedule
 from shoal.schedules import make as make_schedule
 from shoal.settings import Seconds, Settings, mask_url, to_seconds
@@ -249,14 +249,11 @@ class App:
         """Store defaults for every task of ``queue`` in Redis, where all its workers read them
         (within a heartbeat): ``max_retries``, ``min_backoff``, ``max_backoff``, ``timeout``,
         ``dlq_max_entries``, ``dlq_max_age``. Task and message options still win."""
-        fields = queue_defaults.validate(queue, defaults)
-        if fields:
-            self.broker.redis.hset(self.broker.keys(queue).config, mapping=fields)  # type: ignore[arg-type]
+        self.broker.set_queue_defaults(queue, queue_defaults.validate(queue, defaults))
 
     def queue_defaults(self, queue: str) -> dict[str, Any]:
         """The defaults stored for ``queue`` (empty when none)."""
-        raw = self.broker.redis.hgetall(self.broker.keys(queue).config)
-        return queue_defaults.parse(queue, raw)
+        return self.broker.queue_defaults(queue)
 
     def dlq(self, queue: str) -> DeadLetters:
         """The dead-letter queue of ``queue``: list, get, replay, purge."""

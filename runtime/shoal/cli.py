@@ -14,12 +14,13 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from shoal import __version__, logs
+from shoal import logs
 from shoal.app import App, load_app
-from shoal.broker import QueueStats
 from shoal.dlq import REASONS, DeadLetter
 from shoal.errors import ShoalError, TaskModuleError
+from shoal.protocol import QueueStats
 from shoal.settings import Settings
+from shoal.version import __version__
 
 console = Console()
 

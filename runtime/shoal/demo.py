@@ -23,8 +23,7 @@ from rich.table import Table
 from shoal.app import App
 from shoal.canvas import chord
 from shoal.errors import ShoalError
-from shoal.keys import workers_key
-from shoal.redis_server import LocalRedis
+from shoal.protocol.server import LocalRedis
 
 app = App()
 QUEUE = "demo"
@@ -118,9 +117,8 @@ def run_demo(*, tasks: int, processes: int, console: Console) -> None:
 
 def _wait_for_workers(producer: App, count: int, worker: subprocess.Popen[bytes]) -> None:
     """Block until ``count`` worker processes registered, so latency figures exclude start-up."""
-    registry = workers_key(producer.settings.key_prefix)
     deadline = time.monotonic() + 60
-    while producer.broker.redis.zcard(registry) < count:
+    while len(producer.broker.workers()) < count:
         if worker.poll() is not None or time.monotonic() > deadline:
             raise ShoalError(f"the demo's workers did not start (exit code {worker.poll()})")
         time.sleep(0.05)
@@ -160,12 +158,9 @@ def _drive(producer: App, count: int, console: Console) -> None:
             time.sleep(0.05)
     elapsed = time.time() - t0
     stats = producer.measure(QUEUE)
-    keys = producer.broker.keys(QUEUE)
-    pipe = producer.broker.redis.pipeline(transaction=False)
-    for message_id in sent_at:
-        pipe.lindex(keys.result(message_id), 0)
     waits = []
-    for message_id, raw in zip(sent_at, pipe.execute(), strict=True):
+    results = producer.broker.stored_results(QUEUE, list(sent_at))
+    for message_id, raw in zip(sent_at, results, strict=True):
         result = orjson.loads(raw) if raw else {}
         if result.get("ok"):
             waits.append(result["value"][0] - sent_at[message_id])

@@ -30,7 +30,7 @@ from shoal.app import App
 from shoal.autoscale import Decision, Policy, State, decide, policy_from_spec
 from shoal.errors import ConfigurationError
 from shoal.fleet import FleetMeter, in_flight_by_instance
-from shoal.redis_server import LocalRedis
+from shoal.protocol.server import LocalRedis
 from shoal.scheduler import next_unclaimed_tick, write_queue_schedules
 from shoal.schedules import from_queue_spec
 from shoal.settings import Settings

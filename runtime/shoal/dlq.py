@@ -285,16 +285,14 @@ class DeadLetters:
     def __init__(self, app: App, queue: str) -> None:
         self.app = app
         self.queue = queue
-        self.keys = app.broker.keys(queue)
-        self.redis = app.broker.redis
+        self.broker = app.broker
 
     def __len__(self) -> int:
-        return int(self.redis.zcard(self.keys.dead))
+        return self.broker.dead_count(self.queue)
 
     def entries(self, limit: int = 50, offset: int = 0) -> list[DeadLetter]:
         """Entries, newest first, without their bodies (listing never reads them)."""
-        ids = self.redis.zrevrange(self.keys.dead, offset, offset + limit - 1)
-        return self._load([i.decode() for i in ids])  # type: ignore[union-attr]
+        return self._load(self.broker.dead_ids(self.queue, offset, limit))
 
     def get(self, message_id: str) -> DeadLetter | None:
         """One entry by message id, with its body, or None."""
@@ -304,21 +302,14 @@ class DeadLetters:
     def _load(self, ids: Sequence[str], bodies: bool = False) -> list[DeadLetter]:
         if not ids:
             return []
-        raws = self.redis.hmget(self.keys.dead_entries, list(ids))
-        stored = self._bodies(ids) if bodies else [None] * len(ids)
+        raws = self.broker.dead_summaries(self.queue, ids)
+        stored = self.broker.dead_bodies(self.queue, ids) if bodies else [None] * len(ids)
         return [
             _read_entry(i, r, b) for i, r, b in zip(ids, raws, stored, strict=True) if r is not None
         ]
 
-    def _bodies(self, ids: Sequence[str]) -> list[bytes | None]:
-        """The stored bodies of ``ids`` (None where there is none): only show and replay."""
-        if not ids:
-            return []
-        found: list[bytes | None] = self.redis.hmget(self.keys.dead_bodies, list(ids))  # type: ignore[assignment]
-        return found
-
     def all_ids(self) -> list[str]:
-        return [i.decode() for i in self.redis.zrange(self.keys.dead, 0, -1)]  # type: ignore[union-attr]
+        return self.broker.dead_ids(self.queue)[::-1]
 
     def replay(self, ids: Iterable[str] | None = None, *, task: str | None = None) -> ReplayReport:
         """Put entries back in the queue with their attempts reset (all entries when ``ids`` is
@@ -352,13 +343,13 @@ class DeadLetters:
                     skipped[entry.id] = why_or_body
                 else:
                     fresh.append((entry.id, *why_or_body))
-            moved = self.app.broker.replay(self.queue, fresh)
+            moved = self.broker.replay(self.queue, fresh)
             if moved == len(fresh):
                 replayed += [mid for mid, _, _ in fresh]
             else:  # a concurrent purge or replay took some: report what is really back
-                still_dead = set(self.redis.zrange(self.keys.dead, 0, -1))
+                still_dead = set(self.broker.dead_ids(self.queue))
                 for mid, _, _ in fresh:
-                    if mid.encode() in still_dead:
+                    if mid in still_dead:
                         skipped[mid] = "still dead"
                     else:
                         replayed.append(mid)
@@ -369,7 +360,7 @@ class DeadLetters:
     ) -> Iterable[tuple[DeadLetter, str | tuple[bytes, str | None]]]:
         """For each entry: (sealed fresh envelope, dedupe key), or why it cannot be rebuilt."""
         missing = [e.id for e in entries if e.body is None]
-        loaded = dict(zip(missing, self._bodies(missing), strict=True))
+        loaded = dict(zip(missing, self.broker.dead_bodies(self.queue, missing), strict=True))
         for entry in entries:
             body = entry.body if entry.body is not None else loaded.get(entry.id)
             if body is None:
@@ -415,8 +406,8 @@ class DeadLetters:
         ``ids`` when given (all entries otherwise); returns how many."""
         if ids is not None:
             return len(self.purge_ids(ids, older_than_s))
-        return self.app.broker.purge(self.queue, older_than_s)
+        return self.broker.purge(self.queue, older_than_s)
 
     def purge_ids(self, ids: Iterable[str], older_than_s: float | None = None) -> list[str]:
         """Delete these entries (those at least ``older_than_s`` old); returns those deleted."""
-        return self.app.broker.purge_ids(self.queue, list(ids), older_than_s)
+        return self.broker.purge_ids(self.queue, list(ids), older_than_s)

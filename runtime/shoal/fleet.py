@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from shoal.autoscale import Snapshot
-from shoal.broker import Broker
+from shoal.protocol import Broker
 
 
 @dataclass

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from shoal.broker import Held
+from shoal.protocol import Held
 
 
 @dataclass(slots=True)

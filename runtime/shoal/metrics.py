@@ -10,8 +10,8 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from shoal.broker import Broker
 from shoal.errors import BrokerError
+from shoal.protocol import Broker
 from shoal.settings import Settings
 
 log = logging.getLogger("shoal.metrics")

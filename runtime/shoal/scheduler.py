@@ -22,21 +22,17 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import redis.exceptions
-
 from shoal.autoscale import ScheduledTick
-from shoal.broker import (
-    CONNECTION_ERRORS,
+from shoal.errors import ShoalError
+from shoal.message import Message
+from shoal.protocol import (
     MAX_BACKOFF_S,
     REDIS_ERRORS,
+    REFUSED,
     AsyncBroker,
     Broker,
     Guard,
-    connection_error,
 )
-from shoal.errors import ShoalError
-from shoal.keys import queues_key
-from shoal.message import Message
 from shoal.schedules import (
     Decision,
     Run,
@@ -136,7 +132,7 @@ class Scheduler:
             if due is None or due <= now_ms:
                 try:
                     due = await self._tick(key, schedule, now_ms)
-                except redis.exceptions.ResponseError as exc:  # a script refused our data
+                except REFUSED as exc:  # a script refused our data
                     runs = self.broker.keys(schedule.queue).schedule_runs
                     problem = f"Redis refused its claim ({exc}); check field {key[1]!r} of {runs}"
                     self._report(key, problem)
@@ -168,20 +164,18 @@ class Scheduler:
         """Sync with Redis's clock, declare this app's code schedules (``shoal schedules``
         lists them, and marks stale the ones no worker declares any more), and read the stored
         schedules and claims."""
-        r = self.broker.redis
         if self.clock is None:
             before = time.time()
-            seconds, micros = await r.time()
+            redis_now_s = await self.broker.time_s()
             after = time.time()
-            self._offset_s = seconds + micros / 1e6 - (before + after) / 2
+            self._offset_s = redis_now_s - (before + after) / 2
         now_ms = int(self.now() * 1000)
         active: dict[tuple[str, str], Schedule] = {}
         last: dict[tuple[str, str], int] = {}
         for queue in self.queues:
-            keys = self.broker.keys(queue)
             mine = [(n, s.to_json()) for (q, n), s in self.code.items() if q == queue]
             await self.broker.publish_schedules(queue, now_ms, mine)  # none is news too
-            stored: dict[bytes, bytes] = await r.hgetall(keys.schedules)  # type: ignore[assignment]
+            stored, runs = await self.broker.schedule_records(queue)
             for (q, name), schedule in self.code.items():
                 if q == queue:
                     active[(q, name)] = schedule
@@ -191,7 +185,6 @@ class Scheduler:
                 parsed = self._parse(queue, raw_name, raw)
                 if parsed is not None:
                     active[(queue, parsed.name)] = parsed
-            runs: dict[bytes, bytes] = await r.hgetall(keys.schedule_runs)  # type: ignore[assignment]
             for raw_name, value in runs.items():
                 claim = Run.parse(value)
                 key = (queue, raw_name.decode(errors="replace"))
@@ -301,12 +294,8 @@ def stored(broker: Broker, queue: str, now_ms: int | None = None) -> list[Listed
     """The schedules stored for ``queue``, with their last run's outcome: O(1) per schedule
     (the message still stored → waiting/running; in the DLQ → failed; gone → finished, which
     is also what a failure whose dead letter was purged looks like)."""
-    keys = broker.keys(queue)
-    r = broker.redis
-    now_ms = redis_now_ms(broker) if now_ms is None else now_ms
-    raw: dict[bytes, bytes] = r.hgetall(keys.schedules)  # type: ignore[assignment]
-    runs: dict[bytes, bytes] = r.hgetall(keys.schedule_runs)  # type: ignore[assignment]
-    seen: dict[bytes, bytes] = r.hgetall(keys.schedules_seen)  # type: ignore[assignment]
+    redis_now_ms, [(raw, runs, seen, _)] = broker.schedule_snapshot([queue])
+    now_ms = redis_now_ms if now_ms is None else now_ms
     out = []
     for raw_name in sorted(raw):
         name = raw_name.decode(errors="replace")
@@ -327,12 +316,6 @@ def stored(broker: Broker, queue: str, now_ms: int | None = None) -> list[Listed
     return out
 
 
-def redis_now_ms(broker: Broker) -> int:
-    """Redis's clock, the one the schedulers keep (a host's own may be off)."""
-    seconds, micros = broker.redis.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
 def _outcome(broker: Broker, queue: str, last: Run | None) -> str:
     """What became of the last claimed tick, and why it ran late or not at all."""
     if last is None:
@@ -340,13 +323,9 @@ def _outcome(broker: Broker, queue: str, last: Run | None) -> str:
     late = last.lateness()
     if last.message_id is None:
         return late or f"not run ({last.reason})"
-    keys = broker.keys(queue)
-    if broker.redis.hexists(keys.messages, last.message_id):
-        outcome = "waiting/running"
-    elif broker.redis.zscore(keys.dead, last.message_id) is not None:
-        outcome = "failed (dead-lettered)"
-    else:
-        outcome = "finished"
+    outcome = {"stored": "waiting/running", "dead": "failed (dead-lettered)"}.get(
+        broker.whereabouts(queue, last.message_id) or "", "finished"
+    )
     return f"{outcome}, {late}" if late else outcome
 
 
@@ -361,23 +340,10 @@ def next_unclaimed_tick(
     worker would not run any more (past its grace); and a code schedule its queue's workers
     stopped declaring (:data:`STALE_AFTER_S` before their latest declaration: removed from the
     code). A fleet asleep declares nothing, so its code schedules all stay in."""
-    pipe = broker.redis.pipeline(transaction=False)
-    pipe.time()
-    for queue in queues:
-        keys = broker.keys(queue)
-        pipe.hgetall(keys.schedules)
-        pipe.hgetall(keys.schedule_runs)
-        pipe.hgetall(keys.schedules_seen)
-        pipe.get(keys.schedules_declared)
-    try:
-        (seconds, micros), *replies = pipe.execute()
-    except CONNECTION_ERRORS as exc:
-        raise connection_error(broker.settings.redis_url, exc) from exc
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    now_ms, records = broker.schedule_snapshot(queues)
     since_ms = now_ms - int(hold_s * 1000)
     best: tuple[int, str, str] | None = None
-    for i, queue in enumerate(queues):
-        raw, runs, seen, marker = replies[4 * i : 4 * i + 4]
+    for queue, (raw, runs, seen, marker) in zip(queues, records, strict=True):
         declared = [int(v) for v in (*seen.values(), marker or b"") if v.isdigit()]
         latest_declared = max(declared, default=None)
         for raw_name, blob in raw.items():
@@ -423,8 +389,7 @@ def write_queue_schedules(
     later starts afresh); names in ``keep`` (listed, but invalid now) keep what is stored, so
     a broken edit never un-suspends anything. Writes only what differs, in one transaction
     (workers see no gap); returns whether anything changed."""
-    keys = broker.keys(queue)
-    current: dict[bytes, bytes] = broker.redis.hgetall(keys.schedules)  # type: ignore[assignment]
+    current = broker.schedule_records(queue).schedules
     wanted = {s.name.encode(): s.to_json() for s in schedules}
     kept = {name.encode() for name in keep}
     gone = [
@@ -435,14 +400,7 @@ def write_queue_schedules(
     changed = {n: raw for n, raw in wanted.items() if current.get(n) != raw}
     if not gone and not changed:
         return False
-    with broker.redis.pipeline(transaction=True) as pipe:
-        pipe.sadd(queues_key(broker.settings.key_prefix), queue)  # listed by `shoal schedules`
-        if gone:
-            pipe.hdel(keys.schedules, *gone)
-            pipe.hdel(keys.schedule_runs, *gone)
-        if changed:
-            pipe.hset(keys.schedules, mapping=changed)  # type: ignore[arg-type]
-        pipe.execute()
+    broker.write_schedules(queue, changed, gone)
     return True
 
 
@@ -450,10 +408,5 @@ def prune_stale(broker: Broker, queue: str) -> list[str]:
     """Delete the code schedules of ``queue`` no worker has declared lately (see
     :data:`STALE_AFTER_S`), with their claims; returns their names."""
     names = [row.name for row in stored(broker, queue) if row.stale]
-    if names:
-        keys = broker.keys(queue)
-        with broker.redis.pipeline(transaction=True) as pipe:
-            for key in (keys.schedules, keys.schedule_runs, keys.schedules_seen):
-                pipe.hdel(key, *names)
-            pipe.execute()
+    broker.delete_schedules(queue, names)
     return names

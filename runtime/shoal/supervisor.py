@@ -237,7 +237,7 @@ class Supervisor:
 
     def ready(self) -> tuple[bool, str]:
         """Readiness: Redis answers."""
-        from shoal.broker import Broker
+        from shoal.protocol import Broker
 
         broker = Broker(self.settings)
         try:

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import orjson
 
-from shoal.broker import Outgoing
 from shoal.errors import EnqueueError, ResultTimeout, TaskFailed
 from shoal.message import Message, new_message_id
+from shoal.protocol import Outgoing
 from shoal.settings import Seconds, to_seconds
 
 if TYPE_CHECKING:

@@ -12,8 +12,8 @@ import logging
 from opentelemetry import trace
 from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider
 
-from shoal import __version__
 from shoal.settings import Settings
+from shoal.version import __version__
 
 log = logging.getLogger("shoal.telemetry")
 

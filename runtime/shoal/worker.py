@@ -29,9 +29,16 @@ from typing import Any
 
 import orjson
 
-from shoal import __version__, dlq, workflow
+from shoal import dlq, workflow
 from shoal.app import App
-from shoal.broker import (
+from shoal.errors import DecodeError, WorkflowError
+from shoal.execution import HardTimeout, TaskStopped, run_async, run_sync
+from shoal.leases import Lease, Leases
+from shoal.logs import TaskLogContext, current_task, trace_id_of
+from shoal.message import Message, new_message_id
+from shoal.middleware import Outcome
+from shoal.middleware.hooks import Hooks
+from shoal.protocol import (
     MAX_BACKOFF_S,
     MAX_ID_BYTES,
     REDIS_ERRORS,
@@ -40,17 +47,11 @@ from shoal.broker import (
     Held,
     Leased,
 )
-from shoal.errors import DecodeError, WorkflowError
-from shoal.execution import HardTimeout, TaskStopped, run_async, run_sync
-from shoal.keys import worker_key, workers_key
-from shoal.leases import Lease, Leases
-from shoal.logs import TaskLogContext, current_task, trace_id_of
-from shoal.message import Message, new_message_id
-from shoal.middleware import Outcome
-from shoal.middleware.hooks import Hooks
+from shoal.protocol.async_broker import Notifications
 from shoal.scheduler import Scheduler
 from shoal.signing import BadSignature
 from shoal.task import Task
+from shoal.version import __version__
 
 log = logging.getLogger("shoal.worker")
 
@@ -205,7 +206,7 @@ class Worker:
     # --- fetching -------------------------------------------------------------------------------
 
     async def _fetch_loop(self) -> None:
-        pubsub = self.broker.redis.pubsub()
+        notifications = self.broker.notifications(self.queues)
         subscribed = False
         backoff = 0.1
         while not self._stopping:
@@ -221,7 +222,7 @@ class Worker:
                     # reclaim our own leases if the outage outlasted them.
                     for q in self.queues:
                         await self._renew(q)
-                    await pubsub.subscribe(*(self.broker.keys(q).notify for q in self.queues))
+                    await notifications.subscribe()
                     subscribed = True
                 started, wait_s = await self._fetch(free)
                 backoff = 0.1
@@ -237,9 +238,9 @@ class Worker:
                 continue
             if self.burst and await self._drained():
                 break
-            await self._wait_for_work(pubsub, wait_s)
+            await self._wait_for_work(notifications, wait_s)
         with contextlib.suppress(*REDIS_ERRORS):
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await notifications.close()
 
     async def _fetch(self, free: int) -> tuple[int, float]:
         """Lease up to ``free`` messages across the queues, round robin; start them."""
@@ -260,11 +261,9 @@ class Worker:
                 break
         return started, wait_s
 
-    async def _wait_for_work(self, pubsub: Any, timeout_s: float) -> None:
+    async def _wait_for_work(self, notifications: Notifications, timeout_s: float) -> None:
         """Sleep until a queue is notified, the next delayed message is due, or stop()."""
-        getter = asyncio.ensure_future(
-            pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout_s)
-        )
+        getter = asyncio.ensure_future(notifications.wait(timeout_s))
         stopper = asyncio.ensure_future(self._stop_event.wait())
         try:
             await asyncio.wait(
@@ -629,7 +628,6 @@ class Worker:
             await asyncio.sleep(0.2)
 
     async def _heartbeat_loop(self) -> None:
-        prefix = self.settings.key_prefix
         while not self._closing.is_set():
             try:
                 for queue in self.queues:
@@ -649,11 +647,7 @@ class Worker:
                         "version": __version__,
                     }
                 )
-                pipe = self.broker.redis.pipeline(transaction=False)
-                ttl_ms = int(self.settings.worker_ttl_s * 1000)
-                pipe.set(worker_key(prefix, self.id), info, px=ttl_ms)
-                pipe.zadd(workers_key(prefix), {self.id: time.time()})
-                await pipe.execute()
+                await self.broker.register_worker(self.id, info, self.settings.worker_ttl_s)
             except REDIS_ERRORS as exc:
                 log.warning("worker %s: heartbeat failed (%s)", self.id, exc)
             with contextlib.suppress(TimeoutError):
@@ -724,12 +718,8 @@ class Worker:
             self._merged = {}
 
     async def _deregister(self) -> None:
-        prefix = self.settings.key_prefix
-        try:
-            await self.broker.redis.delete(worker_key(prefix, self.id))
-            await self.broker.redis.zrem(workers_key(prefix), self.id)
-        except REDIS_ERRORS:
-            pass
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self.broker.deregister_worker(self.id)
 
     async def _retrying(self, op: Callable[[], Awaitable[Any]], attempts: int = 0) -> Any:
         """Run a Redis operation until it succeeds (or ``attempts`` tries, if > 0), with backoff.

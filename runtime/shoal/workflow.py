@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from shoal.broker import AsyncBroker, Guard
 from shoal.errors import EnqueueError, WorkflowError
 from shoal.message import Message
+from shoal.protocol import AsyncBroker, Guard
 from shoal.task import encode_batch
 
 if TYPE_CHECKING:
@@ -323,14 +323,9 @@ class Steps:
         if not frames:
             return False  # the last step: a stored success is kept by fail_workflow
         frame = frames[0]
-        r = self.broker.redis
         if "join" in frame:
-            keys = self.broker.keys(frame["queue"])
-            if await r.exists(keys.group_done(frame["join"])):
-                return True
-            return bool(await r.hexists(keys.group(frame["join"]), str(frame["index"])))
+            return await self.broker.group_fed(frame["queue"], frame["join"], frame["index"])
         for queue, task in first_batches(frame["chain"][0]):  # every batch, or it did not
-            key = self.broker.keys(queue).workflow(meta.id)
-            if not await r.hexists(key, f"{message.id}>{task}"):
+            if not await self.broker.steps_started(queue, meta.id, [f"{message.id}>{task}"]):
                 return False
         return True

@@ -18,8 +18,8 @@ from chaos_ledger import LEDGER_ENV, Tally
 from processes import WorkerProcess, worker_env
 
 from shoal import App
-from shoal.broker import QueueStats
 from shoal.errors import ShoalError
+from shoal.protocol import QueueStats
 
 HERE = Path(__file__).parent
 

@@ -24,7 +24,7 @@ from chaos_drills import Fleet
 
 from shoal import App
 from shoal.errors import ShoalError
-from shoal.redis_server import LocalRedis
+from shoal.protocol.server import LocalRedis
 
 FAILED = pytest.StashKey[bool]()
 

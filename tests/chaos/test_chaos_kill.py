@@ -15,7 +15,7 @@ from chaos_tasks import QUEUE
 
 from helpers import wait_for
 from shoal import App
-from shoal.redis_server import LocalRedis
+from shoal.protocol.server import LocalRedis
 
 TASKS = 4000
 TASK_S = 0.1

@@ -27,7 +27,7 @@ from chaos_tasks import QUEUE
 
 from helpers import wait_for
 from shoal import App
-from shoal.redis_server import LocalRedis
+from shoal.protocol.server import LocalRedis
 
 LEASE = {"SHOAL_LEASE": "2", "SHOAL_HEARTBEAT": "0.5"}
 WATCHDOG = "has not looped for"

@@ -1,4 +1,4 @@
-"""Drill: a poison corpus written straight into Redis (the layout of ``shoal/keys.py``),
+"""Drill: a poison corpus written straight into Redis (the layout of ``shoal/protocol/keys.py``),
 interleaved with good messages, run by one real worker process with signing keys set.
 
 The promise: the worker process never exits; every good message runs exactly once; every
@@ -25,7 +25,7 @@ from processes import worker_env
 
 from helpers import wait_for
 from shoal import App
-from shoal.redis_server import LocalRedis
+from shoal.protocol.server import LocalRedis
 from shoal.signing import Signer
 
 KEYS = ("chaos-poison-key",)

@@ -19,7 +19,7 @@ from processes import WorkerProcess
 
 from helpers import wait_for
 from shoal import App
-from shoal.redis_server import LocalRedis
+from shoal.protocol.server import LocalRedis
 
 FAST_LEASE = {"SHOAL_LEASE": "2", "SHOAL_HEARTBEAT": "0.5"}
 REDIS_TROUBLE = ("Redis unavailable", "Redis error", "failed (")

@@ -22,8 +22,8 @@ from processes import WorkerProcess, runs, worker_env
 
 from helpers import start_local_redis, wait_for
 from shoal import App
-from shoal.keys import worker_key, workers_key
-from shoal.redis_server import LocalRedis, free_port
+from shoal.protocol.keys import worker_key, workers_key
+from shoal.protocol.server import LocalRedis, free_port
 
 QUEUE = "delivery"
 FAST_LEASE = {"SHOAL_LEASE": "2", "SHOAL_HEARTBEAT": "0.5"}

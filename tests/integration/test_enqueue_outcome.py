@@ -15,7 +15,7 @@ import redis
 from reply_dropper import ReplyDropper
 
 from shoal import App, BrokerError, EnqueueOutcomeUnknown, RedisFull
-from shoal.redis_server import LocalRedis, bundled_redis_server
+from shoal.protocol.server import LocalRedis, bundled_redis_server
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import redis
 
 from helpers import wait_for
 from shoal import App, BrokerError, EnqueueError, Retry
-from shoal.keys import queue_keys
+from shoal.protocol.keys import queue_keys
 
 
 def dead_entries(client: redis.Redis, app: App, queue: str) -> dict[str, dict[str, Any]]:

@@ -17,7 +17,7 @@ import redis
 
 from helpers import RunningWorker, wait_for
 from shoal import App
-from shoal.broker import AsyncBroker
+from shoal.protocol import AsyncBroker
 from shoal.worker import Worker
 
 

@@ -22,7 +22,7 @@ from helpers import wait_for
 from otlp_receiver import OTLPReceiver, ReceivedSpan
 from shoal import App, Retries
 from shoal.middleware.tracing import Tracing
-from shoal.redis_server import free_port
+from shoal.protocol.server import free_port
 
 HERE = Path(__file__).parent
 

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from shoal import App
-from shoal.redis_server import LocalRedis, bundled_redis_server
+from shoal.protocol.server import LocalRedis, bundled_redis_server
 
 
 @pytest.fixture(params=["system", "redis-6.2"], scope="module")

@@ -18,13 +18,12 @@ from processes import WorkerProcess, runs, worker_env
 
 from helpers import wait_for
 from shoal import App
-from shoal.broker import AsyncBroker
 from shoal.cli import cli
+from shoal.protocol import AsyncBroker
 from shoal.scheduler import (
     Scheduler,
     next_unclaimed_tick,
     prune_stale,
-    redis_now_ms,
     stored,
     write_queue_schedules,
 )
@@ -235,7 +234,7 @@ def test_next_unclaimed_tick_is_what_a_fleet_at_zero_is_woken_for(app: App) -> N
     # workers still declare (yearly), one they stopped declaring 11 minutes before their
     # latest declaration (removed from the code), and an unreadable entry
     keys = app.broker.keys("q")
-    now_ms = redis_now_ms(app.broker)
+    now_ms = app.broker.time_ms()
     every_second = {"cron": "* * * * * *", "task": "t"}
     write_queue_schedules(
         app.broker,
@@ -263,7 +262,7 @@ def test_next_unclaimed_tick_is_what_a_fleet_at_zero_is_woken_for(app: App) -> N
     # When a worker has claimed up to the coming minute, the next is the one after it
     raw = app.broker.redis.hget(keys.schedules, "minutely")
     minutely = Schedule.from_json("q", raw)  # type: ignore[arg-type]
-    tick_ms = latest_tick(minutely, redis_now_ms(app.broker) + 60_000)
+    tick_ms = latest_tick(minutely, app.broker.time_ms() + 60_000)
     claim = Run(tick_ms, "id", tick_ms, minutely.timing, "due")
     app.broker.redis.hset(keys.schedule_runs, "minutely", claim.encode())
     second = next_unclaimed_tick(app.broker, ["q"], hold_s=300)
@@ -486,7 +485,7 @@ def test_shoal_dev_wakes_its_fleet_at_zero_for_a_schedule(
     redis_url: str, key_prefix: str, app: App, tmp_path: Path
 ) -> None:
     # Given shoal dev with a Worker at zero, and a Queue schedule due 10 s from now (daily)
-    due_ms = (redis_now_ms(app.broker) // 1000 + 10) * 1000
+    due_ms = (app.broker.time_ms() // 1000 + 10) * 1000
     due = datetime.fromtimestamp(due_ms / 1000, UTC)
     manifest = tmp_path / "queue.yaml"
     cron = f"{due.minute} {due.hour} * * * {due.second}"
@@ -522,7 +521,7 @@ def test_a_code_schedule_removed_from_the_only_code_that_had_one_stops_waking_th
     the queue as declared, or a removed schedule would look current (and wake a fleet at zero
     at every tick) for ever."""
     keys = app.broker.keys("q")
-    now_ms = redis_now_ms(app.broker)
+    now_ms = app.broker.time_ms()
     every_second = make(name="removed", queue="q", cron="* * * * * *", task="t")
     app.broker.redis.hset(keys.schedules, "removed", every_second.to_json())
     app.broker.redis.hset(keys.schedules_seen, "removed", now_ms - 24 * 3600_000)

@@ -25,10 +25,10 @@ from redis.crc import key_slot
 
 from helpers import wait_for
 from shoal import App, EnqueueError, TaskFailed, chain, chord, group
-from shoal.broker import AsyncBroker, Broker
 from shoal.message import Message
 from shoal.middleware import Retries
 from shoal.middleware.tracing import Tracing
+from shoal.protocol import AsyncBroker, Broker
 from shoal.task import encode_batch
 from shoal.worker import Worker
 from shoal.workflow import OPTION, Steps

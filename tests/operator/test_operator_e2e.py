@@ -21,8 +21,8 @@ from kube_emulator import DEPLOYMENTS, PODS, QUEUES, SECRETS, WORKERS, Kube
 
 from conftest import OperatorRunnerFactory
 from shoal import App
-from shoal.redis_server import LocalRedis, free_port
-from shoal.scheduler import redis_now_ms, stored
+from shoal.protocol.server import LocalRedis, free_port
+from shoal.scheduler import stored
 
 WaitFor = Callable[..., Any]
 
@@ -482,7 +482,7 @@ def test_a_worker_at_zero_is_woken_before_its_schedule_is_due_and_the_tick_runs(
     assert kube.get(DEPLOYMENTS, "reporter")["spec"]["replicas"] == 0
 
     # When the Queue gets a (daily) schedule due 10 s from now, on Redis's clock
-    due_ms = (redis_now_ms(app.broker) // 1000 + 10) * 1000
+    due_ms = (app.broker.time_ms() // 1000 + 10) * 1000
     due = datetime.fromtimestamp(due_ms / 1000, UTC)
     cron = f"{due.minute} {due.hour} * * * {due.second}"
     spec = {"name": "daily-report", "cron": cron, "task": "woken.report"}
@@ -494,7 +494,7 @@ def test_a_worker_at_zero_is_woken_before_its_schedule_is_due_and_the_tick_runs(
         timeout=15,
         message="1 replica for the coming tick",
     )
-    assert redis_now_ms(app.broker) < due_ms  # woken ahead of the tick
+    assert app.broker.time_ms() < due_ms  # woken ahead of the tick
     reason = kube.get(WORKERS, "reporter")["status"]["lastScaleReason"]
     assert "schedule daily-report on reports due in" in reason
 

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from shoal import __version__, telemetry
+from shoal import telemetry
 from shoal.middleware.base import Middleware
+from shoal.version import __version__
 
 if TYPE_CHECKING:
     from shoal.message import Message

@@ -1,5 +1,8 @@
-"""Reading queues in Redis for the operator: the runtime's O(1) measurement, and writing the
-Queue's defaults and schedules where workers read them. Measuring only; deciding is elsewhere."""
+"""The operator's one way into Redis, through the runtime's own APIs: measure a queue (O(1)),
+and write what a Queue resource declares (its defaults, its schedules) where workers read them.
+
+It keeps one Shoal App per Redis connection across ticks, and the last reading per queue (for
+throughput). Measuring and writing only: deciding is in ``shoal.autoscale`` and ``queues``."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal import App, BrokerError, ConfigurationError, QueueStats, Settings, queue_defaults
-from shoal.broker import CONNECTION_ERRORS, connection_error
+from shoal.protocol import CONNECTION_ERRORS, connection_error
 from shoal.scheduler import stored, write_queue_schedules
 from shoal.schedules import Schedule, describe_time, from_queue_spec
 from shoal_operator.errors import RedisUnreachable
@@ -49,7 +52,7 @@ class Reading:
     throughput: float
 
 
-class QueueMeter:
+class RedisGateway:
     """Shoal Apps per Redis connection (kept across ticks), and the last reading per queue."""
 
     def __init__(self) -> None:
@@ -129,18 +132,9 @@ class QueueMeter:
         only when it differs); returns them and whether Redis changed."""
         defaults = queue_defaults.from_queue_spec(spec)
         fields = queue_defaults.validate(queue, defaults)
-        app = self.app(conn)
-        key = app.broker.keys(queue).config
         with unreachable_on_redis_errors(conn):
-            stored = {k.decode(): v.decode() for k, v in app.broker.redis.hgetall(key).items()}  # type: ignore[union-attr]
-            if stored == fields:
-                return defaults, False
-            with app.broker.redis.pipeline(transaction=True) as pipe:  # workers see no gap
-                pipe.delete(key)
-                if fields:
-                    pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-                pipe.execute()
-        return defaults, True
+            changed = self.app(conn).broker.replace_queue_defaults(queue, fields)
+        return defaults, changed
 
     def forget(self, namespace: str, queue: str) -> None:
         self._last.pop((namespace, queue), None)

@@ -1,0 +1,331 @@
+"""The blocking client: producers, the CLI, ``handle.result()`` and the operator's reads."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import orjson
+import redis
+from redis.backoff import NoBackoff
+from redis.commands.core import Script
+from redis.retry import Retry
+
+from shoal import queue_defaults
+from shoal.errors import BrokerError
+from shoal.protocol.connection import (
+    CONNECTION_ERRORS,
+    ENQUEUE_RESENDS,
+    ExplainingRedis,
+    connection_error,
+    enqueue_failed,
+    enqueue_what,
+    is_out_of_memory,
+    redis_full,
+)
+from shoal.protocol.keys import QueueKeys, queues_key, worker_key, workers_key
+from shoal.protocol.scripts import (
+    SCRIPT_NAMES,
+    Call,
+    Guard,
+    KeyedClient,
+    Outgoing,
+    QueueStats,
+    ScheduleRecords,
+    enqueue_call,
+    enqueued_ids,
+    group_start_call,
+    measure_call,
+    purge_call,
+    replay_call,
+    script_source,
+)
+from shoal.settings import Settings
+
+
+class Broker(KeyedClient):
+    """Blocking Redis client for producers, the CLI and the operator's measurements."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis = cast(
+            ExplainingRedis,
+            ExplainingRedis.from_url(
+                settings.redis_url,
+                socket_connect_timeout=5,
+                health_check_interval=30,
+                retry=Retry(NoBackoff(), 0),
+                **settings.redis_options(),
+            ),
+        )
+        self._scripts: dict[str, Script] = {
+            name: self.redis.register_script(script_source(name)) for name in SCRIPT_NAMES
+        }
+        self._keys: dict[str, QueueKeys] = {}
+        self._known_queues: set[str] = set()
+
+    def _run(self, call: Call, client: Any = None) -> Any:
+        name, keys, argv = call
+        return self._scripts[name](keys, argv, client=client)
+
+    def _remember_queue(self, queue: str) -> None:
+        if queue not in self._known_queues:
+            self.redis.sadd(queues_key(self.settings.key_prefix), queue)
+            self._known_queues.add(queue)
+
+    def enqueue(
+        self, queue: str, items: Sequence[Outgoing], *, task: str | None = None
+    ) -> list[str]:
+        """Store messages in one round trip; returns each one's id (for a deduplicated message,
+        the id of the live message that holds its dedupe key). ``task`` names them in errors.
+
+        Raises RedisFull when Redis is at its maxmemory (nothing stored), EnqueueOutcomeUnknown
+        when the connection failed after the messages were sent (they may have been stored),
+        and BrokerError when Redis could not be reached (nothing stored)."""
+        ids = self.enqueue_guarded(queue, items, None, task=task)
+        assert ids is not None  # only a guard refuses
+        return ids
+
+    def enqueue_guarded(
+        self,
+        queue: str,
+        items: Sequence[Outgoing],
+        guard: Guard | None,
+        *,
+        task: str | None = None,
+    ) -> list[str] | None:
+        """Like :meth:`enqueue`, but nothing is stored and None is returned when ``guard``
+        refuses (the step was already enqueued, the tick already claimed)."""
+        call = enqueue_call(self.keys(queue), items, guard)
+        for pause_s in (*ENQUEUE_RESENDS, None):
+            sent = False
+            try:
+                self._remember_queue(queue)
+                self.redis.begin()
+                sent = True  # from here, the enqueue itself may reach Redis
+                return enqueued_ids(self._run(call))
+            except BrokerError as exc:
+                if not isinstance(exc.__cause__, CONNECTION_ERRORS):
+                    raise
+                sent = sent and self.redis.sent_before_failing()
+                if not sent and pause_s is not None:
+                    time.sleep(pause_s)  # it certainly did not run: safe to send again
+                    continue
+                what = enqueue_what(queue, items, task)
+                cause = exc.__cause__
+                raise enqueue_failed(self.redis.target(), cause, what, sent, items) from exc
+            except redis.exceptions.ResponseError as exc:
+                if is_out_of_memory(exc):
+                    what = enqueue_what(queue, items, task)
+                    raise redis_full(self.redis.target(), what) from exc
+                raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def start_group(self, queue: str, group_id: str, size: int, then: bytes) -> None:
+        """Write a workflow group's record (see :meth:`AsyncBroker.start_group`)."""
+        self._run(group_start_call(self.keys(queue), group_id, size, then, self._workflow_ttl_ms))
+
+    def replay(self, queue: str, fresh: Sequence[tuple[str, bytes, str | None]]) -> int:
+        """Move dead letters back to waiting with fresh envelopes (id, envelope, dedupe key);
+        returns how many moved."""
+        return int(self._run(replay_call(self.keys(queue), fresh))) if fresh else 0
+
+    def purge(self, queue: str, min_age_s: float | None = None) -> int:
+        """Delete dead letters at least ``min_age_s`` old (all when None); returns how many."""
+        min_age_ms = -1 if min_age_s is None else int(min_age_s * 1000)
+        total = 0
+        while n := int(self._run(purge_call(self.keys(queue), min_age_ms, 1000))):
+            total += n
+        return total
+
+    def purge_ids(
+        self, queue: str, ids: Sequence[str], min_age_s: float | None = None
+    ) -> list[str]:
+        """Delete these dead letters (those at least ``min_age_s`` old); returns the deleted."""
+        min_age_ms = -1 if min_age_s is None else int(min_age_s * 1000)
+        deleted: list[bytes] = []
+        for start in range(0, len(ids), 1000):
+            call = purge_call(self.keys(queue), min_age_ms, 0, ids[start : start + 1000])
+            deleted += self._run(call)
+        return [i.decode() for i in deleted]
+
+    def measure(self, queue: str) -> QueueStats:
+        """The queue's figures, O(1) in Redis."""
+        return QueueStats.from_reply(queue, self._run(measure_call(self.keys(queue))))
+
+    def measure_many(self, queues: Sequence[str]) -> list[QueueStats]:
+        """Several queues' figures in one pipelined round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for q in queues:
+            self._run(measure_call(self.keys(q)), client=pipe)
+        try:
+            replies = pipe.execute()
+        except CONNECTION_ERRORS as exc:
+            raise connection_error(self.settings.redis_url, exc) from exc
+        return [QueueStats.from_reply(q, r) for q, r in zip(queues, replies, strict=True)]
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Live worker registrations (id, host, queues, in_flight, …); expired ones pruned."""
+        prefix = self.settings.key_prefix
+        raw_ids: list[bytes] = self.redis.zrange(workers_key(prefix), 0, -1)  # type: ignore[assignment]
+        ids = [i.decode() for i in raw_ids]
+        if not ids:
+            return []
+        blobs = self.redis.mget([worker_key(prefix, i) for i in ids])
+        live = []
+        for worker_id, blob in zip(ids, blobs, strict=True):
+            if blob is None:  # its process died without deregistering
+                self.redis.zrem(workers_key(prefix), worker_id)
+            else:
+                live.append(orjson.loads(blob))
+        return live
+
+    def queues(self) -> list[str]:
+        """Every queue that was ever enqueued to, sorted."""
+        names: set[bytes] = self.redis.smembers(queues_key(self.settings.key_prefix))  # type: ignore[assignment]
+        return sorted(n.decode() for n in names)
+
+    def wait_result(self, queue: str, message_id: str, timeout_s: float) -> bytes | None:
+        """Block until the message's result is stored (or ``timeout_s`` passes); None on timeout.
+
+        BLMOVE from the list onto itself reads the result without consuming it."""
+        key = self.keys(queue).result(message_id)
+        deadline = time.monotonic() + timeout_s
+        while True:  # block in slices: each stays well under the client's socket timeout
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            value = self.redis.blmove(key, key, min(1.0, left), "RIGHT", "RIGHT")  # type: ignore[arg-type]
+            if isinstance(value, bytes):
+                return value
+
+    def stored_results(self, queue: str, message_ids: Sequence[str]) -> list[bytes | None]:
+        """The stored results of these messages (None where there is none), in one round trip,
+        without waiting or consuming them."""
+        pipe = self.redis.pipeline(transaction=False)
+        k = self.keys(queue)
+        for message_id in message_ids:
+            pipe.lindex(k.result(message_id), 0)
+        return list(pipe.execute())
+
+    def time_ms(self) -> int:
+        """Redis's clock (ms), the one every scheduler keeps (a host's own may be off)."""
+        seconds, micros = self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    # --- queue defaults (``{p}:{q}:config``) ----------------------------------------------------
+
+    def queue_defaults(self, queue: str) -> dict[str, Any]:
+        """The queue's stored defaults (see :mod:`shoal.queue_defaults`); empty when none."""
+        return queue_defaults.parse(queue, self.redis.hgetall(self.keys(queue).config))
+
+    def set_queue_defaults(self, queue: str, fields: Mapping[str, str]) -> None:
+        """Store (validated, encoded) defaults, keeping the fields not given."""
+        if fields:
+            self.redis.hset(self.keys(queue).config, mapping=dict(fields))  # type: ignore[arg-type]
+
+    def replace_queue_defaults(self, queue: str, fields: Mapping[str, str]) -> bool:
+        """Make the stored defaults exactly ``fields`` (in one transaction: workers see no gap),
+        only when they differ; returns whether Redis changed."""
+        key = self.keys(queue).config
+        raw: dict[bytes, bytes] = self.redis.hgetall(key)  # type: ignore[assignment]
+        if {k.decode(): v.decode() for k, v in raw.items()} == dict(fields):
+            return False
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            if fields:
+                pipe.hset(key, mapping=dict(fields))  # type: ignore[arg-type]
+            pipe.execute()
+        return True
+
+    # --- dead letters (read side; ``dead.lua`` writes them) ------------------------------------
+
+    def dead_count(self, queue: str) -> int:
+        """How many dead letters ``queue`` holds."""
+        return int(self.redis.zcard(self.keys(queue).dead))
+
+    def dead_ids(self, queue: str, offset: int = 0, limit: int | None = None) -> list[str]:
+        """Dead-letter ids, newest first (``limit`` None: all of them)."""
+        stop = -1 if limit is None else offset + limit - 1
+        ids: list[bytes] = self.redis.zrevrange(self.keys(queue).dead, offset, stop)  # type: ignore[assignment]
+        return [i.decode() for i in ids]
+
+    def dead_summaries(self, queue: str, ids: Sequence[str]) -> list[bytes | None]:
+        """The stored summaries of these dead letters (None where there is none)."""
+        return self._hmget(self.keys(queue).dead_entries, ids)
+
+    def dead_bodies(self, queue: str, ids: Sequence[str]) -> list[bytes | None]:
+        """The stored messages of these dead letters (None where there is none)."""
+        return self._hmget(self.keys(queue).dead_bodies, ids)
+
+    def _hmget(self, key: str, fields: Sequence[str]) -> list[bytes | None]:
+        if not fields:
+            return []
+        found: list[bytes | None] = self.redis.hmget(key, list(fields))  # type: ignore[assignment]
+        return found
+
+    # --- schedules (``{p}:{q}:schedules`` and claims; workers claim ticks in ``enqueue.lua``) ---
+
+    def schedule_records(self, queue: str) -> ScheduleRecords:
+        """What is stored about ``queue``'s schedules, in one round trip."""
+        return self.schedule_snapshot([queue])[1][0]
+
+    def schedule_snapshot(self, queues: Sequence[str]) -> tuple[int, list[ScheduleRecords]]:
+        """Redis's clock (ms) and the schedule records of ``queues``, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
+        for queue in queues:
+            k = self.keys(queue)
+            pipe.hgetall(k.schedules)
+            pipe.hgetall(k.schedule_runs)
+            pipe.hgetall(k.schedules_seen)
+            pipe.get(k.schedules_declared)
+        try:
+            (seconds, micros), *replies = pipe.execute()
+        except CONNECTION_ERRORS as exc:
+            raise connection_error(self.settings.redis_url, exc) from exc
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        records = [ScheduleRecords(*replies[i : i + 4]) for i in range(0, len(replies), 4)]
+        return now_ms, records
+
+    def write_schedules(
+        self, queue: str, changed: Mapping[bytes, bytes], gone: Sequence[bytes]
+    ) -> None:
+        """Store schedules (name → JSON) and delete others with their claims, in one
+        transaction (workers see no gap); the queue is registered for ``shoal schedules``."""
+        k = self.keys(queue)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(queues_key(self.settings.key_prefix), queue)
+            if gone:
+                pipe.hdel(k.schedules, *gone)
+                pipe.hdel(k.schedule_runs, *gone)
+            if changed:
+                pipe.hset(k.schedules, mapping=dict(changed))  # type: ignore[arg-type]
+            pipe.execute()
+
+    def delete_schedules(self, queue: str, names: Sequence[str]) -> None:
+        """Forget schedules entirely: their JSON, their claims, their declarations."""
+        if names:
+            k = self.keys(queue)
+            with self.redis.pipeline(transaction=True) as pipe:
+                for key in (k.schedules, k.schedule_runs, k.schedules_seen):
+                    pipe.hdel(key, *names)
+                pipe.execute()
+
+    def whereabouts(self, queue: str, message_id: str) -> str | None:
+        """Where a message is: ``"stored"`` (waiting, delayed or running), ``"dead"``, or None
+        (finished, or never stored)."""
+        k = self.keys(queue)
+        if self.redis.hexists(k.messages, message_id):
+            return "stored"
+        if self.redis.zscore(k.dead, message_id) is not None:
+            return "dead"
+        return None
+
+    def ping(self) -> None:
+        """Raise a BrokerError naming the URL when Redis does not answer."""
+        self.redis.ping()
+
+    def close(self) -> None:
+        self.redis.close()

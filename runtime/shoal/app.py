@@ -9,7 +9,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from shoal import queue_defaults
 from shoal.dlq import DeadLetters
-from shoal.errors import ConfigurationError, TaskModuleError, TaskNotFound
+from shoal.errors import ConfigurationError, TaskModuleError
 from shoal.middleware import Middleware, default_middleware
 from shoal.middleware.hooks import Hooks
 from shoal.protocol import Broker, QueueStats
@@ -17,7 +17,7 @@ from shoal.schedules import Missed, Schedule
 from shoal.schedules import make as make_schedule
 from shoal.settings import Seconds, Settings, mask_url, to_seconds
 from shoal.signing import Signer
-from shoal.task import Task
+from shoal.task import Producer, Task
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -47,16 +47,27 @@ class App:
         if redis_url is not None:
             overrides["redis_url"] = redis_url
             overrides["redis_url_source"] = "argument"
-        self.settings = base.with_overrides(**overrides) if overrides else base
+        settings = base.with_overrides(**overrides) if overrides else base
         self.middleware: list[Middleware] = list(
             default_middleware() if middleware is None else middleware
         )
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: dict[str, Schedule] = {}
         """Periodic schedules declared in code (``@app.periodic``, ``app.schedule``), by name."""
-        self.signer = Signer(self.settings.signing_keys)
-        self._broker: Broker | None = None
+        self.signer = Signer(settings.signing_keys)
+        self.producer = Producer(settings, self.signer, Hooks(self.middleware), self.tasks)
+        """The send pipeline this App's tasks, workflows and DLQ use."""
         self._refresh_hooks()
+
+    @property
+    def settings(self) -> Settings:
+        """The App's settings; replacing them takes effect at the next Redis connection
+        (after :meth:`close`)."""
+        return self.producer.settings
+
+    @settings.setter
+    def settings(self, settings: Settings) -> None:
+        self.producer.settings = settings
 
     def __repr__(self) -> str:
         s = self.settings
@@ -71,7 +82,7 @@ class App:
         self._refresh_hooks()
 
     def _refresh_hooks(self) -> None:
-        self.hooks = Hooks(self.middleware)
+        self.hooks = self.producer.hooks = Hooks(self.middleware)
         self.task_options = CORE_OPTIONS.union(*(m.task_options for m in self.middleware))
 
     # --- tasks ------------------------------------------------------------------------------
@@ -125,7 +136,7 @@ class App:
                 if task_options["timeout"] <= 0:
                     raise ConfigurationError(f"task {task_name!r}: timeout must be > 0 seconds")
             task: Task[P, R] = Task(
-                self,
+                self.producer,
                 func,
                 name=task_name,
                 queue=queue or self.settings.default_queue,
@@ -142,18 +153,7 @@ class App:
         (``app.remote("billing.charge", queue="billing").enqueue(42)``)."""
         if name in self.tasks:
             return self.tasks[name]
-
-        def not_here(*_: Any, **__: Any) -> Any:
-            raise TaskNotFound(f"task {name!r} runs on workers; this process only enqueues it")
-
-        return Task(
-            self,
-            not_here,
-            name=name,
-            queue=queue or self.settings.default_queue,
-            store_result=False,
-            options={},
-        )
+        return self.producer.remote(name, queue or self.settings.default_queue)
 
     # --- schedules --------------------------------------------------------------------------
 
@@ -237,9 +237,7 @@ class App:
     @property
     def broker(self) -> Broker:
         """The blocking Redis client, opened on first use."""
-        if self._broker is None:
-            self._broker = Broker(self.settings)
-        return self._broker
+        return self.producer.broker
 
     def measure(self, queue: str) -> QueueStats:
         """A queue's figures (waiting, in flight, delayed, dead, oldest age, counters), O(1)."""
@@ -257,7 +255,7 @@ class App:
 
     def dlq(self, queue: str) -> DeadLetters:
         """The dead-letter queue of ``queue``: list, get, replay, purge."""
-        return DeadLetters(self, queue)
+        return DeadLetters(self.producer, queue)
 
     def queues(self) -> list[str]:
         """Queues declared by this app's tasks and schedules."""
@@ -265,9 +263,7 @@ class App:
         return sorted(declared | {s.queue for s in self.schedules.values()})
 
     def close(self) -> None:
-        if self._broker is not None:
-            self._broker.close()
-            self._broker = None
+        self.producer.close()
 
 
 def load_app(spec: str) -> App:

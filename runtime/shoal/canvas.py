@@ -19,11 +19,10 @@ import orjson
 from shoal import workflow
 from shoal.errors import EnqueueError
 from shoal.message import new_message_id
-from shoal.task import Handle, encode_batch
+from shoal.task import Handle
 
 if TYPE_CHECKING:
-    from shoal.app import App
-    from shoal.task import Task
+    from shoal.task import Producer, Task
 
 
 class Part:
@@ -32,7 +31,8 @@ class Part:
     kind = "workflow"
 
     @property
-    def app(self) -> App:
+    def producer(self) -> Producer:
+        """The send pipeline of the App this step's tasks belong to."""
         raise NotImplementedError
 
     def node(self) -> workflow.Node:
@@ -48,21 +48,17 @@ class Part:
 
         One Redis call per queue and task of the first step: if this raises (Redis went away
         midway), some first members may already run; enqueueing again starts a new workflow."""
-        app, node = self.app, self.node()
-        _same_app(app, self)
+        producer, node = self.producer, self.node()
+        _same_app(producer, self)
         meta = workflow.Meta(new_message_id(), self.kind, workflow.final_queue(node))
         started = workflow.start(meta, node, [], [], "root")
         messages = started.messages
-        hooks = app.hooks
-        with hooks.context("workflow_context", self.kind, meta.id, messages):
+        with producer.hooks.context("workflow_context", self.kind, meta.id, messages):
             for g in started.groups:  # each group's record first: members join it
-                app.broker.start_group(g.queue, g.id, g.size, g.then)
+                producer.broker.start_group(g.queue, g.id, g.size, g.then)
             for queue, task_name, batch in workflow.batches(messages):
-                task = app.tasks.get(task_name) or app.remote(task_name, queue=queue)
-                with hooks.context("enqueue_context", task, batch):
-                    app.broker.enqueue(queue, encode_batch(task, batch))
-                hooks.emit("after_enqueue", task, batch)
-        return Handle(app, meta.result_queue, self.kind, meta.id)
+                producer.send(producer.task_on(task_name, queue), batch)
+        return Handle(producer, meta.result_queue, self.kind, meta.id)
 
 
 class Signature(Part):
@@ -101,8 +97,8 @@ class Signature(Part):
         return f"{self.task.name}.{'si' if self.immutable else 's'}({call})"
 
     @property
-    def app(self) -> App:
-        return self.task.app
+    def producer(self) -> Producer:
+        return self.task.producer
 
     def node(self) -> workflow.Node:
         node: workflow.Node = {
@@ -133,8 +129,8 @@ class chain(Part):  # noqa: N801 - named like a function, as in Celery, because 
         return " | ".join(map(repr, self.steps))
 
     @property
-    def app(self) -> App:
-        return self.steps[0].app
+    def producer(self) -> Producer:
+        return self.steps[0].producer
 
     def node(self) -> workflow.Node:
         return {"chain": [s.node() for s in self.steps]}
@@ -153,8 +149,8 @@ class group(Part):  # noqa: N801
         return f"group([{', '.join(map(repr, self.members))}])"
 
     @property
-    def app(self) -> App:
-        return self.members[0].app
+    def producer(self) -> Producer:
+        return self.members[0].producer
 
     def node(self) -> workflow.Node:
         return {"group": [m.node() for m in self.members]}
@@ -185,8 +181,8 @@ class chord(Part):  # noqa: N801
         return f"chord({self.header!r}, {self.callback!r})"
 
     @property
-    def app(self) -> App:
-        return self.callback.app
+    def producer(self) -> Producer:
+        return self.callback.producer
 
     def node(self) -> workflow.Node:
         return {"chain": [self.header.node(), self.callback.node()]}
@@ -207,13 +203,13 @@ def _parts(kind: str, given: tuple[Part | Iterable[Part], ...]) -> list[Part]:
     return items
 
 
-def _same_app(app: App, root: Part) -> None:
+def _same_app(producer: Producer, root: Part) -> None:
     """Every task must belong to the App that enqueues: one Redis, one signer."""
     stack = [root]
     while stack:
         part = stack.pop()
         if isinstance(part, Signature):
-            if part.task.app is not app:
+            if part.task.producer is not producer:
                 raise EnqueueError(
                     f"task {part.task.name!r} belongs to another App than the workflow's first "
                     "task; build every signature from the same App (use app.remote for tasks "

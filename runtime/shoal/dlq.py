@@ -25,8 +25,8 @@ from shoal.message import Message
 from shoal.signing import BadSignature, unsealed
 
 if TYPE_CHECKING:
-    from shoal.app import App
     from shoal.signing import Signer
+    from shoal.task import Producer
 
 REASONS = {
     "retries_exhausted": "the task kept failing and ran out of retries",
@@ -282,10 +282,10 @@ class ReplayReport:
 class DeadLetters:
     """The DLQ of one queue: ``app.dlq("emails")``."""
 
-    def __init__(self, app: App, queue: str) -> None:
-        self.app = app
+    def __init__(self, producer: Producer, queue: str) -> None:
         self.queue = queue
-        self.broker = app.broker
+        self.broker = producer.broker
+        self.signer = producer.signer
 
     def __len__(self) -> int:
         return self.broker.dead_count(self.queue)
@@ -367,7 +367,7 @@ class DeadLetters:
                 yield entry, "its stored message is gone (purged meanwhile?)"
                 continue
             try:  # with signing keys, only what the worker verified and sealed comes back
-                body = self.app.signer.open(body)
+                body = self.signer.open(body)
             except BadSignature:
                 yield (
                     entry,
@@ -399,7 +399,7 @@ class DeadLetters:
             except TypeError as exc:
                 yield entry, f"cannot be replayed: its envelope cannot be encoded ({exc})"
                 continue
-            yield entry, (self.app.signer.seal(fresh), message.options.get("dedupe_key"))
+            yield entry, (self.signer.seal(fresh), message.options.get("dedupe_key"))
 
     def purge(self, older_than_s: float | None = None, *, ids: Iterable[str] | None = None) -> int:
         """Delete entries at least ``older_than_s`` old (any age when None), only those of

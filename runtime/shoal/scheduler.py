@@ -18,9 +18,9 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shoal.autoscale import ScheduledTick
 from shoal.errors import ShoalError
@@ -44,10 +44,9 @@ from shoal.schedules import (
     pending_tick,
     source_of,
 )
-from shoal.task import Task, encode_batch
 
 if TYPE_CHECKING:
-    from shoal.app import App
+    from shoal.task import Producer
 
 log = logging.getLogger("shoal.scheduler")
 
@@ -63,17 +62,20 @@ class Scheduler:
 
     def __init__(
         self,
-        app: App,
+        producer: Producer,
+        schedules: Iterable[Schedule],
         broker: AsyncBroker,
         queues: Sequence[str],
         *,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        self.app = app
+        self.producer = producer
+        self.settings = producer.settings
         self.broker = broker
         self.queues = list(queues)
         self.clock = clock
-        self.code = {(s.queue, s.name): s for s in app.schedules.values() if s.queue in self.queues}
+        code = list(schedules)
+        self.code = {(s.queue, s.name): s for s in code if s.queue in self.queues}
         self.active: dict[tuple[str, str], Schedule] = {}
         """What this process ticks: code schedules, overridden by Queue schedules of the
         same name (so ``suspend`` in a Queue resource can pause a code schedule too)."""
@@ -89,7 +91,7 @@ class Scheduler:
         self._refresh_at = float("-inf")
         self._parsed: dict[tuple[str, bytes], Schedule] = {}
         self._reported: set[tuple[tuple[str, str], str]] = set()
-        not_consumed = sorted({s.queue for s in app.schedules.values()} - set(self.queues))
+        not_consumed = sorted({s.queue for s in code} - set(self.queues))
         if not_consumed:
             log.warning(
                 "scheduler: this worker does not consume %s, so it does not tick their schedules; "
@@ -124,9 +126,9 @@ class Scheduler:
         reported once and retried at the next refresh; the others tick on."""
         if self._refresh_clock() >= self._refresh_at:
             await self.refresh()
-            self._refresh_at = self._refresh_clock() + self.app.settings.heartbeat_s
+            self._refresh_at = self._refresh_clock() + self.settings.heartbeat_s
         now_ms = int(self.now() * 1000)
-        wake_ms = now_ms + int(self.app.settings.heartbeat_s * 1000)
+        wake_ms = now_ms + int(self.settings.heartbeat_s * 1000)
         for key, schedule in self.active.items():
             due = self.due.get(key)
             if due is None or due <= now_ms:
@@ -225,7 +227,7 @@ class Scheduler:
                 log.info("schedule %s on %s: tick not run: %s", schedule.name, queue, decision.why)
             return claimed
         mid = message_id(queue, schedule.name, tick)
-        task = self._task(schedule)
+        task = self.producer.task_on(schedule.task, queue)
         message = Message(
             mid,
             schedule.task,
@@ -235,36 +237,17 @@ class Scheduler:
             now_ms / 1000,
             options={"schedule": {"name": schedule.name, "tick": tick}},
         )
-        hooks = self.app.hooks
         try:
-            with hooks.context("enqueue_context", task, [message]):
-                items = encode_batch(task, [message])
-                ids = await self.broker.enqueue(queue, items, guard(mid, decision.reason))
+            ids = await self.producer.send_async(
+                self.broker, task, [message], guard(mid, decision.reason)
+            )
         except ShoalError as exc:  # arguments refused: record the tick as not run, say why
             log.error("schedule %s on %s: cannot enqueue: %s", schedule.name, queue, exc)
             return await self.broker.enqueue(queue, [], guard(None, "refused")) is not None
         if ids is None:
             return False
-        hooks.emit("after_enqueue", task, [message])
         log.info("schedule %s on %s: enqueued %s (%s)", schedule.name, queue, mid, decision.why)
         return True
-
-    def _task(self, schedule: Schedule) -> Task[..., Any]:
-        """The task to send: the app's own when it defines it, else by name; always on the
-        schedule's queue."""
-        task = self.app.tasks.get(schedule.task)
-        if task is None:
-            return self.app.remote(schedule.task, queue=schedule.queue)
-        if task.queue == schedule.queue:
-            return task
-        return Task(
-            self.app,
-            task.fn,
-            name=task.name,
-            queue=schedule.queue,
-            store_result=task.store_result,
-            options=task.options,
-        )
 
 
 # --- blocking helpers: the CLI and the operator --------------------------------------------

@@ -1,4 +1,12 @@
-"""A task: a function plus its options, and the handle an enqueue returns."""
+"""A task: a function plus its options; the handle an enqueue returns; the send pipeline.
+
+The :class:`Producer` is the one way a message goes out to Redis. Every message (a task's
+enqueue, a workflow's steps, a schedule's tick) takes the same path: the ``enqueue_context``
+hooks open around the batch (tracing adds its headers there), each envelope is encoded and
+size-checked, sealed by the signer, and the batch is stored in one script call;
+``after_enqueue`` follows once Redis has stored it. Tasks, workflows, schedules and the DLQ
+depend on a Producer, not on the :class:`~shoal.app.App` that builds it.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +19,14 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import orjson
 
-from shoal.errors import EnqueueError, ResultTimeout, TaskFailed
+from shoal.errors import EnqueueError, ResultTimeout, TaskFailed, TaskNotFound
 from shoal.message import Message, new_message_id
-from shoal.protocol import Outgoing
-from shoal.settings import Seconds, to_seconds
+from shoal.middleware.hooks import Hooks
+from shoal.protocol import AsyncBroker, Broker, Guard, Outgoing
+from shoal.settings import Seconds, Settings, to_seconds
+from shoal.signing import Signer
 
 if TYPE_CHECKING:
-    from shoal.app import App
     from shoal.canvas import Signature
 
 P = ParamSpec("P")
@@ -30,10 +39,10 @@ WORKFLOW_KINDS = frozenset({"chain", "group", "chord", "task"})
 class Handle(Generic[R]):
     """What an enqueue returns at once: the message id, and a way to wait for the result."""
 
-    __slots__ = ("app", "id", "queue", "task_name")
+    __slots__ = ("id", "producer", "queue", "task_name")
 
-    def __init__(self, app: App, queue: str, task_name: str, message_id: str) -> None:
-        self.app = app
+    def __init__(self, producer: Producer, queue: str, task_name: str, message_id: str) -> None:
+        self.producer = producer
         self.queue = queue
         self.task_name = task_name
         self.id = message_id
@@ -47,7 +56,7 @@ class Handle(Generic[R]):
         Needs ``@app.task(store_result=True)``. Raises ResultTimeout when nothing arrives in time
         and TaskFailed when the message ended in the dead-letter queue."""
         timeout_s = to_seconds(timeout)
-        raw = self.app.broker.wait_result(self.queue, self.id, timeout_s)
+        raw = self.producer.broker.wait_result(self.queue, self.id, timeout_s)
         if raw is None:
             wanted = (
                 "every queue of the workflow"
@@ -82,7 +91,7 @@ class Task(Generic[P, R]):
 
     def __init__(
         self,
-        app: App,
+        producer: Producer,
         fn: Callable[P, R] | Callable[P, Awaitable[R]],
         *,
         name: str,
@@ -90,7 +99,8 @@ class Task(Generic[P, R]):
         store_result: bool,
         options: dict[str, Any],
     ) -> None:
-        self.app = app
+        self.producer = producer
+        """How this task's messages are sent (its App's send pipeline)."""
         self.fn = fn
         self.name = name
         self.queue = queue
@@ -105,6 +115,17 @@ class Task(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         return self.fn(*args, **kwargs)
+
+    def on_queue(self, queue: str) -> Task[P, R]:
+        """This task, its messages sent to ``queue`` instead of its own."""
+        return Task(
+            self.producer,
+            self.fn,
+            name=self.name,
+            queue=queue,
+            store_result=self.store_result,
+            options=self.options,
+        )
 
     def accepts(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
         """Whether the function can be called with these arguments (asked only after a
@@ -214,66 +235,148 @@ class Sender(Generic[P, R]):
         return self._send(batch) if batch else []
 
     def _send(self, batch: list[tuple[list[Any], dict[str, Any]]]) -> list[Handle[R]]:
-        task, app = self.task, self.task.app
+        task, send = self.task, self.send
         now = time.time()
-        send = self.send
         options: dict[str, Any] = {}
         if send.timeout_s is not None:
             options["timeout"] = send.timeout_s
         if send.dedupe_key is not None:
             options["dedupe_key"] = send.dedupe_key
-        delay_ms = int(send.delay_s * 1000)
         messages = [
             Message(new_message_id(), task.name, task.queue, args, kwargs, now, options=options)
             for args, kwargs in batch
         ]
-        hooks = app.hooks
+        delay_ms = int(send.delay_s * 1000)
+        producer = task.producer
+        ids = producer.send(task, messages, delay_ms=delay_ms, dedupe_key=send.dedupe_key)
+        return [Handle(producer, task.queue, task.name, mid) for mid in ids]
+
+
+class Producer:
+    """Settings, signer, hooks, the known tasks and the lazily opened blocking Redis client:
+    what sending a message needs, and nothing else of the App."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        signer: Signer,
+        hooks: Hooks,
+        tasks: Mapping[str, Task[..., Any]],
+    ) -> None:
+        self.settings = settings
+        self.signer = signer
+        self.hooks = hooks
+        """The App's hooks; replaced when middleware is added."""
+        self.tasks = tasks
+        """The App's registry (the same mapping, so tasks declared later are found)."""
+        self._broker: Broker | None = None
+
+    @property
+    def broker(self) -> Broker:
+        """The blocking Redis client, opened on first use."""
+        if self._broker is None:
+            self._broker = Broker(self.settings)
+        return self._broker
+
+    def close(self) -> None:
+        if self._broker is not None:
+            self._broker.close()
+            self._broker = None
+
+    # --- which task sends ---------------------------------------------------------------------
+
+    def remote(self, name: str, queue: str) -> Task[..., Any]:
+        """A stand-in for a task this process does not define, to send it by name."""
+
+        def not_here(*_: Any, **__: Any) -> Any:
+            raise TaskNotFound(f"task {name!r} runs on workers; this process only enqueues it")
+
+        return Task(self, not_here, name=name, queue=queue, store_result=False, options={})
+
+    def task_on(self, name: str, queue: str) -> Task[..., Any]:
+        """The task that sends ``name`` to ``queue``: this process's own (bound to ``queue``
+        when it is declared on another one), else a stand-in."""
+        task = self.tasks.get(name)
+        if task is None:
+            return self.remote(name, queue)
+        return task if task.queue == queue else task.on_queue(queue)
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def send(
+        self,
+        task: Task[..., Any],
+        messages: Sequence[Message],
+        *,
+        delay_ms: int = 0,
+        dedupe_key: str | None = None,
+    ) -> list[str]:
+        """Send a batch of ``task``'s messages to its queue in one round trip; returns each
+        one's id (for a deduplicated message, the live one's). See ``Broker.enqueue`` for the
+        errors."""
+        with self.hooks.context("enqueue_context", task, messages):
+            items = self.encode(task, messages, delay_ms, dedupe_key)
+            ids = self.broker.enqueue(task.queue, items, task=task.name)
+        self.hooks.emit("after_enqueue", task, messages)
+        return ids
+
+    async def send_async(
+        self,
+        broker: AsyncBroker,
+        task: Task[..., Any],
+        messages: Sequence[Message],
+        guard: Guard,
+        hooks: Hooks | None = None,
+    ) -> list[str] | None:
+        """Send a guarded batch from a worker's event loop; None (and nothing stored, no
+        ``after_enqueue``) when the guard refuses. ``hooks``: the worker's, when not the App's."""
+        hooks = self.hooks if hooks is None else hooks
         with hooks.context("enqueue_context", task, messages):
-            items = encode_batch(task, messages, delay_ms, send.dedupe_key)
-            ids = app.broker.enqueue(task.queue, items, task=task.name)
-        hooks.emit("after_enqueue", task, messages)
-        return [Handle(app, task.queue, task.name, mid) for mid in ids]
+            items = self.encode(task, messages)
+            ids = await broker.enqueue(task.queue, items, guard)
+        if ids is not None:
+            hooks.emit("after_enqueue", task, messages)
+        return ids
+
+    def encode(
+        self,
+        task: Task[..., Any],
+        messages: Sequence[Message],
+        delay_ms: int = 0,
+        dedupe_key: str | None = None,
+    ) -> list[Outgoing]:
+        """Encode, size-check and seal messages (inside the ``enqueue_context`` hooks, which
+        add the trace headers). Raises EnqueueError naming the offending argument."""
+        seal = self.signer.seal
+        return [(m.id, delay_ms, seal(self._encode(task, m)), dedupe_key) for m in messages]
+
+    def _encode(self, task: Task[..., Any], message: Message) -> bytes:
+        limit = self.settings.max_message_bytes
+        try:
+            body = message.encode()
+        except TypeError:
+            raise EnqueueError(_describe_bad_argument(task.name, message)) from None
+        if len(body) > limit:
+            name, size = max(_argument_sizes(message), key=lambda item: item[1])
+            raise EnqueueError(
+                f"task {task.name!r}: message is {len(body)} bytes, over the "
+                f"{limit}-byte limit (largest argument: {name}, {size} bytes). Store big data "
+                "elsewhere and pass a reference, or raise SHOAL_MAX_MESSAGE_BYTES."
+            )
+        return body
 
 
-def encode_batch(
-    task: Task[Any, Any],
-    messages: Sequence[Message],
-    delay_ms: int = 0,
-    dedupe_key: str | None = None,
-) -> list[Outgoing]:
-    """Encode, size-check and sign messages for the broker (call inside the ``enqueue_context``
-    hook, which adds the trace headers). Raises EnqueueError naming the offending argument."""
-    seal = task.app.signer.seal
-    return [(m.id, delay_ms, seal(_encode(task, m)), dedupe_key) for m in messages]
-
-
-def _encode(task: Task[Any, Any], message: Message) -> bytes:
-    limit = task.app.settings.max_message_bytes
-    try:
-        body = message.encode()
-    except TypeError:
-        raise EnqueueError(_describe_bad_argument(task, message)) from None
-    if len(body) > limit:
-        name, size = max(_argument_sizes(message), key=lambda item: item[1])
-        raise EnqueueError(
-            f"task {task.name!r}: message is {len(body)} bytes, over the "
-            f"{limit}-byte limit (largest argument: {name}, {size} bytes). Store big data "
-            "elsewhere and pass a reference, or raise SHOAL_MAX_MESSAGE_BYTES."
-        )
-    return body
-
-
-def _describe_bad_argument(task: Task[Any, Any], message: Message) -> str:
+def _describe_bad_argument(task_name: str, message: Message) -> str:
     for name, value in _arguments(message):
         try:
             orjson.dumps(value)
         except TypeError as exc:
             return (
-                f"task {task.name!r}: argument {name} ({type(value).__name__}) is not "
+                f"task {task_name!r}: argument {name} ({type(value).__name__}) is not "
                 f"JSON-serialisable ({exc}); pass plain data (str, int, float, bool, None, "
                 "list, dict) or an id to load it in the task"
             )
-    return f"task {task.name!r}: the message headers are not JSON-serialisable"
+    return f"task {task_name!r}: the message headers are not JSON-serialisable"
 
 
 def _arguments(message: Message) -> Iterable[tuple[str, Any]]:

@@ -104,7 +104,7 @@ class Worker:
         self._rr = 0
         self.hooks = app.hooks
         """The hooks of the middleware active in this process (set again once booted)."""
-        self.steps = workflow.Steps(app, self.broker, self.hooks)
+        self.steps = workflow.Steps(app.producer, self.broker, self.hooks)
         """Carries workflow members on (chain, group, chord) before they are acked."""
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -126,14 +126,16 @@ class Worker:
         )
         self.app.hooks.emit("before_worker_boot", self)
         self.hooks = Hooks([m for m in self.app.middleware if m.active_in_worker()])
-        self.steps = workflow.Steps(self.app, self.broker, self.hooks)
+        self.steps = workflow.Steps(self.app.producer, self.broker, self.hooks)
         background = [
             asyncio.create_task(self._ack_loop()),
             asyncio.create_task(self._heartbeat_loop()),
             asyncio.create_task(self._watch_loop()),
         ]
         if not self.burst:  # a burst run drains and exits: ticking schedules is not its job
-            scheduler = Scheduler(self.app, self.broker, self.queues)
+            scheduler = Scheduler(
+                self.app.producer, self.app.schedules.values(), self.broker, self.queues
+            )
             background.append(asyncio.create_task(scheduler.run(self._closing)))
         try:
             await self._fetch_loop()

@@ -43,11 +43,10 @@ import orjson
 from shoal.errors import EnqueueError, WorkflowError
 from shoal.message import Message
 from shoal.protocol import AsyncBroker, Guard
-from shoal.task import encode_batch
 
 if TYPE_CHECKING:
-    from shoal.app import App
     from shoal.middleware.hooks import Hooks
+    from shoal.task import Producer
 
 Node = dict[str, Any]
 Frame = dict[str, Any]
@@ -265,8 +264,8 @@ class Steps:
     worker's async broker and hooks (so a next step's send span is a child of the member's
     process span: one workflow, one trace)."""
 
-    def __init__(self, app: App, broker: AsyncBroker, hooks: Hooks) -> None:
-        self.app = app
+    def __init__(self, producer: Producer, broker: AsyncBroker, hooks: Hooks) -> None:
+        self.producer = producer
         self.broker = broker
         self.hooks = hooks
 
@@ -276,7 +275,7 @@ class Steps:
         meta = _meta(message)
         if is_last_step(message):
             return  # its ack stores the result
-        ttl_ms = int(self.app.settings.workflow_ttl_s * 1000)
+        ttl_ms = int(self.producer.settings.workflow_ttl_s * 1000)
 
         async def join(frame: Frame, member_json: bytes) -> Joined:
             reply = await self.broker.join(
@@ -297,12 +296,10 @@ class Steps:
             for group in started.groups:  # before any member can finish and join it
                 await self.broker.start_group(group.queue, group.id, group.size, group.then)
             for queue, task_name, batch in batches(started.messages):
-                task = self.app.tasks.get(task_name) or self.app.remote(task_name, queue=queue)
+                task = self.producer.task_on(task_name, queue)
                 key = self.broker.keys(queue).workflow(meta.id)
                 once = Guard(key, "once", f"{guard}>{task_name}", "1", ttl_ms)
-                with self.hooks.context("enqueue_context", task, batch):
-                    await self.broker.enqueue(queue, encode_batch(task, batch), once)
-                self.hooks.emit("after_enqueue", task, batch)
+                await self.producer.send_async(self.broker, task, batch, once, self.hooks)
 
         try:
             await advance(message, result, join, start_once, self.broker.group_done)

@@ -54,7 +54,9 @@ def run_schedulers(app: App, queues: list[str], times: Sequence[float], n: int =
 
     async def scenario() -> None:
         brokers = [AsyncBroker(app.settings) for _ in range(n)]
-        schedulers = [Scheduler(app, b, queues, clock=clock) for b in brokers]
+        schedulers = [
+            Scheduler(app.producer, app.schedules.values(), b, queues, clock=clock) for b in brokers
+        ]
         try:
             for now in times:
                 clock.now = now
@@ -365,7 +367,7 @@ def test_schedulers_keep_redis_time_whatever_their_host_clock_says(
     async def now_after_refresh() -> float:
         broker = AsyncBroker(app.settings)
         try:
-            scheduler = Scheduler(app, broker, ["q"])
+            scheduler = Scheduler(app.producer, app.schedules.values(), broker, ["q"])
             await scheduler.refresh()
             return scheduler.now()
         finally:
@@ -423,7 +425,7 @@ def test_prune_keeps_what_live_workers_declare_whatever_the_cli_clock_says(
     async def declare() -> None:  # what a worker does at each refresh, on Redis's clock
         broker = AsyncBroker(app.settings)
         try:
-            await Scheduler(app, broker, ["q"]).refresh()
+            await Scheduler(app.producer, app.schedules.values(), broker, ["q"]).refresh()
         finally:
             await broker.close()
 
@@ -441,7 +443,7 @@ def test_a_new_release_updates_a_code_schedule_whatever_its_arguments_say(app: A
         async def refresh() -> None:
             broker = AsyncBroker(fresh.settings)
             try:
-                await Scheduler(fresh, broker, ["q"]).refresh()
+                await Scheduler(fresh.producer, fresh.schedules.values(), broker, ["q"]).refresh()
             finally:
                 await broker.close()
 
@@ -531,7 +533,7 @@ def test_a_code_schedule_removed_from_the_only_code_that_had_one_stops_waking_th
     async def refresh() -> None:
         broker = AsyncBroker(app.settings)
         try:
-            await Scheduler(app, broker, ["q"]).refresh()
+            await Scheduler(app.producer, app.schedules.values(), broker, ["q"]).refresh()
         finally:
             await broker.close()
 

@@ -29,7 +29,6 @@ from shoal.message import Message
 from shoal.middleware import Retries
 from shoal.middleware.tracing import Tracing
 from shoal.protocol import AsyncBroker, Broker
-from shoal.task import encode_batch
 from shoal.worker import Worker
 from shoal.workflow import OPTION, Steps
 
@@ -252,7 +251,7 @@ def test_joins_and_next_steps_happen_once_when_members_finish_twice(app: App) ->
 
     async def finish_each_twice() -> None:
         broker = AsyncBroker(app.settings)
-        steps = Steps(app, broker, app.hooks)
+        steps = Steps(app.producer, broker, app.hooks)
         try:
             for member in members * 2:  # every member finishes twice, the last one included
                 await steps.finished(member, member.args[0] * member.args[1])
@@ -465,7 +464,9 @@ def test_two_deliveries_of_a_member_finishing_at_once_start_its_step_once(
     async def both_finish() -> None:
         brokers = [AsyncBroker(app.settings) for _ in range(2)]
         try:
-            await asyncio.gather(*(Steps(app, b, app.hooks).finished(member, 1) for b in brokers))
+            await asyncio.gather(
+                *(Steps(app.producer, b, app.hooks).finished(member, 1) for b in brokers)
+            )
         finally:
             for b in brokers:
                 await b.close()
@@ -529,7 +530,7 @@ def test_a_member_failing_on_redelivery_after_feeding_its_step_does_not_fail_the
     # Its worker had died after starting `receipt`, before the ack: the member comes back,
     # fails this time, and is dead-lettered; the workflow it already fed succeeded all the same
     fail["now"] = True
-    app.broker.enqueue("wf-a", encode_batch(charge, [member]))
+    app.broker.enqueue("wf-a", app.producer.encode(charge, [member]))
     worker(app, ["wf-a"])
     assert len(app.dlq("wf-a")) == 1
     assert handle.result(timeout=5) == 20
@@ -681,8 +682,10 @@ def test_a_late_duplicate_of_a_member_after_its_group_moved_on_changes_nothing(
     async def late() -> None:  # a redelivery of a member, long after the callback started
         broker = AsyncBroker(app.settings)
         try:
-            await Steps(app, broker, app.hooks).finished(members[0], 0)
-            await Steps(app, broker, app.hooks).failed(members[0], "retries_exhausted", "late")
+            await Steps(app.producer, broker, app.hooks).finished(members[0], 0)
+            await Steps(app.producer, broker, app.hooks).failed(
+                members[0], "retries_exhausted", "late"
+            )
         finally:
             await broker.close()
 

@@ -61,7 +61,7 @@ class Retries(Middleware):
             return
         exc = outcome.exception
         opts = outcome.options
-        settings = task.app.settings
+        settings = task.producer.settings
         max_retries = opts.get("max_retries", settings.default_max_retries)
         if isinstance(exc, Retry):
             if message.attempt < max_retries:

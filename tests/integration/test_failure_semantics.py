@@ -220,16 +220,17 @@ def test_signed_workers_refuse_unsigned_and_forged_messages(
 
         return pay
 
-    signed_new = define(make_app(signing_keys=("new", "old")))
+    new_app = make_app(signing_keys=("new", "old"))
+    signed_new = define(new_app)
     signed_old = define(make_app(signing_keys=("old",)))
     unsigned = define(make_app())
     forger = define(make_app(signing_keys=("guess",)))
 
     ok_new, ok_old = signed_new.enqueue("alice"), signed_old.enqueue("bob")
     bad1, bad2 = unsigned.enqueue("mallory"), forger.enqueue("eve")
-    worker(signed_new.app, ["q"])
+    worker(new_app, ["q"])
     assert sorted(ran) == ["alice", "bob"]
-    dead = signed_new.app.dlq("q")
+    dead = new_app.dlq("q")
     assert {e.id: e.reason for e in dead.entries()} == {
         bad1.id: "bad_signature",
         bad2.id: "bad_signature",

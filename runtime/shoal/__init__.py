@@ -12,11 +12,13 @@ from shoal.canvas import Signature, chain, chord, group
 
 # Errors and signals
 from shoal.errors import (
+    BadSignature,
     BrokerError,
     ConfigurationError,
     DecodeError,
     EnqueueError,
     EnqueueOutcomeUnknown,
+    HardTimeout,
     RedisFull,
     ResultTimeout,
     Retry,
@@ -24,6 +26,8 @@ from shoal.errors import (
     TaskFailed,
     TaskModuleError,
     TaskNotFound,
+    TaskStopped,
+    TaskTimeout,
     WorkflowError,
 )
 from shoal.message import Message
@@ -73,11 +77,13 @@ __all__ = [
     # Settings
     "Settings",
     # Errors and signals
+    "BadSignature",
     "BrokerError",
     "ConfigurationError",
     "DecodeError",
     "EnqueueError",
     "EnqueueOutcomeUnknown",
+    "HardTimeout",
     "RedisFull",
     "ResultTimeout",
     "Retry",
@@ -85,6 +91,8 @@ __all__ = [
     "TaskFailed",
     "TaskModuleError",
     "TaskNotFound",
+    "TaskStopped",
+    "TaskTimeout",
     "WorkflowError",
     "__version__",
 ]

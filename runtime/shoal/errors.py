@@ -76,6 +76,25 @@ class DecodeError(ShoalError):
         self.reason = reason
 
 
+class BadSignature(DecodeError):
+    """Raised when a worker with signing keys reads an unsigned or wrongly signed message
+    (dead-lettered as ``bad_signature``), or a DLQ replay finds a body that does not verify."""
+
+
+class TaskTimeout(ShoalError):
+    """Raised in (or for) a task that ran longer than its timeout."""
+
+
+class HardTimeout(TaskTimeout):
+    """Raised for a sync task that ignored its soft timeout: its thread is abandoned, and the
+    worker process must be replaced to get the slot back."""
+
+
+class TaskStopped(ShoalError):
+    """Raised inside a sync task's thread when the worker stops waiting for it: its lease was
+    lost (another worker may run it now), or the shutdown grace period ended."""
+
+
 class TaskNotFound(ShoalError):
     """Raised when a message names a task the worker's app does not define."""
 

@@ -16,16 +16,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from shoal.errors import ShoalError
+from shoal.errors import HardTimeout, TaskStopped, TaskTimeout
 
-
-class TaskTimeout(ShoalError):
-    """Raised in (or for) a task that ran longer than its timeout."""
-
-
-class TaskStopped(ShoalError):
-    """Raised inside a sync task's thread when the worker stops waiting for it: its lease was
-    lost (another worker may run it now), or the shutdown grace period ended."""
+# The exceptions live in shoal.errors; re-exported so ``from shoal.execution import …`` still works.
+__all__ = ["HardTimeout", "TaskStopped", "TaskTimeout", "run_async", "run_sync"]
 
 
 def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> None:
@@ -86,11 +80,6 @@ async def run_async(
         if not deadline.expired():
             raise  # the task's own TimeoutError (an HTTP client's, say): not ours
         raise TaskTimeout(f"async task exceeded its {timeout_s:g}s timeout") from None
-
-
-class HardTimeout(TaskTimeout):
-    """Raised for a sync task that ignored its soft timeout: its thread is abandoned, and the
-    worker process must be replaced to get the slot back."""
 
 
 async def run_sync(

@@ -12,14 +12,13 @@ import base64
 import hashlib
 import hmac
 
-from shoal.errors import DecodeError
+from shoal.errors import BadSignature
+
+# BadSignature lives in shoal.errors; re-exported so ``from shoal.signing import …`` still works.
+__all__ = ["PREFIX", "BadSignature", "Signer", "unsealed"]
 
 PREFIX = b"s1:"
 _SIG_LEN = 43  # urlsafe base64 of 32 bytes, without padding
-
-
-class BadSignature(DecodeError):
-    """Raised when a worker with signing keys reads an unsigned or wrongly signed message."""
 
 
 class Signer:

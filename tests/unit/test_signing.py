@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shoal.errors import DecodeError
+from shoal.errors import BadSignature, DecodeError
 from shoal.message import Message
-from shoal.signing import BadSignature, Signer
+from shoal.signing import Signer
 
 
 def test_sealed_message_opens_with_the_same_key() -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from shoal.execution import TaskStopped, TaskTimeout
+from shoal.errors import TaskStopped, TaskTimeout
 from shoal.middleware.base import Middleware
 
 if TYPE_CHECKING:

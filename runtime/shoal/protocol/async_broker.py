@@ -213,7 +213,7 @@ class AsyncBroker(KeyedClient):
         prefix = self.settings.key_prefix
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(worker_key(prefix, worker_id), registration, px=int(ttl_s * 1000))
-        pipe.zadd(workers_key(prefix), {worker_id: time.time()})
+        pipe.zadd(workers_key(prefix), {worker_id: int(time.time() * 1000)})  # ms, as keys.py
         await pipe.execute()
 
     async def deregister_worker(self, worker_id: str) -> None:

@@ -44,7 +44,8 @@ key                                    type    meaning
                                                group's record is gone then); TTL
 ``{p}:{q}:notify``                     pubsub  published when waiting goes from empty to not
 ``{p}:queues``                         SET     every queue name ever enqueued to
-``{p}:workers``                        ZSET    worker id → last heartbeat (ms)
+``{p}:workers``                        ZSET    worker id → last heartbeat (ms, the worker's
+                                               clock); liveness is the registration's TTL
 ``{p}:worker:<id>``                    STRING  worker registration JSON, expires with its TTL
 =====================================  ======  ===================================================
 """

@@ -22,8 +22,8 @@ from shoal.schedule_plan import (
 from shoal.schedules import Run, Schedule, make
 
 
-def ms(*parts: int) -> int:
-    return round(datetime(*parts, tzinfo=UTC).timestamp() * 1000)  # type: ignore[misc]
+def ms(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> int:
+    return round(datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp() * 1000)
 
 
 def sched(name: str = "s", **changes: object) -> Schedule:

@@ -187,7 +187,7 @@ class Scheduler:
             after = time.time()
             self._offset_s = redis_now_s - (before + after) / 2
         now_ms = int(self.now() * 1000)
-        records = {}
+        records: dict[str, tuple[dict[bytes, bytes], dict[bytes, bytes]]] = {}
         for queue in self.queues:
             mine = [(n, s.to_json()) for (q, n), s in self.code.items() if q == queue]
             await self.broker.publish_schedules(queue, now_ms, mine)  # none is news too

@@ -8,18 +8,17 @@ claim are written together, and only by the first process to get there, so N wor
 processes still run each tick once. Redis errors are logged and retried; they never end it.
 
 The blocking helpers at the bottom (:func:`stored`, :func:`write_queue_schedules`) are what the
-CLI and the operator use.
+CLI and the operator use. What any of them decides from the records read lives in
+:mod:`shoal.schedule_plan` (pure, tested without Redis); this module reads and writes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shoal.autoscale import ScheduledTick
@@ -33,6 +32,16 @@ from shoal.protocol import (
     Broker,
     Guard,
 )
+from shoal.schedule_plan import (
+    STALE_AFTER_S,
+    Listed,
+    carry_over,
+    claimed_messages,
+    earliest_unclaimed,
+    listing,
+    merge_active,
+    queue_schedules_diff,
+)
 from shoal.schedules import (
     Decision,
     Run,
@@ -41,14 +50,22 @@ from shoal.schedules import (
     explain_lateness,
     message_id,
     next_tick,
-    pending_tick,
-    source_of,
 )
 
 if TYPE_CHECKING:
     from shoal.task import Producer
 
 log = logging.getLogger("shoal.scheduler")
+
+__all__ = [
+    "STALE_AFTER_S",
+    "Listed",
+    "Scheduler",
+    "next_unclaimed_tick",
+    "prune_stale",
+    "stored",
+    "write_queue_schedules",
+]
 
 WAKE_LATE_S = 0.005
 """Wake this much after a tick is due, so the timer's rounding never wakes us just before it."""
@@ -172,40 +189,21 @@ class Scheduler:
             after = time.time()
             self._offset_s = redis_now_s - (before + after) / 2
         now_ms = int(self.now() * 1000)
-        active: dict[tuple[str, str], Schedule] = {}
-        last: dict[tuple[str, str], int] = {}
+        records: dict[str, tuple[dict[bytes, bytes], dict[bytes, bytes]]] = {}
         for queue in self.queues:
             mine = [(n, s.to_json()) for (q, n), s in self.code.items() if q == queue]
             await self.broker.publish_schedules(queue, now_ms, mine)  # none is news too
-            stored, runs = await self.broker.schedule_records(queue)
-            for (q, name), schedule in self.code.items():
-                if q == queue:
-                    active[(q, name)] = schedule
-            for raw_name, raw in stored.items():
-                if source_of(raw) != "queue":
-                    continue  # code schedules come from the code, not from Redis
-                parsed = self._parse(queue, raw_name, raw)
-                if parsed is not None:
-                    active[(queue, parsed.name)] = parsed
-            for raw_name, value in runs.items():
-                claim = Run.parse(value)
-                key = (queue, raw_name.decode(errors="replace"))
-                if claim is not None and key in active and claim.counts_for(active[key]):
-                    last[key] = claim.tick_ms
-        for key, schedule in active.items():
-            if self.active.get(key) != schedule:
-                self.due.pop(key, None)  # new or changed: look at it now
-        self.active = active
-        self.last = {key: max(t, self.last.get(key, t)) for key, t in last.items()}
+            records[queue] = await self.broker.schedule_records(queue)
+        merged = merge_active(self.code, records, self._parse)
+        for key, problem in merged.invalid.items():
+            self._report(key, f"ignored: {problem}")
+        self.active, self.last, self.due = carry_over(self.active, self.last, self.due, merged)
 
-    def _parse(self, queue: str, raw_name: bytes, raw: bytes) -> Schedule | None:
-        schedule = self._parsed.get((queue, raw))  # the JSON does not name its queue
+    def _parse(self, queue: str, raw: bytes) -> Schedule:
+        """A stored schedule, parsed once per content (the JSON does not name its queue)."""
+        schedule = self._parsed.get((queue, raw))
         if schedule is None:
-            try:
-                schedule = Schedule.from_json(queue, raw)
-            except ShoalError as exc:
-                self._report((queue, raw_name.decode(errors="replace")), f"ignored: {exc}")
-                return None
+            schedule = Schedule.from_json(queue, raw)  # ShoalError: reported by refresh
             if len(self._parsed) > 4096:
                 self._parsed.clear()
             self._parsed[queue, raw] = schedule
@@ -253,63 +251,13 @@ class Scheduler:
 # --- blocking helpers: the CLI and the operator --------------------------------------------
 
 
-STALE_AFTER_S = 600.0
-"""A code schedule no worker has declared for this long is listed as stale (removed from the
-code, or its workers are all gone): ``shoal schedules --prune`` deletes it."""
-
-
-@dataclass(frozen=True, slots=True)
-class Listed:
-    """A stored schedule (or why it cannot be used), its next run, its last claim and that
-    run's outcome."""
-
-    queue: str
-    name: str
-    schedule: Schedule | None
-    error: str | None
-    next_ms: int | None
-    last: Run | None
-    outcome: str
-    stale: bool
-
-
 def stored(broker: Broker, queue: str, now_ms: int | None = None) -> list[Listed]:
     """The schedules stored for ``queue``, with their last run's outcome: O(1) per schedule
     (the message still stored → waiting/running; in the DLQ → failed; gone → finished, which
     is also what a failure whose dead letter was purged looks like)."""
-    redis_now_ms, [(raw, runs, seen, _)] = broker.schedule_snapshot([queue])
-    now_ms = redis_now_ms if now_ms is None else now_ms
-    out = []
-    for raw_name in sorted(raw):
-        name = raw_name.decode(errors="replace")
-        schedule: Schedule | None = None
-        error = upcoming = None
-        try:
-            schedule = Schedule.from_json(queue, raw[raw_name])
-            upcoming = None if schedule.suspend else next_tick(schedule, now_ms)
-        except Exception as exc:  # one unusable entry must not hide the others
-            error = str(exc) if isinstance(exc, ShoalError) else f"{type(exc).__name__}: {exc}"
-        last = Run.parse(runs.get(raw_name))
-        declared = seen.get(raw_name)
-        stale = source_of(raw[raw_name]) == "code" and (
-            declared is None or now_ms - int(declared) > STALE_AFTER_S * 1000
-        )
-        outcome = _outcome(broker, queue, last)
-        out.append(Listed(queue, name, schedule, error, upcoming, last, outcome, stale))
-    return out
-
-
-def _outcome(broker: Broker, queue: str, last: Run | None) -> str:
-    """What became of the last claimed tick, and why it ran late or not at all."""
-    if last is None:
-        return "-"
-    late = last.lateness()
-    if last.message_id is None:
-        return late or f"not run ({last.reason})"
-    outcome = {"stored": "waiting/running", "dead": "failed (dead-lettered)"}.get(
-        broker.whereabouts(queue, last.message_id) or "", "finished"
-    )
-    return f"{outcome}, {late}" if late else outcome
+    redis_now_ms, [records] = broker.schedule_snapshot([queue])
+    where = {mid: broker.whereabouts(queue, mid) for mid in claimed_messages(records)}
+    return listing(queue, records, redis_now_ms if now_ms is None else now_ms, where)
 
 
 def next_unclaimed_tick(
@@ -324,43 +272,7 @@ def next_unclaimed_tick(
     stopped declaring (:data:`STALE_AFTER_S` before their latest declaration: removed from the
     code). A fleet asleep declares nothing, so its code schedules all stay in."""
     now_ms, records = broker.schedule_snapshot(queues)
-    since_ms = now_ms - int(hold_s * 1000)
-    best: tuple[int, str, str] | None = None
-    for queue, (raw, runs, seen, marker) in zip(queues, records, strict=True):
-        declared = [int(v) for v in (*seen.values(), marker or b"") if v.isdigit()]
-        latest_declared = max(declared, default=None)
-        for raw_name, blob in raw.items():
-            schedule = _parsed(queue, blob)
-            if schedule is None or schedule.suspend:
-                continue
-            stamp = seen.get(raw_name, b"")
-            if (
-                schedule.source == "code"
-                and latest_declared is not None
-                and stamp.isdigit()
-                and latest_declared - int(stamp) > STALE_AFTER_S * 1000
-            ):
-                continue
-            last = Run.parse(runs.get(raw_name))
-            last_ms = last.tick_ms if last is not None and last.counts_for(schedule) else None
-            try:
-                tick = pending_tick(schedule, last_ms, now_ms, since_ms)
-            except Exception:  # a cron croniter cannot walk: its workers report it
-                continue
-            if best is None or tick < best[0]:
-                best = (tick, queue, schedule.name)
-    if best is None:
-        return None
-    tick, queue, name = best
-    return ScheduledTick(schedule=name, queue=queue, in_s=(tick - now_ms) / 1000)
-
-
-@functools.lru_cache(maxsize=4096)
-def _parsed(queue: str, raw: bytes) -> Schedule | None:
-    try:
-        return Schedule.from_json(queue, raw)
-    except ShoalError:
-        return None
+    return earliest_unclaimed(queues, records, now_ms, hold_s)
 
 
 def write_queue_schedules(
@@ -372,15 +284,7 @@ def write_queue_schedules(
     later starts afresh); names in ``keep`` (listed, but invalid now) keep what is stored, so
     a broken edit never un-suspends anything. Writes only what differs, in one transaction
     (workers see no gap); returns whether anything changed."""
-    current = broker.schedule_records(queue).schedules
-    wanted = {s.name.encode(): s.to_json() for s in schedules}
-    kept = {name.encode() for name in keep}
-    gone = [
-        n
-        for n, raw in current.items()
-        if source_of(raw) == "queue" and n not in wanted and n not in kept
-    ]
-    changed = {n: raw for n, raw in wanted.items() if current.get(n) != raw}
+    changed, gone = queue_schedules_diff(broker.schedule_records(queue).schedules, schedules, keep)
     if not gone and not changed:
         return False
     broker.write_schedules(queue, changed, gone)

@@ -52,6 +52,7 @@ from shoal.scheduler import Scheduler
 from shoal.signing import BadSignature
 from shoal.task import Task
 from shoal.version import __version__
+from shoal.workflow_steps import Steps
 
 log = logging.getLogger("shoal.worker")
 
@@ -104,7 +105,7 @@ class Worker:
         self._rr = 0
         self.hooks = app.hooks
         """The hooks of the middleware active in this process (set again once booted)."""
-        self.steps = workflow.Steps(app.producer, self.broker, self.hooks)
+        self.steps = Steps(app.producer, self.broker, self.hooks)
         """Carries workflow members on (chain, group, chord) before they are acked."""
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -126,7 +127,7 @@ class Worker:
         )
         self.app.hooks.emit("before_worker_boot", self)
         self.hooks = Hooks([m for m in self.app.middleware if m.active_in_worker()])
-        self.steps = workflow.Steps(self.app.producer, self.broker, self.hooks)
+        self.steps = Steps(self.app.producer, self.broker, self.hooks)
         background = [
             asyncio.create_task(self._ack_loop()),
             asyncio.create_task(self._heartbeat_loop()),

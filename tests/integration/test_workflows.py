@@ -30,7 +30,8 @@ from shoal.middleware import Retries
 from shoal.middleware.tracing import Tracing
 from shoal.protocol import AsyncBroker, Broker
 from shoal.worker import Worker
-from shoal.workflow import OPTION, Steps
+from shoal.workflow import OPTION
+from shoal.workflow_steps import Steps
 
 Calls = dict[str, list[Any]]
 

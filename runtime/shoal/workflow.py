@@ -43,6 +43,8 @@ import orjson
 from shoal.errors import EnqueueError, WorkflowError
 from shoal.message import Message
 from shoal.protocol import AsyncBroker, Guard
+from shoal.protocol.results import encode_failure, encode_success_json
+from shoal.reasons import Reason
 from shoal.task import encode_batch
 
 if TYPE_CHECKING:
@@ -240,23 +242,18 @@ def _result_json(message: Message, result: Any) -> bytes:
 
 def final_result(message: Message, result: Any) -> bytes:
     """What the last step stores for the workflow's handle; WorkflowError when not JSON."""
-    return b'{"ok":true,"value":' + _result_json(message, result) + b"}"
+    return encode_success_json(_result_json(message, result))
 
 
-def failure(message: Message, reason: str, error: str) -> bytes:
+def failure(message: Message, reason: Reason, error: str) -> bytes:
     """The result a dead-lettered member leaves for the workflow's handle: what failed, and how
     to carry the workflow on."""
-    return orjson.dumps(
-        {
-            "ok": False,
-            "error": (
-                f"member {message.task} {message.id} on queue {message.queue!r} was "
-                f"dead-lettered ({reason}): {error}. Fix the cause, then "
-                f"`shoal dlq replay {message.queue} {message.id}` carries the workflow on"
-            ),
-            "member": message.id,
-            "reason": reason,
-        }
+    return encode_failure(
+        f"member {message.task} {message.id} on queue {message.queue!r} was "
+        f"dead-lettered ({reason}): {error}. Fix the cause, then "
+        f"`shoal dlq replay {message.queue} {message.id}` carries the workflow on",
+        member=message.id,
+        reason=reason,
     )
 
 
@@ -309,7 +306,7 @@ class Steps:
         except EnqueueError as exc:  # the next step's message is refused (too large, …)
             raise WorkflowError(f"workflow {meta.kind} {meta.id}: {exc}") from None
 
-    async def failed(self, message: Message, reason: str, error: str) -> None:
+    async def failed(self, message: Message, reason: Reason, error: str) -> None:
         """A member was dead-lettered: the workflow fails with its error, unless the member had
         already fed its next step (a redelivery failing after the first run carried on) or the
         workflow already succeeded. A replayed member that succeeds carries the workflow on."""

@@ -27,7 +27,7 @@ key                                    type    meaning
                                                renew, retry, hand back or dead-letter
 ``{p}:{q}:dedupe``                     HASH    dedupe key → id of the live message holding it
 ``{p}:{q}:config``                     HASH    queue defaults (max_retries, timeout, …)
-``{p}:{q}:result:<id>``                LIST    one result JSON, with a TTL
+``{p}:{q}:result:<id>``                LIST    one result JSON (:mod:`.results`), with a TTL
 ``{p}:{q}:schedules``                  HASH    schedule name → schedule JSON (code or Queue CR)
 ``{p}:{q}:schedule:runs``              HASH    schedule name → last claimed tick
                                                ``<tick_ms> <id|-> <claimed_ms> <timing>
@@ -45,7 +45,8 @@ key                                    type    meaning
 ``{p}:{q}:notify``                     pubsub  published when waiting goes from empty to not
 ``{p}:queues``                         SET     every queue name ever enqueued to
 ``{p}:workers``                        ZSET    worker id → last heartbeat (ms)
-``{p}:worker:<id>``                    STRING  worker registration JSON, expires with its TTL
+``{p}:worker:<id>``                    STRING  worker registration JSON (:mod:`.registry`),
+                                               expires with its TTL
 =====================================  ======  ===================================================
 """
 

@@ -111,8 +111,8 @@ class AsyncBroker(KeyedClient):
         dlq_id: str | None = None,
     ) -> bool:
         """Dead-letter a message; ``entry`` is (summary JSON, stored body) as built by
-        :func:`shoal.dead_letter.dead_letter_entry`; ``bounds`` is the DLQ's (max entries, max age in
-        seconds).
+        :func:`shoal.dead_letter.dead_letter_entry`; ``bounds`` is the DLQ's (max entries, max
+        age in seconds).
 
         ``owner``: the caller's owner token of a stored message (nothing happens, and False is
         returned, if it no longer owns the lease); None for a malformed waiting token, whose

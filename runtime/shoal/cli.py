@@ -16,9 +16,10 @@ from rich.table import Table
 
 from shoal import logs
 from shoal.app import App, load_app
-from shoal.dlq import REASONS, DeadLetter
+from shoal.dead_letter import DeadLetter
 from shoal.errors import ShoalError, TaskModuleError
 from shoal.protocol import QueueStats
+from shoal.reasons import meaning
 from shoal.settings import Settings
 from shoal.version import __version__
 
@@ -174,15 +175,15 @@ def workers_table(app: App) -> Table:
         table.add_column(col)
     for w in app.broker.workers():
         table.add_row(
-            w["id"],
-            w["host"],
-            ",".join(w["queues"]),
-            str(w["in_flight"]),
-            str(w["concurrency"]),
-            str(w["processed"]),
-            str(w.get("leases_lost", 0)),  # absent from workers older than this column
-            _age(time.time() - w["started_at"]),
-            w["version"],
+            w.id,
+            w.host,
+            ",".join(w.queues),
+            str(w.in_flight),
+            str(w.concurrency),
+            str(w.processed),
+            str(w.leases_lost),
+            _age(time.time() - w.started_at),
+            w.version,
         )
     return table
 
@@ -351,7 +352,7 @@ def dlq_show(queue: str, message_id: str) -> None:
         ("id", entry.id),
         ("task", entry.task),
         ("reason", entry.reason),
-        ("meaning", REASONS.get(entry.reason, "-")),
+        ("meaning", meaning(entry.reason)),
         (
             "replay",
             f"not replayable: {entry.refusal}; delete it with `shoal dlq purge {queue} {entry.id}`"

@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Iterator
 
-import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -23,6 +22,7 @@ from rich.table import Table
 from shoal.app import App
 from shoal.canvas import chord
 from shoal.errors import ShoalError
+from shoal.protocol.results import decode_result
 from shoal.protocol.server import LocalRedis
 
 app = App()
@@ -161,9 +161,9 @@ def _drive(producer: App, count: int, console: Console) -> None:
     waits = []
     results = producer.broker.stored_results(QUEUE, list(sent_at))
     for message_id, raw in zip(sent_at, results, strict=True):
-        result = orjson.loads(raw) if raw else {}
-        if result.get("ok"):
-            waits.append(result["value"][0] - sent_at[message_id])
+        result = decode_result(raw) if raw else None
+        if result is not None and result.ok:
+            waits.append(result.value[0] - sent_at[message_id])
     table = Table(title="shoal demo")
     table.add_column("figure")
     table.add_column("value", justify="right")

@@ -48,5 +48,5 @@ def in_flight_by_instance(broker: Broker) -> dict[str, int]:
     """Tasks in flight per worker instance (pod), from the live registrations."""
     out: dict[str, int] = {}
     for w in broker.workers():
-        out[w["host"]] = out.get(w["host"], 0) + int(w.get("in_flight", 0))
+        out[w.host] = out.get(w.host, 0) + w.in_flight
     return out

@@ -23,6 +23,7 @@ from shoal.errors import EnqueueError, ResultTimeout, TaskFailed, TaskNotFound
 from shoal.message import Message, new_message_id
 from shoal.middleware.hooks import Hooks
 from shoal.protocol import AsyncBroker, Broker, Guard, Outgoing
+from shoal.protocol.results import decode_result
 from shoal.settings import Seconds, Settings, to_seconds
 from shoal.signing import Signer
 
@@ -67,10 +68,10 @@ class Handle(Generic[R]):
                 f"no result for {self.task_name} {self.id} within {timeout_s:g}s; is a worker "
                 f"consuming {wanted}?"
             )
-        stored = orjson.loads(raw)
-        if not stored.get("ok"):
-            raise TaskFailed(f"{self.task_name} {self.id} failed: {stored.get('error')}")
-        value: R = stored["value"]
+        stored = decode_result(raw)
+        if not stored.ok:
+            raise TaskFailed(f"{self.task_name} {self.id} failed: {stored.error}")
+        value: R = stored.value
         return value
 
 

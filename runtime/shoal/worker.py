@@ -48,6 +48,9 @@ from shoal.protocol import (
     Leased,
 )
 from shoal.protocol.async_broker import Notifications
+from shoal.protocol.registry import WorkerRegistration
+from shoal.protocol.results import encode_failure, encode_success
+from shoal.reasons import Reason
 from shoal.scheduler import Scheduler
 from shoal.signing import BadSignature
 from shoal.task import Task
@@ -379,7 +382,7 @@ class Worker:
 
     def _admit(
         self, message_id: str, data: bytes, deliveries: int
-    ) -> tuple[Message | None, Task[Any, Any] | None, tuple[str, Exception] | None]:
+    ) -> tuple[Message | None, Task[Any, Any] | None, tuple[Reason, Exception] | None]:
         """Check a fetched message before it runs; a rejection is (DLQ reason, error).
 
         A message is only returned when it can be trusted to act on its own behalf (its
@@ -448,7 +451,7 @@ class Worker:
                     timeout_s,
                     self.settings.hard_timeout_grace_s,
                 )
-            stored = orjson.dumps({"ok": True, "value": result}) if task.store_result else None
+            stored = encode_success(result) if task.store_result else None
         except HardTimeout as exc:
             error = exc
             log.error(
@@ -532,7 +535,7 @@ class Worker:
         message_id: str | bytes,
         message: Message | None,
         task: Task[Any, Any] | None,
-        reason: str,
+        reason: Reason,
         error: BaseException,
         raw: bytes | None = None,
         *,
@@ -558,7 +561,7 @@ class Worker:
         )
         result = None
         if task is not None and task.store_result and flow is None:  # a workflow: see below
-            result = orjson.dumps({"ok": False, "error": f"{reason}: {dlq.describe(error)}"})
+            result = encode_failure(f"{reason}: {dlq.describe(error)}")
         log.error(
             "message %s on %s dead-lettered (%s): %s", shown_id, queue, reason, dlq.describe(error)
         )
@@ -636,21 +639,19 @@ class Worker:
                 for queue in self.queues:
                     await self._renew(queue)
                 await self._refresh_queue_defaults()
-                info = orjson.dumps(
-                    {
-                        "id": self.id,
-                        "host": self.settings.instance,
-                        "pid": os.getpid(),
-                        "queues": self.queues,
-                        "in_flight": self.busy,
-                        "concurrency": self.concurrency,
-                        "processed": self.processed,
-                        "leases_lost": self.leases.lost,
-                        "started_at": self.started_at,
-                        "version": __version__,
-                    }
+                info = WorkerRegistration(
+                    id=self.id,
+                    host=self.settings.instance,
+                    pid=os.getpid(),
+                    queues=tuple(self.queues),
+                    in_flight=self.busy,
+                    concurrency=self.concurrency,
+                    processed=self.processed,
+                    leases_lost=self.leases.lost,
+                    started_at=self.started_at,
+                    version=__version__,
                 )
-                await self.broker.register_worker(self.id, info, self.settings.worker_ttl_s)
+                await self.broker.register_worker(info, self.settings.worker_ttl_s)
             except REDIS_ERRORS as exc:
                 log.warning("worker %s: heartbeat failed (%s)", self.id, exc)
             with contextlib.suppress(TimeoutError):

@@ -36,15 +36,14 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from shoal.errors import WorkflowError
 from shoal.message import Message
-
-if TYPE_CHECKING:
-    pass
+from shoal.protocol.results import encode_failure, encode_success_json
+from shoal.reasons import Reason
 
 Node = dict[str, Any]
 Frame = dict[str, Any]
@@ -238,21 +237,16 @@ def _result_json(message: Message, result: Any) -> bytes:
 
 def final_result(message: Message, result: Any) -> bytes:
     """What the last step stores for the workflow's handle; WorkflowError when not JSON."""
-    return b'{"ok":true,"value":' + _result_json(message, result) + b"}"
+    return encode_success_json(_result_json(message, result))
 
 
-def failure(message: Message, reason: str, error: str) -> bytes:
+def failure(message: Message, reason: Reason, error: str) -> bytes:
     """The result a dead-lettered member leaves for the workflow's handle: what failed, and how
     to carry the workflow on."""
-    return orjson.dumps(
-        {
-            "ok": False,
-            "error": (
-                f"member {message.task} {message.id} on queue {message.queue!r} was "
-                f"dead-lettered ({reason}): {error}. Fix the cause, then "
-                f"`shoal dlq replay {message.queue} {message.id}` carries the workflow on"
-            ),
-            "member": message.id,
-            "reason": reason,
-        }
+    return encode_failure(
+        f"member {message.task} {message.id} on queue {message.queue!r} was "
+        f"dead-lettered ({reason}): {error}. Fix the cause, then "
+        f"`shoal dlq replay {message.queue} {message.id}` carries the workflow on",
+        member=message.id,
+        reason=reason,
     )

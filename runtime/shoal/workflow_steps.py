@@ -13,6 +13,7 @@ import orjson
 from shoal.errors import EnqueueError, WorkflowError
 from shoal.message import Message
 from shoal.protocol import AsyncBroker, Guard
+from shoal.reasons import Reason
 from shoal.workflow import (
     OPTION,
     Frame,
@@ -79,7 +80,7 @@ class Steps:
         except EnqueueError as exc:  # the next step's message is refused (too large, …)
             raise WorkflowError(f"workflow {meta.kind} {meta.id}: {exc}") from None
 
-    async def failed(self, message: Message, reason: str, error: str) -> None:
+    async def failed(self, message: Message, reason: Reason, error: str) -> None:
         """A member was dead-lettered: the workflow fails with its error, unless the member had
         already fed its next step (a redelivery failing after the first run carried on) or the
         workflow already succeeded. A replayed member that succeeds carries the workflow on."""

@@ -22,14 +22,14 @@ from processes import WorkerProcess, runs
 from helpers import wait_for
 from shoal import App
 from shoal.cli import cli
-from shoal.dlq import (
+from shoal.dead_letter import (
     ERROR_BYTES,
     EXCERPT_BYTES,
-    REASONS,
     TRACEBACK_BYTES,
     dead_letter_entry,
 )
 from shoal.message import Message, new_message_id
+from shoal.reasons import REASONS
 
 TEN_MIB = 10 * 1024 * 1024
 

@@ -5,24 +5,24 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 import pytest
 
 import shoal
-from shoal.dlq import (
+from shoal.dead_letter import (
     ERROR_BYTES,
     EXCERPT_BYTES,
-    REASONS,
     TRACEBACK_BYTES,
-    UNREPLAYABLE,
     DeadLetter,
     clip,
     clip_middle,
     dead_letter_entry,
+    read_entry,
 )
 from shoal.message import Message
+from shoal.reasons import REASONS, UNREPLAYABLE, Reason, is_reason, meaning
 from shoal.signing import Signer
 
 RUNTIME = Path(shoal.__file__).parent
@@ -124,6 +124,55 @@ def test_clip_never_exceeds_its_limit() -> None:
     assert clip("short", 4096) == "short"
 
 
+def test_an_entry_round_trips_through_its_reader() -> None:
+    message = Message(
+        "m5", "pay", "q", [1], {}, 7.0, attempt=1, headers={"traceparent": "00-abc-def-01"}
+    )
+    flow = {"id": "wf", "kind": "chain"}
+    error = raised(ValueError("boom"))
+    summary_json, body = dead_letter_entry(
+        "m5", "q", message, "not_retryable", error, workflow=flow
+    )
+    entry = read_entry("m5", summary_json, body)
+    data = summary(summary_json)
+    assert entry == DeadLetter(
+        id="m5",
+        queue="q",
+        task="pay",
+        reason="not_retryable",
+        error="ValueError: boom",
+        exception_type="ValueError",
+        traceback=data["traceback"],
+        attempts=2,
+        enqueued_at=7.0,
+        failed_at=data["failed_at"],
+        traceparent="00-abc-def-01",
+        workflow=flow,
+        size=len(body),
+        stored="envelope",
+        body=body,
+    )
+    assert entry.trace_id == "abc" and entry.message == message.encode().decode()
+
+
+def test_an_entry_from_a_newer_shoal_reads_without_its_new_fields() -> None:
+    summary_json, body = dead_letter_entry("m6", "q", None, "undecodable", ValueError("x"), b"?")
+    newer = orjson.dumps({**summary(summary_json), "region": "eu", "hops": [1, 2]})
+    assert read_entry("m6", newer, body) == read_entry("m6", summary_json, body)
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[]", b'{"queue":"q"}'])
+def test_a_summary_that_is_not_one_reads_as_unreadable(raw: bytes) -> None:
+    entry = read_entry("m7", raw, b"body")
+    assert (entry.id, entry.reason, entry.stored, entry.body) == (
+        "m7",
+        "unreadable",
+        "excerpt",
+        b"body",
+    )
+    assert entry.refusal is not None
+
+
 def test_old_entries_carry_their_message_inside() -> None:
     old = orjson.dumps({"id": "o1", "queue": "q", "reason": "unknown_task", "message": "{}"})
     entry = DeadLetter.from_json(old)
@@ -169,3 +218,10 @@ def test_unreplayable_reasons_are_known_and_cover_what_failed_verification() -> 
     assert REASONS.keys() >= UNREPLAYABLE
     assert {"bad_signature", "undecodable", "too_large", "id_mismatch"} <= UNREPLAYABLE
     assert "retries_exhausted" not in UNREPLAYABLE and "bad_arguments" not in UNREPLAYABLE
+
+
+def test_the_reason_type_and_the_descriptions_name_the_same_reasons() -> None:
+    assert set(get_args(Reason)) == REASONS.keys()
+    assert all(is_reason(r) for r in REASONS) and not is_reason("no_such_reason")
+    assert meaning("too_large") == REASONS["too_large"]
+    assert meaning("from_a_newer_shoal") == "-"  # a reason this version does not know

@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from shoal.reasons import Reason
+
 if TYPE_CHECKING:
     from shoal.message import Message
     from shoal.task import Task
@@ -22,7 +24,7 @@ class Outcome:
     exception: BaseException
     options: Mapping[str, Any] = field(default_factory=dict)
     """The message's effective options: its own, then the task's, then the queue defaults."""
-    reason: str = "failed"
+    reason: Reason = "failed"
     retry_in_s: float | None = None
 
 

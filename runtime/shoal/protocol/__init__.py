@@ -10,6 +10,8 @@ runtime or the operator issues a Redis command.
   the URL;
 * :mod:`~shoal.protocol.broker`: the blocking client (producers, the CLI, the operator);
 * :mod:`~shoal.protocol.async_broker`: the worker's asyncio client;
+* :mod:`~shoal.protocol.results`: the result envelope a handle reads (shared with two scripts);
+* :mod:`~shoal.protocol.registry`: the registration each live worker keeps fresh;
 * :mod:`~shoal.protocol.server`: a local ``redis-server`` for the demo, ``shoal dev`` and tests.
 """
 

@@ -14,6 +14,7 @@ from redis.commands.core import AsyncScript
 from shoal import queue_defaults
 from shoal.protocol.connection import redis_call_timeout_s
 from shoal.protocol.keys import QueueKeys, queues_key, worker_key, workers_key
+from shoal.protocol.registry import WorkerRegistration
 from shoal.protocol.scripts import (
     SCRIPT_NAMES,
     Call,
@@ -110,8 +111,8 @@ class AsyncBroker(KeyedClient):
         dlq_id: str | None = None,
     ) -> bool:
         """Dead-letter a message; ``entry`` is (summary JSON, stored body) as built by
-        :func:`shoal.dlq.dead_letter_entry`; ``bounds`` is the DLQ's (max entries, max age in
-        seconds).
+        :func:`shoal.dead_letter.dead_letter_entry`; ``bounds`` is the DLQ's (max entries, max
+        age in seconds).
 
         ``owner``: the caller's owner token of a stored message (nothing happens, and False is
         returned, if it no longer owns the lease); None for a malformed waiting token, whose
@@ -208,11 +209,12 @@ class AsyncBroker(KeyedClient):
 
     # --- the worker registry ----------------------------------------------------------------
 
-    async def register_worker(self, worker_id: str, registration: bytes, ttl_s: float) -> None:
+    async def register_worker(self, registration: WorkerRegistration, ttl_s: float) -> None:
         """Write (or refresh) a worker's registration, which lapses after ``ttl_s``."""
         prefix = self.settings.key_prefix
+        worker_id = registration.id
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(worker_key(prefix, worker_id), registration, px=int(ttl_s * 1000))
+        pipe.set(worker_key(prefix, worker_id), registration.to_json(), px=int(ttl_s * 1000))
         pipe.zadd(workers_key(prefix), {worker_id: int(time.time() * 1000)})  # ms, as keys.py
         await pipe.execute()
 

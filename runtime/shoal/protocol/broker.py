@@ -6,7 +6,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-import orjson
 import redis
 from redis.backoff import NoBackoff
 from redis.commands.core import Script
@@ -25,6 +24,7 @@ from shoal.protocol.connection import (
     redis_full,
 )
 from shoal.protocol.keys import QueueKeys, queues_key, worker_key, workers_key
+from shoal.protocol.registry import WorkerRegistration
 from shoal.protocol.scripts import (
     SCRIPT_NAMES,
     Call,
@@ -165,8 +165,8 @@ class Broker(KeyedClient):
             raise connection_error(self.settings.redis_url, exc) from exc
         return [QueueStats.from_reply(q, r) for q, r in zip(queues, replies, strict=True)]
 
-    def workers(self) -> list[dict[str, Any]]:
-        """Live worker registrations (id, host, queues, in_flight, …); expired ones pruned."""
+    def workers(self) -> list[WorkerRegistration]:
+        """Live worker registrations; expired ones pruned."""
         prefix = self.settings.key_prefix
         raw_ids: list[bytes] = self.redis.zrange(workers_key(prefix), 0, -1)  # type: ignore[assignment]
         ids = [i.decode() for i in raw_ids]
@@ -178,7 +178,7 @@ class Broker(KeyedClient):
             if blob is None:  # its process died without deregistering
                 self.redis.zrem(workers_key(prefix), worker_id)
             else:
-                live.append(orjson.loads(blob))
+                live.append(WorkerRegistration.from_json(blob))
         return live
 
     def queues(self) -> list[str]:

@@ -27,7 +27,7 @@ key                                    type    meaning
                                                renew, retry, hand back or dead-letter
 ``{p}:{q}:dedupe``                     HASH    dedupe key → id of the live message holding it
 ``{p}:{q}:config``                     HASH    queue defaults (max_retries, timeout, …)
-``{p}:{q}:result:<id>``                LIST    one result JSON, with a TTL
+``{p}:{q}:result:<id>``                LIST    one result JSON (:mod:`.results`), with a TTL
 ``{p}:{q}:schedules``                  HASH    schedule name → schedule JSON (code or Queue CR)
 ``{p}:{q}:schedule:runs``              HASH    schedule name → last claimed tick
                                                ``<tick_ms> <id|-> <claimed_ms> <timing>
@@ -46,7 +46,8 @@ key                                    type    meaning
 ``{p}:queues``                         SET     every queue name ever enqueued to
 ``{p}:workers``                        ZSET    worker id → last heartbeat (ms, the worker's
                                                clock); liveness is the registration's TTL
-``{p}:worker:<id>``                    STRING  worker registration JSON, expires with its TTL
+``{p}:worker:<id>``                    STRING  worker registration JSON (:mod:`.registry`),
+                                               expires with its TTL
 =====================================  ======  ===================================================
 """
 

@@ -6,7 +6,8 @@
 -- KEYS[2] done    STRING  set once what follows the group has started (group_done, or here for
 --                         a group that ends its workflow); the results are dropped then
 -- KEYS[3] result  LIST    the workflow's result key in this slot: gets {"ok":true,"value":[...]}
---                         when the group ends the workflow ("then" is [])
+--                         when the group ends the workflow ("then" is []): the success
+--                         shape of shoal/protocol/results.py, which reads it
 -- ARGV[1] member index, ARGV[2] its result JSON, ARGV[3] workflow TTL (ms), ARGV[4] result TTL
 -- Returns {"started"} when what follows already started (a late duplicate: nothing to do),
 -- {"expired"} when the record is gone, {"waiting"} while members are missing, else

@@ -1,0 +1,59 @@
+"""The worker registration: what each live worker writes to ``{p}:worker:<id>`` every heartbeat.
+
+Written by the worker, read by ``shoal info --workers``, ``shoal dev`` and the operator (pod
+deletion costs). Workers of different versions share a Redis during a rollout, so the reader
+takes what it knows and defaults what an older worker did not write; it ignores the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRegistration:
+    """One worker process, as it last described itself."""
+
+    id: str
+    host: str = ""
+    """The instance (pod name, or host name) it runs on: ``SHOAL_INSTANCE``."""
+    pid: int = 0
+    queues: tuple[str, ...] = ()
+    in_flight: int = 0
+    concurrency: int = 0
+    processed: int = 0
+    leases_lost: int = 0
+    """Absent from workers older than this field: 0."""
+    started_at: float = 0.0
+    """Unix time the worker started."""
+    version: str = ""
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> WorkerRegistration:
+        """A registration; ValueError when ``raw`` is not a JSON object with an ``id``."""
+        data = orjson.loads(raw)
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+            raise ValueError(f"not a worker registration: {raw[:200]!r}")
+        return cls(
+            id=data["id"],
+            host=str(data.get("host") or ""),
+            pid=_int(data.get("pid")),
+            queues=tuple(str(q) for q in data.get("queues") or ()),
+            in_flight=_int(data.get("in_flight")),
+            concurrency=_int(data.get("concurrency")),
+            processed=_int(data.get("processed")),
+            leases_lost=_int(data.get("leases_lost")),
+            started_at=float(data.get("started_at") or 0.0),
+            version=str(data.get("version") or ""),
+        )
+
+
+def _int(value: Any) -> int:
+    return int(value or 0)

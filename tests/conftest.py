@@ -1,7 +1,7 @@
 """Fixtures shared by the whole suite: a real redis-server, clean keyspaces, in-process workers.
 
 * ``redis_server`` (session): our own ``redis-server`` on a free loopback port, via
-  :class:`shoal.redis_server.LocalRedis`; stopped by PID at the end. Never port 6379.
+  :class:`shoal.protocol.server.LocalRedis`; stopped by PID at the end. Never port 6379.
 * ``redis_url`` (function): the server's URL after a FLUSHALL, so every test starts empty.
 * ``app``: an :class:`shoal.App` on that Redis with a key prefix of its own.
 * ``worker``: runs a :class:`shoal.worker.Worker` in a thread; ``burst=True`` returns when drained,

@@ -54,20 +54,35 @@ class App:
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: dict[str, Schedule] = {}
         """Periodic schedules declared in code (``@app.periodic``, ``app.schedule``), by name."""
-        self.signer = Signer(settings.signing_keys)
-        self.producer = Producer(settings, self.signer, Hooks(self.middleware), self.tasks)
+        signer = Signer(settings.signing_keys)
+        self.producer = Producer(settings, signer, Hooks(self.middleware), self.tasks)
         """The send pipeline this App's tasks, workflows and DLQ use."""
         self._refresh_hooks()
 
     @property
     def settings(self) -> Settings:
-        """The App's settings; replacing them takes effect at the next Redis connection
-        (after :meth:`close`)."""
+        """The App's settings. Replaced ones apply to what is sent next; the Redis connection
+        follows after :meth:`close`, and the signer stays the one built from the first
+        ``signing_keys`` (assign :attr:`signer` to change it)."""
         return self.producer.settings
 
     @settings.setter
     def settings(self, settings: Settings) -> None:
         self.producer.settings = settings
+
+    @property
+    def signer(self) -> Signer:
+        """Seals what this App sends and opens what its workers receive (one for both)."""
+        return self.producer.signer
+
+    @signer.setter
+    def signer(self, signer: Signer) -> None:
+        self.producer.signer = signer
+
+    @property
+    def hooks(self) -> Hooks:
+        """The hooks of this App's middleware (rebuilt when middleware is added)."""
+        return self.producer.hooks
 
     def __repr__(self) -> str:
         s = self.settings
@@ -82,7 +97,7 @@ class App:
         self._refresh_hooks()
 
     def _refresh_hooks(self) -> None:
-        self.hooks = self.producer.hooks = Hooks(self.middleware)
+        self.producer.hooks = Hooks(self.middleware)
         self.task_options = CORE_OPTIONS.union(*(m.task_options for m in self.middleware))
 
     # --- tasks ------------------------------------------------------------------------------

@@ -193,7 +193,7 @@ class Scheduler:
         for queue in self.queues:
             mine = [(n, s.to_json()) for (q, n), s in self.code.items() if q == queue]
             await self.broker.publish_schedules(queue, now_ms, mine)  # none is news too
-            records[queue] = await self.broker.schedule_records(queue)
+            records[queue] = await self.broker.schedules_and_claims(queue)
         merged = merge_active(self.code, records, self._parse)
         for key, problem in merged.invalid.items():
             self._report(key, f"ignored: {problem}")
@@ -284,7 +284,7 @@ def write_queue_schedules(
     later starts afresh); names in ``keep`` (listed, but invalid now) keep what is stored, so
     a broken edit never un-suspends anything. Writes only what differs, in one transaction
     (workers see no gap); returns whether anything changed."""
-    changed, gone = queue_schedules_diff(broker.schedule_records(queue).schedules, schedules, keep)
+    changed, gone = queue_schedules_diff(broker.stored_schedules(queue), schedules, keep)
     if not gone and not changed:
         return False
     broker.write_schedules(queue, changed, gone)

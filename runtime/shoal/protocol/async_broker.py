@@ -1,4 +1,6 @@
-"""The worker's asyncio client: every transition a worker makes, one script call each."""
+"""The worker's asyncio client: every transition a worker makes (one script call each), and the
+few plain reads and writes a worker needs besides (the clock, schedules, workflow checks, its
+registration, the notify channels)."""
 
 from __future__ import annotations
 
@@ -182,7 +184,9 @@ class AsyncBroker(KeyedClient):
         seconds, micros = await self.redis.time()
         return seconds + micros / 1e6
 
-    async def schedule_records(self, queue: str) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+    async def schedules_and_claims(
+        self, queue: str
+    ) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
         """``queue``'s stored schedules (name → JSON) and their claims (name → last tick)."""
         k = self.keys(queue)
         pipe = self.redis.pipeline(transaction=False)

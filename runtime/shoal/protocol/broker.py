@@ -45,7 +45,8 @@ from shoal.settings import Settings
 
 
 class Broker(KeyedClient):
-    """Blocking Redis client for producers, the CLI and the operator's measurements."""
+    """Blocking Redis client for producers, the CLI and the operator: message transitions, and
+    the plain reads and writes of queue defaults, dead letters, schedules and the registries."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -267,9 +268,10 @@ class Broker(KeyedClient):
 
     # --- schedules (``{p}:{q}:schedules`` and claims; workers claim ticks in ``enqueue.lua``) ---
 
-    def schedule_records(self, queue: str) -> ScheduleRecords:
-        """What is stored about ``queue``'s schedules, in one round trip."""
-        return self.schedule_snapshot([queue])[1][0]
+    def stored_schedules(self, queue: str) -> dict[bytes, bytes]:
+        """``queue``'s stored schedules (name → JSON), nothing else."""
+        found: dict[bytes, bytes] = self.redis.hgetall(self.keys(queue).schedules)  # type: ignore[assignment]
+        return found
 
     def schedule_snapshot(self, queues: Sequence[str]) -> tuple[int, list[ScheduleRecords]]:
         """Redis's clock (ms) and the schedule records of ``queues``, in one round trip."""

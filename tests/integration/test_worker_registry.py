@@ -10,6 +10,7 @@ from collections.abc import Callable
 from shoal import App
 from shoal.protocol import AsyncBroker
 from shoal.protocol.keys import workers_key
+from shoal.protocol.registry import WorkerRegistration
 
 
 def test_a_registration_is_scored_with_its_heartbeat_in_milliseconds(
@@ -20,7 +21,7 @@ def test_a_registration_is_scored_with_its_heartbeat_in_milliseconds(
 
     async def register() -> None:
         try:
-            await broker.register_worker("w-1", b'{"id": "w-1"}', ttl_s=30)
+            await broker.register_worker(WorkerRegistration(id="w-1"), ttl_s=30)
         finally:
             await broker.close()
 
@@ -32,4 +33,4 @@ def test_a_registration_is_scored_with_its_heartbeat_in_milliseconds(
     assert score is not None
     assert score == int(score)  # whole milliseconds
     assert before_ms <= score <= after_ms  # in seconds it would be a thousand times smaller
-    assert [w["id"] for w in app.broker.workers()] == ["w-1"]
+    assert [w.id for w in app.broker.workers()] == ["w-1"]

@@ -38,6 +38,7 @@ from shoal.protocol.scripts import (
     group_start_call,
     measure_call,
     purge_call,
+    readable_id,
     replay_call,
     script_source,
 )
@@ -167,19 +168,20 @@ class Broker(KeyedClient):
         return [QueueStats.from_reply(q, r) for q, r in zip(queues, replies, strict=True)]
 
     def workers(self) -> list[WorkerRegistration]:
-        """Live worker registrations; expired ones pruned."""
+        """Live worker registrations; expired ones pruned. Ids that are not text are shown
+        escaped (see :func:`~shoal.protocol.scripts.readable_id`)."""
         prefix = self.settings.key_prefix
         raw_ids: list[bytes] = self.redis.zrange(workers_key(prefix), 0, -1)  # type: ignore[assignment]
-        ids = [i.decode() for i in raw_ids]
-        if not ids:
+        if not raw_ids:
             return []
-        blobs = self.redis.mget([worker_key(prefix, i) for i in ids])
+        base = worker_key(prefix, "").encode()
+        blobs: list[bytes | None] = self.redis.mget([base + i for i in raw_ids])  # type: ignore[assignment]
         live = []
-        for worker_id, blob in zip(ids, blobs, strict=True):
+        for raw_id, blob in zip(raw_ids, blobs, strict=True):
             if blob is None:  # its process died without deregistering
-                self.redis.zrem(workers_key(prefix), worker_id)
+                self.redis.zrem(workers_key(prefix), raw_id)
             else:
-                live.append(WorkerRegistration.from_json(blob))
+                live.append(WorkerRegistration.read(readable_id(raw_id), blob))
         return live
 
     def queues(self) -> list[str]:

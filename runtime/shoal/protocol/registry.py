@@ -13,6 +13,9 @@ from typing import Any
 
 import orjson
 
+UNREADABLE = "(unreadable registration)"
+"""The ``version`` of a registration that could not be read (written by something else)."""
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerRegistration:
@@ -34,6 +37,15 @@ class WorkerRegistration:
 
     def to_json(self) -> bytes:
         return orjson.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def read(cls, worker_id: str, raw: bytes) -> WorkerRegistration:
+        """What ``worker_id`` registered; one that cannot be read is still listed, by its id,
+        with :data:`UNREADABLE` as its version: a listing never ends on another's bytes."""
+        try:
+            return cls.from_json(raw)
+        except (ValueError, TypeError):
+            return cls(id=worker_id, version=UNREADABLE)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> WorkerRegistration:

@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psutil
@@ -94,3 +94,21 @@ def runs(client: redis.Redis, prefix: str = "shoal") -> dict[str, int]:
     """Completed executions per task id, as recorded by tasks_for_tests."""
     raw = client.hgetall(f"{prefix}:test:runs")
     return {k.decode(): int(v) for k, v in raw.items()}
+
+
+@contextlib.contextmanager
+def shoal_dev(manifest: Path, redis_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``shoal dev -f MANIFEST`` against the test Redis, its output in ``log``; stopped (as
+    Ctrl-C would: SIGTERM, then waited for) when the block ends."""
+    with log.open("wb") as out:
+        dev = subprocess.Popen(
+            [sys.executable, "-m", "shoal", "dev", "-f", str(manifest), "--redis-url", redis_url],
+            env=worker_env(redis_url),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield dev
+    finally:
+        dev.terminate()
+        dev.wait(60)

@@ -4,13 +4,11 @@ zero, the Queue's defaults reach Redis."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from processes import worker_env
+from processes import shoal_dev
 
 from helpers import wait_for
 from shoal import App, ConfigurationError
@@ -50,14 +48,7 @@ def test_dev_scales_a_local_fleet_from_zero_and_back(
     manifest = tmp_path / "queue.yaml"
     manifest.write_text(MANIFEST % {"prefix": key_prefix})
     log = tmp_path / "dev.log"
-    with log.open("wb") as out:
-        dev = subprocess.Popen(
-            [sys.executable, "-m", "shoal", "dev", "-f", str(manifest), "--redis-url", redis_url],
-            env=worker_env(redis_url),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    with shoal_dev(manifest, redis_url, log):
         app = make_app()
         wait_for(
             lambda: app.queue_defaults("burst") == {"timeout": 10.0, "max_retries": 2},
@@ -75,9 +66,6 @@ def test_dev_scales_a_local_fleet_from_zero_and_back(
         text = log.read_text()
         assert "crunchers: 0 → 4" in text
         assert "→ 0" in text
-    finally:
-        dev.terminate()
-        dev.wait(60)
     assert "stopped every worker it started" in log.read_text()
 
 

@@ -4,8 +4,6 @@ injected), Queue schedules beside code ones, ``shoal schedules``, and worker pro
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 from click.testing import CliRunner
-from processes import WorkerProcess, runs, worker_env
+from processes import WorkerProcess, runs, shoal_dev
 
 from helpers import wait_for
 from shoal import App
@@ -493,14 +491,7 @@ def test_shoal_dev_wakes_its_fleet_at_zero_for_a_schedule(
     cron = f"{due.minute} {due.hour} * * * {due.second}"
     manifest.write_text(DEV_MANIFEST % {"prefix": key_prefix, "cron": cron})
     log = tmp_path / "dev.log"
-    with log.open("wb") as out:
-        dev = subprocess.Popen(
-            [sys.executable, "-m", "shoal", "dev", "-f", str(manifest), "--redis-url", redis_url],
-            env=worker_env(redis_url),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    with shoal_dev(manifest, redis_url, log):
         # Then a local worker starts with nothing waiting, the tick runs, and the fleet goes
         # back to zero once it is claimed
         wait_for(app.broker.workers, timeout=20, message="a worker woken")
@@ -510,9 +501,6 @@ def test_shoal_dev_wakes_its_fleet_at_zero_for_a_schedule(
         (row,) = stored(app.broker, "burst")
         assert row.last is not None and row.last.tick_ms == due_ms
         wait_for(lambda: app.broker.workers() == [], timeout=30, message="back to zero")
-    finally:
-        dev.terminate()
-        dev.wait(60)
     assert "crunchers: 0 → 1 (schedule daily on burst due in" in log.read_text()
 
 

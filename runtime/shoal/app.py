@@ -13,9 +13,10 @@ from shoal.errors import ConfigurationError, TaskModuleError
 from shoal.middleware import Middleware, default_middleware
 from shoal.middleware.hooks import Hooks
 from shoal.protocol import Broker, QueueStats
+from shoal.redis_url import mask_url
 from shoal.schedules import Missed, Schedule
 from shoal.schedules import make as make_schedule
-from shoal.settings import Seconds, Settings, mask_url, to_seconds
+from shoal.settings import Seconds, Settings, to_seconds
 from shoal.signing import Signer
 from shoal.task import Producer, Task
 

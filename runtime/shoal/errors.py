@@ -24,6 +24,12 @@ class EnqueueOutcomeUnknown(BrokerError):
     may not have been stored (and may run). A ``dedupe_key`` makes enqueueing them again safe."""
 
 
+class ReplicationUnconfirmed(EnqueueOutcomeUnknown):
+    """Raised when an enqueue was stored on the primary but fewer replicas than
+    ``SHOAL_REDIS_WAIT_REPLICAS`` confirmed it in time: it runs, unless the primary fails before
+    replicating it. Enqueueing again with the same ``dedupe_key`` is safe."""
+
+
 class RedisFull(BrokerError):
     """Raised when Redis refused an enqueue because it reached its ``maxmemory``; nothing was
     stored. A broker condition, not a bad message: the same enqueue succeeds once Redis has room."""

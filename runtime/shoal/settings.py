@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from shoal.errors import ConfigurationError
+from shoal.redis_url import parse_redis_url
 
 Seconds = float | timedelta
 """Public APIs take durations in seconds, as a float or a ``timedelta``."""
@@ -27,30 +27,9 @@ def to_seconds(value: Seconds) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
 def validate_redis_url(url: str) -> str:
-    """Check that ``url`` is a Redis URL redis-py can use; raise a one-line error otherwise."""
-    parts = urlsplit(url)
-    if parts.scheme not in {"redis", "rediss", "unix"}:
-        raise ConfigurationError(
-            f"Redis URL {mask_url(url)!r} has scheme {parts.scheme or '(none)'!r}; "
-            "use redis://host:port/db, rediss:// for TLS, or unix:///path.sock"
-        )
-    try:
-        _ = parts.port
-    except ValueError as exc:
-        raise ConfigurationError(
-            f"Redis URL {mask_url(url)!r} has an invalid port ({exc}); use redis://host:6379/0"
-        ) from None
+    """Check that ``url`` is a Redis URL Shoal can use; raise a one-line error otherwise."""
+    parse_redis_url(url)
     return url
 
 
@@ -64,9 +43,46 @@ class Settings:
     redis_url_source: str = "default"
     """Where ``redis_url`` came from (``argument``, ``SHOAL_REDIS_URL``, ``default``), for repr."""
 
+    redis_username: str | None = None
+    """Redis ACL user (``SHOAL_REDIS_USERNAME``); a user name in the URL wins over it."""
+
     redis_password: str | None = field(default=None, repr=False)
     """Redis AUTH password (``SHOAL_REDIS_PASSWORD``), kept out of the URL so the operator can
     inject it from a Kubernetes Secret. A password in the URL wins over it."""
+
+    redis_sentinel_username: str | None = None
+    """ACL user on the sentinels themselves (``SHOAL_REDIS_SENTINEL_USERNAME``), for
+    ``redis+sentinel://`` URLs; the URL's credentials are the master's."""
+
+    redis_sentinel_password: str | None = field(default=None, repr=False)
+    """Password of the sentinels (``SHOAL_REDIS_SENTINEL_PASSWORD``): sentinels often have their
+    own ``requirepass``, or none while the master has one."""
+
+    redis_tls_ca_file: str | None = None
+    """PEM file of the CA that signed the server's certificate (``SHOAL_REDIS_TLS_CA_FILE``);
+    unset: the system's trust store. Only with ``rediss://`` URLs."""
+
+    redis_tls_cert_file: str | None = None
+    """Client certificate PEM, for servers that ask for one (``SHOAL_REDIS_TLS_CERT_FILE``,
+    Redis's ``tls-auth-clients yes``)."""
+
+    redis_tls_key_file: str | None = field(default=None, repr=False)
+    """Private key PEM of the client certificate (``SHOAL_REDIS_TLS_KEY_FILE``)."""
+
+    redis_tls_verify: bool = True
+    """Whether the server's certificate and host name are checked (``SHOAL_REDIS_TLS_VERIFY``).
+    Turn off only to try a self-signed server: without it, TLS encrypts but anyone can pose as
+    Redis."""
+
+    redis_wait_replicas: int = 0
+    """After each enqueue, wait until this many replicas have it (Redis ``WAIT``;
+    ``SHOAL_REDIS_WAIT_REPLICAS``). 0: return once the primary has it, as Redis replicates
+    asynchronously: a primary that fails before replicating loses it. See README, "High
+    availability"."""
+
+    redis_wait_timeout_s: float = 1.0
+    """Longest an enqueue waits for those replicas (``SHOAL_REDIS_WAIT_TIMEOUT``, seconds);
+    fewer by then raise :class:`~shoal.errors.ReplicationUnconfirmed`."""
 
     key_prefix: str = "shoal"
     """Prefix of every Redis key (``SHOAL_KEY_PREFIX``); lets several apps share one Redis."""
@@ -180,7 +196,7 @@ class Settings:
 
     def validated(self) -> Settings:
         """Return self after checking cross-field rules; raise ConfigurationError naming one."""
-        validate_redis_url(self.redis_url)
+        self._validate_redis()
         for name in (
             "lease_s",
             "heartbeat_s",
@@ -210,9 +226,36 @@ class Settings:
             )
         return self
 
-    def redis_options(self) -> dict[str, Any]:
-        """Connection options for redis-py besides the URL."""
-        return {"password": self.redis_password} if self.redis_password else {}
+    def _validate_redis(self) -> None:
+        url = parse_redis_url(self.redis_url)
+        tls_files = {
+            "redis_tls_ca_file": self.redis_tls_ca_file,
+            "redis_tls_cert_file": self.redis_tls_cert_file,
+            "redis_tls_key_file": self.redis_tls_key_file,
+        }
+        for name, path in tls_files.items():
+            if path is None:
+                continue
+            if not url.tls:
+                raise ConfigurationError(
+                    f"{_ENV_NAMES[name]} is set but the Redis URL {url.masked!r} does not use "
+                    "TLS; use rediss:// (or rediss+sentinel://, rediss+cluster://), or unset it"
+                )
+            if not os.access(path, os.R_OK):
+                raise ConfigurationError(
+                    f"{_ENV_NAMES[name]}={path!r} is not a readable file; mount the PEM file "
+                    "there (the Queue's spec.redis.tls Secrets are mounted by the operator)"
+                )
+        if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
+            raise ConfigurationError(
+                "a TLS client certificate needs both SHOAL_REDIS_TLS_CERT_FILE and "
+                "SHOAL_REDIS_TLS_KEY_FILE; set both, or neither"
+            )
+        if self.redis_wait_replicas < 0 or self.redis_wait_timeout_s <= 0:
+            raise ConfigurationError(
+                f"SHOAL_REDIS_WAIT_REPLICAS ({self.redis_wait_replicas}) must be 0 or more and "
+                f"SHOAL_REDIS_WAIT_TIMEOUT ({self.redis_wait_timeout_s}) above 0 seconds"
+            )
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with some fields replaced (None values ignored)."""
@@ -221,7 +264,16 @@ class Settings:
 
 _ENV_NAMES = {
     "redis_url": "SHOAL_REDIS_URL",
+    "redis_username": "SHOAL_REDIS_USERNAME",
     "redis_password": "SHOAL_REDIS_PASSWORD",
+    "redis_sentinel_username": "SHOAL_REDIS_SENTINEL_USERNAME",
+    "redis_sentinel_password": "SHOAL_REDIS_SENTINEL_PASSWORD",
+    "redis_tls_ca_file": "SHOAL_REDIS_TLS_CA_FILE",
+    "redis_tls_cert_file": "SHOAL_REDIS_TLS_CERT_FILE",
+    "redis_tls_key_file": "SHOAL_REDIS_TLS_KEY_FILE",
+    "redis_tls_verify": "SHOAL_REDIS_TLS_VERIFY",
+    "redis_wait_replicas": "SHOAL_REDIS_WAIT_REPLICAS",
+    "redis_wait_timeout_s": "SHOAL_REDIS_WAIT_TIMEOUT",
     "key_prefix": "SHOAL_KEY_PREFIX",
     "default_queue": "SHOAL_DEFAULT_QUEUE",
     "lease_s": "SHOAL_LEASE",
@@ -265,10 +317,20 @@ def _otel_from_env(env: Mapping[str, str]) -> dict[str, Any]:
     return {"otel_export": wanted and not disabled, "otel_protocol": protocol.strip()}
 
 
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
 def _parse(name: str, raw: str, kind: Any) -> Any:
     kind = str(kind)
     if kind == "str | None":
         return raw or None
+    if kind == "bool":
+        if raw.strip().lower() in _TRUE | _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise ConfigurationError(
+            f"environment variable {name}={raw!r} is not a yes or a no; set true or false"
+        )
     if kind.startswith("tuple"):
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     try:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from shoal import App, ConfigurationError, Settings
-from shoal.settings import DEFAULT_REDIS_URL, mask_url, validate_redis_url
+from shoal.settings import DEFAULT_REDIS_URL, validate_redis_url
 
 
 def test_from_env_parses_each_type() -> None:
@@ -85,41 +87,77 @@ def test_heartbeat_must_be_at_most_half_the_lease() -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["redis://localhost:6379/0", "rediss://h:6380/1", "unix:///tmp/redis.sock", "redis://h"],
-)
-def test_validate_redis_url_accepts_redis_urls(url: str) -> None:
-    assert validate_redis_url(url) == url
-
-
-@pytest.mark.parametrize(
-    ("url", "needle"),
     [
-        ("http://localhost:6379/0", "'http'"),
-        ("localhost:6379", "scheme"),
-        ("", "(none)"),
-        ("redis://localhost:notaport/0", "invalid port"),
-        ("redis://localhost:99999/0", "invalid port"),
+        "redis://localhost:6379/0",
+        "rediss://h:6380/1",
+        "unix:///tmp/redis.sock",
+        "redis://h",
+        "redis+sentinel://s1:26379,s2:26379/mymaster/0",
+        "redis+cluster://n1:7000,n2:7001",
     ],
 )
-def test_validate_redis_url_errors(url: str, needle: str) -> None:
-    with pytest.raises(ConfigurationError) as info:
-        validate_redis_url(url)
-    message = str(info.value)
-    assert needle in message
-    assert "\n" not in message
+def test_validate_redis_url_accepts_every_form(url: str) -> None:
+    assert validate_redis_url(url) == url
+    assert Settings.from_env({"SHOAL_REDIS_URL": url}).redis_url == url
 
 
-def test_validate_redis_url_masks_the_password() -> None:
-    with pytest.raises(ConfigurationError) as info:
-        validate_redis_url("http://:hunter2@localhost:6379/0")
-    assert "hunter2" not in str(info.value)
-    assert "***" in str(info.value)
+def test_a_bad_redis_url_is_refused_at_start_up() -> None:
+    with pytest.raises(ConfigurationError, match="scheme 'http'"):
+        Settings.from_env({"SHOAL_REDIS_URL": "http://:hunter2@localhost:6379/0"})
 
 
-def test_mask_url() -> None:
-    assert mask_url("redis://:secret@h:1/0") == "redis://:***@h:1/0"
-    assert mask_url("redis://user:secret@h:1/0") == "redis://user:***@h:1/0"
-    assert mask_url("redis://h:1/0") == "redis://h:1/0"
+def test_tls_files_need_a_tls_url(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    env = {"SHOAL_REDIS_URL": "redis://h:6379/0", "SHOAL_REDIS_TLS_CA_FILE": str(ca)}
+    with pytest.raises(ConfigurationError, match="use rediss://"):
+        Settings.from_env(env)
+    env["SHOAL_REDIS_URL"] = "rediss://h:6379/0"
+    assert Settings.from_env(env).redis_tls_ca_file == str(ca)
+
+
+def test_a_missing_tls_file_is_named(tmp_path: Path) -> None:
+    env = {
+        "SHOAL_REDIS_URL": "rediss://h:6379/0",
+        "SHOAL_REDIS_TLS_CA_FILE": str(tmp_path / "nope.pem"),
+    }
+    with pytest.raises(ConfigurationError, match=r"SHOAL_REDIS_TLS_CA_FILE=.*nope\.pem"):
+        Settings.from_env(env)
+
+
+def test_a_client_certificate_needs_its_key(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    env = {"SHOAL_REDIS_URL": "rediss://h/0", "SHOAL_REDIS_TLS_CERT_FILE": str(cert)}
+    with pytest.raises(ConfigurationError, match="SHOAL_REDIS_TLS_KEY_FILE"):
+        Settings.from_env(env)
+
+
+@pytest.mark.parametrize(("raw", "value"), [("false", False), ("0", False), ("YES", True)])
+def test_tls_verify_reads_yes_and_no(raw: str, value: bool) -> None:
+    env = {"SHOAL_REDIS_URL": "rediss://h/0", "SHOAL_REDIS_TLS_VERIFY": raw}
+    assert Settings.from_env(env).redis_tls_verify is value
+
+
+def test_tls_verify_refuses_what_is_not_a_yes_or_no() -> None:
+    with pytest.raises(ConfigurationError, match="SHOAL_REDIS_TLS_VERIFY='maybe'"):
+        Settings.from_env({"SHOAL_REDIS_TLS_VERIFY": "maybe"})
+
+
+def test_credentials_come_from_the_environment() -> None:
+    s = Settings.from_env(
+        {
+            "SHOAL_REDIS_USERNAME": "worker",
+            "SHOAL_REDIS_PASSWORD": "pw",
+            "SHOAL_REDIS_SENTINEL_PASSWORD": "spw",
+        }
+    )
+    assert (s.redis_username, s.redis_password, s.redis_sentinel_password) == (
+        "worker",
+        "pw",
+        "spw",
+    )
+    assert "pw" not in repr(s)
 
 
 def test_repr_app_says_where_the_url_came_from(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,13 +8,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import NoBackoff
+import redis.asyncio.cluster as aiocluster
 from redis.commands.core import AsyncScript
 
 from shoal import queue_defaults
-from shoal.protocol.connection import redis_call_timeout_s
+from shoal.protocol.connection import AsyncRedis, open_async_redis, redis_call_timeout_s
 from shoal.protocol.keys import QueueKeys, queues_key, worker_key, workers_key
 from shoal.protocol.registry import WorkerRegistration
 from shoal.protocol.scripts import (
@@ -57,13 +55,11 @@ class AsyncBroker(KeyedClient):
         # Every call returns (or fails) well within a lease, and is not resent by redis-py: the
         # worker's loops own retrying, and a stalled Redis must never stall them past a lease.
         timeout_s = redis_call_timeout_s(settings.lease_s)
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            settings.redis_url,
+        self.redis: AsyncRedis = open_async_redis(
+            settings,
             socket_connect_timeout=timeout_s,
             socket_timeout=timeout_s,
             socket_keepalive=True,
-            retry=AsyncRetry(NoBackoff(), 0),
-            **settings.redis_options(),
         )
         self._scripts: dict[str, AsyncScript] = {
             name: self.redis.register_script(script_source(name)) for name in SCRIPT_NAMES
@@ -241,12 +237,16 @@ class Notifications:
     the queue's notify channel. A missed notification costs only latency (fetches also run on
     a timer), never a message."""
 
-    def __init__(self, redis: aioredis.Redis, channels: Sequence[str]) -> None:
+    def __init__(self, redis: AsyncRedis, channels: Sequence[str]) -> None:
+        self._redis = redis
         self._pubsub = redis.pubsub()
         self._channels = list(channels)
 
     async def subscribe(self) -> None:
-        """(Re)subscribe, after a connect or a reconnect."""
+        """(Re)subscribe, after a connect or a reconnect. On a Cluster, a PUBLISH reaches every
+        node, so one subscription anywhere hears every queue; the slot map must be known first."""
+        if isinstance(self._redis, aiocluster.RedisCluster):
+            await self._redis.initialize()
         await self._pubsub.subscribe(*self._channels)
 
     async def wait(self, timeout_s: float) -> None:

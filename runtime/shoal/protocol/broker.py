@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
 from redis.commands.core import Script
-from redis.retry import Retry
 
 from shoal import queue_defaults
 from shoal.errors import BrokerError
 from shoal.protocol.connection import (
     CONNECTION_ERRORS,
     ENQUEUE_RESENDS,
-    ExplainingRedis,
+    BlockingRedis,
+    ExplainingCluster,
+    begin_send,
     connection_error,
     enqueue_failed,
     enqueue_what,
     is_out_of_memory,
+    open_redis,
     redis_full,
+    sent_before_failing,
 )
 from shoal.protocol.keys import QueueKeys, queues_key, worker_key, workers_key
 from shoal.protocol.registry import WorkerRegistration
@@ -51,15 +53,8 @@ class Broker(KeyedClient):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis = cast(
-            ExplainingRedis,
-            ExplainingRedis.from_url(
-                settings.redis_url,
-                socket_connect_timeout=5,
-                health_check_interval=30,
-                retry=Retry(NoBackoff(), 0),
-                **settings.redis_options(),
-            ),
+        self.redis: BlockingRedis = open_redis(
+            settings, socket_connect_timeout=5, health_check_interval=30
         )
         self._scripts: dict[str, Script] = {
             name: self.redis.register_script(script_source(name)) for name in SCRIPT_NAMES
@@ -104,13 +99,13 @@ class Broker(KeyedClient):
             sent = False
             try:
                 self._remember_queue(queue)
-                self.redis.begin()
+                begin_send()
                 sent = True  # from here, the enqueue itself may reach Redis
                 return enqueued_ids(self._run(call))
             except BrokerError as exc:
                 if not isinstance(exc.__cause__, CONNECTION_ERRORS):
                     raise
-                sent = sent and self.redis.sent_before_failing()
+                sent = sent and sent_before_failing()
                 if not sent and pause_s is not None:
                     time.sleep(pause_s)  # it certainly did not run: safe to send again
                     continue
@@ -157,14 +152,19 @@ class Broker(KeyedClient):
         return QueueStats.from_reply(queue, self._run(measure_call(self.keys(queue))))
 
     def measure_many(self, queues: Sequence[str]) -> list[QueueStats]:
-        """Several queues' figures in one pipelined round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        for q in queues:
-            self._run(measure_call(self.keys(q)), client=pipe)
-        try:
-            replies = pipe.execute()
-        except CONNECTION_ERRORS as exc:
-            raise connection_error(self.settings.redis_url, exc) from exc
+        """Several queues' figures in one pipelined round trip (one per queue on a Cluster,
+        where redis-py pipelines no scripts)."""
+        calls = [measure_call(self.keys(q)) for q in queues]
+        if isinstance(self.redis, ExplainingCluster):
+            replies = [self._run(call) for call in calls]
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for call in calls:
+                self._run(call, client=pipe)
+            try:
+                replies = pipe.execute()
+            except CONNECTION_ERRORS as exc:
+                raise connection_error(self.settings.redis_url, exc) from exc
         return [QueueStats.from_reply(q, r) for q, r in zip(queues, replies, strict=True)]
 
     def workers(self) -> list[WorkerRegistration]:
@@ -175,7 +175,12 @@ class Broker(KeyedClient):
         if not raw_ids:
             return []
         base = worker_key(prefix, "").encode()
-        blobs: list[bytes | None] = self.redis.mget([base + i for i in raw_ids])  # type: ignore[assignment]
+        pipe = self.redis.pipeline(
+            transaction=False
+        )  # not MGET: on a Cluster, ids spread over slots
+        for raw_id in raw_ids:
+            pipe.get(base + raw_id)
+        blobs: list[bytes | None] = pipe.execute()
         live = []
         for raw_id, blob in zip(raw_ids, blobs, strict=True):
             if blob is None:  # its process died without deregistering
@@ -278,7 +283,9 @@ class Broker(KeyedClient):
     def schedule_snapshot(self, queues: Sequence[str]) -> tuple[int, list[ScheduleRecords]]:
         """Redis's clock (ms) and the schedule records of ``queues``, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
+        clustered = isinstance(self.redis, ExplainingCluster)
+        if not clustered:  # a Cluster pipelines no keyless command: the clock is read first
+            pipe.time()
         for queue in queues:
             k = self.keys(queue)
             pipe.hgetall(k.schedules)
@@ -286,10 +293,13 @@ class Broker(KeyedClient):
             pipe.hgetall(k.schedules_seen)
             pipe.get(k.schedules_declared)
         try:
-            (seconds, micros), *replies = pipe.execute()
+            now_ms = self.time_ms() if clustered else 0
+            replies = pipe.execute()
         except CONNECTION_ERRORS as exc:
             raise connection_error(self.settings.redis_url, exc) from exc
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        if not clustered:
+            (seconds, micros), *replies = replies
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
         records = [ScheduleRecords(*replies[i : i + 4]) for i in range(0, len(replies), 4)]
         return now_ms, records
 
@@ -299,8 +309,8 @@ class Broker(KeyedClient):
         """Store schedules (name → JSON) and delete others with their claims, in one
         transaction (workers see no gap); the queue is registered for ``shoal schedules``."""
         k = self.keys(queue)
+        self.redis.sadd(queues_key(self.settings.key_prefix), queue)  # another slot: not in MULTI
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.sadd(queues_key(self.settings.key_prefix), queue)
             if gone:
                 pipe.hdel(k.schedules, *gone)
                 pipe.hdel(k.schedule_runs, *gone)

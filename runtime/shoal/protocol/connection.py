@@ -1,8 +1,11 @@
 """Connections: how Shoal opens Redis, which failures are Redis's, and errors that name the URL.
 
-The blocking client (:class:`ExplainingRedis`) turns a connection failure into one
-:class:`~shoal.errors.BrokerError` naming the masked URL, and tells whether a failed command had
-reached Redis whole: an enqueue is resent only when it certainly did not run.
+:func:`open_redis` and :func:`open_async_redis` turn a URL of any form Shoal accepts (one server,
+TLS, a Sentinel-managed master, a Redis Cluster, a socket) and the ``SHOAL_REDIS_*`` settings into
+a redis-py client; nothing else builds one. The blocking client turns a connection failure into
+one :class:`~shoal.errors.BrokerError` naming the URL as given (masked), and tells whether a
+failed command had reached Redis whole (:func:`sent_before_failing`): an enqueue is resent only
+when it certainly did not run.
 """
 
 from __future__ import annotations
@@ -10,21 +13,29 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis
+import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
+import redis.asyncio.connection as aioconnection
+import redis.asyncio.sentinel as aiosentinel
+from redis import cluster, sentinel
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from shoal.errors import BrokerError, EnqueueOutcomeUnknown, RedisFull
 from shoal.protocol.scripts import Outgoing
-from shoal.settings import mask_url
+from shoal.redis_url import RedisUrl, mask_url, parse_redis_url
+from shoal.settings import Settings
 
 
 def connection_error(url: str, exc: BaseException, outcome: str = "") -> BrokerError:
     """A one-line error naming the (masked) URL, what failed, ``outcome`` (what it means for
     the caller's data, a sentence) and what to check."""
     return BrokerError(
-        f"cannot reach Redis at {mask_url(url)}: {str(exc).rstrip('.')}. {outcome}"
-        "Check SHOAL_REDIS_URL (redis://host:port/db) and that the server is running."
+        f"cannot reach Redis at {mask_url(url)}: {str(exc).rstrip('.')}. {outcome}{_advice(exc)}"
     )
 
 
@@ -80,8 +91,14 @@ def redis_call_timeout_s(lease_s: float) -> float:
     return max(1.0, min(5.0, lease_s / 3))
 
 
-CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, socket.gaierror)
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
+CONNECTION_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    socket.gaierror,
+    redis.exceptions.RedisClusterException,  # no seed node of a Cluster answered
+    redis.exceptions.ClusterDownError,  # a Cluster mid-failover: retried like a dropped link
+)
+REDIS_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
 """Every Redis failure, connection or reply (READONLY after a failover, OOM, BUSY): retried with
 backoff by the loops, never allowed to end one."""
 MAX_BACKOFF_S = 5.0
@@ -97,43 +114,241 @@ never resent: a worker may already have run and acked it, and a resend would run
 caller gets EnqueueOutcomeUnknown instead. redis-py itself resends nothing."""
 
 
-class ExplainingRedis(redis.Redis):
-    """A blocking client whose connection failures become one BrokerError naming the URL.
+# --- whether a failed command had been sent ---------------------------------------------------
 
-    Producers, the CLI and ``handle.result()`` all go through it, so none of them shows a
-    redis-py traceback for a wrong SHOAL_REDIS_URL. It also tells whether the last command that
-    failed on this thread had been sent whole (:meth:`sent_before_failing`)."""
+_sent = threading.local()
 
-    _sent = threading.local()
 
-    def begin(self) -> None:
-        """Start one logical operation (a script call may be EVALSHA, SCRIPT LOAD, EVALSHA):
-        :meth:`sent_before_failing` then tells whether any of its commands reached Redis."""
-        self._sent.whole = False
+def begin_send() -> None:
+    """Start one logical operation on this thread (a script call may be EVALSHA, SCRIPT LOAD,
+    EVALSHA): :func:`sent_before_failing` then tells whether any of its commands reached Redis."""
+    _sent.whole = False
+
+
+def sent_before_failing() -> bool:
+    """Whether this thread's last operation wrote a command whole (on any of its sends) before
+    its connection failed: then Redis may have run it. False: it certainly did not run."""
+    return bool(getattr(_sent, "whole", True))
+
+
+class _RecordsSends:
+    """Mixed into redis-py's connection classes: marks the thread's operation as sent once a
+    command was written whole. Health-check PINGs and the handshake (AUTH, SELECT) are written
+    with ``check_health=False`` and do not count."""
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        super().send_packed_command(command, check_health)  # type: ignore[misc]
+        if check_health:
+            _sent.whole = True
+
+
+class _Connection(_RecordsSends, redis.Connection):
+    pass
+
+
+class _SSLConnection(_RecordsSends, redis.SSLConnection):
+    pass
+
+
+class _UnixConnection(_RecordsSends, redis.UnixDomainSocketConnection):
+    pass
+
+
+class _SentinelConnection(_RecordsSends, sentinel.SentinelManagedConnection):
+    pass
+
+
+class _SentinelSSLConnection(_RecordsSends, sentinel.SentinelManagedSSLConnection):
+    pass
+
+
+# --- the clients ------------------------------------------------------------------------------
+
+
+class _Explains:
+    """Mixed into the blocking clients: a connection failure becomes one BrokerError naming the
+    URL as given, so producers, the CLI and ``handle.result()`` never show a redis-py traceback
+    for a wrong SHOAL_REDIS_URL."""
+
+    shown_url: str = ""
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         try:
-            return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+            return super().execute_command(*args, **options)  # type: ignore[misc]
         except CONNECTION_ERRORS as exc:
-            raise connection_error(self.target(), exc) from exc
-
-    def parse_response(self, connection: Any, command_name: Any, **options: Any) -> Any:
-        # called once the command was written whole, on each (re)send: from here it may run
-        self._sent.whole = True
-        return super().parse_response(connection, command_name, **options)  # type: ignore[no-untyped-call]
-
-    def sent_before_failing(self) -> bool:
-        """Whether this thread's last command reached Redis whole (on any of its sends) before
-        its connection failed: then Redis may have run it. False: it certainly did not run."""
-        return bool(getattr(self._sent, "whole", True))
+            raise connection_error(self.shown_url, exc) from exc
 
     def target(self) -> str:
-        """The server's address (password masked), for error messages."""
-        return _describe_target(self.connection_pool.connection_kwargs)
+        """The URL as given (password masked), for error messages."""
+        return mask_url(self.shown_url)
 
 
-def _describe_target(kwargs: dict[str, Any]) -> str:
-    if "path" in kwargs:
-        return f"unix://{kwargs['path']}"
-    auth = ":***@" if kwargs.get("password") else ""
-    return f"redis://{auth}{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}"
+class ExplainingRedis(_Explains, redis.Redis):
+    """One server, or the master a Sentinel names."""
+
+
+class ExplainingCluster(_Explains, cluster.RedisCluster):
+    """A Redis Cluster: MOVED and ASK are followed, the slot map refreshed after a failover."""
+
+
+BlockingRedis = ExplainingRedis | ExplainingCluster
+
+
+def _options(url: RedisUrl, settings: Settings) -> dict[str, Any]:
+    """Credentials, TLS and redis-py's URL query options, common to every form."""
+    options: dict[str, Any] = {}
+    if url.query:  # redis-py's own parser types them (socket_timeout=3 -> 3.0)
+        parsed = redis.connection.parse_url(f"redis://localhost/?{url.query}")  # type: ignore[no-untyped-call]
+        options.update(parsed)
+        for key in ("host", "port", "db", "path", "username", "password", "connection_class"):
+            options.pop(key, None)
+    username = url.username or settings.redis_username
+    password = url.password if url.password is not None else settings.redis_password
+    if username:
+        options["username"] = username
+    if password:
+        options["password"] = password
+    if url.tls:
+        options.update(_tls_options(settings))
+    return options
+
+
+def _tls_options(settings: Settings) -> dict[str, Any]:
+    verify = settings.redis_tls_verify
+    return {
+        "ssl_ca_certs": settings.redis_tls_ca_file,
+        "ssl_certfile": settings.redis_tls_cert_file,
+        "ssl_keyfile": settings.redis_tls_key_file,
+        "ssl_cert_reqs": "required" if verify else "none",
+        "ssl_check_hostname": verify,
+    }
+
+
+def _sentinel_options(
+    url: RedisUrl, settings: Settings, timeouts: dict[str, Any]
+) -> dict[str, Any]:
+    """How to talk to the sentinels themselves: their own credentials, the same TLS."""
+    options: dict[str, Any] = dict(timeouts)
+    if settings.redis_sentinel_username:
+        options["username"] = settings.redis_sentinel_username
+    if settings.redis_sentinel_password:
+        options["password"] = settings.redis_sentinel_password
+    if url.tls:
+        options.update(ssl=True, **_tls_options(settings))
+    return options
+
+
+def open_redis(settings: Settings, **timeouts: Any) -> BlockingRedis:
+    """The blocking client for ``settings.redis_url``. redis-py resends nothing (``retry`` 0):
+    the callers decide what is safe to send again (see :data:`ENQUEUE_RESENDS`)."""
+    url = parse_redis_url(settings.redis_url)
+    options = {**timeouts, **_options(url, settings)}
+    client: BlockingRedis
+    if url.kind == "cluster":
+        (host, port), *more = url.hosts
+        # ``url=`` makes redis-py build each node's pool from these options, our connection
+        # class (which records sends) included; the seed's scheme carries no TLS on its own
+        client = ExplainingCluster(
+            url=f"redis://{_netloc(host, port)}",
+            startup_nodes=[cluster.ClusterNode(h, p) for h, p in more],  # type: ignore[no-untyped-call]
+            connection_class=_SSLConnection if url.tls else _Connection,
+            retry=Retry(NoBackoff(), 0),
+            **options,
+        )
+    elif url.kind == "sentinel":
+        assert url.master_name is not None
+        sentinels = sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(url.hosts), sentinel_kwargs=_sentinel_options(url, settings, timeouts)
+        )
+        client = sentinels.master_for(  # type: ignore[no-untyped-call]
+            url.master_name,
+            redis_class=ExplainingRedis,
+            connection_class=_SentinelSSLConnection if url.tls else _SentinelConnection,
+            db=url.db,
+            retry=Retry(NoBackoff(), 0),
+            **options,
+        )
+    else:
+        if url.kind == "unix":
+            where: dict[str, Any] = {"path": url.path, "connection_class": _UnixConnection}
+        else:
+            ((host, port),) = url.hosts
+            kind = _SSLConnection if url.tls else _Connection
+            where = {"host": host, "port": port, "connection_class": kind}
+        pool = redis.ConnectionPool(db=url.db, retry=Retry(NoBackoff(), 0), **where, **options)
+        client = cast(ExplainingRedis, ExplainingRedis.from_pool(pool))
+    client.shown_url = settings.redis_url
+    return client
+
+
+AsyncRedis = aioredis.Redis | aiocluster.RedisCluster
+
+
+def open_async_redis(settings: Settings, **timeouts: Any) -> AsyncRedis:
+    """The worker's asyncio client for ``settings.redis_url``; redis-py resends nothing: the
+    worker's loops own retrying."""
+    url = parse_redis_url(settings.redis_url)
+    options = {**timeouts, **_options(url, settings)}
+    if url.kind == "cluster":
+        return aiocluster.RedisCluster(
+            startup_nodes=[aiocluster.ClusterNode(h, p) for h, p in url.hosts],
+            retry=AsyncRetry(NoBackoff(), 0),
+            ssl=url.tls,
+            **options,
+        )
+    if url.kind == "sentinel":
+        assert url.master_name is not None
+        sentinels = aiosentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(url.hosts), sentinel_kwargs=_sentinel_options(url, settings, timeouts)
+        )
+        if url.tls:
+            options["connection_class"] = aiosentinel.SentinelManagedSSLConnection
+        master: aioredis.Redis = sentinels.master_for(
+            url.master_name,
+            redis_class=aioredis.Redis,
+            db=url.db,
+            retry=AsyncRetry(NoBackoff(), 0),
+            **options,
+        )
+        return master
+    if url.kind == "unix":
+        where: dict[str, Any] = {
+            "path": url.path,
+            "connection_class": aioconnection.UnixDomainSocketConnection,
+        }
+    else:
+        ((host, port),) = url.hosts
+        kind = aioconnection.SSLConnection if url.tls else aioconnection.Connection
+        where = {"host": host, "port": port, "connection_class": kind}
+    pool = aioredis.ConnectionPool(db=url.db, retry=AsyncRetry(NoBackoff(), 0), **where, **options)
+    return aioredis.Redis.from_pool(pool)
+
+
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _advice(exc: BaseException) -> str:
+    """What to check, by what failed."""
+    text = str(exc).lower()
+    if "certificate" in text or "ssl" in text or "tls" in text:
+        return (
+            "Check the TLS settings: SHOAL_REDIS_TLS_CA_FILE must hold the CA that signed the "
+            "server's certificate, whose name must match the URL's host (or set "
+            "SHOAL_REDIS_TLS_VERIFY=false to try a self-signed server), and a server with "
+            "tls-auth-clients wants SHOAL_REDIS_TLS_CERT_FILE and SHOAL_REDIS_TLS_KEY_FILE."
+        )
+    if isinstance(exc, redis.exceptions.AuthenticationError) or "auth" in text or "noperm" in text:
+        return (
+            "Check the credentials: the user and password in the URL, or SHOAL_REDIS_USERNAME "
+            'and SHOAL_REDIS_PASSWORD (README, "Production Redis" has the ACL rule).'
+        )
+    if ("master" in text and "sentinel" in text) or isinstance(exc, sentinel.MasterNotFoundError):
+        return (
+            "Check that the sentinels answer and monitor that master name (`redis-cli -p 26379 "
+            "sentinel masters`), and SHOAL_REDIS_SENTINEL_PASSWORD if they have a password."
+        )
+    return (
+        "Check SHOAL_REDIS_URL (redis://host:port/db, redis+sentinel://, redis+cluster://, "
+        "rediss:// for TLS) and that the server is running."
+    )

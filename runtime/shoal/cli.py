@@ -445,6 +445,27 @@ def dev(files: tuple[Path, ...], redis_url: str | None, duration: float | None) 
     DevRunner(manifests, url, console).run(duration)
 
 
+@cli.command("redis-acl")
+@click.option("--user", default="shoal", show_default=True, help="ACL user name.")
+@click.option("--prefix", help="Key prefix the user may touch (default: SHOAL_KEY_PREFIX).")
+@click.option(
+    "--aclfile", is_flag=True, help="Print a line for an aclfile instead of an ACL SETUSER."
+)
+def redis_acl(user: str, prefix: str | None, aclfile: bool) -> None:
+    """Print the least-privilege Redis ACL rule for workers, producers and the operator.
+
+    Only the commands Shoal sends, only keys and channels under the prefix. Replace
+    CHANGE-ME with the password (or put it in the aclfile as a SHA-256 with #)."""
+    from shoal.protocol.acl import acl_setuser
+
+    line = acl_setuser(user, prefix or Settings.from_env().key_prefix)
+    click.echo(
+        line.removeprefix("ACL SETUSER ").replace(f"{user} ", f"user {user} ", 1)
+        if aclfile
+        else line
+    )
+
+
 @cli.command()
 def version() -> None:
     """Print the version."""

@@ -23,6 +23,7 @@ from shoal.protocol.connection import (
     is_out_of_memory,
     open_redis,
     redis_full,
+    replication_unconfirmed,
     sent_before_failing,
 )
 from shoal.protocol.keys import QueueKeys, queues_key, worker_key, workers_key
@@ -101,6 +102,8 @@ class Broker(KeyedClient):
                 self._remember_queue(queue)
                 begin_send()
                 sent = True  # from here, the enqueue itself may reach Redis
+                if self.settings.redis_wait_replicas:
+                    return enqueued_ids(self._run_replicated(call, queue, items, task))
                 return enqueued_ids(self._run(call))
             except BrokerError as exc:
                 if not isinstance(exc.__cause__, CONNECTION_ERRORS):
@@ -118,6 +121,39 @@ class Broker(KeyedClient):
                     raise redis_full(self.redis.target(), what) from exc
                 raise
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _run_replicated(
+        self, call: Call, queue: str, items: Sequence[Outgoing], task: str | None
+    ) -> Any:
+        """Run a script, then ``WAIT`` for replicas on the same connection (WAIT counts that
+        connection's writes), in one round trip; ReplicationUnconfirmed when too few confirm."""
+        name, keys, argv = call
+        wanted = self.settings.redis_wait_replicas
+        timeout_ms = int(self.settings.redis_wait_timeout_s * 1000)
+        script = self._scripts[name]
+        node: Any = self.redis
+        if isinstance(self.redis, ExplainingCluster):  # the primary of the queue's slot
+            primary = self.redis.get_node_from_key(keys[0])  # type: ignore[no-untyped-call]
+            node = self.redis.get_redis_connection(primary)
+        for _ in range(2):
+            pipe = node.pipeline(transaction=False)
+            pipe.evalsha(script.sha, len(keys), *keys, *argv)
+            pipe.execute_command("WAIT", wanted, timeout_ms)
+            try:
+                reply, confirmed = pipe.execute(raise_on_error=False)
+            except CONNECTION_ERRORS as exc:
+                raise connection_error(self.settings.redis_url, exc) from exc
+            if isinstance(reply, redis.exceptions.NoScriptError):  # did not run: load, again
+                node.script_load(script.script)
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            if int(confirmed) < wanted:
+                raise replication_unconfirmed(
+                    self.redis.target(), enqueue_what(queue, items, task), int(confirmed), wanted
+                )
+            return reply
+        raise AssertionError("unreachable: the script was loaded before the second send")
 
     def start_group(self, queue: str, group_id: str, size: int, then: bytes) -> None:
         """Write a workflow group's record (see :meth:`AsyncBroker.start_group`)."""

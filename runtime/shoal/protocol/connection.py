@@ -25,7 +25,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from shoal.errors import BrokerError, EnqueueOutcomeUnknown, RedisFull
+from shoal.errors import BrokerError, EnqueueOutcomeUnknown, RedisFull, ReplicationUnconfirmed
 from shoal.protocol.scripts import Outgoing
 from shoal.redis_url import RedisUrl, mask_url, parse_redis_url
 from shoal.settings import Settings
@@ -77,6 +77,19 @@ def redis_full(url: str, what: str) -> RedisFull:
         "(OOM). Nothing was stored. Give Redis room: raise maxmemory (keep maxmemory-policy "
         "noeviction, as an evicting policy drops messages), or free memory: let workers drain "
         "the queues (`shoal info` shows them), purge dead letters (`shoal dlq purge QUEUE`)."
+    )
+
+
+def replication_unconfirmed(
+    url: str, what: str, confirmed: int, wanted: int
+) -> ReplicationUnconfirmed:
+    return ReplicationUnconfirmed(
+        f"{what}: stored on the primary at {mask_url(url)}, but {confirmed} of "
+        f"{wanted} replica{'' if wanted == 1 else 's'} confirmed it within "
+        "SHOAL_REDIS_WAIT_TIMEOUT, so a failover now could lose it. It will run unless the "
+        "primary fails first. Check the replicas (`INFO replication`), lower "
+        "SHOAL_REDIS_WAIT_REPLICAS or raise SHOAL_REDIS_WAIT_TIMEOUT; enqueueing again with the "
+        "same dedupe_key is safe."
     )
 
 

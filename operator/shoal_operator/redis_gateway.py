@@ -65,7 +65,10 @@ class RedisGateway:
         """The operator's own connection to a target: its Secrets read (each tick, so a changed
         Secret is used at once), TLS material written to private files, Settings validated."""
         found = target.resolve(api, namespace)
-        files = self.tls_files
+
+        def private_file(content: bytes | None, name: str) -> str | None:
+            return self.tls_files.path(content, name) if content is not None else None
+
         try:
             settings = Settings(
                 redis_url=found.url,
@@ -74,11 +77,9 @@ class RedisGateway:
                 redis_password=found.password,
                 redis_sentinel_username=found.sentinel_username,
                 redis_sentinel_password=found.sentinel_password,
-                redis_tls_ca_file=files.path(found.tls_ca, "ca.crt") if found.tls_ca else None,
-                redis_tls_cert_file=files.path(found.tls_cert, "tls.crt")
-                if found.tls_cert
-                else None,
-                redis_tls_key_file=files.path(found.tls_key, "tls.key") if found.tls_key else None,
+                redis_tls_ca_file=private_file(found.tls_ca, "ca.crt"),
+                redis_tls_cert_file=private_file(found.tls_cert, "tls.crt"),
+                redis_tls_key_file=private_file(found.tls_key, "tls.key"),
                 redis_tls_verify=found.tls_verify,
                 key_prefix=target.key_prefix,
             ).validated()

@@ -70,8 +70,9 @@ def build(
 ) -> dict[str, Any]:
     """The Deployment for Worker ``name``. All ``queues`` share one Redis (checked before)."""
     grace = shutdown_grace_s(spec, queues, settings)
+    target = queues[0].target
     env = [
-        *queues[0].target.env(),
+        *target.env(),
         {"name": "SHOAL_SHUTDOWN_GRACE", "value": str(grace)},
         {"name": "OTEL_SERVICE_NAME", "value": name},
         {
@@ -112,9 +113,8 @@ def build(
             "runAsNonRoot": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [
-            {"name": "tmp", "mountPath": "/tmp"}
-        ],  # an emptyDir: the root fs is read-only
+        # /tmp is an emptyDir (the root fs is read-only); the Queue's TLS files, if any
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *target.volume_mounts()],
     }
     if spec.get("imagePullPolicy"):
         container["imagePullPolicy"] = spec["imagePullPolicy"]
@@ -130,7 +130,7 @@ def build(
             "fsGroup": UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "volumes": [{"name": "tmp", "emptyDir": {}}, *target.volumes()],
     }
     for key in ("serviceAccountName", "nodeSelector", "tolerations"):
         if spec.get(key):

@@ -20,5 +20,11 @@ class MissingReference(ReconcileError):
     """Raised when a referenced object (Queue, Secret) is absent: retried, it may appear."""
 
 
+class InvalidReference(MissingReference):
+    """Raised when a referenced object exists but holds what cannot be used (a Secret's URL
+    without TLS while the Queue asks for it): retried, as the fix is an edit of that object,
+    which no handler of this resource sees."""
+
+
 class RedisUnreachable(ReconcileError):
     """Raised when a Queue's Redis does not answer: retried, replicas are held meanwhile."""

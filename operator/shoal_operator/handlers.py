@@ -57,6 +57,12 @@ def configure(
     logger.info("shoal operator: %s", memo.settings)
 
 
+@kopf.on.cleanup()
+def close_connections(memo: kopf.Memo, **_: Any) -> None:
+    """The operator stops: close its Redis connections, remove the TLS files it wrote."""
+    memo.redis.close()
+
+
 def _fail(
     error: ReconcileError, body: kopf.Body, patch: kopf.Patch, type_: str, retry_delay_s: float
 ) -> None:

@@ -15,14 +15,15 @@ import kopf
 from shoal_operator import conditions as cond
 from shoal_operator.errors import ReconcileError, RedisUnreachable
 from shoal_operator.kube import patch_status
-from shoal_operator.redis_gateway import Connection, Reading, connect
+from shoal_operator.redis_gateway import Connection, Reading, RedisGateway
 from shoal_operator.redis_target import RedisTarget
 
 
 def queue_connection(
     memo: kopf.Memo, namespace: str, name: str, spec: dict[str, Any]
 ) -> Connection:
-    return connect(RedisTarget.from_queue(name, spec), memo.core, namespace)
+    gateway: RedisGateway = memo.redis
+    return gateway.connect(RedisTarget.from_queue(name, spec), memo.core, namespace)
 
 
 @dataclass

@@ -16,8 +16,9 @@ from shoal import App, BrokerError, ConfigurationError, QueueStats, Settings, qu
 from shoal.protocol import CONNECTION_ERRORS, connection_error
 from shoal.scheduler import stored, write_queue_schedules
 from shoal.schedules import Schedule, describe_time, from_queue_spec
-from shoal_operator.errors import RedisUnreachable
+from shoal_operator.errors import InvalidReference, RedisUnreachable
 from shoal_operator.redis_target import RedisTarget, SecretReader
+from shoal_operator.tls_files import TLSFiles
 
 
 @contextlib.contextmanager
@@ -33,15 +34,14 @@ def unreachable_on_redis_errors(conn: Connection) -> Iterator[None]:
 
 @dataclass(frozen=True, slots=True)
 class Connection:
-    url: str
-    password: str | None
-    key_prefix: str
+    """The runtime Settings of one Queue's Redis, as the operator uses it: hashable, and equal
+    across ticks while the spec and its Secrets are unchanged (the App is kept per Connection)."""
 
+    settings: Settings
 
-def connect(target: RedisTarget, api: SecretReader, namespace: str) -> Connection:
-    """The operator's own connection to a target: the Secrets read once, here."""
-    url, password = target.resolve(api, namespace)
-    return Connection(url, password, target.key_prefix)
+    @property
+    def url(self) -> str:
+        return self.settings.redis_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,19 +59,52 @@ class RedisGateway:
         self._apps: dict[Connection, App] = {}
         self._last: dict[tuple[str, str], QueueStats] = {}
         self._lock = threading.Lock()
+        self.tls_files = TLSFiles()
+
+    def connect(self, target: RedisTarget, api: SecretReader, namespace: str) -> Connection:
+        """The operator's own connection to a target: its Secrets read (each tick, so a changed
+        Secret is used at once), TLS material written to private files, Settings validated."""
+        found = target.resolve(api, namespace)
+
+        def private_file(content: bytes | None, name: str) -> str | None:
+            return self.tls_files.path(content, name) if content is not None else None
+
+        try:
+            settings = Settings(
+                redis_url=found.url,
+                redis_url_source="Queue",
+                redis_username=found.username,
+                redis_password=found.password,
+                redis_sentinel_username=found.sentinel_username,
+                redis_sentinel_password=found.sentinel_password,
+                redis_tls_ca_file=private_file(found.tls_ca, "ca.crt"),
+                redis_tls_cert_file=private_file(found.tls_cert, "tls.crt"),
+                redis_tls_key_file=private_file(found.tls_key, "tls.key"),
+                redis_tls_verify=found.tls_verify,
+                key_prefix=target.key_prefix,
+            ).validated()
+        except ConfigurationError as exc:
+            raise InvalidReference(
+                "InvalidRedisSettings",
+                f"Queue {target.queue}: its Redis settings are refused: {exc}; fix spec.redis "
+                "or the Secrets it references",
+            ) from None
+        return Connection(settings)
 
     def app(self, conn: Connection) -> App:
         with self._lock:
             app = self._apps.get(conn)
             if app is None:
-                settings = Settings(
-                    redis_url=conn.url,
-                    redis_url_source="Queue",
-                    redis_password=conn.password,
-                    key_prefix=conn.key_prefix,
-                ).validated()
-                app = self._apps[conn] = App(settings=settings, middleware=[])
+                app = self._apps[conn] = App(settings=conn.settings, middleware=[])
             return app
+
+    def close(self) -> None:
+        """Close every App's connections and remove the TLS files (the operator stops)."""
+        with self._lock:
+            apps, self._apps = list(self._apps.values()), {}
+        for app in apps:
+            app.close()
+        self.tls_files.close()
 
     def measure(self, conn: Connection, namespace: str, queue: str) -> Reading:
         """The queue's figures; RedisUnreachable when Redis does not answer."""

@@ -19,7 +19,7 @@ from shoal_operator import conditions as cond
 from shoal_operator import deployment as deploy
 from shoal_operator.errors import MissingReference, ReconcileError, SpecError
 from shoal_operator.kube import GROUP, VERSION, camel, patch_status, read_deployment
-from shoal_operator.redis_gateway import Connection, connect
+from shoal_operator.redis_gateway import Connection
 from shoal_operator.redis_target import RedisTarget
 
 
@@ -174,7 +174,7 @@ class Autoscaling:
         conn: Connection | None = None
         try:
             refs = _queue_refs(memo, namespace, list(spec.get("queues", [])))
-            conn = connect(refs[0].target, memo.core, namespace)
+            conn = memo.redis.connect(refs[0].target, memo.core, namespace)
             broker = memo.redis.app(conn).broker
             names = [r.name for r in refs]
             snap = self.fleet.snapshot(broker, names, replicas, ready)

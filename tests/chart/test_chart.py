@@ -502,6 +502,33 @@ def test_the_worker_pods_the_operator_creates_for_the_demo_are_valid_and_restric
     assert [p for p in problems if "no memory limit" not in p] == []  # limits: the user's spec
 
 
+def test_a_worker_on_production_redis_is_a_valid_restricted_deployment() -> None:
+    """examples/queue-production-redis.yaml (Sentinel, an ACL user, TLS with a client
+    certificate) through the operator's builder: the TLS volume and its mount are valid
+    Kubernetes, the pod stays restricted, and the Queue's Secrets are the only ones named."""
+    path = ROOT / "examples" / "queue-production-redis.yaml"
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    queue = next(d for d in docs if d["kind"] == "Queue")
+    worker = next(d for d in docs if d["kind"] == "Worker")
+    assert validate_cr(queue, load_crds()) == [] and validate_cr(worker, load_crds()) == []
+    ref = deploy.QueueRef("payments", RedisTarget.from_queue("payments", queue["spec"]), 60)
+    built = deploy.build("payments", NAMESPACE, worker["spec"], [ref], OperatorSettings(), 1)
+    kubernetes_validate.validate(built, KUBERNETES_VERSION, strict=True)
+    pod = built["spec"]["template"]["spec"]
+    assert restricted_violations("worker", pod) == []
+    names = {
+        s["secret"]["name"]
+        for v in pod["volumes"]
+        for s in v.get("projected", {}).get("sources", [])
+    }
+    names |= {
+        e["valueFrom"]["secretKeyRef"]["name"]
+        for e in pod["containers"][0]["env"]
+        if "valueFrom" in e
+    }
+    assert names == {"redis-auth", "redis-sentinel-auth", "redis-tls"}
+
+
 # --- CRDs ---------------------------------------------------------------------------------------
 
 

@@ -13,6 +13,12 @@ from crd_schema import ROOT, load_crds, validate
 
 CRDS = load_crds()
 EXAMPLES = [d for d in yaml.safe_load_all((ROOT / "examples" / "queue.yaml").read_text()) if d]
+ALL_EXAMPLES = [
+    d
+    for path in sorted((ROOT / "examples").glob("*.yaml"))
+    for d in yaml.safe_load_all(path.read_text())
+    if d
+]
 
 
 def version(kind: str) -> dict[str, Any]:
@@ -45,7 +51,7 @@ def test_printer_columns_show_what_kubectl_get_needs() -> None:
     assert {"Ready", "Desired", "Queues", "Age"} <= worker_cols
 
 
-@pytest.mark.parametrize("doc", EXAMPLES, ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
+@pytest.mark.parametrize("doc", ALL_EXAMPLES, ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
 def test_examples_are_accepted(doc: dict[str, Any]) -> None:
     assert validate(doc, CRDS) == []
 
@@ -158,3 +164,98 @@ def test_worker_schedule_lead_is_seconds_from_zero() -> None:
 
     assert validate(lead(120), CRDS) == []
     assert any("-1 is less than the minimum of 0" in e for e in validate(lead(-1), CRDS))
+
+
+# --- spec.redis: every form of production Redis ---------------------------------------------------
+
+SENTINEL = {"hosts": ["sentinel-0.sentinel:26379", "10.0.0.7:26379"], "masterName": "mymaster"}
+REF = {"name": "redis-auth"}
+
+
+@pytest.mark.parametrize(
+    "redis",
+    [
+        {"url": "redis+sentinel://s1:26379,s2:26379/mymaster/0"},
+        {"url": "rediss+cluster://n1:6379,n2:6379", "tls": {}},
+        {"url": "unix:///run/redis/redis.sock"},
+        {"url": "rediss://r:6380/0", "tls": {"caSecretRef": REF, "verify": False}},
+        {
+            "sentinel": {**SENTINEL, "db": 3, "usernameSecretRef": REF, "passwordSecretRef": REF},
+            "usernameSecretRef": REF,
+            "passwordSecretRef": {"name": "redis-auth", "key": "pw"},
+            "tls": {
+                "caSecretRef": {"name": "ca", "key": "root.pem"},
+                "certSecretRef": {"name": "client"},
+                "keySecretRef": {"name": "client"},
+            },
+        },
+        {"cluster": {"nodes": ["n0", "[fd00::1]:6379", "redis-cluster-1.redis:6379"]}},
+        {"urlSecretRef": {"name": "redis"}, "tls": {"caSecretRef": REF}},  # CEL cannot see it
+    ],
+    ids=[
+        "sentinel-url",
+        "cluster-url-tls",
+        "unix",
+        "rediss-no-verify",
+        "sentinel-acl-mtls",
+        "cluster",
+        "url-secret-tls",
+    ],
+)
+def test_production_redis_forms_are_accepted(redis: dict[str, Any]) -> None:
+    assert validate(_queue(**redis), CRDS) == []
+
+
+@pytest.mark.parametrize(
+    ("redis", "expected"),
+    [
+        (
+            {"url": "redis://r:6379/0", "sentinel": SENTINEL},
+            "set exactly one of redis.url, redis.urlSecretRef, redis.sentinel and redis.cluster",
+        ),
+        ({"sentinel": SENTINEL, "cluster": {"nodes": ["n:6379"]}}, "set exactly one"),
+        (
+            {"url": "redis://r:6379/0", "tls": {}},
+            "redis.tls needs a TLS URL; use rediss:// (or rediss+sentinel://, rediss+cluster://)",
+        ),
+        ({"url": "unix:///run/redis.sock", "tls": {}}, "redis.tls needs a TLS URL"),
+        (
+            {"cluster": {"nodes": ["n:6379"]}, "tls": {"certSecretRef": REF}},
+            "a client certificate needs redis.tls.certSecretRef and redis.tls.keySecretRef",
+        ),
+        ({"cluster": {"nodes": ["n:6379"]}, "tls": {"keySecretRef": REF}}, "set both, or neither"),
+        ({"sentinel": {"hosts": ["s:26379"]}}, "'masterName' is a required property"),
+        ({"sentinel": {"hosts": [], "masterName": "m"}}, "should be non-empty"),
+        ({"cluster": {"nodes": []}}, "should be non-empty"),
+        ({"cluster": {"nodes": ["n:6379,m:6379"]}}, "does not match"),
+        ({"cluster": {"nodes": ["redis://n:6379"]}}, "does not match"),
+        ({"sentinel": {**SENTINEL, "masterName": "a/b"}}, "does not match"),
+        ({"sentinel": {**SENTINEL, "db": -1}}, "less than the minimum of 0"),
+        ({"url": "rediss+sentinel://u:pw@s1:26379/m/0", "tls": {}}, "does not match"),
+        ({"url": "redis+foo://r:6379"}, "does not match"),
+        ({"url": "rediss://r:6380", "tls": {"caFile": "/ca.crt"}}, "caFile"),
+        ({"sentinel": {**SENTINEL, "usernameSecretRef": {}}}, "'name' is a required property"),
+    ],
+    ids=[
+        "url-and-sentinel",
+        "sentinel-and-cluster",
+        "tls-with-redis-url",
+        "tls-with-unix-url",
+        "cert-without-key",
+        "key-without-cert",
+        "sentinel-without-master",
+        "no-sentinels",
+        "no-nodes",
+        "comma-in-node",
+        "scheme-in-node",
+        "slash-in-master",
+        "negative-db",
+        "password-in-sentinel-url",
+        "unknown-scheme",
+        "unknown-tls-field",
+        "secret-ref-without-name",
+    ],
+)
+def test_invalid_production_redis_specs_are_refused(redis: dict[str, Any], expected: str) -> None:
+    errors = validate(_queue(**redis), CRDS)
+    assert any(expected in e for e in errors), errors

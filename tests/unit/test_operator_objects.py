@@ -155,11 +155,12 @@ def test_resolve_reads_secrets_and_names_what_is_missing() -> None:
         },
     )
     api = FakeSecrets({"r": {"url": "redis://r:1/0"}, "p": {"pw": "hunter2"}})
-    assert target.resolve(api, "ns") == ("redis://r:1/0", "hunter2")
+    found = target.resolve(api, "ns")
+    assert (found.url, found.password, found.username) == ("redis://r:1/0", "hunter2", None)
     with pytest.raises(MissingReference, match="Secret ns/r does not exist"):
         target.resolve(FakeSecrets({}), "ns")
     with pytest.raises(MissingReference, match="no key 'pw'"):
-        target.resolve(FakeSecrets({"r": {"url": "x"}, "p": {"other": "y"}}), "ns")
+        target.resolve(FakeSecrets({"r": {"url": "redis://r:1/0"}, "p": {"other": "y"}}), "ns")
 
 
 def test_condition_transition_time_moves_only_on_change() -> None:

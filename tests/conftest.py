@@ -6,7 +6,10 @@
   ``single`` (the session server) unless the test is marked ``@pytest.mark.every_topology``:
   then it runs once per topology (single, cluster, sentinel, tls, acl, valkey; the marker's
   arguments, if any, name a subset). Each kind starts once per session, only if a collected
-  test needs it, all side by side in background threads (``topology_pool``).
+  test needs it, all side by side in background threads (``topology_pool``). Tests may also
+  ask for one kind directly: ``cluster_topology``, ``sentinel_topology``, ``tls_topology``,
+  ``acl_topology``, ``valkey_topology``, ``single_topology``, and ``sentinel_auth_topology``
+  (sentinels behind a password).
 * ``redis_url`` (function): the topology's URL after a flush, so every test starts empty.
 * ``redis_client``: a plain client of the session server (``single`` only; elsewhere use
   ``topology.admin()``).

@@ -317,7 +317,7 @@ class SingleTopology(Topology):
 
     def admin(self) -> redis.Redis:
         if self._admin is None:
-            self._admin = redis.Redis(host=HOST, port=self.port)
+            self._admin = redis.Redis(host=HOST, port=self.port, retry=no_retry())
         client: redis.Redis = self._admin
         return client
 

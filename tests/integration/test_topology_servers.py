@@ -42,6 +42,12 @@ def test_every_topology_runs_the_test_on_an_empty_redis(
     assert admin.dbsize() == 0
 
 
+@pytest.mark.every_topology("valkey", "acl")
+def test_the_marker_names_a_subset(topology: Topology, request: pytest.FixtureRequest) -> None:
+    assert request.node.callspec.id == topology.name
+    assert topology.name in {"valkey", "acl"}
+
+
 def test_without_the_marker_the_topology_is_the_session_server(
     topology: Topology, redis_url: str, redis_client: redis.Redis
 ) -> None:

@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import psutil
@@ -82,10 +82,16 @@ def _is_worker(proc: psutil.Process) -> bool:
         return False
 
 
-def worker_env(redis_url: str, **extra: str) -> dict[str, str]:
+def worker_env(
+    redis_url: str, topology_env: Mapping[str, str] | None = None, **extra: str
+) -> dict[str, str]:
+    """This process's environment without its ``SHOAL_*``, then ``SHOAL_REDIS_URL``, the
+    topology's ``SHOAL_*`` (``topology.env``: passwords, TLS files) and ``extra``, in that
+    order of precedence (``extra`` wins)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
     env["SHOAL_REDIS_URL"] = redis_url
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+    env.update(topology_env or {})
     env.update(extra)
     return env
 
@@ -97,13 +103,15 @@ def runs(client: redis.Redis, prefix: str = "shoal") -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def shoal_dev(manifest: Path, redis_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``shoal dev -f MANIFEST`` against the test Redis, its output in ``log``; stopped (as
-    Ctrl-C would: SIGTERM, then waited for) when the block ends."""
+def shoal_dev(
+    manifest: Path, redis_url: str, log: Path, topology_env: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``shoal dev -f MANIFEST`` against the test Redis (with the topology's ``SHOAL_*``), its
+    output in ``log``; stopped (as Ctrl-C would: SIGTERM, then waited for) when the block ends."""
     with log.open("wb") as out:
         dev = subprocess.Popen(
             [sys.executable, "-m", "shoal", "dev", "-f", str(manifest), "--redis-url", redis_url],
-            env=worker_env(redis_url),
+            env=worker_env(redis_url, topology_env),
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -44,6 +44,7 @@ from redis.cluster import ClusterNode
 from redis.crc import key_slot
 from redis.retry import Retry
 
+from shoal.protocol.acl import acl_rule
 from shoal.protocol.server import LocalRedis, free_port
 
 T = TypeVar("T")
@@ -372,7 +373,7 @@ def valkey_server_binary() -> str:
 
 class AclTopology(Topology):
     """The default user behind a password (for ``admin()``) and user ``shoal`` with the rule
-    :func:`shoal_acl_rule` gives for the tests' key prefixes (``t*``)."""
+    :func:`shoal.protocol.acl.acl_rule` gives for the tests' key prefixes (``t*``)."""
 
     def __init__(self, key_prefix_glob: str = "t*") -> None:
         super().__init__("acl", "")
@@ -382,7 +383,7 @@ class AclTopology(Topology):
         self.password = secrets.token_hex(12)
         self.admin_password = secrets.token_hex(12)
         self.key_prefix_glob = key_prefix_glob
-        self.rule, self.rule_is_fallback = shoal_acl_rule(key_prefix_glob)
+        self.rule = acl_rule(key_prefix_glob)
         self.settings = {"redis_username": self.username, "redis_password": self.password}
         self.env = settings_env(self.settings)
         workdir = self.dir / "acl"
@@ -425,21 +426,6 @@ class AclTopology(Topology):
 
     def flush(self) -> None:
         self.admin().flushall()
-
-
-FALLBACK_ACL_RULE = ["resetkeys", "~{glob}:*", "resetchannels", "&{glob}:*", "+@all"]
-"""TODO(lead): remove with the fallback in shoal_acl_rule once shoal.protocol.acl is on main.
-Keys and channels as Shoal's rule confines them (``<prefix>:*``), every command allowed."""
-
-
-def shoal_acl_rule(key_prefix: str) -> tuple[list[str], bool]:
-    """``shoal.protocol.acl.acl_rule(key_prefix)``, and whether it was the local fallback."""
-    try:
-        acl = importlib.import_module("shoal.protocol.acl")
-    except ImportError:  # TODO(lead): drop this branch when shoal.protocol.acl lands
-        return [part.format(glob=key_prefix) for part in FALLBACK_ACL_RULE], True
-    rule: list[str] = acl.acl_rule(key_prefix)
-    return list(rule), False
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ def commandstats(client: redis.Redis) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
+@pytest.mark.every_topology
 def test_sync_and_async_tasks_run(app: App, worker: Callable[..., Any]) -> None:
     seen: list[tuple[str, Any]] = []
     lock = threading.Lock()
@@ -95,6 +96,7 @@ def test_enqueue_many_of_nothing_sends_nothing(app: App) -> None:
     assert app.measure(app.settings.default_queue).enqueued == 0
 
 
+@pytest.mark.every_topology
 def test_results_are_stored_and_returned(app: App, worker: Callable[..., Any]) -> None:
     @app.task(store_result=True)
     def multiply(a: int, b: int) -> dict[str, int]:
@@ -138,6 +140,7 @@ def test_result_timeout_when_no_worker(app: App) -> None:
     assert app.measure(app.settings.default_queue).waiting == 1, "waiting did not consume it"
 
 
+@pytest.mark.every_topology
 def test_delayed_message_waits_in_redis_then_runs_once(
     app: App, worker: Callable[..., Any]
 ) -> None:

@@ -48,6 +48,7 @@ def dead_entry(app: App, queue: str, message_id: str) -> dict[str, Any]:
     return entry
 
 
+@pytest.mark.every_topology
 def test_failures_retry_with_growing_delays_then_dead_letter(
     make_app: Callable[..., App], worker: Any
 ) -> None:
@@ -159,6 +160,7 @@ def test_dlq_is_bounded_by_count_and_age(make_app: Callable[..., App], worker: A
     assert app.broker.redis.hget(app.broker.keys("q").dead_entries, old) is None
 
 
+@pytest.mark.every_topology
 def test_replay_resets_attempts_and_purge_deletes(
     make_app: Callable[..., App], worker: Any
 ) -> None:
@@ -189,6 +191,7 @@ def test_replay_resets_attempts_and_purge_deletes(
     assert len(dead) == 0
 
 
+@pytest.mark.every_topology
 def test_dedupe_returns_the_live_message(make_app: Callable[..., App], worker: Any) -> None:
     app = make_app()
     ran: list[int] = []
@@ -208,6 +211,7 @@ def test_dedupe_returns_the_live_message(make_app: Callable[..., App], worker: A
     assert after.id != first.id
 
 
+@pytest.mark.every_topology
 def test_signed_workers_refuse_unsigned_and_forged_messages(
     make_app: Callable[..., App], worker: Any
 ) -> None:
@@ -279,6 +283,7 @@ def test_message_that_keeps_losing_its_worker_is_dead_lettered(
     assert "delivered 4 times" in entry["error"]
 
 
+@pytest.mark.every_topology
 def test_poison_entries_do_not_block_the_queue(make_app: Callable[..., App], worker: Any) -> None:
     app = make_app()
     ran: list[int] = []

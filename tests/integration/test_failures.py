@@ -133,6 +133,7 @@ def test_failing_task_is_retried_then_dead_lettered(
     assert (stats.retried, stats.dead_total, stats.dead, stats.completed) == (2, 1, 1, 0)
 
 
+@pytest.mark.every_topology
 def test_task_that_recovers_is_completed_once(app: App, worker: Callable[..., Any]) -> None:
     calls: list[int] = []
 

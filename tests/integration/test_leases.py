@@ -25,6 +25,7 @@ def owners(app: App, queue: str) -> dict[bytes, bytes]:
     return app.broker.redis.hgetall(app.broker.keys(queue).owners)  # type: ignore[return-value]
 
 
+@pytest.mark.every_topology
 def test_a_lapsed_lease_belongs_to_the_next_delivery(make_app: Callable[..., App]) -> None:
     app = make_app()
     keys = app.broker.keys("q")

@@ -26,6 +26,7 @@ from shoal.scheduler import (
     write_queue_schedules,
 )
 from shoal.schedules import Run, Schedule, from_queue_spec, latest_tick, make, message_id
+from topologies import Topology
 
 
 def at(*parts: int) -> float:
@@ -71,6 +72,7 @@ def stored_ids(app: App, queue: str) -> set[str]:
     return {k.decode() for k in raw}
 
 
+@pytest.mark.every_topology
 def test_each_tick_is_enqueued_once_by_concurrent_schedulers(app: App) -> None:
     @app.periodic("*/5 * * * *", queue="reports", missed="run_once")
     def report() -> None: ...
@@ -94,8 +96,9 @@ def test_each_tick_is_enqueued_once_by_concurrent_schedulers(app: App) -> None:
     assert stats.enqueued == 5 and stats.waiting == 5
 
 
+@pytest.mark.every_topology
 def test_queue_schedules_run_beside_code_ones_and_override_them_by_name(
-    app: App, worker: Callable[..., Any]
+    app: App, worker: Callable[..., Any], topology: Topology
 ) -> None:
     ran: list[tuple[Any, ...]] = []
 
@@ -115,7 +118,7 @@ def test_queue_schedules_run_beside_code_ones_and_override_them_by_name(
     # Then both ran once, and the code schedule is listed in Redis too
     worker(app, ["reports"])
     assert sorted(ran) == [("cleanup", 7), ("minutely",)]
-    names = app.broker.redis.hkeys(app.broker.keys("reports").schedules)
+    names = topology.admin().hkeys(app.broker.keys("reports").schedules)
     assert sorted(names) == [b"cr", b"minutely"]  # type: ignore[arg-type]
 
     # When the Queue suspends the code schedule by name, and drops its own
@@ -128,7 +131,7 @@ def test_queue_schedules_run_beside_code_ones_and_override_them_by_name(
 
     # Then nothing runs; the tick is claimed as skipped
     assert app.measure("reports").waiting == 0
-    assert app.broker.redis.hkeys(app.broker.keys("reports").schedules) == [b"minutely"]
+    assert topology.admin().hkeys(app.broker.keys("reports").schedules) == [b"minutely"]
 
     # When the Queue drops it too, the code schedule is back (re-published) and runs again
     write_queue_schedules(app.broker, "reports", [])

@@ -66,6 +66,7 @@ def arithmetic(app: App) -> tuple[Any, ...]:
     return add, mul, total, boom, calls
 
 
+@pytest.mark.every_topology
 def test_chain_passes_each_result_as_the_next_first_argument(app: App, worker: Any) -> None:
     add, mul, _, _, calls = arithmetic(app)
 
@@ -77,6 +78,7 @@ def test_chain_passes_each_result_as_the_next_first_argument(app: App, worker: A
     assert calls["mul"] == [(3, 10)]
 
 
+@pytest.mark.every_topology
 def test_group_gathers_results_in_member_order_across_queues(app: App, worker: Any) -> None:
     add, mul, _, _, _ = arithmetic(app)
 
@@ -86,6 +88,7 @@ def test_group_gathers_results_in_member_order_across_queues(app: App, worker: A
     assert handle.result(timeout=5) == [100, 1, 102, 9, 104, 25, 106]
 
 
+@pytest.mark.every_topology
 def test_chord_callback_runs_once_with_every_result_in_order(app: App, worker: Any) -> None:
     _, mul, total, _, calls = arithmetic(app)
 
@@ -133,6 +136,7 @@ def test_nested_result_without_a_final_task(app: App, worker: Any) -> None:
     assert calls["total"] == [[15, 6]]
 
 
+@pytest.mark.every_topology
 def test_a_member_that_fails_for_good_fails_the_chord_and_its_callback_never_runs(
     app: App, worker: Any
 ) -> None:
@@ -606,6 +610,7 @@ def test_what_follows_a_group_is_stored_once_not_in_every_member(app: App) -> No
     assert abs(largest_member(1000) - largest_member(10)) < 32
 
 
+@pytest.mark.every_topology
 def test_a_workflow_never_uses_two_hash_slots_in_one_script(
     app: App, worker: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -131,20 +132,24 @@ class Broker(KeyedClient):
         wanted = self.settings.redis_wait_replicas
         timeout_ms = int(self.settings.redis_wait_timeout_s * 1000)
         script = self._scripts[name]
-        node: Any = self.redis
-        if isinstance(self.redis, ExplainingCluster):  # the primary of the queue's slot
-            primary = self.redis.get_node_from_key(keys[0])  # type: ignore[no-untyped-call]
-            node = self.redis.get_redis_connection(primary)
-        for _ in range(2):
+        for _ in range(3):
+            node = self._primary_of(keys[0])
             pipe = node.pipeline(transaction=False)
             pipe.evalsha(script.sha, len(keys), *keys, *argv)
             pipe.execute_command("WAIT", wanted, timeout_ms)
             try:
                 reply, confirmed = pipe.execute(raise_on_error=False)
             except CONNECTION_ERRORS as exc:
+                if isinstance(self.redis, ExplainingCluster):  # a node gone: reload the map
+                    with contextlib.suppress(*CONNECTION_ERRORS):
+                        self.redis.nodes_manager.initialize()
                 raise connection_error(self.settings.redis_url, exc) from exc
             if isinstance(reply, redis.exceptions.NoScriptError):  # did not run: load, again
                 node.script_load(script.script)
+                continue
+            if isinstance(reply, redis.exceptions.MovedError | redis.exceptions.AskError):
+                assert isinstance(self.redis, ExplainingCluster)  # the slot moved: not run
+                self.redis.nodes_manager.initialize()  # (reloading the map is not counted)
                 continue
             if isinstance(reply, Exception):
                 raise reply
@@ -153,7 +158,18 @@ class Broker(KeyedClient):
                     self.redis.target(), enqueue_what(queue, items, task), int(confirmed), wanted
                 )
             return reply
-        raise AssertionError("unreachable: the script was loaded before the second send")
+        raise BrokerError(
+            f"{enqueue_what(queue, items, task)} failed: the queue's slot kept moving between "
+            f"the nodes of {self.redis.target()} (a resharding?); nothing was stored. Try again."
+        )
+
+    def _primary_of(self, key: str) -> Any:
+        """The client of the node that holds ``key`` (the server itself when not a Cluster),
+        for commands that must share one connection with the write they follow (WAIT)."""
+        if not isinstance(self.redis, ExplainingCluster):
+            return self.redis
+        primary = self.redis.get_node_from_key(key)  # type: ignore[no-untyped-call]
+        return self.redis.get_redis_connection(primary)
 
     def start_group(self, queue: str, group_id: str, size: int, then: bytes) -> None:
         """Write a workflow group's record (see :meth:`AsyncBroker.start_group`)."""

@@ -10,9 +10,10 @@ when it certainly did not run.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import redis
@@ -144,6 +145,17 @@ def sent_before_failing() -> bool:
     return bool(getattr(_sent, "whole", True))
 
 
+@contextlib.contextmanager
+def sends_not_counted() -> Iterator[None]:
+    """Commands sent inside (the client's own housekeeping, such as reloading a Cluster's slot
+    map) do not count as the operation's: :func:`sent_before_failing` answers as before."""
+    whole = sent_before_failing()
+    try:
+        yield
+    finally:
+        _sent.whole = whole
+
+
 class _RecordsSends:
     """Mixed into redis-py's connection classes: marks the thread's operation as sent once a
     command was written whole. Health-check PINGs and the handshake (AUTH, SELECT) are written
@@ -197,11 +209,43 @@ class _Explains:
 
 
 class ExplainingRedis(_Explains, redis.Redis):
-    """One server, or the master a Sentinel names."""
+    """One server, or the master a Sentinel names (closing it closes the sentinels' clients)."""
+
+    sentinels: sentinel.Sentinel | None = None
+
+    def close(self) -> None:
+        super().close()
+        for client in self.sentinels.sentinels if self.sentinels else ():
+            client.close()
+
+
+class _AsyncSentinelMaster(aioredis.Redis):
+    """The master a Sentinel names; closing it closes the sentinels' clients too."""
+
+    sentinels: aiosentinel.Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        for client in self.sentinels.sentinels if self.sentinels else ():
+            await client.aclose()
 
 
 class ExplainingCluster(_Explains, cluster.RedisCluster):
-    """A Redis Cluster: MOVED and ASK are followed, the slot map refreshed after a failover."""
+    """A Redis Cluster: MOVED and ASK are followed, the slot map refreshed after a failover.
+
+    redis-py reloads the slot map (CLUSTER SLOTS) when a command's connection fails; those
+    sends are housekeeping, so they must not make :func:`sent_before_failing` say that the
+    failed command reached Redis."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        reload = self.nodes_manager.initialize
+
+        def initialize_uncounted(*args: Any, **kwargs: Any) -> Any:
+            with sends_not_counted():
+                return reload(*args, **kwargs)
+
+        self.nodes_manager.initialize = initialize_uncounted  # type: ignore[method-assign]
 
 
 BlockingRedis = ExplainingRedis | ExplainingCluster
@@ -271,9 +315,13 @@ def open_redis(settings: Settings, **timeouts: Any) -> BlockingRedis:
     elif url.kind == "sentinel":
         assert url.master_name is not None
         sentinels = sentinel.Sentinel(  # type: ignore[no-untyped-call]
-            list(url.hosts), sentinel_kwargs=_sentinel_options(url, settings, timeouts)
+            list(url.hosts),
+            sentinel_kwargs={
+                **_sentinel_options(url, settings, timeouts),
+                "retry": Retry(NoBackoff(), 0),  # a sentinel down: ask the next one at once
+            },
         )
-        client = sentinels.master_for(  # type: ignore[no-untyped-call]
+        master: ExplainingRedis = sentinels.master_for(  # type: ignore[no-untyped-call]
             url.master_name,
             redis_class=ExplainingRedis,
             connection_class=_SentinelSSLConnection if url.tls else _SentinelConnection,
@@ -281,6 +329,8 @@ def open_redis(settings: Settings, **timeouts: Any) -> BlockingRedis:
             retry=Retry(NoBackoff(), 0),
             **options,
         )
+        master.sentinels = sentinels
+        client = master
     else:
         if url.kind == "unix":
             where: dict[str, Any] = {"path": url.path, "connection_class": _UnixConnection}
@@ -312,17 +362,22 @@ def open_async_redis(settings: Settings, **timeouts: Any) -> AsyncRedis:
     if url.kind == "sentinel":
         assert url.master_name is not None
         sentinels = aiosentinel.Sentinel(  # type: ignore[no-untyped-call]
-            list(url.hosts), sentinel_kwargs=_sentinel_options(url, settings, timeouts)
+            list(url.hosts),
+            sentinel_kwargs={
+                **_sentinel_options(url, settings, timeouts),
+                "retry": AsyncRetry(NoBackoff(), 0),
+            },
         )
         if url.tls:
             options["connection_class"] = aiosentinel.SentinelManagedSSLConnection
-        master: aioredis.Redis = sentinels.master_for(
+        master: _AsyncSentinelMaster = sentinels.master_for(
             url.master_name,
-            redis_class=aioredis.Redis,
+            redis_class=_AsyncSentinelMaster,
             db=url.db,
             retry=AsyncRetry(NoBackoff(), 0),
             **options,
         )
+        master.sentinels = sentinels
         return master
     if url.kind == "unix":
         where: dict[str, Any] = {

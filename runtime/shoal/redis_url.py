@@ -8,9 +8,10 @@ and every error can quote the URL as given, credentials masked.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal, NoReturn
-from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from shoal.errors import ConfigurationError
 
@@ -36,13 +37,29 @@ _DEFAULT_PORT = {"standalone": 6379, "sentinel": 26379, "cluster": 6379}
 
 
 def mask_url(url: str) -> str:
-    """The URL as given, with its password replaced by ``***``, for logs and error messages."""
-    parts = urlsplit(url)
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
+    """The URL as given, with its password (in the credentials or a ``password=`` option)
+    replaced by ``***``, for logs and error messages. Never trusts the URL to be well formed:
+    a password holding ``/``, ``?`` or ``#`` is masked too."""
+    scheme, userinfo, rest = _split_credentials(url)
+    masked = url
+    if userinfo is not None and ":" in userinfo:
+        masked = f"{scheme}://{userinfo.split(':', 1)[0]}:***@{rest}"
+    return _QUERY_PASSWORD.sub(r"\1***", masked)
+
+
+_QUERY_PASSWORD = re.compile(r"([?&](?:sentinel_)?password=)[^&#]*")
+
+
+def _split_credentials(url: str) -> tuple[str, str | None, str]:
+    """(scheme, user info or None, the rest): the credentials end at the last ``@`` that is
+    not in a query option, so a password may hold any character."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "", None, url
+    at = rest.rfind("@")
+    if at == -1 or "=" in rest[:at]:
+        return scheme, None, rest
+    return scheme, rest[:at], rest[at + 1 :]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,14 +88,19 @@ class RedisUrl:
 
 def parse_redis_url(given: str) -> RedisUrl:
     """Read ``given``; raise a one-line ConfigurationError naming the masked URL and the fix."""
-    parts = urlsplit(given)
+    scheme, userinfo_or_none, rest = _split_credentials(given)
+    try:
+        parts = urlsplit(f"{scheme}://{rest}" if scheme else given)
+    except ValueError as exc:  # a broken [IPv6] address
+        _refuse(given, f"cannot be read ({exc})", f"use {FORMS}")
     form = _SCHEMES.get(parts.scheme)
     if form is None:
         _refuse(given, f"has scheme {parts.scheme or '(none)'!r}", f"use {FORMS}")
     kind, tls = form
+    userinfo = userinfo_or_none or ""
     if kind == "unix":
-        return _unix(given, parts)
-    userinfo, _, netloc = parts.netloc.rpartition("@")
+        return _unix(given, parts, userinfo)
+    netloc = parts.netloc
     hosts = tuple(_host_port(given, h, _DEFAULT_PORT[kind]) for h in netloc.split(",") if h)
     if not hosts:
         _refuse(given, "names no host", f"use {FORMS}")
@@ -116,18 +138,19 @@ def parse_redis_url(given: str) -> RedisUrl:
     )
 
 
-def _unix(given: str, parts: SplitResult) -> RedisUrl:
+def _unix(given: str, parts: SplitResult, userinfo: str) -> RedisUrl:
     if not parts.path:
         _refuse(given, "names no socket path", "use unix:///path/to/redis.sock")
     options = dict(p.partition("=")[::2] for p in parts.query.split("&") if p)
     db = _db(given, [options["db"]] if "db" in options else [], "unix")
+    user, has_password, password = userinfo.partition(":")
     return RedisUrl(
         given=given,
         kind="unix",
         tls=False,
         hosts=(),
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
+        username=unquote(user) or None,
+        password=unquote(password) if has_password else None,
         db=db,
         master_name=None,
         path=parts.path,

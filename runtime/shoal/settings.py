@@ -251,10 +251,10 @@ class Settings:
                 "a TLS client certificate needs both SHOAL_REDIS_TLS_CERT_FILE and "
                 "SHOAL_REDIS_TLS_KEY_FILE; set both, or neither"
             )
-        if self.redis_wait_replicas < 0 or self.redis_wait_timeout_s <= 0:
+        if self.redis_wait_replicas < 0 or self.redis_wait_timeout_s < 0.001:  # WAIT 0 blocks
             raise ConfigurationError(
                 f"SHOAL_REDIS_WAIT_REPLICAS ({self.redis_wait_replicas}) must be 0 or more and "
-                f"SHOAL_REDIS_WAIT_TIMEOUT ({self.redis_wait_timeout_s}) above 0 seconds"
+                f"SHOAL_REDIS_WAIT_TIMEOUT ({self.redis_wait_timeout_s}) at least 0.001 seconds"
             )
 
     def with_overrides(self, **overrides: Any) -> Settings:

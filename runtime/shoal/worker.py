@@ -244,7 +244,8 @@ class Worker:
                 continue
             if self.burst and await self._drained():
                 break
-            await self._wait_for_work(notifications, wait_s)
+            if not await self._wait_for_work(notifications, wait_s):
+                subscribed = False  # the channel's node is gone: subscribe anew, elsewhere
         with contextlib.suppress(*REDIS_ERRORS):
             await notifications.close()
 
@@ -267,8 +268,11 @@ class Worker:
                 break
         return started, wait_s
 
-    async def _wait_for_work(self, notifications: Notifications, timeout_s: float) -> None:
-        """Sleep until a queue is notified, the next delayed message is due, or stop()."""
+    async def _wait_for_work(self, notifications: Notifications, timeout_s: float) -> bool:
+        """Sleep until a queue is notified, the next delayed message is due, or stop().
+
+        False when the notify channel failed (its node died, a failover): then this sleeps the
+        whole ``timeout_s`` instead, as a poll, so a broken channel never spins the loop."""
         getter = asyncio.ensure_future(notifications.wait(timeout_s))
         stopper = asyncio.ensure_future(self._stop_event.wait())
         try:
@@ -278,7 +282,11 @@ class Worker:
         finally:
             for fut in (getter, stopper):
                 fut.cancel()
-            await asyncio.gather(getter, stopper, return_exceptions=True)
+            outcomes = await asyncio.gather(getter, stopper, return_exceptions=True)
+        if isinstance(outcomes[0], REDIS_ERRORS):
+            await self._sleep(timeout_s)
+            return False
+        return True
 
     async def _drained(self) -> bool:
         if self.busy or any(self.acks.values()) or self.leases:

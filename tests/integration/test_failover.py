@@ -12,12 +12,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from processes import WorkerProcess, runs
 
-from helpers import wait_for
-from shoal import App, BrokerError, EnqueueOutcomeUnknown
+from helpers import RunningWorker, wait_for
+from shoal import App, BrokerError, EnqueueOutcomeUnknown, ReplicationUnconfirmed
+from shoal.worker import Worker
 from topologies import ClusterTopology, SentinelTopology, Topology
 
 QUEUE = "delivery"  # tasks_for_tests' queue
@@ -189,3 +191,72 @@ def test_an_enqueue_to_a_dead_cluster_node_says_nothing_was_stored(
     assert not isinstance(info.value, EnqueueOutcomeUnknown), info.value
     assert "Nothing was stored" in str(info.value)
     cluster.wait_failover(killed)  # then the fixture restarts it as a replica
+
+
+@pytest.mark.every_topology("single", "acl", "sentinel")
+def test_an_enqueue_waits_for_a_replica_and_says_when_none_confirmed(
+    topology: Topology, make_app: Callable[..., App]
+) -> None:
+    app = make_app(redis_wait_replicas=1, redis_wait_timeout_s=0.05)
+    task = app.remote("slow", queue=QUEUE)
+    if topology.name == "sentinel":  # a replica follows the master: WAIT 1 is answered
+        task.enqueue("kept", 0)
+        assert app.measure(QUEUE).waiting == 1
+        return
+    # no replica: the message is stored on the primary, and the producer is told it is not
+    # replicated (the ACL user may run WAIT: the rule grants it)
+    with pytest.raises(ReplicationUnconfirmed, match="0 of 1 replica confirmed"):
+        task.enqueue("unconfirmed", 0)
+    assert app.measure(QUEUE).waiting == 1
+
+
+def test_an_unreachable_cluster_is_one_error_naming_the_url() -> None:
+    app = App(redis_url="redis+cluster://u:secret@127.0.0.1:1,127.0.0.1:2")
+    with pytest.raises(BrokerError) as info:
+        app.remote("slow", queue=QUEUE).enqueue("x", 0)
+    message = str(info.value)
+    assert "redis+cluster://u:***@127.0.0.1:1,127.0.0.1:2" in message
+    assert "secret" not in message and "\n" not in message
+
+
+@pytest.mark.every_topology("cluster")
+@pytest.mark.timeout(120)
+def test_an_idle_worker_whose_notify_node_died_polls_instead_of_spinning(
+    topology: Topology, cluster: ClusterTopology, make_app: Callable[..., App]
+) -> None:
+    app = make_app(idle_poll_s=0.5)
+    ran: list[str] = []
+
+    @app.task(queue="idle")
+    def mark(label: str) -> None:
+        ran.append(label)
+
+    worker = Worker(app, ["idle"], concurrency=2)
+    fetches = 0
+    fetch = worker.broker.fetch
+
+    async def counted(queue: str, count: int) -> Any:
+        nonlocal fetches
+        fetches += 1
+        return await fetch(queue, count)
+
+    worker.broker.fetch = counted  # type: ignore[method-assign]
+    running = RunningWorker(worker).start()
+    try:
+        mark.enqueue("before")
+        wait_for(lambda: ran == ["before"], message="the first task")
+        # Given the node the worker's notify channel lives on dies, and a replica takes over
+        killed = cluster.kill_master_of(app.broker.keys("idle").notify)
+        cluster.wait_failover(killed)
+        mark.enqueue("after")
+        wait_for(lambda: ran == ["before", "after"], message="a task after the failover")
+
+        # Then, idle, it fetches about once per idle poll: not in a loop on the dead channel
+        before = fetches
+        idle = threading.Event()
+        idle.wait(2.0)  # a window to count in (nothing is asserted about its length)
+        assert fetches - before < 20, f"{fetches - before} fetches in an idle window"
+        mark.enqueue("later")
+        wait_for(lambda: ran[-1:] == ["later"], message="a task on the new subscription")
+    finally:
+        running.stop()

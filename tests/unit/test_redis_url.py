@@ -96,3 +96,35 @@ def test_mask_url_keeps_the_url_as_given() -> None:
     assert mask_url("redis+cluster://u:s@a:1,b:2") == "redis+cluster://u:***@a:1,b:2"
     assert mask_url("redis://h:1/0") == "redis://h:1/0"
     assert parse_redis_url("rediss://u:s@h:1/0").masked == "rediss://u:***@h:1/0"
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "redis://user:pa/ss@host:6379/0",
+        "redis://user:p#w@host:6379/0",
+        "redis://:p?w@host/0",
+        "redis+sentinel://u:a/b@s1,s2/m",
+        "redis://host/0?password=hunter2&socket_timeout=3",
+    ],
+)
+def test_masking_never_shows_a_password_whatever_it_holds(given: str) -> None:
+    masked = mask_url(given)
+    for secret in ("pa/ss", "p#w", "p?w", "a/b", "hunter2"):
+        assert secret not in masked
+    assert "***" in masked
+
+
+def test_a_password_with_a_slash_is_read_whole() -> None:
+    url = parse_redis_url("redis://user:pa/ss@host:6379/2")
+    assert (url.username, url.password, url.hosts, url.db) == (
+        "user",
+        "pa/ss",
+        (("host", 6379),),
+        2,
+    )
+
+
+def test_a_broken_ipv6_address_is_refused_naming_the_url() -> None:
+    with pytest.raises(ConfigurationError, match=r"'redis://\[::1/0'.*use "):
+        parse_redis_url("redis://[::1/0")

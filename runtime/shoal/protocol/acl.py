@@ -10,14 +10,14 @@ made from it, so a command added to Shoal without being added here fails them.
 from __future__ import annotations
 
 COMMANDS = (
-    # the handshake redis-py makes, and its health checks
+    # the handshake redis-py makes, and its health checks (its CLIENT SETINFO is refused
+    # without harm: Redis before 7.2 has no such command to grant)
     "hello",
     "auth",
     "select",
     "ping",
     # Lua scripts (EVALSHA, loaded on first use); each runs as this user
     "evalsha",
-    "eval",
     "script|load",
     "script|exists",
     # wake-ups: enqueue.lua publishes, idle workers subscribe
@@ -71,7 +71,8 @@ COMMANDS = (
     "cluster|shards",
     "cluster|nodes",
     "command",
-    "readonly",
+    # SHOAL_REDIS_WAIT_REPLICAS: an enqueue waits for replicas
+    "wait",
 )
 
 

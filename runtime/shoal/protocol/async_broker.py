@@ -4,6 +4,7 @@ registration, the notify channels)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -12,7 +13,12 @@ import redis.asyncio.cluster as aiocluster
 from redis.commands.core import AsyncScript
 
 from shoal import queue_defaults
-from shoal.protocol.connection import AsyncRedis, open_async_redis, redis_call_timeout_s
+from shoal.protocol.connection import (
+    REDIS_ERRORS,
+    AsyncRedis,
+    open_async_redis,
+    redis_call_timeout_s,
+)
 from shoal.protocol.keys import QueueKeys, queues_key, worker_key, workers_key
 from shoal.protocol.registry import WorkerRegistration
 from shoal.protocol.scripts import (
@@ -244,9 +250,13 @@ class Notifications:
 
     async def subscribe(self) -> None:
         """(Re)subscribe, after a connect or a reconnect. On a Cluster, a PUBLISH reaches every
-        node, so one subscription anywhere hears every queue; the slot map must be known first."""
+        node, so one subscription anywhere hears every queue: after a failure it is made anew,
+        on whichever node serves the channel's slot now (the old one may be gone)."""
         if isinstance(self._redis, aiocluster.RedisCluster):
-            await self._redis.initialize()
+            await self._redis.initialize()  # the slot map, once
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            self._pubsub = self._redis.pubsub()
         await self._pubsub.subscribe(*self._channels)
 
     async def wait(self, timeout_s: float) -> None:

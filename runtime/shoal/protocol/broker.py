@@ -25,6 +25,7 @@ from shoal.protocol.connection import (
     open_redis,
     redis_full,
     replication_unconfirmed,
+    run_then_wait,
     sent_before_failing,
 )
 from shoal.protocol.keys import QueueKeys, queues_key, worker_key, workers_key
@@ -127,36 +128,36 @@ class Broker(KeyedClient):
         self, call: Call, queue: str, items: Sequence[Outgoing], task: str | None
     ) -> Any:
         """Run a script, then ``WAIT`` for replicas on the same connection (WAIT counts that
-        connection's writes), in one round trip; ReplicationUnconfirmed when too few confirm."""
+        connection's writes), in one round trip; ReplicationUnconfirmed when too few confirm
+        (or WAIT failed: the message is stored all the same)."""
         name, keys, argv = call
         wanted = self.settings.redis_wait_replicas
         timeout_ms = int(self.settings.redis_wait_timeout_s * 1000)
         script = self._scripts[name]
         for _ in range(3):
             node = self._primary_of(keys[0])
-            pipe = node.pipeline(transaction=False)
-            pipe.evalsha(script.sha, len(keys), *keys, *argv)
-            pipe.execute_command("WAIT", wanted, timeout_ms)
+            evalsha = ("EVALSHA", script.sha, len(keys), *keys, *argv)
             try:
-                reply, confirmed = pipe.execute(raise_on_error=False)
+                reply, confirmed = run_then_wait(node, evalsha, wanted, timeout_ms)
+                if isinstance(reply, redis.exceptions.NoScriptError):  # did not run: load
+                    node.script_load(script.script)
+                    continue
+                if isinstance(reply, redis.exceptions.MovedError | redis.exceptions.AskError):
+                    assert isinstance(self.redis, ExplainingCluster)  # the slot moved: not run
+                    self.redis.nodes_manager.initialize()  # (reloading the map is not counted)
+                    continue
             except CONNECTION_ERRORS as exc:
                 if isinstance(self.redis, ExplainingCluster):  # a node gone: reload the map
                     with contextlib.suppress(*CONNECTION_ERRORS):
                         self.redis.nodes_manager.initialize()
                 raise connection_error(self.settings.redis_url, exc) from exc
-            if isinstance(reply, redis.exceptions.NoScriptError):  # did not run: load, again
-                node.script_load(script.script)
-                continue
-            if isinstance(reply, redis.exceptions.MovedError | redis.exceptions.AskError):
-                assert isinstance(self.redis, ExplainingCluster)  # the slot moved: not run
-                self.redis.nodes_manager.initialize()  # (reloading the map is not counted)
-                continue
             if isinstance(reply, Exception):
                 raise reply
-            if int(confirmed) < wanted:
-                raise replication_unconfirmed(
-                    self.redis.target(), enqueue_what(queue, items, task), int(confirmed), wanted
-                )
+            # stored: from here, anything short of the replicas' word is "unconfirmed"
+            count = confirmed if isinstance(confirmed, int) else 0
+            if count < wanted:
+                what = enqueue_what(queue, items, task)
+                raise replication_unconfirmed(self.redis.target(), what, count, wanted, confirmed)
             return reply
         raise BrokerError(
             f"{enqueue_what(queue, items, task)} failed: the queue's slot kept moving between "

@@ -82,16 +82,43 @@ def redis_full(url: str, what: str) -> RedisFull:
 
 
 def replication_unconfirmed(
-    url: str, what: str, confirmed: int, wanted: int
+    url: str, what: str, confirmed: int, wanted: int, reply: object = None
 ) -> ReplicationUnconfirmed:
+    why = f" (WAIT failed: {reply})" if isinstance(reply, Exception) else ""
     return ReplicationUnconfirmed(
         f"{what}: stored on the primary at {mask_url(url)}, but {confirmed} of "
         f"{wanted} replica{'' if wanted == 1 else 's'} confirmed it within "
-        "SHOAL_REDIS_WAIT_TIMEOUT, so a failover now could lose it. It will run unless the "
+        f"SHOAL_REDIS_WAIT_TIMEOUT{why}, so a failover now could lose it. It will run unless the "
         "primary fails first. Check the replicas (`INFO replication`), lower "
         "SHOAL_REDIS_WAIT_REPLICAS or raise SHOAL_REDIS_WAIT_TIMEOUT; enqueueing again with the "
         "same dedupe_key is safe."
     )
+
+
+def run_then_wait(
+    client: redis.Redis, command: Sequence[Any], replicas: int, timeout_ms: int
+) -> tuple[Any, Any]:
+    """Send ``command``, then ``WAIT replicas timeout_ms``, on one connection (WAIT counts that
+    connection's writes): two writes, one round trip. Each is written on its own, so a
+    connection lost after the command was written is known as sent. Error replies are
+    returned, not raised."""
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        connection.send_command(*command)  # type: ignore[no-untyped-call]
+        connection.send_command("WAIT", replicas, timeout_ms)  # type: ignore[no-untyped-call]
+        replies: list[Any] = []
+        for _ in range(2):
+            try:
+                replies.append(connection.read_response())
+            except redis.exceptions.ResponseError as exc:  # the reply was read: still in step
+                replies.append(exc)
+        return replies[0], replies[1]
+    except BaseException:
+        connection.disconnect()  # type: ignore[no-untyped-call]
+        raise
+    finally:
+        pool.release(connection)
 
 
 def is_out_of_memory(exc: redis.exceptions.ResponseError) -> bool:
@@ -158,13 +185,17 @@ def sends_not_counted() -> Iterator[None]:
 
 class _RecordsSends:
     """Mixed into redis-py's connection classes: marks the thread's operation as sent once a
-    command was written whole. Health-check PINGs and the handshake (AUTH, SELECT) are written
-    with ``check_health=False`` and do not count."""
+    command was written whole. Health-check PINGs (written with ``check_health=False``) and
+    the handshake (HELLO, AUTH, SELECT, CLIENT SETINFO) do not count."""
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         super().send_packed_command(command, check_health)  # type: ignore[misc]
         if check_health:
             _sent.whole = True
+
+    def on_connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        with sends_not_counted():  # the handshake (HELLO, AUTH, SELECT) is not the command
+            super().on_connect_check_health(*args, **kwargs)  # type: ignore[misc]
 
 
 class _Connection(_RecordsSends, redis.Connection):
@@ -251,22 +282,30 @@ class ExplainingCluster(_Explains, cluster.RedisCluster):
 BlockingRedis = ExplainingRedis | ExplainingCluster
 
 
-def _options(url: RedisUrl, settings: Settings) -> dict[str, Any]:
-    """Credentials, TLS and redis-py's URL query options, common to every form."""
-    options: dict[str, Any] = {}
+def client_options(url: RedisUrl, settings: Settings) -> dict[str, Any]:
+    """Database, credentials, TLS and redis-py's URL query options, common to every form.
+
+    Precedence: the URL's credentials, then its query (``?password=``, ``?db=``, as redis-py
+    reads them), then ``SHOAL_REDIS_USERNAME`` / ``SHOAL_REDIS_PASSWORD``; TLS options in the
+    query (``?ssl_ca_certs=``) win over ``SHOAL_REDIS_TLS_*``."""
+    options: dict[str, Any] = {"db": url.db}
     if url.query:  # redis-py's own parser types them (socket_timeout=3 -> 3.0)
         parsed = redis.connection.parse_url(f"redis://localhost/?{url.query}")  # type: ignore[no-untyped-call]
+        for key in ("host", "port", "path", "connection_class"):
+            parsed.pop(key, None)
         options.update(parsed)
-        for key in ("host", "port", "db", "path", "username", "password", "connection_class"):
-            options.pop(key, None)
-    username = url.username or settings.redis_username
-    password = url.password if url.password is not None else settings.redis_password
+    username = url.username or options.get("username") or settings.redis_username
+    password = url.password or options.get("password") or settings.redis_password
+    options.pop("username", None)
+    options.pop("password", None)
     if username:
         options["username"] = username
     if password:
         options["password"] = password
     if url.tls:
-        options.update(_tls_options(settings))
+        for key, value in _tls_options(settings).items():
+            if value is not None:
+                options.setdefault(key, value)
     return options
 
 
@@ -299,19 +338,23 @@ def open_redis(settings: Settings, **timeouts: Any) -> BlockingRedis:
     """The blocking client for ``settings.redis_url``. redis-py resends nothing (``retry`` 0):
     the callers decide what is safe to send again (see :data:`ENQUEUE_RESENDS`)."""
     url = parse_redis_url(settings.redis_url)
-    options = {**timeouts, **_options(url, settings)}
+    options = {**timeouts, **client_options(url, settings)}
     client: BlockingRedis
     if url.kind == "cluster":
+        options.pop("db")  # a Cluster has only database 0
         (host, port), *more = url.hosts
         # ``url=`` makes redis-py build each node's pool from these options, our connection
         # class (which records sends) included; the seed's scheme carries no TLS on its own
-        client = ExplainingCluster(
-            url=f"redis://{_netloc(host, port)}",
-            startup_nodes=[cluster.ClusterNode(h, p) for h, p in more],  # type: ignore[no-untyped-call]
-            connection_class=_SSLConnection if url.tls else _Connection,
-            retry=Retry(NoBackoff(), 0),
-            **options,
-        )
+        try:  # redis-py reads the slot map here: an unreachable Cluster fails now
+            client = ExplainingCluster(
+                url=f"redis://{_netloc(host, port)}",
+                startup_nodes=[cluster.ClusterNode(h, p) for h, p in more],  # type: ignore[no-untyped-call]
+                connection_class=_SSLConnection if url.tls else _Connection,
+                retry=Retry(NoBackoff(), 0),
+                **options,
+            )
+        except CONNECTION_ERRORS as exc:
+            raise connection_error(settings.redis_url, exc) from exc
     elif url.kind == "sentinel":
         assert url.master_name is not None
         sentinels = sentinel.Sentinel(  # type: ignore[no-untyped-call]
@@ -325,7 +368,6 @@ def open_redis(settings: Settings, **timeouts: Any) -> BlockingRedis:
             url.master_name,
             redis_class=ExplainingRedis,
             connection_class=_SentinelSSLConnection if url.tls else _SentinelConnection,
-            db=url.db,
             retry=Retry(NoBackoff(), 0),
             **options,
         )
@@ -338,7 +380,7 @@ def open_redis(settings: Settings, **timeouts: Any) -> BlockingRedis:
             ((host, port),) = url.hosts
             kind = _SSLConnection if url.tls else _Connection
             where = {"host": host, "port": port, "connection_class": kind}
-        pool = redis.ConnectionPool(db=url.db, retry=Retry(NoBackoff(), 0), **where, **options)
+        pool = redis.ConnectionPool(retry=Retry(NoBackoff(), 0), **where, **options)
         client = cast(ExplainingRedis, ExplainingRedis.from_pool(pool))
     client.shown_url = settings.redis_url
     return client
@@ -351,8 +393,9 @@ def open_async_redis(settings: Settings, **timeouts: Any) -> AsyncRedis:
     """The worker's asyncio client for ``settings.redis_url``; redis-py resends nothing: the
     worker's loops own retrying."""
     url = parse_redis_url(settings.redis_url)
-    options = {**timeouts, **_options(url, settings)}
+    options = {**timeouts, **client_options(url, settings)}
     if url.kind == "cluster":
+        options.pop("db")  # a Cluster has only database 0
         return aiocluster.RedisCluster(
             startup_nodes=[aiocluster.ClusterNode(h, p) for h, p in url.hosts],
             retry=AsyncRetry(NoBackoff(), 0),
@@ -373,7 +416,6 @@ def open_async_redis(settings: Settings, **timeouts: Any) -> AsyncRedis:
         master: _AsyncSentinelMaster = sentinels.master_for(
             url.master_name,
             redis_class=_AsyncSentinelMaster,
-            db=url.db,
             retry=AsyncRetry(NoBackoff(), 0),
             **options,
         )
@@ -388,7 +430,7 @@ def open_async_redis(settings: Settings, **timeouts: Any) -> AsyncRedis:
         ((host, port),) = url.hosts
         kind = aioconnection.SSLConnection if url.tls else aioconnection.Connection
         where = {"host": host, "port": port, "connection_class": kind}
-    pool = aioredis.ConnectionPool(db=url.db, retry=AsyncRetry(NoBackoff(), 0), **where, **options)
+    pool = aioredis.ConnectionPool(retry=AsyncRetry(NoBackoff(), 0), **where, **options)
     return aioredis.Redis.from_pool(pool)
 
 

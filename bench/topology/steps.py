@@ -58,7 +58,7 @@ class StepError(Exception):
 class Knobs:
     """The sizes of a visit, from the command line."""
 
-    tasks: int = 5000
+    tasks: int = 10_000
     rate: float = 200.0
     latency_s: float = 4.0
     batch: int = 1000

@@ -39,6 +39,20 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, float | None]:
     return out
 
 
+def noise(results: dict[str, list[dict[str, Any]]]) -> dict[str, float | None]:
+    """Per metric, the typical run-to-run spread: over the set-ups, the median of
+    (max - min) / median of their runs. Ratios closer to 1 than this are not findings."""
+    out: dict[str, float | None] = {}
+    for metric in METRICS:
+        spreads = []
+        for runs in results.values():
+            values = [r[metric.key] for r in runs if r.get(metric.key) is not None]
+            if len(values) > 1 and statistics.median(values):
+                spreads.append((max(values) - min(values)) / statistics.median(values))
+        out[metric.key] = statistics.median(spreads) if spreads else None
+    return out
+
+
 def ratios(table: dict[str, dict[str, float | None]]) -> dict[str, dict[str, float | None]]:
     """Each median divided by the single node's: below 1 is slower for rates, faster for
     latencies and CPU."""
@@ -63,9 +77,11 @@ def markdown(
     labels: dict[str, str],
     table: dict[str, dict[str, float | None]],
     faults: dict[str, str],
+    spread: dict[str, float | None],
     runs: int,
 ) -> str:
-    """The table: one row per set-up, each figure with its ratio to the single node's."""
+    """The table: one row per set-up, each figure with its ratio to the single node's, and a
+    last row with the run-to-run spread (:func:`noise`)."""
     rel = ratios(table)
     lines = [
         f"Median of {runs} run{'s' if runs != 1 else ''}; (x) = ratio to the single node.",
@@ -76,7 +92,13 @@ def markdown(
     for name, row in table.items():
         cells = [cell(m, row[m.key], rel[name][m.key], name == BASELINE) for m in METRICS]
         lines.append(f"| {labels[name]} | " + " | ".join(cells) + f" | {faults[name]} |")
+    cells = [half_range(spread[m.key]) for m in METRICS]
+    lines.append("| *run-to-run spread (± half the range)* | " + " | ".join(cells) + " | |")
     return "\n".join(lines)
+
+
+def half_range(spread: float | None) -> str:
+    return "n/a" if spread is None else f"±{50 * spread:.0f} %"
 
 
 def faults(runs: list[dict[str, Any]]) -> str:

@@ -40,7 +40,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tasks", type=int, default=10_000, help="tasks per step (10,000)")
     parser.add_argument("--runs", type=int, default=3, help="runs; the table shows medians")
     parser.add_argument("--rate", type=float, default=200.0, help="latency step's enqueues/s")
-    parser.add_argument("--latency-s", type=float, default=4.0, help="latency step's length")
+    parser.add_argument("--latency-s", type=float, default=5.0, help="latency step's length")
     parser.add_argument("--only", default=",".join(names), help=f"subset of {','.join(names)}")
     parser.add_argument("--out", type=Path, help="JSON (bench/results/topology-<time>.json)")
     args = parser.parse_args()
@@ -119,7 +119,8 @@ def main() -> int:
     table = {name: report.medians(runs) for name, runs in results.items()}
     labels = {s.name: s.label for s in setups}
     faults = {name: report.faults(runs) for name, runs in results.items()}
-    text = report.markdown(labels, table, faults, args.runs)
+    spread = report.noise(results)
+    text = report.markdown(labels, table, faults, spread, args.runs)
     data = {
         "started": stamp,
         "shoal": __version__,
@@ -131,6 +132,7 @@ def main() -> int:
         "total_s": time.monotonic() - began,
         "median": table,
         "ratio_to_single": report.ratios(table),
+        "spread": spread,
         "runs": results,
         "markdown": text,
     }

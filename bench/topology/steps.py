@@ -3,12 +3,14 @@
 In order (the topology is fresh, the side-channel Redis flushed):
 
 1. ``enqueue``: ``--tasks`` sync no-op tasks enqueued one at a time by one producer thread
-   (``task.enqueue()``), workers stopped -> ``enqueue_rate``; then ``--tasks`` async and
+   (``task.enqueue()``), workers stopped -> ``enqueue_rate``; then 2 x ``--tasks`` async and
    ``--tasks`` sync ones through ``task.enqueue_many`` in batches of 1,000 -> ``bulk_rate``.
+   Each queue now holds 2 x ``--tasks``: a drain long enough for the second worker process's
+   start (some 50 ms after the first) not to count.
 2. ``async``: ``shoal worker tasks:app --queues async --processes 2 --concurrency 64`` drains
    the async queue -> ``noop_async_rate`` (first task start to last task end).
-3. ``sync``: the same with ``--queues sync --concurrency 16`` (the default) drains the 2 x
-   ``--tasks`` sync tasks -> ``noop_sync_rate``.
+3. ``sync``: the same with ``--queues sync --concurrency 16`` (the default) drains the sync
+   queue -> ``noop_sync_rate``.
 4. ``latency``: those workers, now idle and waiting, get a warm-up trickle, then one producer
    enqueues at a steady ``--rate`` for ``--latency-s`` -> ``lat_p50_ms``, ``lat_p99_ms`` of
    (task start - enqueue time), both ``time.time()`` on this machine.
@@ -60,7 +62,7 @@ class Knobs:
 
     tasks: int = 10_000
     rate: float = 200.0
-    latency_s: float = 4.0
+    latency_s: float = 5.0
     batch: int = 1000
     deadline_s: float = 120.0
     """Longest wait for workers to finish one step."""
@@ -204,31 +206,34 @@ class Visit:
 
     # ---- steps ----------------------------------------------------------------------------
 
+    def drains(self) -> dict[str, dict[str, int]]:
+        """What each queue holds after :meth:`step_enqueue`: queue -> {run: tasks}."""
+        n = self.knobs.tasks
+        return {"async": {"bulk-async": 2 * n}, "sync": {"single": n, "bulk-sync": n}}
+
     def step_enqueue(self) -> None:
-        n, batch = str(self.knobs.tasks), str(self.knobs.batch)
-        single = self.produce("sync", "single", "single", "--n", n)
-        self.result["enqueue_rate"] = self.knobs.tasks / single["elapsed"]
-        elapsed = 0.0
-        for kind in ("async", "sync"):
-            elapsed += self.produce(kind, "bulk", f"bulk-{kind}", "--n", n, "--batch", batch)[
-                "elapsed"
-            ]
-        self.result["bulk_rate"] = 2 * self.knobs.tasks / elapsed
+        n = self.knobs.tasks
+        single = self.produce("sync", "single", "single", "--n", str(n))
+        self.result["enqueue_rate"] = n / single["elapsed"]
+        elapsed, count = 0.0, 0
+        for kind, run in (("async", "bulk-async"), ("sync", "bulk-sync")):
+            size = self.drains()[kind][run]
+            args = ("--n", str(size), "--batch", str(self.knobs.batch))
+            elapsed += self.produce(kind, "bulk", run, *args)["elapsed"]
+            count += size
+        self.result["bulk_rate"] = count / elapsed
 
     def step_async(self) -> None:
         workers = self.start_workers("async")
         try:
-            self.result["noop_async_rate"] = self.drain(
-                "async", {"bulk-async": self.knobs.tasks}, workers
-            )
+            self.result["noop_async_rate"] = self.drain("async", self.drains()["async"], workers)
         finally:
             workers.stop()
 
     def step_sync_and_latency(self) -> None:
         workers = self.start_workers("sync")
         try:
-            runs = {"single": self.knobs.tasks, "bulk-sync": self.knobs.tasks}
-            self.result["noop_sync_rate"] = self.drain("sync", runs, workers)
+            self.result["noop_sync_rate"] = self.drain("sync", self.drains()["sync"], workers)
             self.latency(workers)
         finally:
             workers.stop()

@@ -77,8 +77,8 @@ class Settings:
     redis_wait_replicas: int = 0
     """After each enqueue, wait until this many replicas have it (Redis ``WAIT``;
     ``SHOAL_REDIS_WAIT_REPLICAS``). 0: return once the primary has it, as Redis replicates
-    asynchronously: a primary that fails before replicating loses it. See README, "High
-    availability"."""
+    asynchronously: a primary that fails before replicating loses it. See README, "Sentinel
+    and failover"."""
 
     redis_wait_timeout_s: float = 1.0
     """Longest an enqueue waits for those replicas (``SHOAL_REDIS_WAIT_TIMEOUT``, seconds);

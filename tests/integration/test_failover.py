@@ -260,3 +260,14 @@ def test_an_idle_worker_whose_notify_node_died_polls_instead_of_spinning(
         wait_for(lambda: ran[-1:] == ["later"], message="a task on the new subscription")
     finally:
         running.stop()
+
+
+def test_sentinels_that_do_not_answer_are_one_short_line_naming_the_url() -> None:
+    app = App(redis_url="redis+sentinel://u:secret@127.0.0.1:1,127.0.0.1:2/mymaster/0")
+    with pytest.raises(BrokerError) as info:
+        app.remote("slow", queue=QUEUE).enqueue("x", 0)
+    message = str(info.value)
+    assert "redis+sentinel://u:***@127.0.0.1:1,127.0.0.1:2/mymaster/0" in message
+    assert "'mymaster'" in message and "sentinel masters" in message
+    assert "ConnectionPool" not in message, message  # no redis-py object dumps
+    assert "secret" not in message and "\n" not in message

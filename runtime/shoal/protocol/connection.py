@@ -36,8 +36,17 @@ def connection_error(url: str, exc: BaseException, outcome: str = "") -> BrokerE
     """A one-line error naming the (masked) URL, what failed, ``outcome`` (what it means for
     the caller's data, a sentence) and what to check."""
     return BrokerError(
-        f"cannot reach Redis at {mask_url(url)}: {str(exc).rstrip('.')}. {outcome}{_advice(exc)}"
+        f"cannot reach Redis at {mask_url(url)}: {_what_failed(exc)}. {outcome}{_advice(exc)}"
     )
+
+
+def _what_failed(exc: BaseException) -> str:
+    """redis-py's text of a failure, without the client objects some of them dump: "No master
+    found for 'mymaster' : <redis.client.Redis(<ConnectionPool(...)>)> - ..." keeps its head."""
+    text = str(exc)
+    if isinstance(exc, sentinel.MasterNotFoundError | aiosentinel.MasterNotFoundError):
+        text = text.split(" : ", 1)[0] + " (no sentinel answered, or none monitors it)"
+    return text.rstrip(".")
 
 
 def enqueue_what(queue: str, items: Sequence[Outgoing], task: str | None) -> str:
@@ -66,7 +75,7 @@ def enqueue_failed(
         )
     return EnqueueOutcomeUnknown(
         f"{what}: the outcome is unknown. The connection to Redis at {mask_url(url)} failed "
-        f"after the enqueue was sent ({str(exc).rstrip('.')}), so the "
+        f"after the enqueue was sent ({_what_failed(exc)}), so the "
         f"{'message' if one else 'messages'} may or may not have been stored (and may run). "
         + advice
     )

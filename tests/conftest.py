@@ -121,45 +121,33 @@ def single_topology(redis_server: LocalRedis) -> Iterator[SingleTopology]:
 
 @pytest.fixture(scope="session")
 def cluster_topology(topology_pool: TopologyPool) -> ClusterTopology:
-    topology = topology_pool.get("cluster")
-    assert isinstance(topology, ClusterTopology)
-    return topology
+    return topology_pool.get_as("cluster", ClusterTopology)
 
 
 @pytest.fixture(scope="session")
 def sentinel_topology(topology_pool: TopologyPool) -> SentinelTopology:
-    topology = topology_pool.get("sentinel")
-    assert isinstance(topology, SentinelTopology)
-    return topology
+    return topology_pool.get_as("sentinel", SentinelTopology)
 
 
 @pytest.fixture(scope="session")
 def sentinel_auth_topology(topology_pool: TopologyPool) -> SentinelTopology:
     """Like ``sentinel_topology``, but the sentinels require ``sentinel_password``."""
-    topology = topology_pool.get("sentinel_auth")
-    assert isinstance(topology, SentinelTopology)
-    return topology
+    return topology_pool.get_as("sentinel_auth", SentinelTopology)
 
 
 @pytest.fixture(scope="session")
 def tls_topology(topology_pool: TopologyPool) -> TlsTopology:
-    topology = topology_pool.get("tls")
-    assert isinstance(topology, TlsTopology)
-    return topology
+    return topology_pool.get_as("tls", TlsTopology)
 
 
 @pytest.fixture(scope="session")
 def acl_topology(topology_pool: TopologyPool) -> AclTopology:
-    topology = topology_pool.get("acl")
-    assert isinstance(topology, AclTopology)
-    return topology
+    return topology_pool.get_as("acl", AclTopology)
 
 
 @pytest.fixture(scope="session")
 def valkey_topology(topology_pool: TopologyPool) -> ValkeyTopology:
-    topology = topology_pool.get("valkey")
-    assert isinstance(topology, ValkeyTopology)
-    return topology
+    return topology_pool.get_as("valkey", ValkeyTopology)
 
 
 @pytest.fixture

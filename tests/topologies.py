@@ -1057,6 +1057,12 @@ class TopologyPool:
     def get(self, name: str, timeout_s: float = 120.0) -> Topology:
         return self._submit(name).result(timeout_s)
 
+    def get_as(self, name: str, kind: type[T]) -> T:
+        """:meth:`get`, typed: the topology of that ``name``, which is a ``kind``."""
+        topology = self.get(name)
+        assert isinstance(topology, kind), f"{name} is a {type(topology).__name__}"
+        return topology
+
     def stop(self) -> None:
         """Stop every topology, those still starting included (waited for first)."""
         with self._lock:

@@ -1,25 +1,32 @@
-"""Running one task function within its timeout: async on the loop, sync in a thread.
+"""Running one task function within its timeout: async on the loop, sync in a slot thread.
+
+Sync task code runs in :class:`SlotThreads`: one thread per slot of the worker, each pulling
+jobs from one local queue that the fetch loop fills, so a sync task costs one hand-over to a
+thread that is already waiting, not a trip through an executor and back through the loop.
 
 A sync task that overruns gets a soft timeout: ``TaskTimeout`` is raised inside its thread
 (``PyThreadState_SetAsyncExc``), which stops pure-Python loops and most blocking calls at their
-next bytecode. The hard timeout (replacing a process stuck in C code) is the supervisor's job.
+next bytecode. One timekeeper thread watches every slot's deadline; a call that ignores its soft
+timeout for the grace period is abandoned (its owner is told, and the worker process is
+replaced: nothing else can free a thread stuck in C code).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import ctypes
+import math
+import queue
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from shoal.errors import HardTimeout, TaskStopped, TaskTimeout
 
 # The exceptions live in shoal.errors; re-exported so ``from shoal.execution import …`` still works.
-__all__ = ["HardTimeout", "TaskStopped", "TaskTimeout", "run_async", "run_sync"]
+__all__ = ["HardTimeout", "SlotThreads", "SyncCall", "TaskStopped", "TaskTimeout", "run_async"]
 
 
 def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> None:
@@ -32,41 +39,172 @@ def _clear_in_thread(thread_id: int) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
 
 
-class _SyncCall:
-    """A sync call run in a pool thread that remembers its thread so it can be interrupted.
+class SyncCall:
+    """One call of a sync task function that can be interrupted from another thread.
 
     The lock makes "interrupt" and "finished" exclusive, and a finished call clears any
-    exception still pending for its thread: a late TaskTimeout must never hit the pool's own
-    code (it would kill the thread and strand the next task)."""
+    exception still pending for its thread: a late TaskTimeout must never hit the slot
+    thread's own code (it would kill the thread and strand the next task)."""
 
-    __slots__ = ("args", "done", "fn", "kwargs", "lock", "thread_id")
+    __slots__ = (
+        "abandoned",
+        "args",
+        "finished",
+        "fn",
+        "hard_at",
+        "kwargs",
+        "lock",
+        "soft_at",
+        "thread_id",
+        "timed_out",
+        "timeout_s",
+    )
 
     def __init__(self, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> None:
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.thread_id: int | None = None
-        self.done = False
+        self.finished = False
+        self.abandoned = False
+        """Set by the timekeeper past the hard timeout: whatever the call does later is ignored."""
+        self.timed_out = False
         self.lock = threading.Lock()
+        self.timeout_s = self.soft_at = self.hard_at = math.inf
 
     def __call__(self) -> Any:
         with self.lock:
-            if self.done:  # interrupted before a pool thread picked it up: never start it
+            if self.finished:  # stopped before its slot thread started it: never start it
                 raise TaskStopped("stopped before it started")
             self.thread_id = threading.get_ident()
         try:
             return self.fn(*self.args, **self.kwargs)
         finally:
             with self.lock:
-                self.done = True
+                self.finished = True
                 _clear_in_thread(self.thread_id)
 
     def interrupt(self, exc_type: type[BaseException] = TaskTimeout) -> None:
+        """Raise ``exc_type`` in the call's thread (or keep it from ever starting)."""
         with self.lock:
-            if self.done:
+            if self.finished:
                 return
             if self.thread_id is None:
-                self.done = True
+                self.finished = True
             else:
                 _raise_in_thread(self.thread_id, exc_type)
+
+    def abandon(self) -> bool:
+        """Give up on a call stuck past its hard timeout; False if it finished meanwhile."""
+        with self.lock:
+            if self.finished:
+                return False
+            self.abandoned = self.finished = True
+            return True
+
+    # What a lease holds to stop its task (shoal.leases.Stoppable), like an asyncio task's.
+    def cancel(self) -> None:
+        self.interrupt(TaskStopped)
+
+    def done(self) -> bool:
+        return self.finished
+
+
+class SlotThreads:
+    """``size`` threads that run sync task code, one job at a time each, from one local queue.
+
+    A job is a plain callable; inside it, :meth:`run` runs a :class:`SyncCall` under its
+    timeouts. ``on_abandon`` is called (from the timekeeper thread) with a call abandoned at
+    its hard timeout. Each job runs in a fresh ``contextvars`` context: what one task's code
+    sets never leaks into the next task on the same thread."""
+
+    def __init__(
+        self,
+        size: int,
+        hard_grace_s: float,
+        on_abandon: Callable[[SyncCall], None],
+        name: str = "shoal-slot",
+    ) -> None:
+        self.hard_grace_s = hard_grace_s
+        self._on_abandon = on_abandon
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._running: list[SyncCall | None] = [None] * size
+        self._local = threading.local()
+        self._clock = threading.Condition(threading.Lock())
+        self._next_wake = math.inf
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._serve, args=(i,), name=f"{name}-{i}", daemon=True)
+            for i in range(size)
+        ]
+        self._threads.append(
+            threading.Thread(target=self._keep_time, name=f"{name}-timekeeper", daemon=True)
+        )
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queue ``job`` for the next free slot thread (any thread may call this)."""
+        self._jobs.put(job)
+
+    def close(self) -> None:
+        """Let the threads end once they are idle (a stuck one is a daemon: it dies with us)."""
+        self._closed = True
+        for _ in range(len(self._running)):
+            self._jobs.put(None)
+        with self._clock:
+            self._clock.notify()
+
+    def run(self, call: SyncCall, timeout_s: float) -> Any:
+        """Run ``call`` in this slot thread; at ``timeout_s`` raise TaskTimeout inside it.
+
+        Call only from inside a job. Raises TaskTimeout (with the timeout in its message),
+        TaskStopped (stopped by :meth:`SyncCall.cancel`), or whatever the call raised."""
+        slot: int = self._local.slot
+        call.timeout_s = timeout_s
+        call.soft_at = time.monotonic() + timeout_s
+        call.hard_at = call.soft_at + self.hard_grace_s
+        self._running[slot] = call
+        if call.soft_at < self._next_wake:  # sooner than the timekeeper planned to look
+            with self._clock:
+                self._clock.notify()
+        try:
+            return call()
+        except TaskTimeout as exc:
+            if not call.timed_out or isinstance(exc, HardTimeout):
+                raise  # the task's own TaskTimeout, not ours
+            raise TaskTimeout(f"sync task exceeded its {timeout_s:g}s timeout") from None
+        finally:
+            self._running[slot] = None
+
+    def _serve(self, slot: int) -> None:
+        self._local.slot = slot
+        jobs = self._jobs
+        while (job := jobs.get()) is not None:
+            contextvars.Context().run(job)
+
+    def _keep_time(self) -> None:
+        """Interrupt each call at its soft timeout and abandon it at its hard one; sleep until
+        the nearest deadline (a job starting sooner than that wakes this thread)."""
+        with self._clock:
+            while not self._closed:
+                now = time.monotonic()
+                nearest = math.inf
+                # While scanning, any job that starts must wake us: this scan may miss it.
+                self._next_wake = math.inf
+                for call in self._running:
+                    if call is None or call.finished:
+                        continue
+                    if call.hard_at <= now:
+                        if call.abandon():
+                            self._on_abandon(call)
+                    elif call.soft_at <= now:
+                        if not call.timed_out:
+                            call.timed_out = True
+                            call.interrupt(TaskTimeout)
+                        nearest = min(nearest, call.hard_at)
+                    else:
+                        nearest = min(nearest, call.soft_at)
+                self._next_wake = nearest
+                self._clock.wait(None if nearest == math.inf else nearest - now)
 
 
 async def run_async(
@@ -80,60 +218,3 @@ async def run_async(
         if not deadline.expired():
             raise  # the task's own TimeoutError (an HTTP client's, say): not ours
         raise TaskTimeout(f"async task exceeded its {timeout_s:g}s timeout") from None
-
-
-async def run_sync(
-    pool: ThreadPoolExecutor,
-    fn: Callable[..., Any],
-    args: list[Any],
-    kwargs: dict[str, Any],
-    timeout_s: float,
-    hard_grace_s: float,
-) -> Any:
-    """Run ``fn`` in ``pool``; at ``timeout_s`` raise TaskTimeout inside its thread, and
-    ``hard_grace_s`` later stop waiting for it (HardTimeout).
-
-    Timer handles rather than ``wait_for``: no extra asyncio task on the per-message path."""
-    call = _SyncCall(fn, args, kwargs)
-    loop = asyncio.get_running_loop()
-    outcome: asyncio.Future[Any] = loop.create_future()
-
-    def settle(done: Future[Any]) -> None:
-        if outcome.done():
-            return
-        if done.cancelled():
-            outcome.cancel()
-        elif done.exception() is not None:
-            outcome.set_exception(done.exception())  # type: ignore[arg-type]
-        else:
-            outcome.set_result(done.result())
-
-    def abandon() -> None:
-        if not outcome.done():
-            outcome.set_exception(
-                HardTimeout(
-                    f"sync task ignored its {timeout_s:g}s soft timeout for {hard_grace_s:g}s more "
-                    "(blocked in C code?); abandoning its thread"
-                )
-            )
-
-    def on_done(done: Future[Any]) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
-            loop.call_soon_threadsafe(settle, done)
-
-    # copy_context: the task's thread sees the caller's context (the current span, log fields)
-    pool.submit(contextvars.copy_context().run, call).add_done_callback(on_done)
-    soft = loop.call_later(timeout_s, call.interrupt)
-    hard = loop.call_later(timeout_s + hard_grace_s, abandon)
-    try:
-        return await outcome
-    except asyncio.CancelledError:
-        call.interrupt(TaskStopped)  # nobody waits for its result: stop it where it stands
-        raise
-    except TaskTimeout as exc:
-        if isinstance(exc, HardTimeout):
-            raise
-        raise TaskTimeout(f"sync task exceeded its {timeout_s:g}s timeout") from None
-    finally:
-        soft.cancel()
-        hard.cancel()

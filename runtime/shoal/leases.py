@@ -12,12 +12,20 @@ counts the lease as lost.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from shoal.protocol import Held
+
+
+class Stoppable(Protocol):
+    """What handles a leased message: an asyncio task, or a sync call in a slot thread."""
+
+    def cancel(self) -> Any: ...
+
+    def done(self) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -28,7 +36,7 @@ class Lease:
     """The owner token the fetch handed out; every transition presents it."""
     sure_until: float
     """Monotonic time until which no other worker can have this message."""
-    task: asyncio.Future[None] | None = None
+    task: Stoppable | None = None
     """What handles the message, from its start to its verdict."""
     deciding: bool = False
     """The task's own code has returned: only its verdict (ack, retry, DLQ) is on its way, and
@@ -83,7 +91,7 @@ class Leases:
         if lease is not None and (owner is None or lease.owner == owner):
             del held[message_id]
 
-    def running(self) -> list[asyncio.Future[None]]:
+    def running(self) -> list[Stoppable]:
         """The tasks still running their own code (not yet deciding their verdict)."""
         return [
             lease.task

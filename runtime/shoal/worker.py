@@ -1,9 +1,11 @@
 """One worker process: fetch leased messages, run them, ack them; at-least-once throughout.
 
-Three loops share the process's event loop:
+Loops share the process's event loop:
 
 * fetch: lease as many messages as there is free capacity (never more, so an idle worker
   elsewhere gets the rest), start each one, and sleep on the queue's notify channel when empty;
+  an async task runs on the loop, a sync task is handed to a waiting slot thread
+  (:class:`shoal.execution.SlotThreads`) that runs it, and on success queues its ack itself;
 * acks: flush finished messages in batches, one script call per queue per flush;
 * heartbeat: renew the leases of everything held, and the worker's registration;
 * watch: proves the event loop alive to the supervisor, and stops any task whose lease may have
@@ -17,13 +19,15 @@ backoff; it never ends the process.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
 import logging
 import os
 import socket
+import threading
 import time
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any
 
@@ -32,7 +36,7 @@ import orjson
 from shoal import dlq, workflow
 from shoal.app import App
 from shoal.errors import DecodeError, WorkflowError
-from shoal.execution import HardTimeout, TaskStopped, run_async, run_sync
+from shoal.execution import HardTimeout, SlotThreads, SyncCall, TaskStopped, run_async
 from shoal.leases import Lease, Leases
 from shoal.logs import TaskLogContext, current_task, trace_id_of
 from shoal.message import Message, new_message_id
@@ -103,7 +107,15 @@ class Worker:
         self._ack_ready = asyncio.Event()
         self._ack_lock = asyncio.Lock()
         self._closing = asyncio.Event()
-        self._pool: ThreadPoolExecutor | None = None
+        self._slots: SlotThreads | None = None
+        """Threads for sync task code, started with the first sync task."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._acks_lock = threading.Lock()
+        """Slot threads queue acks too: appends and the flush's swap must not interleave."""
+        self._finished_lock = threading.Lock()
+        self._finished_in_slots = 0
+        """Sync tasks done in slot threads, not yet counted by the loop (see _slot_finished)."""
+        self._wake_pending = False
         self._running: set[asyncio.Future[None]] = set()
         self._rr = 0
         self.hooks = app.hooks
@@ -121,6 +133,7 @@ class Worker:
 
     async def run(self) -> None:
         """Work until stopped (or drained, in burst mode), then hand back what is left."""
+        self._loop = asyncio.get_running_loop()
         log.info(
             "worker %s: queues %s, concurrency %d, Redis %r",
             self.id,
@@ -155,8 +168,8 @@ class Worker:
                 t.cancel()
             await self._deregister()
             await self.broker.close()
-            if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
+            if self._slots is not None:
+                self._slots.close()
             self.app.hooks.emit("after_worker_shutdown", self)
         log.info("worker %s stopped after %d tasks", self.id, self.processed)
 
@@ -171,15 +184,23 @@ class Worker:
                 break
         for task in self.leases.running():  # past the grace period: stop them
             task.cancel()
-        if self._running:  # verdicts on their way (fenced in Redis) get a little longer
-            left = max(0.1, deadline + 5 - time.monotonic())
+        # Verdicts on their way (fenced in Redis), in slot threads or on the loop, get a little
+        # longer; a slot thread's stopped task is counted done when it has let go of it.
+        late = deadline + 5
+        while self.busy > len(self._running) and time.monotonic() < late:
+            self._capacity.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._capacity.wait(), late - time.monotonic())
+        if self._running:
+            left = max(0.1, late - time.monotonic())
             await asyncio.wait(set(self._running), timeout=left)
         for running in list(self._running):
             running.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
         await self._flush_acks_until(deadline + 5)
         for queue in self.queues:
-            acked = {finished[0] for finished in self.acks[queue]}
+            with self._acks_lock:
+                acked = {finished[0] for finished in self.acks[queue]}
             unfinished = [(mid, o) for mid, o in self.leases.held(queue) if mid not in acked]
             if unfinished:
                 n = await self._retrying(
@@ -309,8 +330,18 @@ class Worker:
             running = asyncio.ensure_future(self._reject_unreadable(queue, leased))
         else:
             lease = self.leases.take(queue, leased.id, leased.owner, sent_at)
+            try:
+                admitted = self._admit(leased.id, leased.body, leased.deliveries)
+            except Exception as exc:  # a bug, not the message's fault: still never held forever
+                log.exception("worker %s: internal error admitting %s", self.id, leased.id)
+                admitted = None, None, ("internal_error", exc)
+            message, task, rejection = admitted
+            if rejection is None and task is not None and not task.is_async:
+                assert message is not None
+                lease.task = self._run_in_slot(queue, task, message, lease, leased.body)
+                return
             running = lease.task = asyncio.ensure_future(
-                self._process(queue, leased.id, leased.body, leased.deliveries, lease)
+                self._process(queue, leased.id, leased.body, lease, admitted)
             )
         self._running.add(running)  # the loop keeps only weak references to tasks
         running.add_done_callback(self._running.discard)
@@ -339,11 +370,17 @@ class Worker:
             self._capacity.set()
 
     async def _process(
-        self, queue: str, message_id: str, body: bytes, deliveries: int, lease: Lease
+        self,
+        queue: str,
+        message_id: str,
+        body: bytes,
+        lease: Lease,
+        admitted: tuple[Message | None, Task[Any, Any] | None, tuple[Reason, Exception] | None],
     ) -> None:
+        """Handle an admitted message on the loop: an async task, or a rejection."""
         owner = lease.owner
         try:
-            message, task, rejection = self._admit(message_id, body, deliveries)
+            message, task, rejection = admitted
             if rejection is not None:
                 lease.deciding = True
             if message is None:  # not even an envelope (or not this key's): no trace to join
@@ -353,15 +390,7 @@ class Worker:
                     queue, message_id, None, None, reason, error, body, owner=owner
                 )
                 return
-            current_task.set(
-                TaskLogContext(
-                    message.id,
-                    message.task,
-                    queue,
-                    message.attempt + 1,
-                    trace_id_of(message.headers.get("traceparent")),
-                )
-            )
+            current_task.set(_log_context(queue, message))
             with self.hooks.context("process_context", task, message, queue):
                 if rejection is not None or task is None:
                     assert rejection is not None
@@ -373,14 +402,7 @@ class Worker:
         except asyncio.CancelledError:
             if not lease.lost:
                 raise  # shutting down: the lease is handed back
-            self.leases.release(queue, message_id, owner)
-            log.warning(
-                "worker %s: stopped %s on %s: its lease was lost (not renewed in time, or "
-                "re-delivered); it is not acked and will run again elsewhere",
-                self.id,
-                message_id,
-                queue,
-            )
+            self._stopped_lease_lost(queue, message_id, owner)
         except Exception as exc:
             await self._internal_error(queue, message_id, body, exc, lease)
         finally:
@@ -439,34 +461,17 @@ class Worker:
     async def _execute(
         self, queue: str, task: Task[Any, Any], message: Message, lease: Lease
     ) -> None:
+        """Run an async task on the loop, then decide its verdict."""
         hooks = self.hooks
         hooks.emit("before_process", task, message)
         options = self._options(queue, task, message)
         timeout_s = float(options.get("timeout", self.settings.default_timeout_s))
         result: Any = None
+        stored: bytes | None = None
         error: BaseException | None = None
         try:
-            if task.is_async:
-                result = await run_async(task.fn, message.args, message.kwargs, timeout_s)
-            else:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="shoal")
-                result = await run_sync(
-                    self._pool,
-                    task.fn,
-                    message.args,
-                    message.kwargs,
-                    timeout_s,
-                    self.settings.hard_timeout_grace_s,
-                )
+            result = await run_async(task.fn, message.args, message.kwargs, timeout_s)
             stored = encode_success(result) if task.store_result else None
-        except HardTimeout as exc:
-            error = exc
-            log.error(
-                "task %s %s: %s; this worker process will be replaced", task.name, message.id, exc
-            )
-            self.replace_requested = True
-            self.stop()
         except asyncio.CancelledError:  # its lease was lost, or the shutdown grace ended
             why = "its lease was lost" if lease.lost else "shutdown"
             stopped = TaskStopped(f"stopped by the worker: {why}")
@@ -475,6 +480,46 @@ class Worker:
         except Exception as exc:
             error = exc
         lease.deciding = True  # from here on only the verdict is left: never stop it midway
+        if error is None and workflow.OPTION not in message.options:
+            self._succeeded(queue, task, message, result, stored, lease, on_loop=True)
+            return
+        await self._verdict(queue, task, message, options, result, stored, error, lease)
+
+    def _succeeded(
+        self,
+        queue: str,
+        task: Task[Any, Any],
+        message: Message,
+        result: Any,
+        stored: bytes | None,
+        lease: Lease,
+        *,
+        on_loop: bool,
+    ) -> None:
+        """The common verdict, from the loop or a slot thread: queue the ack (and result).
+
+        A slot thread's ack is flushed once the loop counts the task done (_slot_finished)."""
+        self.hooks.emit("after_process", task, message, result=result, exception=None)
+        dedupe = message.options.get("dedupe_key")
+        with self._acks_lock:
+            self.acks[queue].append((message.id, lease.owner, stored, dedupe))
+        if on_loop:
+            self._ack_ready.set()
+
+    async def _verdict(
+        self,
+        queue: str,
+        task: Task[Any, Any],
+        message: Message,
+        options: dict[str, Any],
+        result: Any,
+        stored: bytes | None,
+        error: BaseException | None,
+        lease: Lease,
+    ) -> None:
+        """Every verdict but a plain success: start what a workflow member feeds, retry, or
+        dead-letter. Runs on the loop (Redis calls), inside the message's process context."""
+        hooks = self.hooks
         if error is None and workflow.OPTION in message.options:
             try:  # start what this member feeds (or, the last step, keep the result) before ack
                 if workflow.is_last_step(message):
@@ -486,13 +531,160 @@ class Worker:
                     queue, message.id, message, task, "workflow_error", exc, owner=lease.owner
                 )
                 return
-        hooks.emit("after_process", task, message, result=result, exception=error)
         if error is None:
-            dedupe = message.options.get("dedupe_key")
-            self.acks[queue].append((message.id, lease.owner, stored, dedupe))
-            self._ack_ready.set()
+            self._succeeded(queue, task, message, result, stored, lease, on_loop=True)
             return
+        if isinstance(error, HardTimeout):
+            log.error(
+                "task %s %s: %s; this worker process will be replaced", task.name, message.id, error
+            )
+            self.replace_requested = True
+            self.stop()
+        hooks.emit("after_process", task, message, result=result, exception=error)
         await self._failed(queue, task, message, options, error, lease.owner)
+
+    # --- sync tasks in slot threads -------------------------------------------------------------
+
+    def _run_in_slot(
+        self, queue: str, task: Task[Any, Any], message: Message, lease: Lease, body: bytes
+    ) -> _SlotJob:
+        """Hand a sync task to a slot thread (started with the first one)."""
+        if self._slots is None:
+            self._slots = SlotThreads(
+                self.concurrency, self.settings.hard_timeout_grace_s, self._abandoned
+            )
+        job = _SlotJob(queue, task, message, lease, body)
+        self._slots.submit(partial(self._slot_job, job))
+        return job
+
+    def _slot_job(self, job: _SlotJob) -> None:
+        """In a slot thread: run the task and, when it succeeded, queue its ack; any other
+        verdict is decided on the loop while this thread waits (inside the process span)."""
+        queue, task, message, lease = job.queue, job.task, job.message, job.lease
+        try:
+            current_task.set(_log_context(queue, message))
+            with self.hooks.context("process_context", task, message, queue):
+                self._slot_execute(job)
+        except Exception as exc:  # a middleware or encoding bug: the message must not stay held
+            if not job.abandoned:
+                self._on_loop(self._internal_error(queue, message.id, job.body, exc, lease))
+        finally:
+            if not job.abandoned:  # an abandoned job is counted by the loop that decided it
+                self._slot_finished()
+
+    def _slot_execute(self, job: _SlotJob) -> None:
+        queue, task, message, lease = job.queue, job.task, job.message, job.lease
+        hooks = self.hooks
+        hooks.emit("before_process", task, message)
+        options = job.options = self._options(queue, task, message)
+        timeout_s = float(options.get("timeout", self.settings.default_timeout_s))
+        result: Any = None
+        stored: bytes | None = None
+        error: BaseException | None = None
+        job.context = contextvars.copy_context()  # for a verdict decided by the timekeeper
+        assert self._slots is not None
+        try:
+            result = self._slots.run(job, timeout_s)
+            stored = encode_success(result) if task.store_result else None
+        except TaskStopped as exc:
+            if job.abandoned:
+                return
+            if not job.stopped_by_worker:
+                error = exc  # the task's own TaskStopped: a failure like any other
+            else:
+                why = "its lease was lost" if lease.lost else "shutdown"
+                stopped = TaskStopped(f"stopped by the worker: {why}")
+                hooks.emit("after_process", task, message, result=None, exception=stopped)
+                if lease.lost:
+                    self._on_loop(self._stopped_lease_lost_async(queue, message.id, lease.owner))
+                return  # shutting down: the lease is handed back
+        except Exception as exc:
+            error = exc
+        if job.abandoned:
+            return
+        lease.deciding = True  # from here on only the verdict is left: never stop it midway
+        if error is None and workflow.OPTION not in message.options:
+            self._succeeded(queue, task, message, result, stored, lease, on_loop=False)
+            return
+        self._on_loop(self._verdict(queue, task, message, options, result, stored, error, lease))
+
+    def _on_loop(self, coro: Coroutine[Any, Any, None]) -> None:
+        """From a slot thread: run ``coro`` on the loop, in this thread's context (the
+        process span), and wait. If the loop is gone (shut down past the grace period), the
+        message's lease lapses and it comes back."""
+        assert self._loop is not None
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError:
+            coro.close()
+            return
+        with contextlib.suppress(concurrent.futures.CancelledError):
+            future.result()
+
+    def _slot_finished(self) -> None:
+        """From a slot thread: count a task done; the loop is woken once for any number."""
+        with self._finished_lock:
+            self._finished_in_slots += 1
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody counts any more
+            self._loop.call_soon_threadsafe(self._count_slot_finished)
+
+    def _count_slot_finished(self) -> None:
+        with self._finished_lock:
+            done, self._finished_in_slots = self._finished_in_slots, 0
+            self._wake_pending = False
+        self.busy -= done
+        self.processed += done
+        self._capacity.set()
+        self._ack_ready.set()
+
+    def _abandoned(self, call: SyncCall) -> None:
+        """From the timekeeper: a sync task ignored its soft timeout for the grace period."""
+        job = call
+        assert isinstance(job, _SlotJob) and self._loop is not None
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._decide_abandoned, job)
+
+    def _decide_abandoned(self, job: _SlotJob) -> None:
+        error = HardTimeout(
+            f"sync task ignored its {job.timeout_s:g}s soft timeout for "
+            f"{self.settings.hard_timeout_grace_s:g}s more (blocked in C code?); "
+            "abandoning its thread"
+        )
+        job.lease.deciding = True
+        verdict = self._verdict(
+            job.queue, job.task, job.message, job.options, None, None, error, job.lease
+        )
+
+        async def decide() -> None:
+            try:
+                await verdict
+            except Exception as exc:
+                await self._internal_error(job.queue, job.message.id, job.body, exc, job.lease)
+            finally:
+                self.busy -= 1
+                self.processed += 1
+                self._capacity.set()
+
+        running = asyncio.get_running_loop().create_task(decide(), context=job.context)
+        self._running.add(running)
+        running.add_done_callback(self._running.discard)
+
+    def _stopped_lease_lost(self, queue: str, message_id: str, owner: int) -> None:
+        self.leases.release(queue, message_id, owner)
+        log.warning(
+            "worker %s: stopped %s on %s: its lease was lost (not renewed in time, or "
+            "re-delivered); it is not acked and will run again elsewhere",
+            self.id,
+            message_id,
+            queue,
+        )
+
+    async def _stopped_lease_lost_async(self, queue: str, message_id: str, owner: int) -> None:
+        self._stopped_lease_lost(queue, message_id, owner)
 
     async def _failed(
         self,
@@ -612,10 +804,11 @@ class Worker:
 
     async def _flush_acks_locked(self) -> bool:
         ok = True
-        for queue, batch in self.acks.items():
+        for queue in self.queues:
+            with self._acks_lock:
+                batch, self.acks[queue] = self.acks[queue], []
             if not batch:
                 continue
-            self.acks[queue] = []
             try:
                 _, refused = await self.broker.ack(queue, batch)
             except REDIS_ERRORS as exc:
@@ -625,7 +818,8 @@ class Worker:
                     len(batch),
                     exc,
                 )
-                self.acks[queue] = batch + self.acks[queue]
+                with self._acks_lock:
+                    self.acks[queue] = batch + self.acks[queue]
                 ok = False
                 continue
             for finished in batch:
@@ -754,6 +948,48 @@ class Worker:
 
 
 _NOT_RENEWED = "not renewed in time: Redis unreachable or slow"
+
+
+class _SlotJob(SyncCall):
+    """A sync task handed to a slot thread: the call, and what its verdict needs."""
+
+    __slots__ = (
+        "body",
+        "context",
+        "lease",
+        "message",
+        "options",
+        "queue",
+        "stopped_by_worker",
+        "task",
+    )
+
+    def __init__(
+        self, queue: str, task: Task[Any, Any], message: Message, lease: Lease, body: bytes
+    ) -> None:
+        super().__init__(task.fn, message.args, message.kwargs)
+        self.queue, self.task, self.message, self.lease, self.body = (
+            queue,
+            task,
+            message,
+            lease,
+            body,
+        )
+        self.options: dict[str, Any] = {}
+        self.context: contextvars.Context | None = None
+        self.stopped_by_worker = False
+
+    def cancel(self) -> None:
+        """Stop the task (its lease was lost, or shutdown's grace ended)."""
+        self.stopped_by_worker = True
+        super().cancel()
+
+
+def _log_context(queue: str, message: Message) -> TaskLogContext:
+    traceparent = message.headers.get("traceparent")
+    return TaskLogContext(
+        message.id, message.task, queue, message.attempt + 1, trace_id_of(traceparent)
+    )
 
 
 def _may_be_too_deep(data: bytes) -> bool:

@@ -189,6 +189,9 @@ def markdown(
             cells.append(f"**{text}**" if bold else text)
         faults = [f"**{agg[k]}**" if agg[k] else "0" for k in ("lost", "duplicated")]
         name_cell = f"**{label}**" if label.startswith("shoal") and not traced else label
+        if agg["errors"]:  # the figures of a failed step are missing: say so where it shows
+            failed = sorted({e.split(":", 1)[0] for e in agg["errors"]})
+            name_cell += f" (failed: {', '.join(failed)}; see the JSON)"
         lines.append(f"| {name_cell} | " + " | ".join([*cells, *faults]) + " |")
     if costs:
         lines += ["", *markdown_costs(costs, peers, specs)]

@@ -35,11 +35,11 @@ class Producer:
     def close(self) -> None:
         otel_sdk.shutdown(self.tracer_provider)
 
-    async def single(self, run: str, i: int, t_enq: float, sleep: float) -> None:
+    def single(self, run: str, i: int, t_enq: float, sleep: float) -> Any:
+        """The awaitable of ``enqueue_async`` (the driver awaits it), else ``enqueue``'s handle."""
         if _enqueue_async is not None:
-            await _enqueue_async(run, i, t_enq, sleep)
-        else:
-            work.enqueue(run, i, t_enq, sleep)
+            return _enqueue_async(run, i, t_enq, sleep)
+        return work.enqueue(run, i, t_enq, sleep)
 
     def bulk(self, run: str, items: list[tuple[int, float]], sleep: float) -> None:
         work.enqueue_many([(run, i, t_enq, sleep) for i, t_enq in items])

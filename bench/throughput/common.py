@@ -134,7 +134,16 @@ class Workers:
                 return f"worker exited rc={proc.returncode}: {tail(path)}"
         return None
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 0.0) -> None:
+        """Kill the process groups; with ``grace``, first SIGTERM the roots only (as a service
+        manager would) and give them that long to shut down cleanly."""
+        if grace > 0:
+            for proc in self.procs:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and any(p.poll() is None for p in self.procs):
+                time.sleep(0.05)
         kill_tree(self.procs)
         for log in self.logs:
             log.close()

@@ -120,6 +120,7 @@ async def main() -> int:
     finally:
         if hasattr(producer, "close"):
             await call(producer.close)
+    result["api"] = getattr(producer, "enqueue_api", None)
     print(json.dumps(result))
     return 0
 

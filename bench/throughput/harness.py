@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -15,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
+import report
 from common import median_or_none, redis_server
+from otlp import Receiver
 from scenarios import HERE, PeerRun, Settings
 from specs import COMMON_PACKAGES, REPO, SPECS, VENVS, PeerSpec
 
@@ -54,12 +56,21 @@ def prepare(spec: PeerSpec, ensure_venv: Callable[..., None], log_dir: Path) -> 
     except subprocess.CalledProcessError:
         return {"error": f"pip install failed (see {log_dir / f'pip-{spec.venv}.log'})"}
     python = VENVS / spec.venv / "bin" / "python"
+    modules = [f"peers.{spec.module}_peer"]
+    if spec.tracing is not None:  # what its traced producer and workers will import
+        modules += ["opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http"]
+        if "opentelemetry-instrumentation-celery" in spec.dists:
+            modules.append("opentelemetry.instrumentation.celery")
     probe = (
         "import importlib, importlib.metadata as m, json, sys\n"
-        f"importlib.import_module('peers.{spec.module}_peer')\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
         f"print(json.dumps({{d: m.version(d) for d in {spec.dists!r}}}))\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYTHON", "VIRTUAL_ENV", "OTEL_", "BENCH_"))
+    }
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), *map(str, spec.extra_pythonpath)])
     env["PYTHONPYCACHEPREFIX"] = str(VENVS / "_pycache")
     out = subprocess.run(
@@ -118,65 +129,6 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return agg
 
 
-def fmt(value: Any, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
-def short(text: str, limit: int = 160) -> str:
-    """Errors can be long tracebacks: the table shows their end, the JSON has them whole."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else "…" + text[-limit:]
-
-
-def render(peers: dict[str, dict[str, Any]], settings: Settings, runs: int) -> Table:
-    table = Table(
-        title=f"Task queues on one Redis, 2 worker processes each "
-        f"(median of {runs} run{'s' if runs > 1 else ''})"
-    )
-    for name, justify in [
-        ("peer", "left"),
-        ("no-op tasks/s", "right"),
-        ("enqueue/s", "right"),
-        ("bulk enq/s", "right"),
-        ("lat p50 ms", "right"),
-        ("lat p99 ms", "right"),
-        (f"{settings.io_tasks}x{1000 * settings.io_sleep:.0f}ms drain s", "right"),
-        ("CPU ms/task", "right"),
-        ("peak RSS MB", "right"),
-        ("lost", "right"),
-        ("dup", "right"),
-        ("errors", "left"),
-    ]:
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for name, entry in peers.items():
-        if "error" in entry:
-            table.add_row(name, *["-"] * 10, f"[red]{short(entry['error'])}")
-            continue
-        agg = entry["median"]
-        bad = agg["lost"] or agg["duplicated"]
-        table.add_row(
-            name,
-            fmt(agg["noop_rate"], ",.0f"),
-            fmt(agg["enqueue_rate"], ",.0f"),
-            fmt(agg["bulk_rate"], ",.0f"),
-            fmt(agg["lat_p50_ms"], ".1f"),
-            fmt(agg["lat_p99_ms"], ".1f"),
-            fmt(agg["io_drain_s"], ".2f"),
-            fmt(agg["cpu_ms_per_task"], ".2f"),
-            fmt(agg["peak_rss_mb"], ".0f"),
-            f"[red]{agg['lost']}" if bad else str(agg["lost"]),
-            f"[red]{agg['duplicated']}" if bad else str(agg["duplicated"]),
-            "[red]" + short("; ".join(agg["errors"])) if agg["errors"] else "",
-        )
-    versions = [
-        f"{name} {' '.join(f'{d}={v}' for d, v in entry['versions'].items())}"
-        for name, entry in peers.items()
-        if "versions" in entry
-    ]
-    table.caption = "; ".join(versions)
-    return table
-
-
 def run_all(
     specs: dict[str, PeerSpec],
     runs: int,
@@ -185,17 +137,21 @@ def run_all(
     port: int,
     settings: Settings,
     log_dir: Path,
+    receiver: Receiver | None,
 ) -> None:
     for run in range(runs):
         for n in ready:  # interleave peers so that drift hits everyone alike
             t0 = time.monotonic()
             with console.status(f"run {run + 1}/{runs}: {n}"):
-                result = PeerRun(specs[n], port, settings, log_dir, f"r{run}").execute()
+                peer_run = PeerRun(specs[n], port, settings, log_dir, f"r{run}", receiver=receiver)
+                result = peer_run.execute()
             peers[n]["runs"].append(result)
             note = "; ".join(f"{k}: {v}" for k, v in result["errors"].items())
+            spans = result.get("tracing")
+            traced = f"spans={spans['spans']} exports={spans['exports']} " if spans else ""
             console.print(
                 f"run {run + 1}/{runs} {n}: {time.monotonic() - t0:.0f}s "
-                f"lost={result['lost']} dup={result['duplicated']} "
+                f"lost={result['lost']} dup={result['duplicated']} {traced}"
                 f"{'[red]' + note if note else ''}"
             )
 
@@ -210,14 +166,16 @@ def run_bench(args: argparse.Namespace, ensure_venv: Callable[..., None]) -> int
 
     specs = {name: SPECS[name] for name in names}
     shoal_source = None
-    if "shoal" in specs:
+    if any(spec.venv == "shoal" for spec in specs.values()):
         path, shoal_source = snapshot_shoal(args.shoal_rev)
-        specs["shoal"] = replace(specs["shoal"], extra_pythonpath=[path])
+        for name, spec in specs.items():
+            if spec.venv == "shoal":
+                specs[name] = replace(spec, extra_pythonpath=[path])
     peers: dict[str, dict[str, Any]] = {}
     for name in names:
         with console.status(f"preparing {name} venv"):
             peers[name] = prepare(specs[name], ensure_venv, log_dir)
-        if name == "shoal" and "versions" in peers[name]:
+        if specs[name].venv == "shoal" and "versions" in peers[name]:
             peers[name]["versions"]["shoal"] = shoal_source
         if "error" in peers[name]:
             console.print(f"[red]{name}: {peers[name]['error']}")
@@ -229,20 +187,30 @@ def run_bench(args: argparse.Namespace, ensure_venv: Callable[..., None]) -> int
         peers[n]["workers"] = {"noop": spec.describe("noop"), "io": spec.describe("io")}
         peers[n]["noop_tasks"] = max(100, int(settings.tasks * spec.scale))
     interrupted = False
+    traced = any(specs[n].tracing is not None for n in ready)
     try:
-        with redis_server(log_dir) as port:
+        with redis_server(log_dir) as port, contextlib.ExitStack() as stack:
+            receiver = stack.enter_context(Receiver()) if traced else None
             console.print(f"redis-server on 127.0.0.1:{port}; logs in {log_dir}")
-            run_all(specs, args.runs, ready, peers, port, settings, log_dir)
+            if receiver is not None:
+                console.print(f"OTLP/HTTP receiver for the traced rows: {receiver.endpoint}")
+            run_all(specs, args.runs, ready, peers, port, settings, log_dir, receiver)
     except KeyboardInterrupt:
         interrupted = True
         console.print("[red]interrupted: reporting the runs completed so far")
     for n in ready:
         peers[n]["median"] = aggregate(peers[n]["runs"])
 
-    console.print(render(peers, settings, args.runs))
+    console.print(report.render(peers, settings, args.runs, specs))
+    costs = report.tracing_costs(peers, specs)
+    if costs:
+        console.print(report.render_costs(costs))
     bad = [n for n in ready if peers[n]["median"]["lost"] or peers[n]["median"]["duplicated"]]
     if bad:
         console.print(f"[red]exactly-once check failed for: {', '.join(bad)}")
+    table_md = report.markdown(peers, settings, specs, costs)
+    console.print("\nMarkdown for README.md:\n", markup=False, highlight=False)
+    print(table_md, flush=True)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(
         json.dumps(
@@ -259,6 +227,8 @@ def run_bench(args: argparse.Namespace, ensure_venv: Callable[..., None]) -> int
                     "redis": redis_version(),
                 },
                 "peers": peers,
+                "tracing_costs": costs,
+                "markdown": table_md,
             },
             indent=2,
             default=str,

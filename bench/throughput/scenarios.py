@@ -13,6 +13,11 @@ D. warm I/O-configured workers, enqueue a burst of 600 tasks that sleep 50 ms ->
    (first enqueue to last task end); exactly-once check.
 
 Peak RSS is the largest sum of RSS over the worker process trees seen in A, C and D.
+
+A traced row (``spec.tracing``) runs the same steps with the ``OTEL_*`` variables pointing the
+producer and the workers at the harness's OTLP receiver; its workers are stopped with SIGTERM
+(then SIGKILL after a grace period) so that they flush their last spans, and the spans received
+are counted after the run (``result["tracing"]``). No export at all is an error of the row.
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ import redis
 
 import record
 from common import Sampler, Workers, percentile
+from otlp import Receiver
 from specs import VENVS, PeerSpec
 
 HERE = Path(__file__).resolve().parent
+TRACED_STOP_GRACE = 20.0  # seconds a traced row's workers get to flush their spans on SIGTERM
 
 
 class ScenarioError(Exception):
@@ -80,6 +87,8 @@ class PeerRun:
     checks: dict[str, Check] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     rss_peaks: list[int] = field(default_factory=list)
+    receiver: Receiver | None = None  # the OTLP/HTTP receiver, for a traced row
+    executed: int = 0  # task executions seen (warm-ups included), for spans per task
 
     # ---- plumbing -------------------------------------------------------------------------
 
@@ -94,7 +103,12 @@ class PeerRun:
     def env(self, mode: str) -> dict[str, str]:
         broker = f"redis://127.0.0.1:{self.port}/0"
         pythonpath = [str(HERE), *map(str, self.spec.extra_pythonpath)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("PYTHON", "VIRTUAL_ENV", "OTEL_", "BENCH_"))
+        }
+        env.update(self.tracing_env())
         env.update(
             BENCH_BROKER_URL=broker,
             BENCH_BOOK_URL=f"redis://127.0.0.1:{self.port}/1",
@@ -106,6 +120,31 @@ class PeerRun:
             PATH=f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
         )
         return env
+
+    def tracing_env(self) -> dict[str, str]:
+        """What turns tracing on, for the producer and the workers alike: the standard variables
+        (Shoal's workers read nothing else) plus ``BENCH_TRACING`` for the bench's own set-up
+        of producers and Celery workers (:mod:`otel_sdk`)."""
+        fraction = self.spec.tracing
+        if fraction is None:
+            return {}
+        if self.receiver is None:
+            raise ScenarioError("a traced row needs the OTLP receiver")
+        env = {
+            "BENCH_TRACING": "1",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.receiver.endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_SERVICE_NAME": f"bench-{self.spec.name}",
+        }
+        if fraction >= 1.0:
+            env["OTEL_TRACES_SAMPLER"] = "parentbased_always_on"
+        else:
+            env["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
+            env["OTEL_TRACES_SAMPLER_ARG"] = repr(fraction)
+        return env
+
+    def stop(self, workers: Workers) -> None:
+        workers.stop(grace=TRACED_STOP_GRACE if self.spec.tracing is not None else 0.0)
 
     def flush(self) -> None:
         self.book.flushall()  # both databases: the peers' (0) and the bookkeeping (1)
@@ -190,12 +229,14 @@ class PeerRun:
         check.duplicated = sum(1 for c in counts.values() if c > 1)
         check.extra_executions = sum(c - 1 for c in counts.values() if c > 1)
         self.checks[step] = check
+        self.executed += sum(counts.values())
         return record.parse_records(book.lrange(record.rec_key(run), 0, -1))
 
     def warm(self, step: str) -> None:
-        self.driver(
+        warmed = self.driver(
             "warm", f"{self.run_id}-{step}-warm", "--min-pids", "2", "--max-wait", "30", timeout=90
         )
+        self.executed += int(warmed.get("n", 0))
 
     # ---- steps ----------------------------------------------------------------------------
 
@@ -212,7 +253,7 @@ class PeerRun:
                 finally:
                     self.rss_peaks.append(sampler.peak_rss())
         finally:
-            workers.stop()
+            self.stop(workers)
         records = self.verify(step, run, n)
         starts = [r[2] for r in records]
         ends = sorted(r[3] for r in records)
@@ -232,6 +273,7 @@ class PeerRun:
         self.flush()
         enq = self.driver("single", run, "--n", str(n))
         self.result["enqueue_rate"] = n / enq["elapsed"]
+        self.result["enqueue_api"] = enq.get("api")
         drained = self.drain_noop("A", run, n)
         self.result["noop_rate"] = drained["rate"]
         self.result["noop_tasks"] = n
@@ -265,7 +307,7 @@ class PeerRun:
                 finally:
                     self.rss_peaks.append(sampler.peak_rss())
         finally:
-            workers.stop()
+            self.stop(workers)
         records = self.verify("C", run, n)
         lat = [1000 * (r[2] - r[1]) for r in records]
         self.result["lat_p50_ms"] = percentile(lat, 50)
@@ -295,9 +337,23 @@ class PeerRun:
                 finally:
                     self.rss_peaks.append(sampler.peak_rss())
         finally:
-            workers.stop()
+            self.stop(workers)
         records = self.verify("D", run, s.io_tasks)
         self.result["io_drain_s"] = max(r[3] for r in records) - min(r[1] for r in records)
+
+    def count_spans(self, receiver: Receiver) -> None:
+        """What reached the receiver during this run; a traced row that exported nothing, or
+        traced only one side, did not measure what it claims to."""
+        got: dict[str, Any] = receiver.take()
+        got["executed"] = self.executed
+        got["consumer_per_task"] = got["consumer"] / self.executed if self.executed else None
+        self.result["tracing"] = got
+        if got["exports"] == 0:
+            self.errors["tracing"] = "no OTLP export received: tracing was not on"
+        elif not got["producer"] or not got["consumer"]:
+            self.errors["tracing"] = (
+                f"spans from one side only (producer {got['producer']}, consumer {got['consumer']})"
+            )
 
     def execute(self) -> dict[str, Any]:
         steps = [
@@ -321,6 +377,8 @@ class PeerRun:
                 self.errors["B-D"] = "skipped: no task ran in step A"
                 break
         self.result["peak_rss_mb"] = max(self.rss_peaks) / 2**20 if self.rss_peaks else None
+        if self.receiver is not None and self.spec.tracing is not None:
+            self.count_spans(self.receiver)
         self.result["lost"] = sum(c.lost for c in self.checks.values())
         self.result["duplicated"] = sum(c.duplicated for c in self.checks.values())
         self.result["checks"] = {k: c.as_dict() for k, c in self.checks.items()}

@@ -19,10 +19,12 @@ backoff; it never ends the process.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import contextvars
 import logging
+import math
 import os
 import socket
 import threading
@@ -100,8 +102,16 @@ class Worker:
         self.replace_requested = False
         """Set after a hard timeout: the process must exit and be replaced to free the slot."""
         self.busy = 0
+        """Messages this worker leased and has not finished: running, or ready to run."""
+        self.running = 0
+        """Of those, the ones started (at most ``concurrency``)."""
         self.processed = 0
+        self._ready: collections.deque[tuple[str, Leased, Lease | None]] = collections.deque()
+        """Leased ahead, waiting for a free slot (see _lease_ahead)."""
+        self._avg_run_s = math.inf
+        """Moving average of how long tasks here run: short ones are leased ahead."""
         self._stopping = False
+        self._grace_over = False
         self._stop_event = asyncio.Event()
         self._capacity = asyncio.Event()
         self._ack_ready = asyncio.Event()
@@ -176,18 +186,19 @@ class Worker:
     async def _drain(self) -> None:
         """Let running tasks finish within the grace period, then hand back the rest."""
         deadline = time.monotonic() + self.settings.shutdown_grace_s
-        while self.busy and time.monotonic() < deadline:
+        while self.busy and time.monotonic() < deadline:  # what is ready starts, too
             self._capacity.clear()
             try:
                 await asyncio.wait_for(self._capacity.wait(), deadline - time.monotonic())
             except TimeoutError:
                 break
+        self._grace_over = True  # what is still only ready is handed back
         for task in self.leases.running():  # past the grace period: stop them
             task.cancel()
         # Verdicts on their way (fenced in Redis), in slot threads or on the loop, get a little
         # longer; a slot thread's stopped task is counted done when it has let go of it.
         late = deadline + 5
-        while self.busy > len(self._running) and time.monotonic() < late:
+        while self.running > len(self._running) and time.monotonic() < late:
             self._capacity.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._capacity.wait(), late - time.monotonic())
@@ -237,10 +248,10 @@ class Worker:
         subscribed = False
         backoff = 0.1
         while not self._stopping:
-            free = self.concurrency - self.busy
+            free = self.concurrency + self._lease_ahead() - self.busy
             if free <= 0:
                 self._capacity.clear()
-                if self.concurrency - self.busy <= 0 and not self._stopping:
+                if self.concurrency + self._lease_ahead() - self.busy <= 0 and not self._stopping:
                     await self._capacity.wait()
                 continue
             try:
@@ -324,12 +335,44 @@ class Worker:
 
     # --- executing ------------------------------------------------------------------------------
 
+    def _lease_ahead(self) -> int:
+        """How many messages to lease beyond the free slots: as many again as the slots while
+        tasks here run under LEASE_AHEAD_UNDER_S on average (fewer round trips to Redis per
+        task), none otherwise, so no message waits in this worker behind a long task while
+        another worker is idle."""
+        return self.concurrency if self._avg_run_s < LEASE_AHEAD_UNDER_S else 0
+
+    def _ran_for(self, seconds: float) -> None:
+        """Record one task's run time (from any thread: a lost update only blurs the mean)."""
+        avg = self._avg_run_s
+        self._avg_run_s = seconds if avg == math.inf else avg + (seconds - avg) * 0.1
+
     def _start(self, queue: str, leased: Leased, sent_at: float) -> None:
+        """Hold a fetched message; it starts as soon as a slot is free."""
         self.busy += 1
-        if leased.body is None or leased.key is not None:  # poison, not a message to run
+        lease = None
+        if leased.body is not None and leased.key is None:  # (poison holds no lease of its own)
+            lease = self.leases.take(queue, leased.id, leased.owner, sent_at)
+        self._ready.append((queue, leased, lease))
+        self._start_ready()
+
+    def _start_ready(self) -> None:
+        while self._ready and self.running < self.concurrency and not self._grace_over:
+            self.running += 1
+            self._launch(*self._ready.popleft())
+
+    def _finished(self, count: int) -> None:
+        """``count`` started messages are done (verdict queued or landed): free their slots."""
+        self.running -= count
+        self.busy -= count
+        self.processed += count
+        self._capacity.set()
+        self._start_ready()
+
+    def _launch(self, queue: str, leased: Leased, lease: Lease | None) -> None:
+        if lease is None or leased.body is None:  # poison, not a message to run
             running = asyncio.ensure_future(self._reject_unreadable(queue, leased))
         else:
-            lease = self.leases.take(queue, leased.id, leased.owner, sent_at)
             try:
                 admitted = self._admit(leased.id, leased.body, leased.deliveries)
             except Exception as exc:  # a bug, not the message's fault: still never held forever
@@ -365,9 +408,7 @@ class Worker:
         except Exception as exc:  # its lease (if any) lapses; it comes back, and is tried again
             log.exception("worker %s: could not dead-letter poison on %s: %s", self.id, queue, exc)
         finally:
-            self.busy -= 1
-            self.processed += 1
-            self._capacity.set()
+            self._finished(1)
 
     async def _process(
         self,
@@ -406,9 +447,7 @@ class Worker:
         except Exception as exc:
             await self._internal_error(queue, message_id, body, exc, lease)
         finally:
-            self.busy -= 1
-            self.processed += 1
-            self._capacity.set()
+            self._finished(1)
 
     def _admit(
         self, message_id: str, data: bytes, deliveries: int
@@ -469,8 +508,10 @@ class Worker:
         result: Any = None
         stored: bytes | None = None
         error: BaseException | None = None
+        started = time.monotonic()
         try:
             result = await run_async(task.fn, message.args, message.kwargs, timeout_s)
+            self._ran_for(time.monotonic() - started)
             stored = encode_success(result) if task.store_result else None
         except asyncio.CancelledError:  # its lease was lost, or the shutdown grace ended
             why = "its lease was lost" if lease.lost else "shutdown"
@@ -583,8 +624,10 @@ class Worker:
         error: BaseException | None = None
         job.context = contextvars.copy_context()  # for a verdict decided by the timekeeper
         assert self._slots is not None
+        started = time.monotonic()
         try:
             result = self._slots.run(job, timeout_s)
+            self._ran_for(time.monotonic() - started)
             stored = encode_success(result) if task.store_result else None
         except TaskStopped as exc:
             if job.abandoned:
@@ -636,9 +679,7 @@ class Worker:
         with self._finished_lock:
             done, self._finished_in_slots = self._finished_in_slots, 0
             self._wake_pending = False
-        self.busy -= done
-        self.processed += done
-        self._capacity.set()
+        self._finished(done)
         self._ack_ready.set()
 
     def _abandoned(self, call: SyncCall) -> None:
@@ -665,9 +706,7 @@ class Worker:
             except Exception as exc:
                 await self._internal_error(job.queue, job.message.id, job.body, exc, job.lease)
             finally:
-                self.busy -= 1
-                self.processed += 1
-                self._capacity.set()
+                self._finished(1)
 
         running = asyncio.get_running_loop().create_task(decide(), context=job.context)
         self._running.add(running)
@@ -948,6 +987,10 @@ class Worker:
 
 
 _NOT_RENEWED = "not renewed in time: Redis unreachable or slow"
+
+LEASE_AHEAD_UNDER_S = 0.005
+"""Tasks shorter than this on average are leased ahead: a message leased ahead waits about
+one task's run time for a slot."""
 
 
 class _SlotJob(SyncCall):

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,6 +185,16 @@ def modules_of(pids: list[int], dump: Path) -> dict[int, list[str]]:
     return found
 
 
+def probe(extra: list[str]) -> None:
+    """As Kubernetes and Prometheus would: GET /readyz and /metrics once, when served (the
+    supervisor loads the Redis client, prometheus_client, to answer)."""
+    for option, path in (("--health-port", "/readyz"), ("--metrics-port", "/metrics")):
+        if option in extra:
+            port = extra[extra.index(option) + 1]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+                answer.read()
+
+
 def run_one(
     url: str, kind: str, tasks: int, concurrency: int, extra: list[str], launcher: str
 ) -> Run:
@@ -204,6 +215,7 @@ def run_one(
     result = Run(kind)
     try:
         children = wait_for_children(app, proc)
+        probe(extra)
         result.peak_rss = run_tasks(app, proc, kind, tasks)
         time.sleep(1.0)  # at rest
         pids = tree(proc.pid)

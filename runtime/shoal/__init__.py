@@ -4,13 +4,12 @@ The runtime: define tasks on an :class:`App`, enqueue them, run workers. Redis i
 delivery is at-least-once. See DESIGN.md for the promises and ``shoal.protocol`` for the protocol.
 """
 
-# Application
-from shoal.app import App, load_app
+from __future__ import annotations
 
-# Workflows
-from shoal.canvas import Signature, chain, chord, group
+import importlib
+from typing import TYPE_CHECKING, Any
 
-# Errors and signals
+# Errors and signals (light: always imported)
 from shoal.errors import (
     BadSignature,
     BrokerError,
@@ -31,25 +30,63 @@ from shoal.errors import (
     TaskTimeout,
     WorkflowError,
 )
-from shoal.message import Message
-
-# Middleware
-from shoal.middleware import Middleware, Outcome, Retries, default_middleware
-
-# Messages and the broker
-from shoal.protocol import Broker, QueueStats
-
-# Schedules
-from shoal.schedules import Schedule
-
-# Settings
-from shoal.settings import Settings
-
-# Tasks and handles
-from shoal.task import Handle, Sender, Task
 
 # Version
 from shoal.version import __version__
+
+if TYPE_CHECKING:
+    from shoal.app import App, load_app
+    from shoal.canvas import Signature, chain, chord, group
+    from shoal.message import Message
+    from shoal.middleware import Middleware, Outcome, Retries, default_middleware
+    from shoal.protocol import Broker, QueueStats
+    from shoal.schedules import Schedule
+    from shoal.settings import Settings
+    from shoal.task import Handle, Sender, Task
+
+_LAZY = {
+    # Application
+    "App": "shoal.app",
+    "load_app": "shoal.app",
+    # Workflows
+    "Signature": "shoal.canvas",
+    "chain": "shoal.canvas",
+    "chord": "shoal.canvas",
+    "group": "shoal.canvas",
+    # Messages and the broker
+    "Message": "shoal.message",
+    "Broker": "shoal.protocol",
+    "QueueStats": "shoal.protocol",
+    # Middleware
+    "Middleware": "shoal.middleware",
+    "Outcome": "shoal.middleware",
+    "Retries": "shoal.middleware",
+    "default_middleware": "shoal.middleware",
+    # Schedules
+    "Schedule": "shoal.schedules",
+    # Settings
+    "Settings": "shoal.settings",
+    # Tasks and handles
+    "Handle": "shoal.task",
+    "Sender": "shoal.task",
+    "Task": "shoal.task",
+}
+"""Exported names imported on first use: ``import shoal`` (and so every ``shoal.*`` import, the
+supervisor's too) stays free of Redis, asyncio and the rest until something asks for them."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # found once: later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     # Application

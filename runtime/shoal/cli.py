@@ -1,34 +1,58 @@
-"""The ``shoal`` command: worker, enqueue, info, schedules, dlq, demo, dev, version."""
+"""The ``shoal`` command: worker, enqueue, info, schedules, dlq, demo, dev, version.
+
+Each command imports what it uses when it runs: ``rich`` only to print tables, the App and the
+Redis client only to talk to Redis, so ``shoal worker`` hands a lean process to its supervisor.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import orjson
-from rich.console import Console
-from rich.table import Table
 
 from shoal import logs
-from shoal.app import App, load_app
-from shoal.dead_letter import DeadLetter
 from shoal.errors import ShoalError, TaskModuleError
-from shoal.protocol import QueueStats
-from shoal.reasons import meaning
 from shoal.settings import Settings
 from shoal.version import __version__
 
-console = Console()
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from shoal.app import App
+    from shoal.dead_letter import DeadLetter
+    from shoal.protocol import QueueStats
+
+_console: Console | None = None
+
+
+def console() -> Console:
+    """The console tables and messages are printed on (rich is imported on first use)."""
+    global _console
+    if _console is None:
+        from rich.console import Console
+
+        _console = Console()
+    return _console
+
+
+def _app() -> App:
+    """An App from the environment (``SHOAL_*``), for the commands that only talk to Redis."""
+    from shoal.app import App
+
+    return App()
 
 
 def _load_app(spec: str) -> App:
     """:func:`load_app`, looking in the current directory first (as ``python -m`` does):
     ``shoal worker tasks`` imports ./tasks.py. Worker processes inherit this ``sys.path``."""
+    from shoal.app import load_app
+
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
@@ -76,14 +100,14 @@ def worker(
     log_format: str | None,
 ) -> None:
     """Run workers for the tasks of MODULE[:APP]."""
-    from shoal.supervisor import Supervisor, WorkerSpec
+    from shoal.supervisor import Supervisor, WorkerSpec, handover
 
     level = logging.getLevelName(log_level.upper())
-    app = _load_app(app_spec)
+    app = _load_app(app_spec)  # fails fast, here, on a bad module; and the app has the settings
     fmt = log_format or app.settings.log_format
     logs.setup(level, fmt)
     spec = WorkerSpec(app_spec, _queues(queues), concurrency, burst, metrics_port is not None, fmt)
-    sys.exit(
+    handover(  # this process, its task module and Redis client, become a lean supervisor
         Supervisor(
             spec,
             processes=processes,
@@ -91,7 +115,8 @@ def worker(
             health_port=health_port,
             metrics_port=metrics_port,
             log_level=level,
-        ).run()
+            queues=app.queues(),
+        )
     )
 
 
@@ -111,13 +136,15 @@ def enqueue(
     delay: float,
 ) -> None:
     """Enqueue TASK_NAME with JSON arguments; prints the message id."""
+    import orjson
+
     try:
         args, kwargs = orjson.loads(args_json), orjson.loads(kwargs_json)
     except orjson.JSONDecodeError as exc:
         raise click.BadParameter(f"--args/--kwargs must be JSON: {exc}") from None
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise click.BadParameter("--args takes a JSON list and --kwargs a JSON object")
-    app = _load_app(app_spec) if app_spec else App()
+    app = _load_app(app_spec) if app_spec else _app()
     if app_spec and task_name not in app.tasks:
         raise click.BadParameter(
             f"{app_spec} defines no task {task_name!r}; it has: "
@@ -138,6 +165,8 @@ def _age(seconds: float) -> str:
 
 def queue_table(before: list[QueueStats], after: list[QueueStats]) -> Table:
     """Per-queue figures; rates from two measurements."""
+    from rich.table import Table
+
     table = Table(title="Queues")
     for col in (
         "queue",
@@ -169,6 +198,8 @@ def queue_table(before: list[QueueStats], after: list[QueueStats]) -> Table:
 
 def workers_table(app: App) -> Table:
     """Live worker registrations."""
+    from rich.table import Table
+
     table = Table(title="Workers")
     columns = ("id", "host", "queues", "in flight", "concurrency", "processed", "leases lost")
     for col in (*columns, "up", "version"):
@@ -200,22 +231,26 @@ def workers_table(app: App) -> Table:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def info(queue_names: tuple[str, ...], show_workers: bool, interval: float, as_json: bool) -> None:
     """Per-queue depth, in flight, delayed, dead, oldest age and rates."""
-    app = App()
+    app = _app()
     names = list(queue_names) or app.broker.queues()
     if not names:
-        console.print(f"No queues yet on {app!r}.")
+        console().print(f"No queues yet on {app!r}.")
         if show_workers:
-            console.print(workers_table(app))
+            console().print(workers_table(app))
         return
     before = app.broker.measure_many(names)
     time.sleep(interval)
     after = app.broker.measure_many(names)
     if as_json:
+        import dataclasses
+
+        import orjson
+
         click.echo(orjson.dumps([dataclasses.asdict(s) for s in after]))
         return
-    console.print(queue_table(before, after))
+    console().print(queue_table(before, after))
     if show_workers:
-        console.print(workers_table(app))
+        console().print(workers_table(app))
 
 
 @cli.command()
@@ -227,15 +262,17 @@ def info(queue_names: tuple[str, ...], show_workers: bool, interval: float, as_j
 )
 def schedules(queue_names: tuple[str, ...], prune: bool) -> None:
     """Periodic schedules (code and Queue resources): next run, last run and its outcome."""
+    from rich.table import Table
+
     from shoal.scheduler import prune_stale, stored
     from shoal.schedules import describe_time
 
-    app = App()
+    app = _app()
     queues = list(queue_names) or app.broker.queues()
     if prune:
         for q in queues:
             for name in prune_stale(app.broker, q):
-                console.print(f"removed stale schedule {name!r} of queue {q!r}")
+                console().print(f"removed stale schedule {name!r} of queue {q!r}")
     table = Table(title="Schedules")
     for col in ("queue", "name", "cron", "task", "source", "suspended", "next run", "last run"):
         table.add_column(col, overflow="fold")
@@ -262,9 +299,9 @@ def schedules(queue_names: tuple[str, ...], prune: bool) -> None:
             row.outcome,
         )
     if not rows:
-        console.print(f"No schedules on {app!r}.")
+        console().print(f"No schedules on {app!r}.")
         return
-    console.print(table)
+    console().print(table)
 
 
 @cli.command()
@@ -274,7 +311,7 @@ def demo(tasks: int, processes: int) -> None:
     """Run a local demo: Redis (its own, unless SHOAL_REDIS_URL is set), workers, a burst."""
     from shoal.demo import run_demo
 
-    run_demo(tasks=tasks, processes=processes, console=console)
+    run_demo(tasks=tasks, processes=processes, console=console())
 
 
 def parse_duration(text: str) -> float:
@@ -303,7 +340,9 @@ def dlq() -> None:
 @click.option("--limit", default=50, show_default=True)
 def dlq_list(queue: str, limit: int) -> None:
     """The newest dead letters of QUEUE."""
-    dead = App().dlq(queue)
+    from rich.table import Table
+
+    dead = _app().dlq(queue)
     table = Table(title=f"Dead letters of {queue} ({len(dead)} in all)")
     for col in ("id", "task", "reason", "attempts", "failed at", "error"):
         table.add_column(col, overflow="fold")
@@ -316,7 +355,7 @@ def dlq_list(queue: str, limit: int) -> None:
             _when(e.failed_at),
             _printable(e.error[:80]),
         )
-    console.print(table)
+    console().print(table)
 
 
 def _printable(text: str) -> str:
@@ -343,7 +382,9 @@ def _body_label(entry: DeadLetter) -> str:
 def dlq_show(queue: str, message_id: str) -> None:
     """Everything about one dead letter: reason, error, traceback, trace id, message (or, when
     it was not a verified envelope, an excerpt with its real size)."""
-    entry = App().dlq(queue).get(message_id)
+    from shoal.reasons import meaning
+
+    entry = _app().dlq(queue).get(message_id)
     if entry is None:
         raise click.ClickException(
             f"no dead letter {message_id} in queue {queue!r}; see `shoal dlq list {queue}`"
@@ -370,13 +411,13 @@ def dlq_show(queue: str, message_id: str) -> None:
         ),
     ):
         text = str(value) if value is not None else "-"
-        console.print(f"[bold]{label:>12}[/bold]  ", end="")
-        console.print(text, markup=False, highlight=False)
+        console().print(f"[bold]{label:>12}[/bold]  ", end="")
+        console().print(text, markup=False, highlight=False)
     message = "-" if entry.message is None else _printable(entry.message)
-    console.print(f"[bold]     message[/bold]  ({_body_label(entry)})")
-    console.print(message, markup=False, highlight=False, soft_wrap=True)
+    console().print(f"[bold]     message[/bold]  ({_body_label(entry)})")
+    console().print(message, markup=False, highlight=False, soft_wrap=True)
     if entry.traceback:
-        console.print(_printable(entry.traceback), markup=False, highlight=False)
+        console().print(_printable(entry.traceback), markup=False, highlight=False)
 
 
 @dlq.command("replay")
@@ -393,7 +434,7 @@ def dlq_replay(
     id_mismatch, too_deep, unreadable) are refused: show or purge them instead."""
     if not message_ids and not replay_all and task is None:
         raise click.UsageError("name message ids, or pass --all (optionally with --task NAME)")
-    report = App().dlq(queue).replay(list(message_ids) or None, task=task)
+    report = _app().dlq(queue).replay(list(message_ids) or None, task=task)
     click.echo(f"replayed {len(report.replayed)} message(s) into {queue}")
     for message_id, why in report.skipped.items():
         click.echo(f"skipped {message_id}: {why}")
@@ -407,7 +448,7 @@ def dlq_replay(
 def dlq_purge(queue: str, message_ids: tuple[str, ...], older_than: str | None, yes: bool) -> None:
     """Delete dead letters of QUEUE for good: those named, else all (or --older-than)."""
     age = parse_duration(older_than) if older_than else None
-    dead = App().dlq(queue)
+    dead = _app().dlq(queue)
     if message_ids:
         deleted = set(dead.purge_ids(message_ids, age))
         click.echo(f"purged {len(deleted)} dead letter(s) from {queue}")
@@ -439,10 +480,10 @@ def dev(files: tuple[Path, ...], redis_url: str | None, duration: float | None) 
     from shoal.dev import DevRunner, load_manifests
 
     manifests = load_manifests(list(files))
-    settings = App().settings
+    settings = _app().settings
     from_env = settings.redis_url if settings.redis_url_source == "SHOAL_REDIS_URL" else None
     url = redis_url or from_env
-    DevRunner(manifests, url, console).run(duration)
+    DevRunner(manifests, url, console()).run(duration)
 
 
 @cli.command("redis-acl")

@@ -14,16 +14,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from shoal.app import App
 from shoal.canvas import chord
 from shoal.errors import ShoalError
 from shoal.protocol.results import decode_result
 from shoal.protocol.server import LocalRedis
+
+if TYPE_CHECKING:  # the workers import this module for its tasks: rich only where it prints
+    from rich.console import Console
 
 app = App()
 QUEUE = "demo"
@@ -125,6 +125,15 @@ def _wait_for_workers(producer: App, count: int, worker: subprocess.Popen[bytes]
 
 
 def _drive(producer: App, count: int, console: Console) -> None:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.table import Table
+
     kinds = [producer.remote(t.name, queue=QUEUE) for t in (fetch_page, checksum)]
     flaky_task = producer.remote(flaky.name, queue=QUEUE)
     before = producer.measure(QUEUE)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
-from typing import NamedTuple
-
-import orjson
+from typing import Any, NamedTuple
 
 
 class TaskLogContext(NamedTuple):
@@ -68,6 +67,12 @@ class TextFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log pipelines."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        import orjson  # here: a supervisor logging text never loads it
+
+        self._dumps: Callable[[Any], bytes] = orjson.dumps
+
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, object] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -82,7 +87,7 @@ class JsonFormatter(logging.Formatter):
                 data[name] = value
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(data).decode()
+        return self._dumps(data).decode()
 
 
 def setup(level: int | str, fmt: str) -> None:

@@ -6,13 +6,16 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shoal.errors import BrokerError
-from shoal.protocol import Broker
 from shoal.settings import Settings
+
+if TYPE_CHECKING:
+    from shoal.protocol import Broker
 
 log = logging.getLogger("shoal.metrics")
 
@@ -23,7 +26,9 @@ class QueueCollector:
     """Per-queue gauges (waiting, in flight, delayed, dead, oldest age) read at scrape time."""
 
     def __init__(self, settings: Settings, queues: Sequence[str]) -> None:
-        self.broker = Broker(settings)
+        from shoal.protocol import Broker  # here: the supervisor loads Redis only to serve this
+
+        self.broker: Broker = Broker(settings)
         self.queues = list(queues)
 
     def collect(self) -> Iterator[Any]:
@@ -85,6 +90,11 @@ class MetricsServer:
         self._server, _ = start_http_server(self.port, registry=registry)
         self.port = self._server.server_address[1]
         return self.port
+
+    @property
+    def listener(self) -> socket.socket | None:
+        """The listening socket, once started (a forked worker process closes its copy)."""
+        return self._server.socket if self._server is not None else None
 
     def process_exited(self, pid: int) -> None:
         """Forget a dead worker process's live gauges (in flight)."""

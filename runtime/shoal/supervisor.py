@@ -1,38 +1,52 @@
 """``shoal worker``: a supervisor process that keeps P worker processes alive.
 
-The supervisor runs no tasks. It starts children (spawned, so each imports the task module
-cleanly), replaces any that dies, forwards SIGTERM so they drain, and serves the health
-endpoint Kubernetes probes: ``/livez`` (every child alive and looping) and ``/readyz``
-(Redis answers).
+The supervisor runs no tasks. ``shoal worker`` imports the task module once, to fail fast and to
+read the app's settings, then :func:`handover` re-executes the interpreter in place (same PID)
+as a lean supervisor: no task code, no Redis client, no asyncio. It forks each worker process
+from that small image, so every worker imports the task module itself, cleanly, and shares the
+supervisor's pages; it replaces any child that dies, forwards SIGTERM so they drain, and serves
+the health endpoint Kubernetes probes: ``/livez`` (every child alive and looping) and
+``/readyz`` (Redis answers).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import faulthandler
+import gc
+import json
 import logging
+import mmap
 import multiprocessing
 import os
 import signal
+import socket
+import struct
 import sys
 import threading
 import time
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from multiprocessing.sharedctypes import Synchronized
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from shoal import logs
-from shoal.app import load_app
 from shoal.errors import ShoalError, TaskModuleError
-from shoal.metrics import MetricsServer
 from shoal.settings import Settings
+
+if TYPE_CHECKING:
+    from http.server import ThreadingHTTPServer
+
+    from shoal.metrics import MetricsServer
 
 log = logging.getLogger("shoal.supervisor")
 
 EXIT_REPLACE_ME = 3
 """A child exits with this after a hard timeout left a thread it cannot stop: start a new one."""
+
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+WORKER_NAME = "shoal-worker"
+"""The process name (``ps -o comm``, ``top``) of worker processes, set at fork (Linux)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,16 +61,46 @@ class WorkerSpec:
     log_format: str = "text"
 
 
-def _child_main(spec: WorkerSpec, tick: Synchronized[float], log_level: int) -> None:
-    """Entry point of a worker process."""
+class Tick:
+    """When a child's event loop last turned (``time.monotonic()``; 0 while it starts): one
+    double in a page shared with the forked child. No lock: a child killed mid-write cannot
+    leave the supervisor waiting forever on a lock it held, and one aligned 8-byte store is
+    never seen half done."""
+
+    def __init__(self) -> None:
+        self._page = mmap.mmap(-1, 8)  # anonymous and MAP_SHARED: the fork keeps it shared
+
+    @property
+    def value(self) -> float:
+        return float(struct.unpack_from("d", self._page)[0])
+
+    @value.setter
+    def value(self, now: float) -> None:
+        struct.pack_into("d", self._page, 0, now)
+
+
+def _child_main(
+    spec: WorkerSpec, tick: Tick, log_level: int, inherited: Sequence[socket.socket]
+) -> None:
+    """Entry point of a worker process, just forked from the supervisor (signals blocked)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the supervisor's handlers are not ours
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    for sock in inherited:  # the supervisor's listening sockets: a worker never accepts
+        sock.close()
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+        comm.write(WORKER_NAME)
     logs.setup(log_level, spec.log_format)
-    from shoal.worker import Worker  # imported here: the supervisor never needs it
+    import asyncio  # imported here: the supervisor never needs them
+
+    from shoal.app import load_app
+    from shoal.worker import Worker
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps every stack
 
     try:
         app = load_app(spec.app)
-    except TaskModuleError as exc:  # the supervisor imported it, this process cannot: say why
+    except TaskModuleError as exc:  # `shoal worker` imported it, this process cannot: say why
         sys.stderr.write(f"{exc.user_traceback()}error: {exc}\n")
         sys.stderr.flush()
         os._exit(2)
@@ -73,7 +117,7 @@ def _child_main(spec: WorkerSpec, tick: Synchronized[float], log_level: int) -> 
             app, spec.queues or None, concurrency=spec.concurrency, burst=spec.burst, on_tick=beat
         )
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, worker.stop)
         await worker.run()
         return worker.replace_requested
@@ -89,17 +133,24 @@ def _child_main(spec: WorkerSpec, tick: Synchronized[float], log_level: int) -> 
 
 
 class _Child:
-    def __init__(self, ctx: Any, spec: WorkerSpec, log_level: int) -> None:
-        self.tick: Synchronized[float] = ctx.Value("d", 0.0)  # 0: still starting up
+    def __init__(
+        self, ctx: Any, spec: WorkerSpec, log_level: int, inherited: Sequence[socket.socket]
+    ) -> None:
+        self.tick = Tick()
         self.process = ctx.Process(
-            target=_child_main, args=(spec, self.tick, log_level), name="shoal-worker", daemon=False
+            target=_child_main,
+            args=(spec, self.tick, log_level, inherited),
+            name=WORKER_NAME,
+            daemon=False,
         )
         self.process.start()
         self.started = time.monotonic()
 
 
 class Supervisor:
-    """Runs ``processes`` workers until SIGTERM (or, in burst mode, until they all drained)."""
+    """Runs ``processes`` workers until SIGTERM (or, in burst mode, until they all drained).
+
+    ``queues``: the app's own queues, measured by ``/metrics`` when ``spec.queues`` is empty."""
 
     def __init__(
         self,
@@ -110,6 +161,7 @@ class Supervisor:
         health_port: int | None = None,
         metrics_port: int | None = None,
         log_level: int = logging.INFO,
+        queues: Sequence[str] = (),
     ) -> None:
         self.spec = spec
         self.processes = max(1, processes)
@@ -118,22 +170,30 @@ class Supervisor:
         self.metrics_port = metrics_port
         self.metrics: MetricsServer | None = None
         self.log_level = log_level
-        self.ctx = multiprocessing.get_context("spawn")
+        self.queues = list(queues)
+        self.ctx = multiprocessing.get_context("fork")
         self.children: list[_Child | None] = []
         self.stopping = False
         self.restarts = 0
+        self._health: ThreadingHTTPServer | None = None
+        self._fork_lock = threading.Lock()
+        """Held while forking, and by a health thread while it imports: a child forked then
+        would inherit that module's import lock, held by a thread it does not have."""
 
     def run(self) -> int:
-        app = load_app(self.spec.app)  # fail fast, in the foreground, on a bad module path
         if self.metrics_port is not None:
-            queues = self.spec.queues or app.queues()
-            self.metrics = MetricsServer(self.metrics_port, self.settings, queues)
+            from shoal.metrics import MetricsServer
+
+            self.metrics = MetricsServer(
+                self.metrics_port, self.settings, self.spec.queues or self.queues
+            )
             self.metrics_port = self.metrics.start()
             log.info("supervisor: metrics on :%d/metrics", self.metrics_port)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        server = self._serve_health() if self.health_port is not None else None
-        self.children = [_Child(self.ctx, self.spec, self.log_level) for _ in range(self.processes)]
+        if self.health_port is not None:
+            self._health = self._serve_health()
+        self.children = [self._start_child() for _ in range(self.processes)]
         log.info(
             "supervisor %d: %d worker process(es) on %s",
             os.getpid(),
@@ -171,7 +231,7 @@ class Supervisor:
                 if self.stop_requested():  # SIGTERM arrived during the pause: no new child
                     self.children[i] = None
                     continue
-                self.children[i] = _Child(self.ctx, self.spec, self.log_level)
+                self.children[i] = self._start_child()
             if stop_deadline is not None and time.monotonic() > stop_deadline:
                 for child in self.children:
                     if child is not None and child.process.is_alive() and child.process.pid:
@@ -184,11 +244,27 @@ class Supervisor:
                         time.sleep(0.5)
                         child.process.kill()
                 stop_deadline = float("inf")
-        if server is not None:
-            server.shutdown()
+        if self._health is not None:
+            self._health.shutdown()
         if self.metrics is not None:
             self.metrics.stop()
         return 1 if failed else 0
+
+    def _start_child(self) -> _Child:
+        """Fork a worker process. Stop signals wait until the child has its own handlers; what
+        the supervisor allocated so far is frozen, so no garbage collection in the child writes
+        to (and so copies) those shared pages."""
+        inherited = [self._health.socket] if self._health is not None else []
+        if self.metrics is not None and self.metrics.listener is not None:
+            inherited.append(self.metrics.listener)
+        with self._fork_lock:
+            gc.collect()
+            gc.freeze()
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            try:
+                return _Child(self.ctx, self.spec, self.log_level, inherited)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def stop_requested(self) -> bool:
         """Read anew each time: the signal handler sets ``stopping`` between any two lines."""
@@ -227,17 +303,18 @@ class Supervisor:
                 continue
             if not child.process.is_alive():
                 return False, f"worker process {child.process.pid} is not running"
-            if child.tick.value and now - child.tick.value > stale_after:
+            tick = child.tick.value
+            if tick and now - tick > stale_after:
                 return (
                     False,
-                    f"worker process {child.process.pid} has not looped for "
-                    f"{now - child.tick.value:.0f}s",
+                    f"worker process {child.process.pid} has not looped for {now - tick:.0f}s",
                 )
         return True, f"{sum(c is not None for c in self.children)} worker process(es) looping"
 
     def ready(self) -> tuple[bool, str]:
         """Readiness: Redis answers."""
-        from shoal.protocol import Broker
+        with self._fork_lock:  # the first probe loads the Redis client: see _fork_lock
+            from shoal.protocol import Broker
 
         broker = Broker(self.settings)
         try:
@@ -249,6 +326,8 @@ class Supervisor:
         return True, "Redis reachable"
 
     def _serve_health(self) -> ThreadingHTTPServer:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
         supervisor = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -277,3 +356,79 @@ class Supervisor:
         self.health_port = server.server_address[1]
         threading.Thread(target=server.serve_forever, name="shoal-health", daemon=True).start()
         return server
+
+
+# --- handing over from `shoal worker` -------------------------------------------------------------
+
+RESUME = "from shoal.supervisor import resume; resume()"
+
+
+def handover(supervisor: Supervisor) -> NoReturn:
+    """Become ``supervisor`` in a fresh interpreter: ``os.execv`` keeps the PID (signals and the
+    exit status still reach whoever started ``shoal worker``) and drops everything ``shoal
+    worker`` imported to check the task module: the module itself, the Redis client, the CLI.
+
+    The configuration travels in an unlinked temporary file, as it may hold passwords (argv and
+    the environment are readable by others, and the environment is passed on to tasks)."""
+    import tempfile
+    from subprocess import _args_from_interpreter_flags  # type: ignore[attr-defined]
+
+    with tempfile.TemporaryFile() as carrier:
+        carrier.write(json.dumps(to_state(supervisor)).encode())
+        carrier.flush()
+        carrier.seek(0)
+        os.set_inheritable(carrier.fileno(), True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        flags: list[str] = _args_from_interpreter_flags()  # -X, -W, -O, … as this one has
+        argv = [sys.executable, *flags, "-c", RESUME, str(carrier.fileno()), *sys.argv[1:]]
+        os.execv(sys.executable, argv)
+    raise AssertionError("unreachable: execv returns only by raising")
+
+
+def resume() -> NoReturn:
+    """The other side of :func:`handover`: read the configuration, run the supervisor."""
+    with open(int(sys.argv[1]), "rb") as carrier:
+        supervisor = from_state(json.loads(carrier.read()))
+    logs.setup(supervisor.log_level, supervisor.spec.log_format)
+    try:
+        code = supervisor.run()
+    except ShoalError as exc:  # as the `shoal` command reports it: one line, status 2
+        sys.stderr.write(f"error: {exc}\n")
+        code = 2
+    sys.exit(code)
+
+
+def to_state(supervisor: Supervisor) -> dict[str, Any]:
+    """A supervisor's configuration as JSON-able data, with this process's ``sys.argv`` and
+    ``sys.path`` (workers see the ones they saw when the supervisor imported the app)."""
+    return {
+        "argv": sys.argv,
+        "path": sys.path,
+        "spec": asdict(supervisor.spec),
+        "processes": supervisor.processes,
+        "settings": asdict(supervisor.settings),
+        "health_port": supervisor.health_port,
+        "metrics_port": supervisor.metrics_port,
+        "log_level": supervisor.log_level,
+        "queues": supervisor.queues,
+    }
+
+
+def from_state(state: dict[str, Any]) -> Supervisor:
+    """The supervisor :func:`to_state` described; restores ``sys.argv`` and ``sys.path``."""
+    sys.argv[:] = state["argv"]
+    sys.path[:] = state["path"]
+    tuples = {f.name for f in fields(Settings) if isinstance(f.default, tuple)}
+    values: dict[str, Any] = {
+        k: tuple(v) if k in tuples else v for k, v in state["settings"].items()
+    }
+    return Supervisor(
+        WorkerSpec(**state["spec"]),
+        processes=state["processes"],
+        settings=Settings(**values),
+        health_port=state["health_port"],
+        metrics_port=state["metrics_port"],
+        log_level=state["log_level"],
+        queues=state["queues"],
+    )

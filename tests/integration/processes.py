@@ -73,11 +73,11 @@ class WorkerProcess:
 
 
 def _is_worker(proc: psutil.Process) -> bool:
-    """A spawned worker process. Matching on ``spawn_main`` (not "anything but the resource
-    tracker"): right after fork, before exec, the tracker still shows the supervisor's command
-    line, and a test that took it for the worker killed the tracker instead."""
+    """A worker process: forked by the supervisor, it names itself ``shoal-worker`` (its
+    ``comm``, what ``ps`` and ``top`` show). Matched on that name, not on "any child": right
+    after the fork, before the rename, a child is not yet a worker that serves."""
     try:
-        return "spawn_main" in " ".join(proc.cmdline())
+        return proc.name() == "shoal-worker"
     except psutil.Error:
         return False
 

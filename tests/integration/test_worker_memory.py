@@ -1,0 +1,146 @@
+"""``shoal worker`` as it runs: a lean supervisor (no Redis client, no asyncio, no task code)
+that forks named worker processes, no helper process besides them, and the app's own settings
+carried over the handover. And the CLI, which imports rich lazily, still draws its tables on a
+terminal. What each process has loaded is read from ``/proc/PID/maps``, not measured in bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+from processes import WorkerProcess
+
+from helpers import wait_for
+from shoal import App
+from shoal.protocol.server import free_port
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+
+OWN_SETTINGS_APP = """\
+import os
+
+import shoal
+
+app = shoal.App(os.environ["MEMTEST_REAL_REDIS_URL"])  # in code: the environment's is dead
+
+
+@app.task(queue="memtest")
+def noop() -> None: ...
+"""
+
+
+def _mapped(pid: int) -> str:
+    """The files mapped by a process: its shared libraries and extension modules."""
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_the_supervisor_loads_no_redis_client_and_forks_named_workers(
+    redis_url: str, key_prefix: str, worker_process: Callable[..., WorkerProcess], app: App
+) -> None:
+    sup = worker_process(
+        redis_url, "--processes", "2", "--queues", "memtest", SHOAL_KEY_PREFIX=key_prefix
+    )
+
+    children = wait_for(
+        lambda: len(sup.child_pids()) == 2 and sup.child_pids(), timeout=30, message="2 workers"
+    )
+    wait_for(lambda: len(app.broker.workers()) >= 2, timeout=30, message="two registrations")
+
+    # every child of the supervisor is a worker: no resource tracker, no other helper
+    assert {p.pid for p in psutil.Process(sup.pid).children()} == children, sup.log()
+    supervisor_maps = _mapped(sup.pid)
+    assert "hiredis" not in supervisor_maps
+    assert "_asyncio" not in supervisor_maps
+    for child in children:
+        assert "hiredis" in _mapped(child)  # the workers did load them
+        assert "_asyncio" in _mapped(child)
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, ConnectionError):
+        return 0
+
+
+def test_the_supervisor_keeps_the_settings_the_app_sets_in_code(
+    tmp_path: Path, redis_url: str, worker_process: Callable[..., WorkerProcess]
+) -> None:
+    (tmp_path / "own_settings_tasks.py").write_text(OWN_SETTINGS_APP)
+    port = free_port()
+    sup = worker_process(
+        "redis://127.0.0.1:1/0",  # SHOAL_REDIS_URL: nothing listens there
+        "--health-port",
+        str(port),
+        app_spec="own_settings_tasks:app",
+        MEMTEST_REAL_REDIS_URL=redis_url,
+        PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    )
+
+    wait_for(sup.child_pids, timeout=30, message="the worker process")
+    # /readyz pings the Redis of the app's settings, which the handover carried over
+    wait_for(
+        lambda: _status(f"http://127.0.0.1:{port}/readyz") == 200,
+        timeout=30,
+        message=f"/readyz 200\n{sup.log()}",
+    )
+
+
+def _run_on_a_terminal(args: list[str], env: dict[str, str]) -> str:
+    """Run ``python -m shoal ARGS`` with a pseudo-terminal as its stdout; what it printed."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shoal", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=follower,
+        env=env,
+    )
+    os.close(follower)
+    chunks: list[bytes] = []
+    try:
+        while True:
+            ready, _, _ = select.select([leader], [], [], 30)
+            if not ready:
+                break
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the other side closed
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(leader)
+        proc.wait(30)
+    assert proc.returncode == 0, b"".join(chunks).decode(errors="replace")
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_info_draws_its_table_on_a_terminal(app: App, redis_url: str, key_prefix: str) -> None:
+    app.remote("some.task", queue="terminal-q").enqueue()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHOAL_", "NO_COLOR"))}
+    env.update(
+        SHOAL_REDIS_URL=redis_url, SHOAL_KEY_PREFIX=key_prefix, TERM="xterm-256color", COLUMNS="200"
+    )
+
+    out = _run_on_a_terminal(["info", "--interval", "0"], env)
+
+    assert "Queues" in out
+    assert "terminal-q" in out
+    assert "━" in out or "─" in out, out  # box drawing: rich drew a table
+    assert "\x1b[" in out, out  # and styled it, as it does on a terminal

@@ -210,11 +210,30 @@ class SlotThreads:
 async def run_async(
     fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], timeout_s: float
 ) -> Any:
-    """Await ``fn(*args, **kwargs)``; cancel it and raise TaskTimeout after ``timeout_s``."""
+    """Await ``fn(*args, **kwargs)``; cancel it and raise TaskTimeout after ``timeout_s``.
+
+    One timer handle, rather than ``asyncio.timeout``'s context manager: this is on the
+    per-message path."""
+    task = asyncio.current_task()
+    assert task is not None
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(timeout_s, expire)
+    counted = False
     try:
-        async with asyncio.timeout(timeout_s) as deadline:
-            return await fn(*args, **kwargs)
-    except TimeoutError:
-        if not deadline.expired():
-            raise  # the task's own TimeoutError (an HTTP client's, say): not ours
-        raise TaskTimeout(f"async task exceeded its {timeout_s:g}s timeout") from None
+        return await fn(*args, **kwargs)
+    except asyncio.CancelledError:
+        if expired:
+            counted = True
+            if task.uncancel() == 0:  # our cancel alone, not the worker's stop as well
+                raise TaskTimeout(f"async task exceeded its {timeout_s:g}s timeout") from None
+        raise
+    finally:
+        timer.cancel()
+        if expired and not counted:
+            task.uncancel()  # the task swallowed our cancel and went on: take it back

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
 
+from helpers import wait_for
 from shoal import App, ResultTimeout, TaskFailed
 
 
@@ -178,3 +180,27 @@ def test_per_message_timeout_override_is_carried(app: App, worker: Callable[...,
     worker(app, ["slowq"])
     assert outcomes == ["cancelled"]
     assert app.measure("slowq").dead == 1
+
+
+@pytest.mark.parametrize(("sleep_s", "most_held"), [(0.03, 2), (0.0, 4)])
+def test_a_worker_leases_ahead_only_for_short_tasks(
+    app: App, worker: Callable[..., Any], sleep_s: float, most_held: int
+) -> None:
+    """Tasks over 5 ms: never more leased than slots (nothing waits in a busy worker while
+    another could run it); short tasks: at most as many again, waiting a moment for a slot."""
+    held: list[int] = []
+    n = 40 if sleep_s else 400
+
+    @app.task(queue="ahead")
+    def job(i: int) -> None:
+        held.append(running.worker.busy)  # leased by this worker and not yet finished
+        time.sleep(sleep_s)
+
+    job.enqueue_many([(i,) for i in range(n)])
+    running = worker(app, ["ahead"], concurrency=2, burst=False)
+    wait_for(lambda: app.measure("ahead").completed == n, message="every task to finish")
+    running.stop()
+    assert len(held) == n
+    assert max(held) <= most_held
+    if not sleep_s:
+        assert max(held) > 2  # it did lease ahead

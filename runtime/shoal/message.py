@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,7 +23,43 @@ ENVELOPE_VERSION = 1
 
 def new_message_id() -> str:
     """A 32-hex-digit id that sorts by creation time (48-bit ms clock + 80 random bits)."""
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+    return message_id_at(time.time_ns())
+
+
+def message_id_at(now_ns: int) -> str:
+    """The id of a message created at ``now_ns`` (``time.time_ns()``): the producer reads the
+    clock once for the id and ``enqueued_at``."""
+    return f"{now_ns // 1_000_000:012x}{os.urandom(10).hex()}"
+
+
+def encode_envelope(
+    message_id: str,
+    task: str,
+    queue: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    enqueued_at: float,
+    attempt: int,
+    headers: Mapping[str, str],
+    options: Mapping[str, Any],
+) -> bytes:
+    """The JSON envelope of these fields (what :meth:`Message.encode` stores), for a producer
+    that builds no Message. ``args`` may be a tuple: JSON has arrays only. Raises TypeError
+    when an argument is not JSON-serialisable."""
+    return orjson.dumps(
+        {
+            "v": ENVELOPE_VERSION,
+            "id": message_id,
+            "task": task,
+            "queue": queue,
+            "args": args,
+            "kwargs": kwargs,
+            "enqueued_at": enqueued_at,
+            "attempt": attempt,
+            "headers": headers,
+            "options": options,
+        }
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,19 +78,16 @@ class Message:
 
     def encode(self) -> bytes:
         """The JSON envelope. Raises TypeError when an argument is not JSON-serialisable."""
-        return orjson.dumps(
-            {
-                "v": ENVELOPE_VERSION,
-                "id": self.id,
-                "task": self.task,
-                "queue": self.queue,
-                "args": self.args,
-                "kwargs": self.kwargs,
-                "enqueued_at": self.enqueued_at,
-                "attempt": self.attempt,
-                "headers": self.headers,
-                "options": self.options,
-            }
+        return encode_envelope(
+            self.id,
+            self.task,
+            self.queue,
+            self.args,
+            self.kwargs,
+            self.enqueued_at,
+            self.attempt,
+            self.headers,
+            self.options,
         )
 
     def next_attempt(self, **options: Any) -> Message:

@@ -4,8 +4,10 @@ The :class:`Producer` is the one way a message goes out to Redis. Every message 
 enqueue, a workflow's steps, a schedule's tick) takes the same path: the ``enqueue_context``
 hooks open around the batch (tracing adds its headers there), each envelope is encoded and
 size-checked, sealed by the signer, and the batch is stored in one script call;
-``after_enqueue`` follows once Redis has stored it. Tasks, workflows, schedules and the DLQ
-depend on a Producer, not on the :class:`~shoal.app.App` that builds it.
+``after_enqueue`` follows once Redis has stored it. When no middleware hooks sending, a task's
+enqueue builds no :class:`Message` and runs no hooks: it encodes the envelope straight from its
+arguments (the same bytes). Tasks, workflows, schedules and the DLQ depend on a Producer, not on
+the :class:`~shoal.app.App` that builds it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 import orjson
 
 from shoal.errors import EnqueueError, ResultTimeout, TaskFailed, TaskNotFound
-from shoal.message import Message, new_message_id
+from shoal.message import Message, encode_envelope, message_id_at, new_message_id
 from shoal.middleware.hooks import Hooks
 from shoal.protocol import AsyncBroker, Broker, Guard, Outgoing
 from shoal.protocol.results import decode_result
@@ -83,8 +85,23 @@ class SendOptions:
     timeout_s: float | None = None
     dedupe_key: str | None = None
 
+    @property
+    def delay_ms(self) -> int:
+        return int(self.delay_s * 1000)
+
+    def message_options(self) -> dict[str, Any]:
+        """What the envelope's ``options`` carry (a fresh dict: middleware may edit it)."""
+        options: dict[str, Any] = {}
+        if self.timeout_s is not None:
+            options["timeout"] = self.timeout_s
+        if self.dedupe_key is not None:
+            options["dedupe_key"] = self.dedupe_key
+        return options
+
 
 _NOW = SendOptions()
+_EMPTY: dict[str, Any] = {}
+"""The ``headers`` and ``options`` a plain enqueue encodes (only ever read)."""
 
 
 class Task(Generic[P, R]):
@@ -146,7 +163,9 @@ class Task(Generic[P, R]):
         memory, BrokerError when it cannot be reached (nothing stored in these cases), and
         EnqueueOutcomeUnknown when the connection failed after the message was sent: it may
         have been stored, so enqueue again only with a ``dedupe_key`` (README, "Dedupe")."""
-        return Sender(self, _NOW).enqueue(*args, **kwargs)
+        producer = self.producer
+        message_id = producer.send_one(self, args, kwargs, _NOW)
+        return Handle(producer, self.queue, self.name, message_id)
 
     def enqueue_many(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]) -> list[Handle[R]]:
         """Send a batch in one round trip: each item is an args tuple or a kwargs mapping."""
@@ -198,7 +217,10 @@ class Sender(Generic[P, R]):
         self.send = send
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Handle[R]:
-        return self._send([(list(args), dict(kwargs))])[0]
+        task = self.task
+        producer = task.producer
+        message_id = producer.send_one(task, args, kwargs, self.send)
+        return Handle(producer, task.queue, task.name, message_id)
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A workflow step with these options: ``task.with_options(timeout=5).s()``."""
@@ -238,18 +260,13 @@ class Sender(Generic[P, R]):
     def _send(self, batch: list[tuple[list[Any], dict[str, Any]]]) -> list[Handle[R]]:
         task, send = self.task, self.send
         now = time.time()
-        options: dict[str, Any] = {}
-        if send.timeout_s is not None:
-            options["timeout"] = send.timeout_s
-        if send.dedupe_key is not None:
-            options["dedupe_key"] = send.dedupe_key
+        options = send.message_options()
         messages = [
             Message(new_message_id(), task.name, task.queue, args, kwargs, now, options=options)
             for args, kwargs in batch
         ]
-        delay_ms = int(send.delay_s * 1000)
         producer = task.producer
-        ids = producer.send(task, messages, delay_ms=delay_ms, dedupe_key=send.dedupe_key)
+        ids = producer.send(task, messages, delay_ms=send.delay_ms, dedupe_key=send.dedupe_key)
         return [Handle(producer, task.queue, task.name, mid) for mid in ids]
 
 
@@ -304,6 +321,43 @@ class Producer:
 
     # --- sending ------------------------------------------------------------------------------
 
+    def send_one(
+        self, task: Task[..., Any], args: Sequence[Any], kwargs: dict[str, Any], send: SendOptions
+    ) -> str:
+        """Send one call of ``task`` (``task.enqueue``); returns its message id (for a
+        deduplicated message, the live one's). The same hooks, checks and errors as
+        :meth:`send`, without a Message or the hooks when no middleware hooks sending."""
+        if self.hooks.on_enqueue:
+            message = Message(
+                new_message_id(),
+                task.name,
+                task.queue,
+                list(args),
+                kwargs,
+                time.time(),
+                options=send.message_options(),
+            )
+            return self.send(task, [message], delay_ms=send.delay_ms, dedupe_key=send.dedupe_key)[0]
+        if send is _NOW:
+            options, delay_ms, dedupe_key = _EMPTY, 0, None
+        else:
+            options, delay_ms, dedupe_key = send.message_options(), send.delay_ms, send.dedupe_key
+        now_ns = time.time_ns()
+        message_id = message_id_at(now_ns)
+        enqueued_at = now_ns / 1e9
+        try:
+            body = encode_envelope(
+                message_id, task.name, task.queue, args, kwargs, enqueued_at, 0, _EMPTY, options
+            )
+        except TypeError:
+            message = Message(message_id, task.name, task.queue, list(args), kwargs, enqueued_at)
+            raise EnqueueError(_describe_bad_argument(task.name, message)) from None
+        if len(body) > self.settings.max_message_bytes:
+            message = Message(message_id, task.name, task.queue, list(args), kwargs, enqueued_at)
+            raise self._too_big(task, message, body)
+        item = (message_id, delay_ms, self.signer.seal(body), dedupe_key)
+        return self.broker.enqueue(task.queue, [item], task=task.name)[0]
+
     def send(
         self,
         task: Task[..., Any],
@@ -315,10 +369,14 @@ class Producer:
         """Send a batch of ``task``'s messages to its queue in one round trip; returns each
         one's id (for a deduplicated message, the live one's). See ``Broker.enqueue`` for the
         errors."""
-        with self.hooks.context("enqueue_context", task, messages):
+        hooks = self.hooks
+        if not hooks.on_enqueue:
+            items = self.encode(task, messages, delay_ms, dedupe_key)
+            return self.broker.enqueue(task.queue, items, task=task.name)
+        with hooks.context("enqueue_context", task, messages):
             items = self.encode(task, messages, delay_ms, dedupe_key)
             ids = self.broker.enqueue(task.queue, items, task=task.name)
-        self.hooks.emit("after_enqueue", task, messages)
+        hooks.emit("after_enqueue", task, messages)
         return ids
 
     async def send_async(
@@ -332,6 +390,8 @@ class Producer:
         """Send a guarded batch from a worker's event loop; None (and nothing stored, no
         ``after_enqueue``) when the guard refuses. ``hooks``: the worker's, when not the App's."""
         hooks = self.hooks if hooks is None else hooks
+        if not hooks.on_enqueue:
+            return await broker.enqueue(task.queue, self.encode(task, messages), guard)
         with hooks.context("enqueue_context", task, messages):
             items = self.encode(task, messages)
             ids = await broker.enqueue(task.queue, items, guard)
@@ -358,13 +418,17 @@ class Producer:
         except TypeError:
             raise EnqueueError(_describe_bad_argument(task.name, message)) from None
         if len(body) > limit:
-            name, size = max(_argument_sizes(message), key=lambda item: item[1])
-            raise EnqueueError(
-                f"task {task.name!r}: message is {len(body)} bytes, over the "
-                f"{limit}-byte limit (largest argument: {name}, {size} bytes). Store big data "
-                "elsewhere and pass a reference, or raise SHOAL_MAX_MESSAGE_BYTES."
-            )
+            raise self._too_big(task, message, body)
         return body
+
+    def _too_big(self, task: Task[..., Any], message: Message, body: bytes) -> EnqueueError:
+        limit = self.settings.max_message_bytes
+        name, size = max(_argument_sizes(message), key=lambda item: item[1])
+        return EnqueueError(
+            f"task {task.name!r}: message is {len(body)} bytes, over the "
+            f"{limit}-byte limit (largest argument: {name}, {size} bytes). Store big data "
+            "elsewhere and pass a reference, or raise SHOAL_MAX_MESSAGE_BYTES."
+        )
 
 
 def _describe_bad_argument(task_name: str, message: Message) -> str:

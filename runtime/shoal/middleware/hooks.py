@@ -1,7 +1,9 @@
 """Dispatching hooks to the middleware that override them.
 
 Each hook keeps the list of middleware that override it, so a hook nobody uses costs a loop
-over an empty list. A hook that raises is logged and skipped: middleware never kills a worker.
+over an empty list, and the producer skips its hooks (and the Message objects they are given)
+entirely when no middleware uses them (:attr:`Hooks.on_enqueue`). A hook that raises is logged and
+skipped: middleware never kills a worker.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ AFTER_HOOKS = frozenset(
 
 NOT_HOOKS = frozenset({"validate_options", "active_in_worker"})
 
+ENQUEUE_HOOKS = ("enqueue_context", "after_enqueue")
+"""The hooks a producer runs around each send."""
+
 
 class Hooks:
     """The middleware of one App, indexed by the hooks they override."""
@@ -35,6 +40,8 @@ class Hooks:
                 continue
             users = [m for m in self.middleware if getattr(type(m), name) is not base]
             self._by_hook[name] = users[::-1] if name in AFTER_HOOKS else users
+        self.on_enqueue = any(self._by_hook[name] for name in ENQUEUE_HOOKS)
+        """Whether any middleware hooks sending (else a producer may skip the hooks entirely)."""
 
     def has(self, hook: str) -> bool:
         """Whether any middleware overrides ``hook``."""

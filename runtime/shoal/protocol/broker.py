@@ -28,6 +28,7 @@ from shoal.protocol.connection import (
     run_then_wait,
     sent_before_failing,
 )
+from shoal.protocol.direct import DirectScripts
 from shoal.protocol.keys import QueueKeys, queues_key, worker_key, workers_key
 from shoal.protocol.registry import WorkerRegistration
 from shoal.protocol.scripts import (
@@ -64,6 +65,10 @@ class Broker(KeyedClient):
         }
         self._keys: dict[str, QueueKeys] = {}
         self._known_queues: set[str] = set()
+        self._direct = (
+            None if isinstance(self.redis, ExplainingCluster) else DirectScripts(self.redis)
+        )
+        """Enqueues skip redis-py's per-command layers (a Cluster's go through its routing)."""
 
     def _run(self, call: Call, client: Any = None) -> Any:
         name, keys, argv = call
@@ -106,7 +111,10 @@ class Broker(KeyedClient):
                 sent = True  # from here, the enqueue itself may reach Redis
                 if self.settings.redis_wait_replicas:
                     return enqueued_ids(self._run_replicated(call, queue, items, task))
-                return enqueued_ids(self._run(call))
+                if self._direct is None:
+                    return enqueued_ids(self._run(call))
+                _, keys, argv = call
+                return enqueued_ids(self._direct.run(self._scripts["enqueue"], keys, argv))
             except BrokerError as exc:
                 if not isinstance(exc.__cause__, CONNECTION_ERRORS):
                     raise
@@ -395,4 +403,6 @@ class Broker(KeyedClient):
         self.redis.ping()
 
     def close(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
         self.redis.close()

@@ -1,0 +1,116 @@
+"""Script calls written straight to a kept connection: the blocking producer's enqueue path.
+
+A one-at-a-time enqueue is one round trip, and redis-py's layers around it (``Script``,
+``execute_command``, the pool's get and release with their metrics, locks and readiness poll)
+cost more client CPU than the round trip itself. :class:`DirectScripts` keeps the connections
+it took from the pool on a free list and only does per call what an enqueue needs: the readiness
+check that catches a connection the server closed while idle (so it is reconnected before
+sending, and the enqueue is not wrongly reported as possibly stored), the EVALSHA with the
+NOSCRIPT fallback, and the connection's own send recording (:func:`sent_before_failing`), health
+check and error handling. Not used for a Cluster, whose client routes slots and follows MOVED.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+import redis
+from redis.commands.core import Script
+
+from shoal.protocol.connection import CONNECTION_ERRORS, ExplainingRedis, connection_error
+
+_ALIVE: weakref.WeakSet[DirectScripts] = weakref.WeakSet()
+
+
+def _forget_after_fork() -> None:
+    # the connections belong to the parent (the pool, too, resets in the child)
+    for direct in _ALIVE:
+        direct.idle = []
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+class DirectScripts:
+    """Runs scripts on connections of ``client``'s pool, kept between calls (one per concurrent
+    caller). Connection failures raise the client's BrokerError naming the URL (the redis-py
+    error as its cause), as the client's own commands do."""
+
+    def __init__(self, client: ExplainingRedis) -> None:
+        self.client = client
+        self.idle: list[redis.Connection] = []
+        """Connections taken from the pool and free for the next call (pop and append are
+        atomic: threads share the list without a lock). The pool still counts them as in use,
+        so closing the client disconnects them."""
+        _ALIVE.add(self)
+
+    def run(self, script: Script, keys: Sequence[Any], argv: Sequence[Any]) -> Any:
+        """EVALSHA ``script`` (loading it once on NOSCRIPT), as ``script(keys, argv)`` would."""
+        try:
+            conn = self._take()
+        except CONNECTION_ERRORS as exc:
+            raise connection_error(self.client.shown_url, exc) from exc
+        try:
+            reply = self._evalsha(conn, script, keys, argv)
+        except redis.exceptions.ResponseError:
+            self.idle.append(conn)  # the reply was read whole: the connection is in step
+            raise
+        except BaseException as exc:
+            conn.disconnect()  # type: ignore[no-untyped-call]  # failed mid-command
+            self.client.connection_pool.release(conn)
+            if isinstance(exc, CONNECTION_ERRORS):
+                raise connection_error(self.client.shown_url, exc) from exc
+            raise
+        self.idle.append(conn)
+        return reply
+
+    def _take(self) -> redis.Connection:
+        """A connected connection with nothing to read: a kept one, else one from the pool
+        (which connects and checks it)."""
+        try:
+            conn = self.idle.pop()
+        except IndexError:
+            return self.client.connection_pool.get_connection()
+        try:
+            if conn.can_read():  # a reply left over (never: every reply is read whole)
+                conn.disconnect()  # type: ignore[no-untyped-call]
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            # closed by the server while idle: the send reconnects first, and an enqueue
+            # that fails then certainly did not reach Redis
+            conn.disconnect()  # type: ignore[no-untyped-call]
+        except BaseException:
+            self.client.connection_pool.release(conn)
+            raise
+        return conn
+
+    @staticmethod
+    def _evalsha(
+        conn: redis.Connection, script: Script, keys: Sequence[Any], argv: Sequence[Any]
+    ) -> Any:
+        command = ("EVALSHA", script.sha, len(keys), *keys, *argv)
+        _send(conn, command)
+        try:
+            return conn.read_response()
+        except redis.exceptions.NoScriptError:  # did not run (a restarted or flushed Redis)
+            pass
+        _send(conn, ("SCRIPT", "LOAD", script.script))
+        conn.read_response()
+        _send(conn, command)
+        return conn.read_response()
+
+    def close(self) -> None:
+        """Give the kept connections back to the pool (closing the client disconnects them)."""
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            self.client.connection_pool.release(conn)
+
+
+def _send(conn: redis.Connection, command: tuple[Any, ...]) -> None:
+    """Pack with hiredis (what the connection's own packer calls, minus its per-argument
+    checks: Shoal sends str, bytes and int only) and send; the connection records the send."""
+    conn.send_packed_command([hiredis.pack_command(command)])  # type: ignore[no-untyped-call]

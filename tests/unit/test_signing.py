@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
 
 import pytest
 from hypothesis import given
@@ -53,3 +56,15 @@ def test_arbitrary_bytes_give_a_message_or_a_decode_error(data: bytes) -> None:
 def test_arbitrary_bytes_after_a_valid_prefix_never_escape(data: bytes) -> None:
     with contextlib.suppress(DecodeError):
         Message.decode(Signer(("k",)).open(b"s1:" + data))
+
+
+@given(key=st.binary(max_size=100), body=st.binary(max_size=300))
+def test_the_signature_is_hmac_sha256_of_the_body(key: bytes, body: bytes) -> None:
+    """The per-key HMAC is copied per message: the result is the plain HMAC, for any key
+    length (a key longer than SHA-256's block is hashed first), however often it is used."""
+    signer = Signer((key.decode("latin-1"),))
+    expected = hmac.new(key.decode("latin-1").encode(), body, hashlib.sha256).digest()
+    for _ in range(2):
+        sealed = signer.seal(body)
+        assert sealed[3:46] == base64.urlsafe_b64encode(expected).rstrip(b"=")
+        assert signer.open(sealed) == body

@@ -50,6 +50,9 @@ from shoal.protocol.scripts import (
 )
 from shoal.settings import Settings
 
+_PAUSES = (*ENQUEUE_RESENDS, None)
+"""Before each resend of an enqueue that certainly did not run; None: the last attempt."""
+
 
 class Broker(KeyedClient):
     """Blocking Redis client for producers, the CLI and the operator: message transitions, and
@@ -103,10 +106,11 @@ class Broker(KeyedClient):
         """Like :meth:`enqueue`, but nothing is stored and None is returned when ``guard``
         refuses (the step was already enqueued, the tick already claimed)."""
         call = enqueue_call(self.keys(queue), items, guard)
-        for pause_s in (*ENQUEUE_RESENDS, None):
+        for pause_s in _PAUSES:
             sent = False
             try:
-                self._remember_queue(queue)
+                if queue not in self._known_queues:
+                    self._remember_queue(queue)
                 begin_send()
                 sent = True  # from here, the enqueue itself may reach Redis
                 if self.settings.redis_wait_replicas:

@@ -154,6 +154,7 @@ class Sender:
         deadline = time.monotonic() + self.timeout
         problem = ""
         for attempt in range(_MAX_TRIES):
+            retry_after = ""
             left = deadline - time.monotonic()
             if left <= 0:
                 break

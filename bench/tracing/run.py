@@ -1,11 +1,12 @@
-"""Tracing overhead: no-op task throughput with tracing off, on (100 % sampled, batch OTLP/HTTP
-export to a local receiver), and without the tracing middleware at all, in the same run.
+"""Tracing overhead: no-op task throughput with tracing off, on (100 % and 10 % sampled, batch
+OTLP/HTTP export to a local receiver), and without the tracing middleware at all, in the same run.
 
     python bench/tracing/run.py [--tasks 20000] [--runs 3]
 
 Each configuration drains the same pre-filled queue with ``shoal worker --processes 2
 --concurrency 64 --burst``; throughput is counted from the first to the last completion seen in
-Redis (start-up excluded). Not part of the test suite."""
+Redis (start-up excluded). The receiver counts the spans it got, so a configuration that dropped
+spans shows it. Not part of the test suite."""
 
 from __future__ import annotations
 
@@ -16,34 +17,22 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
-
-from shoal import App
-from shoal.protocol.server import LocalRedis
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from receiver import Receiver  # noqa: E402
+
+from shoal import App  # noqa: E402
+from shoal.protocol.server import LocalRedis  # noqa: E402
+
 QUEUE = "trace-bench"
 
 
-class Receiver(BaseHTTPRequestHandler):
-    """Accepts OTLP/HTTP exports and counts them (decoding is the collector's cost, not ours)."""
-
-    exports = 0
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        Receiver.exports += 1
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 def drain(url: str, tasks: int, env: dict[str, str]) -> float:
+    pythonpath = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
     producer = App(url)
     noop = producer.remote("noop", queue=QUEUE)
     producer.broker.redis.flushall()
@@ -66,7 +55,7 @@ def drain(url: str, tasks: int, env: dict[str, str]) -> float:
             "--log-level",
             "WARNING",
         ],
-        env={**os.environ, "SHOAL_REDIS_URL": url, "PYTHONPATH": str(HERE), **env},
+        env={**os.environ, "SHOAL_REDIS_URL": url, "PYTHONPATH": pythonpath, **env},
     )
     first = last = None
     deadline = time.monotonic() + 300
@@ -101,18 +90,27 @@ def main() -> None:
             "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
             "OTEL_TRACES_SAMPLER": "always_on",
         },
+        "tracing on (OTLP, 10 %)": {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.1",
+        },
     }
     results: dict[str, list[float]] = {name: [] for name in configs}
+    spans: dict[str, list[int]] = {name: [] for name in configs}
     with LocalRedis() as redis_server:
         for _ in range(args.runs):
             for name, env in configs.items():  # interleaved, so drift hits all alike
+                before = Receiver.spans
                 results[name].append(drain(redis_server.url, args.tasks, env))
+                spans[name].append(Receiver.spans - before)  # flushed before the worker exits
     base = statistics.median(results["no tracing middleware"])
     print(f"{args.tasks} no-op tasks, median of {args.runs} runs, {os.cpu_count()} cores")
-    print(f"{'configuration':<28} {'tasks/s':>9} {'vs no middleware':>17}")
+    print(f"{'configuration':<28} {'tasks/s':>9} {'vs no middleware':>17}  spans per run")
     for name, rates in results.items():
         rate = statistics.median(rates)
-        print(f"{name:<28} {rate:>9,.0f} {rate / base - 1:>+16.1%}")
+        got = ", ".join(f"{n:,}" for n in spans[name])
+        print(f"{name:<28} {rate:>9,.0f} {rate / base - 1:>+16.1%}  {got}")
     print(f"OTLP exports received: {Receiver.exports}")
     server.shutdown()
 

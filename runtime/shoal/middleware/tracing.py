@@ -4,36 +4,33 @@ Enqueue opens a PRODUCER span ``send <queue>`` (one per batch) and writes the W3
 into each message's headers. Execution opens a CONSUMER span ``process <queue>``: a child of the
 producer span with a link to it, current while the task runs, so the task's own spans nest
 under it. Each retry is a new CONSUMER span in the same trace; retries and dead letters are span
-events. With no tracer provider configured every hook returns at once.
+events. With no tracer provider configured every hook returns at once, and OpenTelemetry is not
+imported.
+
+A worker whose tracing Shoal set up from ``OTEL_*`` builds its consumer spans on a lean path
+(:mod:`shoal.telemetry.spans`); otherwise (the app's own provider) they go through the SDK.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
-
-from opentelemetry import propagate, trace
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from shoal import telemetry
 from shoal.middleware.base import Middleware
+from shoal.telemetry.conventions import SYSTEM, process_attributes, send_attributes
+from shoal.telemetry.traceparent import parent_context, remote_parent, span_context
 from shoal.version import __version__
 
 if TYPE_CHECKING:
+    from opentelemetry import trace
+
     from shoal.message import Message
     from shoal.task import Task
 
-SYSTEM = "shoal"
-
-
-def _common(queue: str, operation: str) -> dict[str, Any]:
-    return {
-        "messaging.system": SYSTEM,
-        "messaging.destination.name": queue,
-        "messaging.operation.type": operation,
-        "messaging.operation.name": operation,
-    }
+_ATTRIBUTES_KEPT = 1024
 
 
 class Tracing(Middleware):
@@ -45,6 +42,7 @@ class Tracing(Middleware):
         self._provider = tracer_provider
         self._owned: telemetry.OwnedProvider | None = None
         self._cached: trace.Tracer | None = None
+        self._process_attributes: dict[tuple[str, str], dict[str, Any]] = {}
 
     def _enabled(self) -> bool:
         return self._provider is not None or telemetry.tracing_configured()
@@ -56,6 +54,8 @@ class Tracing(Middleware):
 
     def _tracer(self) -> trace.Tracer:
         if self._cached is None:  # the provider is fixed once real: build its tracer once
+            from opentelemetry import trace
+
             tracer = trace.get_tracer(telemetry.TRACER_NAME, __version__, self._provider)
             if not self._enabled():
                 return tracer
@@ -66,8 +66,10 @@ class Tracing(Middleware):
 
     @contextlib.contextmanager
     def _send_span(self, task: Task[Any, Any], messages: Sequence[Message]) -> Iterator[None]:
-        attributes = _common(task.queue, "send")
-        attributes["shoal.task.name"] = task.name
+        from opentelemetry import propagate
+        from opentelemetry.trace import SpanKind
+
+        attributes = send_attributes(task.queue, task.name)
         if len(messages) == 1:
             attributes["messaging.message.id"] = messages[0].id
         else:
@@ -75,8 +77,10 @@ class Tracing(Middleware):
         with self._tracer().start_as_current_span(
             f"send {task.queue}", kind=SpanKind.PRODUCER, attributes=attributes
         ):
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)  # once: every message of the batch has the same parent
             for message in messages:
-                propagate.inject(message.headers)
+                message.headers.update(carrier)
             yield
 
     def enqueue_context(
@@ -90,6 +94,8 @@ class Tracing(Middleware):
     def _workflow_span(
         self, kind: str, workflow_id: str, messages: Sequence[Message]
     ) -> Iterator[None]:
+        from opentelemetry.trace import SpanKind
+
         attributes: dict[str, Any] = {
             "messaging.system": SYSTEM,
             "messaging.batch.message_count": len(messages),
@@ -120,34 +126,28 @@ class Tracing(Middleware):
         if self._owned is not None:
             self._owned.shutdown()
 
-    @contextlib.contextmanager
-    def _process_span(
-        self, task: Task[Any, Any] | None, message: Message, queue: str
-    ) -> Iterator[None]:
-        parent = propagate.extract(message.headers)
-        producer = trace.get_current_span(parent).get_span_context()
-        attributes = _common(queue, "process")
-        attributes["messaging.message.id"] = message.id
-        attributes["shoal.task.name"] = message.task
-        attributes["shoal.attempt"] = message.attempt + 1
-        links = [Link(producer)] if producer.is_valid else []
-        with self._tracer().start_as_current_span(
-            f"process {queue}",
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-            links=links,
-            record_exception=False,  # the worker reports task failures in after_process
-            set_status_on_exception=False,
-        ):
-            yield
-
     def process_context(
         self, task: Task[Any, Any] | None, message: Message, queue: str
-    ) -> contextlib.AbstractContextManager[None]:
+    ) -> contextlib.AbstractContextManager[Any]:
+        owned = self._owned
+        if owned is not None:
+            lean = owned.process_spans
+            if lean is not None:
+                return lean.start(message, queue)
         if not self._enabled():
             return contextlib.nullcontext()
-        return self._process_span(task, message, queue)
+        key = (queue, message.task)
+        constant = self._process_attributes.get(key)
+        if constant is None:
+            if len(self._process_attributes) >= _ATTRIBUTES_KEPT:
+                self._process_attributes.clear()
+            constant = self._process_attributes[key] = process_attributes(queue, message.task)
+        attributes = {
+            **constant,
+            "messaging.message.id": message.id,
+            "shoal.attempt": message.attempt + 1,
+        }
+        return _ProcessScope(self._tracer(), f"process {queue}", attributes, message)
 
     def after_process(
         self,
@@ -159,12 +159,16 @@ class Tracing(Middleware):
     ) -> None:
         if exception is None:
             return
-        span = trace.get_current_span()
+        from opentelemetry.trace import Status, StatusCode, get_current_span
+
+        span = get_current_span()
         span.record_exception(exception)
         span.set_status(Status(StatusCode.ERROR, f"{type(exception).__name__}: {exception}"))
 
     def after_retry(self, task: Task[Any, Any], message: Message, delay_s: float) -> None:
-        trace.get_current_span().add_event(
+        from opentelemetry.trace import get_current_span
+
+        get_current_span().add_event(
             "retry scheduled",
             {"shoal.retry.delay_s": delay_s, "shoal.attempt": message.attempt + 1},
         )
@@ -172,7 +176,9 @@ class Tracing(Middleware):
     def after_dead_letter(
         self, queue: str, message: Message | None, reason: str, error: BaseException
     ) -> None:
-        span = trace.get_current_span()
+        from opentelemetry.trace import Status, StatusCode, get_current_span
+
+        span = get_current_span()
         span.add_event(
             "dead-lettered",
             {
@@ -182,3 +188,45 @@ class Tracing(Middleware):
             },
         )
         span.set_status(Status(StatusCode.ERROR, f"dead-lettered: {reason}"))
+
+
+class _ProcessScope:
+    """The consumer span through the SDK (an app's own provider): started here, current inside
+    the ``with``, ended on leaving it. A class, not a generator: this runs once per task."""
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(
+        self, tracer: trace.Tracer, name: str, attributes: dict[str, Any], message: Message
+    ) -> None:
+        from opentelemetry.trace import Link, SpanKind
+
+        parent = remote_parent(message.headers)
+        producer = span_context(parent) if parent is not None else None
+        self._span = tracer.start_span(
+            name,
+            context=parent_context(parent, producer),
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            links=[Link(producer)] if producer is not None else [],
+            record_exception=False,  # the worker reports task failures in after_process
+            set_status_on_exception=False,
+        )
+        self._token: object = None
+
+    def __enter__(self) -> None:
+        from opentelemetry import context, trace
+
+        self._token = context.attach(trace.set_span_in_context(self._span))
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        from opentelemetry import context
+
+        if self._token is not None:
+            context.detach(self._token)  # type: ignore[arg-type]
+        self._span.end()

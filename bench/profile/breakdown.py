@@ -17,6 +17,7 @@ import os
 import pstats
 import sys
 import threading
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -56,42 +57,49 @@ def stage_of(filename: str, name: str) -> str:
     return "other"
 
 
-def drain(mode: str, tasks: int) -> tuple[pstats.Stats, int]:
+def drain(mode: str, tasks: int) -> tuple[pstats.Stats, int] | None:
     import bench_tasks
     from shoal.execution import SlotThreads
     from shoal.worker import Worker
 
-    profiles: list[cProfile.Profile] = []
+    thread_cpu: list[float] = []
     serve = SlotThreads._serve
 
-    def profiled_serve(self: SlotThreads, slot: int) -> None:
-        profile = cProfile.Profile()
-        profiles.append(profile)
-        profile.enable()
+    def timed_serve(self: SlotThreads, slot: int) -> None:
         try:
             serve(self, slot)
         finally:
-            profile.disable()
+            thread_cpu.append(time.thread_time())
 
-    SlotThreads._serve = profiled_serve  # type: ignore[method-assign]
+    SlotThreads._serve = timed_serve  # type: ignore[method-assign]
     task: Any = bench_tasks.sync_noop if mode == "sync" else bench_tasks.async_noop
     for start in range(0, tasks, 1000):
         task.enqueue_many([(i,) for i in range(start, min(tasks, start + 1000))])
     worker = Worker(
         bench_tasks.app, [task.queue], concurrency=16 if mode == "sync" else 64, burst=True
     )
+    # cProfile on the loop thread while slot threads hand work back stalls the drain here (seen
+    # on Python 3.11): sync bodies get CPU per thread instead, loop thread against slot threads.
     main = cProfile.Profile()
-    main.enable()
+    if mode == "async":
+        main.enable()
+    loop_cpu = time.thread_time()
     asyncio.run(worker.run())
+    loop_cpu = time.thread_time() - loop_cpu
     main.disable()
     for thread in threading.enumerate():  # let the slot threads end and stop their profilers
         if thread.name.startswith("shoal-slot") and thread is not threading.current_thread():
             thread.join(1)
-    stats = pstats.Stats(main)
-    for profile in profiles:
-        stats.add(profile)
     SlotThreads._serve = serve  # type: ignore[method-assign]
-    return stats, worker.processed
+    if mode == "sync":
+        print(
+            f"\nsync tasks: {worker.processed} processed; CPU per task: event-loop thread "
+            f"(fetch, decode, dispatch, ack, heartbeat) {loop_cpu / worker.processed * 1e6:.0f} "
+            f"µs, slot threads (hooks, run, queue the ack) "
+            f"{sum(thread_cpu) / worker.processed * 1e6:.0f} µs"
+        )
+        return None
+    return pstats.Stats(main), worker.processed
 
 
 def report(mode: str, stats: pstats.Stats, processed: int) -> None:
@@ -119,8 +127,9 @@ def main() -> None:
     with LocalRedis() as server:
         os.environ["SHOAL_REDIS_URL"] = server.url
         for mode in ("sync", "async") if args.mode == "both" else (args.mode,):
-            stats, processed = drain(mode, args.tasks)
-            report(mode, stats, processed)
+            profiled = drain(mode, args.tasks)
+            if profiled is not None:
+                report(mode, *profiled)
 
 
 if __name__ == "__main__":

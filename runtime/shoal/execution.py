@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import ctypes
+import logging
 import math
 import queue
 import threading
@@ -24,6 +25,8 @@ from collections.abc import Callable
 from typing import Any
 
 from shoal.errors import HardTimeout, TaskStopped, TaskTimeout
+
+log = logging.getLogger("shoal.execution")
 
 # The exceptions live in shoal.errors; re-exported so ``from shoal.execution import …`` still works.
 __all__ = ["HardTimeout", "SlotThreads", "SyncCall", "TaskStopped", "TaskTimeout", "run_async"]
@@ -54,6 +57,7 @@ class SyncCall:
         "hard_at",
         "kwargs",
         "lock",
+        "raised",
         "soft_at",
         "thread_id",
         "timed_out",
@@ -67,6 +71,8 @@ class SyncCall:
         self.abandoned = False
         """Set by the timekeeper past the hard timeout: whatever the call does later is ignored."""
         self.timed_out = False
+        self.raised = False
+        """An exception was set pending in the call's thread: it must be cleared at the end."""
         self.lock = threading.Lock()
         self.timeout_s = self.soft_at = self.hard_at = math.inf
 
@@ -80,7 +86,8 @@ class SyncCall:
         finally:
             with self.lock:
                 self.finished = True
-                _clear_in_thread(self.thread_id)
+                if self.raised:  # (clearing when nothing is pending costs every thread, 3.11)
+                    _clear_in_thread(self.thread_id)
 
     def interrupt(self, exc_type: type[BaseException] = TaskTimeout) -> None:
         """Raise ``exc_type`` in the call's thread (or keep it from ever starting)."""
@@ -90,6 +97,7 @@ class SyncCall:
             if self.thread_id is None:
                 self.finished = True
             else:
+                self.raised = True
                 _raise_in_thread(self.thread_id, exc_type)
 
     def abandon(self) -> bool:
@@ -179,7 +187,10 @@ class SlotThreads:
         self._local.slot = slot
         jobs = self._jobs
         while (job := jobs.get()) is not None:
-            contextvars.Context().run(job)
+            try:
+                contextvars.Context().run(job)
+            except BaseException:  # a job's own bug: the slot must outlive it
+                log.exception("slot thread %d: a job raised; the slot goes on", slot)
 
     def _keep_time(self) -> None:
         """Interrupt each call at its soft timeout and abandon it at its hard one; sleep until

@@ -105,13 +105,14 @@ class Worker:
         """Messages this worker leased and has not finished: running, or ready to run."""
         self.running = 0
         """Of those, the ones started (at most ``concurrency``)."""
+        self.in_slots = 0
+        """Of the started, the sync ones handed to slot threads and not yet counted back."""
         self.processed = 0
         self._ready: collections.deque[tuple[str, Leased, Lease | None]] = collections.deque()
         """Leased ahead, waiting for a free slot (see _lease_ahead)."""
         self._avg_run_s = math.inf
         """Moving average of how long tasks here run: short ones are leased ahead."""
-        self._stopping = False
-        self._grace_over = False
+        self._stopping = self._grace_over = False
         self._stop_event = asyncio.Event()
         self._capacity = asyncio.Event()
         self._ack_ready = asyncio.Event()
@@ -123,9 +124,9 @@ class Worker:
         self._acks_lock = threading.Lock()
         """Slot threads queue acks too: appends and the flush's swap must not interleave."""
         self._finished_lock = threading.Lock()
-        self._finished_in_slots = 0
-        """Sync tasks done in slot threads, not yet counted by the loop (see _slot_finished)."""
-        self._wake_pending = False
+        self._finished_in_slots, self._wake_pending = 0, False
+        """Sync tasks done in slot threads, not yet counted by the loop, and whether the loop
+        has been asked to count them (see _slot_finished)."""
         self._running: set[asyncio.Future[None]] = set()
         self._rr = 0
         self.hooks = app.hooks
@@ -198,7 +199,7 @@ class Worker:
         # Verdicts on their way (fenced in Redis), in slot threads or on the loop, get a little
         # longer; a slot thread's stopped task is counted done when it has let go of it.
         late = deadline + 5
-        while self.running > len(self._running) and time.monotonic() < late:
+        while self.in_slots and time.monotonic() < late:
             self._capacity.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._capacity.wait(), late - time.monotonic())
@@ -492,9 +493,10 @@ class Worker:
     def _options(self, queue: str, task: Task[Any, Any], message: Message) -> dict[str, Any]:
         """Effective options: the message's, then the task's, then the queue's defaults."""
         key = (queue, task.name)
-        merged = self._merged.get(key)
+        cache = self._merged  # (a slot thread may race the heartbeat's reset: keep one dict)
+        merged = cache.get(key)
         if merged is None:
-            merged = self._merged[key] = {**self.queue_defaults.get(queue, {}), **task.options}
+            merged = cache[key] = {**self.queue_defaults.get(queue, {}), **task.options}
         return {**merged, **message.options} if message.options else merged
 
     async def _execute(
@@ -595,6 +597,7 @@ class Worker:
                 self.concurrency, self.settings.hard_timeout_grace_s, self._abandoned
             )
         job = _SlotJob(queue, task, message, lease, body)
+        self.in_slots += 1
         self._slots.submit(partial(self._slot_job, job))
         return job
 
@@ -641,7 +644,7 @@ class Worker:
                 if lease.lost:
                     self._on_loop(self._stopped_lease_lost_async(queue, message.id, lease.owner))
                 return  # shutting down: the lease is handed back
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit from a task's code too: its failure, not ours
             error = exc
         if job.abandoned:
             return
@@ -679,6 +682,7 @@ class Worker:
         with self._finished_lock:
             done, self._finished_in_slots = self._finished_in_slots, 0
             self._wake_pending = False
+        self.in_slots -= done
         self._finished(done)
         self._ack_ready.set()
 
@@ -696,6 +700,7 @@ class Worker:
             "abandoning its thread"
         )
         job.lease.deciding = True
+        self.in_slots -= 1  # its thread is lost; the loop decides and counts it
         verdict = self._verdict(
             job.queue, job.task, job.message, job.options, None, None, error, job.lease
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -204,3 +205,21 @@ def test_a_worker_leases_ahead_only_for_short_tasks(
     assert max(held) <= most_held
     if not sleep_s:
         assert max(held) > 2  # it did lease ahead
+
+
+def test_a_sync_task_calling_sys_exit_fails_and_its_slot_goes_on(
+    app: App, worker: Callable[..., Any]
+) -> None:
+    ran: list[int] = []
+
+    @app.task(queue="exits", max_retries=0)
+    def maybe_exit(i: int) -> None:
+        if i == 0:
+            sys.exit(3)
+        ran.append(i)
+
+    maybe_exit.enqueue_many([(i,) for i in range(5)])
+    worker(app, ["exits"], concurrency=1)
+    assert sorted(ran) == [1, 2, 3, 4]
+    stats = app.measure("exits")
+    assert (stats.dead, stats.in_flight, stats.waiting) == (1, 0, 0)

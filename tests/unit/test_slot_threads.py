@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextvars
 import queue
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -139,3 +141,43 @@ def test_threads_are_made_once_not_per_job(slots: SlotThreads) -> None:
         run_in(slots, SyncCall(lambda: idents.put(threading.get_ident()), [], {}), 5)
     seen = {idents.get(timeout=WAIT_S) for _ in range(50)}
     assert 1 <= len(seen) <= 2
+
+
+def test_a_finished_call_leaves_no_pending_exception_flag_behind() -> None:
+    """Clearing a thread's async exception when none was set raises the interpreter's
+    "pending" flag for good on 3.11: every thread then takes the slow path at each call, and a
+    thread under a profiler (cProfile, a debugger) spins for ever. Only a raised call clears."""
+    script = (
+        "import sys, threading\n"
+        "from shoal.execution import SlotThreads, SyncCall\n"
+        "pool = SlotThreads(1, hard_grace_s=1, on_abandon=lambda c: None)\n"
+        "done = threading.Event()\n"
+        "def job():\n"
+        "    pool.run(SyncCall(len, [[1]], {}), 5)\n"
+        "    done.set()\n"
+        "sys.setprofile(lambda *a: None)\n"
+        "pool.submit(job)\n"
+        "assert done.wait(5)\n"
+        "for _ in range(1000): len([])\n"
+        "sys.setprofile(None)\n"
+        "print('ok')\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert run.stdout.strip() == "ok", run.stderr
+
+
+def test_a_job_that_raises_does_not_end_its_slot_thread() -> None:
+    pool = SlotThreads(1, hard_grace_s=1, on_abandon=lambda call: None)
+    seen: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def exits() -> None:
+        raise SystemExit(3)
+
+    try:
+        pool.submit(exits)
+        pool.submit(lambda: seen.put("still here"))
+        assert seen.get(timeout=WAIT_S) == "still here"
+    finally:
+        pool.close()

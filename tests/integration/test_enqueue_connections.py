@@ -143,3 +143,24 @@ def test_a_forked_child_enqueues_on_connections_of_its_own(
     job.enqueue(2)  # the parent's connection is still in step
     assert direct.idle == [parent_conn]
     assert _stored(redis_client, app, "fork") == (3, 3)
+
+
+def test_a_pool_limited_to_one_connection_still_enqueues_to_a_new_queue(
+    redis_url: str, key_prefix: str
+) -> None:
+    """A kept connection is one the pool can no longer lend (``?max_connections=1``): such a
+    pool keeps none, and every command shares its one connection as before."""
+    app = App(redis_url=f"{redis_url}?max_connections=1", key_prefix=key_prefix)
+
+    @app.task(queue="one-a")
+    def a() -> None: ...
+
+    @app.task(queue="one-b")
+    def b() -> None: ...
+
+    try:
+        a.enqueue()
+        b.enqueue()  # a new queue: registered through the pool first
+        assert app.measure("one-a").waiting == app.measure("one-b").waiting == 1
+    finally:
+        app.close()

@@ -68,9 +68,7 @@ class Broker(KeyedClient):
         }
         self._keys: dict[str, QueueKeys] = {}
         self._known_queues: set[str] = set()
-        self._direct = (
-            None if isinstance(self.redis, ExplainingCluster) else DirectScripts(self.redis)
-        )
+        self._direct = DirectScripts.of(self.redis)
         """Enqueues skip redis-py's per-command layers (a Cluster's go through its routing)."""
 
     def _run(self, call: Call, client: Any = None) -> Any:

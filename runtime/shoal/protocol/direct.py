@@ -21,7 +21,12 @@ import hiredis
 import redis
 from redis.commands.core import Script
 
-from shoal.protocol.connection import CONNECTION_ERRORS, ExplainingRedis, connection_error
+from shoal.protocol.connection import (
+    CONNECTION_ERRORS,
+    BlockingRedis,
+    ExplainingRedis,
+    connection_error,
+)
 
 _ALIVE: weakref.WeakSet[DirectScripts] = weakref.WeakSet()
 
@@ -47,7 +52,17 @@ class DirectScripts:
         """Connections taken from the pool and free for the next call (pop and append are
         atomic: threads share the list without a lock). The pool still counts them as in use,
         so closing the client disconnects them."""
+        limit = getattr(client.connection_pool, "max_connections", 2) or 2
+        self.keep = limit // 2
+        """At most this many are kept: the pool must still lend connections to the client's
+        other commands (``?max_connections=1`` keeps none: each call borrows one)."""
         _ALIVE.add(self)
+
+    @classmethod
+    def of(cls, client: BlockingRedis) -> DirectScripts | None:
+        """Direct calls for ``client``; None for a Cluster (its client routes slots and follows
+        MOVED)."""
+        return cls(client) if isinstance(client, ExplainingRedis) else None
 
     def run(self, script: Script, keys: Sequence[Any], argv: Sequence[Any]) -> Any:
         """EVALSHA ``script`` (loading it once on NOSCRIPT), as ``script(keys, argv)`` would."""
@@ -58,7 +73,7 @@ class DirectScripts:
         try:
             reply = self._evalsha(conn, script, keys, argv)
         except redis.exceptions.ResponseError:
-            self.idle.append(conn)  # the reply was read whole: the connection is in step
+            self._give_back(conn)  # the reply was read whole: the connection is in step
             raise
         except BaseException as exc:
             conn.disconnect()  # type: ignore[no-untyped-call]  # failed mid-command
@@ -66,8 +81,14 @@ class DirectScripts:
             if isinstance(exc, CONNECTION_ERRORS):
                 raise connection_error(self.client.shown_url, exc) from exc
             raise
-        self.idle.append(conn)
+        self._give_back(conn)
         return reply
+
+    def _give_back(self, conn: redis.Connection) -> None:
+        if len(self.idle) < self.keep:
+            self.idle.append(conn)
+        else:
+            self.client.connection_pool.release(conn)
 
     def _take(self) -> redis.Connection:
         """A connected connection with nothing to read: a kept one, else one from the pool

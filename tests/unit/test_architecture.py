@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grimp
+import pytest
 
 PACKAGES = ("shoal", "shoal_operator")
 LONGEST_CYCLE = 3
@@ -57,6 +58,7 @@ def _import_alone(module: str) -> str | None:
     return None if run.returncode == 0 else f"{module}: {run.stderr.strip().splitlines()[-1]}"
 
 
+@pytest.mark.timeout(300)  # one interpreter per module (70 of them): slow on a loaded machine
 def test_every_module_imports_first_in_a_fresh_interpreter() -> None:
     """An import-time cycle works only in one import order; importing each module first, on
     its own, finds it."""

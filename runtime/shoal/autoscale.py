@@ -59,6 +59,10 @@ class ScheduledTick:
     queue: str
     in_s: float
     """Seconds until it is due (Redis's clock); negative once due and still unclaimed."""
+    due_at: float | None = None
+    """When it is due, epoch seconds (Redis's clock), for saying so ("at 03:00" UTC)."""
+    expected_tasks: int = 0
+    """How many tasks its last runs produced (0: not known yet): how many replicas to warm."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,9 @@ class Snapshot:
     """False when Redis could not be read this tick: then nothing moves."""
     next_tick: ScheduledTick | None = None
     """The next unclaimed scheduled tick of the fleet's queues, if any."""
+    startup_s: float | None = None
+    """Measured pod start-up (created → ready), recent median; None until one was seen. The
+    lead before a scheduled tick is taken from it rather than a constant."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from shoal.protocol.connection import (
     open_async_redis,
     redis_call_timeout_s,
 )
+from shoal.protocol.direct import AsyncDirectScripts
 from shoal.protocol.keys import QueueKeys, queues_key, worker_key, workers_key
 from shoal.protocol.registry import WorkerRegistration
 from shoal.protocol.scripts import (
@@ -70,11 +71,14 @@ class AsyncBroker(KeyedClient):
         self._scripts: dict[str, AsyncScript] = {
             name: self.redis.register_script(script_source(name)) for name in SCRIPT_NAMES
         }
+        self._direct = AsyncDirectScripts.of(self.redis)
         self._keys: dict[str, QueueKeys] = {}
         self._known_queues: set[str] = set()
 
     async def _run(self, call: Call) -> Any:
         name, keys, argv = call
+        if self._direct is not None:
+            return await self._direct.run(self._scripts[name], keys, argv)
         return await self._scripts[name](keys, argv)
 
     async def enqueue(
@@ -235,6 +239,8 @@ class AsyncBroker(KeyedClient):
         return Notifications(self.redis, [self.keys(q).notify for q in queues])
 
     async def close(self) -> None:
+        if self._direct is not None:
+            await self._direct.close()
         await self.redis.aclose()
 
 

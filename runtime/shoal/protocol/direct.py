@@ -1,4 +1,5 @@
-"""Script calls written straight to a kept connection: the blocking producer's enqueue path.
+"""Script calls written straight to a kept connection: the blocking producer's enqueue path
+(:class:`DirectScripts`) and the worker's fetch, ack and lease calls (:class:`AsyncDirectScripts`).
 
 A one-at-a-time enqueue is one round trip, and redis-py's layers around it (``Script``,
 ``execute_command``, the pool's get and release with their metrics, locks and readiness poll)
@@ -19,7 +20,9 @@ from typing import Any
 
 import hiredis
 import redis
-from redis.commands.core import Script
+import redis.asyncio
+from redis.asyncio.connection import AbstractConnection
+from redis.commands.core import AsyncScript, Script
 
 from shoal.protocol.connection import (
     CONNECTION_ERRORS,
@@ -113,13 +116,13 @@ class DirectScripts:
     def _evalsha(
         conn: redis.Connection, script: Script, keys: Sequence[Any], argv: Sequence[Any]
     ) -> Any:
-        command = ("EVALSHA", script.sha, len(keys), *keys, *argv)
+        command = _evalsha_command(script.sha, keys, argv)
         _send(conn, command)
         try:
             return conn.read_response()
         except redis.exceptions.NoScriptError:  # did not run (a restarted or flushed Redis)
             pass
-        _send(conn, ("SCRIPT", "LOAD", script.script))
+        _send(conn, _load_command(script.script))
         conn.read_response()
         _send(conn, command)
         return conn.read_response()
@@ -129,6 +132,100 @@ class DirectScripts:
         idle, self.idle = self.idle, []
         for conn in idle:
             self.client.connection_pool.release(conn)
+
+
+class AsyncDirectScripts:
+    """The worker's script calls on kept connections of an asyncio client's pool: the pool's
+    get and release (a lock, metrics, an event dispatch) and redis-py's per-argument packing
+    cost more of a worker's CPU than the fetch and ack scripts' own work. One connection per
+    concurrent call (the fetch loop, the ack flusher, the lease renewer), kept between calls.
+
+    Errors are the client's own (redis-py's ConnectionError, TimeoutError, ResponseError): the
+    worker's loops own reconnecting. A connection that failed or was cancelled mid-call is
+    disconnected before it goes back to the pool, so no reply is ever read out of step."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.pool = client.connection_pool
+        self.idle: list[AbstractConnection] = []
+        limit = getattr(self.pool, "max_connections", 2) or 2
+        self.keep = max(1, min(4, limit // 2))
+        """At most this many are kept (the worker makes at most a few calls at once); the
+        pool still lends connections to the client's other commands."""
+
+    @classmethod
+    def of(cls, client: Any) -> AsyncDirectScripts | None:
+        """Direct calls for ``client``; None for a Cluster (its client routes slots and follows
+        MOVED) or any client without one connection pool."""
+        return cls(client) if isinstance(client, redis.asyncio.Redis) else None
+
+    async def run(self, script: AsyncScript, keys: Sequence[Any], argv: Sequence[Any]) -> Any:
+        """EVALSHA ``script`` (loading it once on NOSCRIPT), as ``await script(keys, argv)``."""
+        conn = await self._take()
+        try:
+            command = _evalsha_command(script.sha, keys, argv)
+            await _send_async(conn, command)
+            try:
+                reply = await conn.read_response()
+            except redis.exceptions.NoScriptError:  # did not run (a restarted or flushed Redis)
+                await _send_async(conn, _load_command(script.script))
+                await conn.read_response()
+                await _send_async(conn, command)
+                reply = await conn.read_response()
+        except redis.exceptions.ResponseError:
+            await self._give_back(conn)  # the reply was read whole: the connection is in step
+            raise
+        except BaseException:
+            await self._discard(conn)  # failed or cancelled mid-command
+            raise
+        await self._give_back(conn)
+        return reply
+
+    async def _take(self) -> AbstractConnection:
+        """A connected connection with nothing to read: a kept one, else one from the pool
+        (which connects and checks it)."""
+        try:
+            conn = self.idle.pop()
+        except IndexError:
+            taken: AbstractConnection = await self.pool.get_connection()  # type: ignore[no-untyped-call]
+            return taken
+        try:
+            if await conn.can_read():  # a reply left over, or closed by the server while idle
+                await conn.disconnect()  # the send reconnects first
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            await conn.disconnect()
+        except BaseException:
+            await self._discard(conn)
+            raise
+        return conn
+
+    async def _give_back(self, conn: AbstractConnection) -> None:
+        if len(self.idle) < self.keep:
+            self.idle.append(conn)
+        else:
+            await self.pool.release(conn)
+
+    async def _discard(self, conn: AbstractConnection) -> None:
+        await conn.disconnect(nowait=True)
+        await self.pool.release(conn)
+
+    async def close(self) -> None:
+        """Give the kept connections back to the pool (closing the client disconnects them)."""
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            await self.pool.release(conn)
+
+
+def _evalsha_command(sha: str, keys: Sequence[Any], argv: Sequence[Any]) -> tuple[Any, ...]:
+    return ("EVALSHA", sha, len(keys), *keys, *argv)
+
+
+def _load_command(source: Any) -> tuple[Any, ...]:
+    return ("SCRIPT", "LOAD", source)
+
+
+async def _send_async(conn: AbstractConnection, command: tuple[Any, ...]) -> None:
+    """As :func:`_send`, on an asyncio connection."""
+    await conn.send_packed_command([hiredis.pack_command(command)])
 
 
 def _send(conn: redis.Connection, command: tuple[Any, ...]) -> None:

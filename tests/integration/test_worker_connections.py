@@ -1,0 +1,128 @@
+"""The worker's script connections (:class:`shoal.protocol.direct.AsyncDirectScripts`): kept
+between calls, yet a script Redis forgot is loaded again, a connection Redis closed while idle
+is replaced, a call cancelled mid-reply never leaves its reply for the next caller, and calls
+made at once each get their own connection and their own reply."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+from shoal import App
+from shoal.protocol.async_broker import AsyncBroker
+from shoal.protocol.direct import AsyncDirectScripts
+
+
+def _filled(app: App, queue: str, n: int) -> None:
+    @app.task(queue=queue)
+    def job(i: int) -> None: ...
+
+    job.enqueue_many([(i,) for i in range(n)])
+
+
+def _direct(broker: AsyncBroker) -> AsyncDirectScripts:
+    direct = broker._direct
+    assert isinstance(direct, AsyncDirectScripts)
+    return direct
+
+
+@pytest.mark.every_topology
+def test_a_fetch_after_redis_forgot_its_scripts_loads_them_and_leases_once(
+    make_app: Callable[..., App], topology: Any
+) -> None:
+    app = make_app()
+    _filled(app, "forgot", 4)
+
+    async def run() -> tuple[int, int]:
+        broker = AsyncBroker(app.settings)
+        try:
+            first = await broker.fetch("forgot", 1)
+            topology.admin().script_flush()  # a restarted Redis: EVALSHA answers NOSCRIPT
+            second = await broker.fetch("forgot", 10)
+            return len(first.messages), len(second.messages)
+        finally:
+            await broker.close()
+
+    assert asyncio.run(run()) == (1, 3)
+    assert app.measure("forgot").in_flight == 4
+
+
+def test_a_connection_redis_closed_while_idle_is_replaced(
+    app: App, redis_client: redis.Redis
+) -> None:
+    _filled(app, "idle", 2)
+
+    async def run() -> int:
+        broker = AsyncBroker(app.settings)
+        try:
+            await broker.fetch("idle", 1)
+            assert len(_direct(broker).idle) == 1
+            # Given Redis closed the worker's connections while it was idle (CLIENT KILL)
+            assert redis_client.client_kill_filter(_type="normal", skipme=True) >= 1
+            await asyncio.sleep(0.2)  # the loop reads the close, as an idle worker's would
+            # When it fetches again, the dead connection is noticed and replaced
+            return len((await broker.fetch("idle", 10)).messages)
+        finally:
+            await broker.close()
+
+    assert asyncio.run(run()) == 1
+
+
+def test_a_call_cancelled_before_its_reply_never_hands_that_reply_to_the_next_call(
+    app: App,
+) -> None:
+    _filled(app, "cancelled", 3)
+
+    async def run() -> tuple[int, int]:
+        broker = AsyncBroker(app.settings)
+        direct = _direct(broker)
+        try:
+            await broker.measure("cancelled")  # one kept connection
+            [conn] = direct.idle
+            read = conn.read_response
+            stalled = asyncio.Event()
+
+            async def stall(*args: Any, **kwargs: Any) -> Any:
+                stalled.set()
+                await asyncio.sleep(3600)  # the reply arrives but is never read
+
+            conn.read_response = stall  # type: ignore[method-assign]
+            fetch = asyncio.ensure_future(broker.fetch("cancelled", 1))
+            await stalled.wait()
+            fetch.cancel()  # a worker shutting down, a lease timer firing
+            with pytest.raises(asyncio.CancelledError):
+                await fetch
+            conn.read_response = read  # type: ignore[method-assign]
+            assert conn not in direct.idle  # disconnected and returned, not kept
+            # The next call reads its own reply (the measure's), not the fetch's
+            stats = await broker.measure("cancelled")
+            return stats.waiting, stats.in_flight
+        finally:
+            await broker.close()
+
+    waiting, in_flight = asyncio.run(run())
+    assert waiting + in_flight == 3
+    assert in_flight == 1  # the cancelled fetch ran in Redis: its lease lapses and is recovered
+
+
+def test_calls_made_at_once_each_get_their_own_reply_and_few_connections_are_kept(
+    app: App,
+) -> None:
+    _filled(app, "together", 40)
+
+    async def run() -> tuple[list[int], int]:
+        broker = AsyncBroker(app.settings)
+        try:
+            fetched = await asyncio.gather(*(broker.fetch("together", 2) for _ in range(20)))
+            return [len(f.messages) for f in fetched], len(_direct(broker).idle)
+        finally:
+            await broker.close()
+
+    sizes, kept = asyncio.run(run())
+    assert sizes == [2] * 20
+    assert 1 <= kept <= AsyncDirectScripts(redis.asyncio.Redis()).keep
+    assert app.measure("together").in_flight == 40

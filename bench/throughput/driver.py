@@ -3,8 +3,9 @@
     python driver.py PEER ACTION --run RUN --n N [--sleep S] [--rate R] [--batch B]
 
 ACTION is ``single`` (one task at a time), ``bulk`` (the peer's batch API, ``--batch`` tasks per
-call), ``paced`` (one at a time at ``--rate`` tasks/s) or ``warm`` (a trickle of tasks until the
-workers have shown up, see :func:`warm`). Prints one JSON object on stdout.
+call), ``paced`` (one at a time at ``--rate`` tasks/s), ``warm`` (a trickle of tasks until the
+workers have shown up, see :func:`warm`) or ``body`` (the benchmark task's own body, no queue:
+see :func:`body`). Prints one JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -96,7 +97,29 @@ async def warm(producer: Any, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-ACTIONS = {"single": single, "bulk": bulk, "paced": paced, "warm": warm}
+async def body(producer: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The CPU of the benchmark task's body alone (its bookkeeping round trip, see
+    :mod:`record`), called ``--n`` times in a row in this process with the peer's own redis-py:
+    what every worker pays per task whatever the queue, so ``cpu_ms_per_task`` minus this is
+    the queue's own cost. Async peers' bodies are the asyncio form, as their tasks are."""
+    asynchronous = args.async_body
+    for i in range(min(200, args.n)):  # connect and warm up, not counted
+        await _body(asynchronous, args.run, i)
+    cpu0 = time.process_time()
+    for i in range(args.n):
+        await _body(asynchronous, args.run, i)
+    cpu = time.process_time() - cpu0
+    return {"n": args.n, "cpu_ms_per_call": 1000 * cpu / args.n, "async": asynchronous}
+
+
+async def _body(asynchronous: bool, run: str, i: int) -> None:
+    if asynchronous:
+        await record.run_async(run, i, time.time(), 0.0)
+    else:
+        record.run_sync(run, i, time.time(), 0.0)
+
+
+ACTIONS = {"single": single, "bulk": bulk, "paced": paced, "warm": warm, "body": body}
 
 
 async def main() -> int:
@@ -110,6 +133,7 @@ async def main() -> int:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--min-pids", type=int, default=2)
     parser.add_argument("--max-wait", type=float, default=20.0)
+    parser.add_argument("--async-body", action="store_true", help="body: the asyncio form")
     args = parser.parse_args()
     module = importlib.import_module(f"peers.{args.peer}_peer")
     producer = module.Producer()

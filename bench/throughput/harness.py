@@ -32,6 +32,8 @@ METRICS = [
     "lat_p99_ms",
     "io_drain_s",
     "cpu_ms_per_task",
+    "queue_cpu_ms_per_task",
+    "body_cpu_ms",
     "peak_rss_mb",
 ]
 console = Console()

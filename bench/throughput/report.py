@@ -35,6 +35,7 @@ def metrics(settings: Settings) -> list[Metric]:
             False,
         ),
         Metric("cpu_ms_per_task", "CPU ms/task", ".2f", False),
+        Metric("queue_cpu_ms_per_task", "CPU ms/task minus body", ".2f", False),
         Metric("peak_rss_mb", "peak RSS MB", ".0f", False),
     ]
 

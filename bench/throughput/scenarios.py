@@ -11,6 +11,9 @@ C. warm workers, enqueue at a steady ``--rate`` for ``--latency-seconds`` from o
    ``lat_p50_ms``/``lat_p99_ms`` of (task start - enqueue time); exactly-once check.
 D. warm I/O-configured workers, enqueue a burst of 600 tasks that sleep 50 ms -> ``io_drain_s``
    (first enqueue to last task end); exactly-once check.
+E. call the task body alone (its bookkeeping round trip) N times in one process of the peer's
+   venv -> ``body_cpu_ms``; ``queue_cpu_ms_per_task`` is ``cpu_ms_per_task`` minus it: what the
+   queue itself costs per task, the body every peer runs taken out.
 
 Peak RSS is the largest sum of RSS over the worker process trees seen in A, C and D.
 
@@ -355,12 +358,23 @@ class PeerRun:
                 f"spans from one side only (producer {got['producer']}, consumer {got['consumer']})"
             )
 
+    def step_body(self) -> None:
+        run = f"{self.run_id}-E"
+        self.flush()
+        extra = ["--async-body"] if self.spec.async_tasks else []
+        measured = self.driver("body", run, "--n", str(min(self.noop_count(), 5000)), *extra)
+        self.result["body_cpu_ms"] = measured["cpu_ms_per_call"]
+        cpu = self.result.get("cpu_ms_per_task")
+        if cpu is not None:
+            self.result["queue_cpu_ms_per_task"] = cpu - measured["cpu_ms_per_call"]
+
     def execute(self) -> dict[str, Any]:
         steps = [
             ("A", self.step_single_and_noop),
             ("B", self.step_bulk),
             ("C", self.step_latency),
             ("D", self.step_io),
+            ("E", self.step_body),
         ]
         for name, step in steps:
             try:

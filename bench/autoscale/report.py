@@ -116,5 +116,6 @@ def write_all(
             plot(trace, by_policy, args.out / "results" / f"{trace}.png")
             figures.append(f"![{trace}](results/{trace}.png)")
         text += "\n\n## Waiting and replicas over time\n\n" + "\n\n".join(figures)
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "RESULTS.md").write_text(text + "\n")
     return text

@@ -12,10 +12,10 @@ decides, they act. It is built to beat KEDA + HPA defaults on the failures users
   last task activity rather than the last poll;
 * unless the load's shape says holding costs more: each replica level remembers its last quiet
   spells (the time between two polls that needed it); a level whose recent spells last on
-  average ``RELEASE_FACTOR`` pod start-ups (and their median at least one) is released as soon
-  as waiting + in flight say so (down to zero once idle for a poll), since starting its pod
-  again costs less than holding it. Noise gives the levels it touches short spells, so a noisy
-  load keeps the window: no flapping;
+  average ``RELEASE_FACTOR`` pod start-ups, and each at least one, is released as soon as
+  waiting + in flight say so (down to zero once idle for a poll), since starting its pod again
+  costs less than holding it. Noise gives the levels it touches short spells, so a noisy load
+  keeps the window: no flapping;
 * missing or stale data never scales anything down;
 * a fleet wakes ahead of its queues' next scheduled tick, ready when it fires: the lead is the
   measured pod start-up (``Snapshot.startup_s``; ``schedule_lead_s`` until one was measured),
@@ -145,13 +145,11 @@ RELEASE_FACTOR = 2.0
 """A level is released early when its recent quiet spells last this many start-ups on average:
 holding a pod through them costs twice what starting it again does."""
 SPELLS_KEPT = 3
-"""Quiet spells remembered per level. Their (lower) median must outlast one start-up too: one
-long lull among noise releases nothing, one blip inside a batch blocks nothing."""
+"""Quiet spells remembered per level. Each must outlast one start-up too: a level that came
+back sooner than a pod could start is held (one long lull among noise releases nothing)."""
 WARM_GRACE_POLLS = 2
 """Polls a warm fleet keeps its size after its tick stopped being reported (claimed): the tick's
 tasks are enqueued by the worker that claimed it, just after, and must meet the warm pods."""
-STARTUP_MARGIN = 1.25
-"""The measured start-up is a recent median: warm this much earlier so slower pods are ready."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,8 +202,8 @@ def decide(policy: Policy, snap: Snapshot, state: State | None = None) -> Decisi
         )
         return Decision(floor, f"{reason} → {floor}", _remember(state, snap.now, floor, policy))
 
-    startup = _startup_cost(policy, snap)
     if not busy:
+        startup = _startup_cost(policy, snap)
         idle_for = snap.now - (state.last_activity if state.last_activity is not None else snap.now)
         if warm is None and policy.min_replicas == 0:
             if idle_for >= policy.scale_to_zero_after_s:
@@ -214,12 +212,11 @@ def decide(policy: Policy, snap: Snapshot, state: State | None = None) -> Decisi
                     f"idle for {idle_for:.0f}s ≥ {policy.scale_to_zero_after_s:.0f}s → 0",
                     _remember(state, snap.now, 0, policy),
                 )
-            spell = _long_spells(state, 1, startup)
-            if idle_for >= policy.poll_s and spell:
+            early = _sleep_early(policy, snap, state, startup)
+            if idle_for >= policy.poll_s and early:
                 return Decision(
                     0,
-                    f"idle for {idle_for:.0f}s, and quiet spells here last {spell:.0f}s on average "
-                    f"(pod start-up {startup:.0f}s) → 0",
+                    f"idle for {idle_for:.0f}s, {early} → 0",
                     _remember(state, snap.now, 0, policy),
                 )
         wanted = max(wanted, 1 if current > 0 or warm is not None else 0)
@@ -230,11 +227,19 @@ def decide(policy: Policy, snap: Snapshot, state: State | None = None) -> Decisi
 
     if target >= current:
         return Decision(target, f"{why} → {target}", state)
-    # Scale down: the highest recommendation in the window holds, but for the levels on top
-    # whose quiet spells outlast RELEASE_FACTOR start-ups; then a bounded step.
+    return _shrink(policy, snap, state, target, why)
+
+
+def _shrink(policy: Policy, snap: Snapshot, state: State, target: int, why: str) -> Decision:
+    """Scale down: the highest recommendation in the window holds, but for the levels on top
+    whose quiet spells outlast RELEASE_FACTOR start-ups; then a bounded step."""
+    current, startup = snap.current_replicas, _startup_cost(policy, snap)
     held = max(target, min(current, max(r for _, r in state.recommendations)))
     window_high = held
-    while held > target and _long_spells(state, held, startup):
+    # Spells must outlast the window too, unless the next re-need is a known warm-up far enough
+    # away: then the schedule, not the noise, says when the pods come back.
+    at_least = 0.0 if _warm_far(policy, snap, startup) else policy.stabilization_s
+    while held > target and _long_spells(state, held, startup, at_least):
         held -= 1
     shrink_to = held
     if policy.max_scale_down_step is not None:
@@ -247,7 +252,9 @@ def decide(policy: Policy, snap: Snapshot, state: State | None = None) -> Decisi
             state,
         )
     if held < window_high:
-        spell = min(_long_spells(state, n, startup) for n in range(held + 1, window_high + 1))
+        spell = min(
+            _long_spells(state, n, startup, at_least) for n in range(held + 1, window_high + 1)
+        )
         which = (
             f"replica {window_high}"
             if held + 1 == window_high
@@ -266,11 +273,12 @@ def _startup_cost(policy: Policy, snap: Snapshot) -> float:
 
 
 def _lead_s(policy: Policy, snap: Snapshot) -> float:
-    """How long before a tick to start pods: the measured start-up with a margin, plus a poll
-    (the decision may come up to one poll late); the configured lead until one is measured."""
+    """How long before a tick to start pods: the measured start-up plus one poll (decisions
+    come a poll apart, so pods are ready up to a poll early, never late for a median pod); the
+    configured lead until a start-up has been measured."""
     if snap.startup_s is None:
         return policy.schedule_lead_s
-    return snap.startup_s * STARTUP_MARGIN + policy.poll_s
+    return snap.startup_s + policy.poll_s
 
 
 def _warm(policy: Policy, tick_snap: Snapshot) -> _Warm | None:
@@ -334,7 +342,7 @@ def _learn_rate(state: State, snap: Snapshot) -> State:
     free slots completes what arrives, which says nothing about what it could do; replicas that
     became ready during the poll did not work all of it, so such a poll is skipped too."""
     saturated = snap.waiting > 0
-    held = state.ready_before == snap.ready_replicas
+    held = state.ready_before in (None, snap.ready_replicas)
     state = replace(state, ready_before=snap.ready_replicas)
     if snap.ready_replicas <= 0 or snap.completion_rate <= 0 or not saturated or not held:
         return state
@@ -362,15 +370,43 @@ def _learn_spells(state: State, now: float, needed: int, policy: Policy) -> Stat
     return replace(state, last_needed=tuple(last), quiet_spells=tuple(spells))
 
 
-def _long_spells(state: State, level: int, startup_s: float) -> float:
+def _long_spells(state: State, level: int, startup_s: float, at_least_s: float = 0.0) -> float:
     """The mean quiet spell of a level (1-based) when its spells are long enough to release it
-    early (mean ≥ RELEASE_FACTOR start-ups, lower median ≥ one); 0 when not, or none known."""
+    early (mean ≥ RELEASE_FACTOR start-ups; each ≥ one, and ≥ at_least_s); 0 when not, or none
+    known. With at_least_s the stabilisation window, an early release only moves a release the
+    window would make anyway to the start of the spell: it adds no scale-up."""
     if not 0 < level <= len(state.quiet_spells) or not state.quiet_spells[level - 1]:
         return 0.0
-    spells = sorted(state.quiet_spells[level - 1])
+    spells = state.quiet_spells[level - 1]
     mean = sum(spells) / len(spells)
-    long = mean >= RELEASE_FACTOR * startup_s and spells[(len(spells) - 1) // 2] >= startup_s
+    long = mean >= RELEASE_FACTOR * startup_s and min(spells) >= max(startup_s, at_least_s)
     return mean if long else 0.0
+
+
+def _sleep_early(policy: Policy, snap: Snapshot, state: State, startup_s: float) -> str | None:
+    """Why an idle fleet may go to zero now rather than after scale_to_zero_after_s, or None:
+    its idle spells outlast the window and RELEASE_FACTOR start-ups, or it came back no sooner
+    than a start-up and the next tick's warm-up is RELEASE_FACTOR start-ups away (it will be
+    woken in time for it)."""
+    spell = _long_spells(state, 1, startup_s, policy.stabilization_s)
+    if spell:
+        return f"quiet spells here last {spell:.0f}s on average (pod start-up {startup_s:.0f}s)"
+    until_warm = _warm_far(policy, snap, startup_s)
+    if snap.next_tick is None or until_warm is None or not _long_spells(state, 1, startup_s):
+        return None
+    return (
+        f"warmed again for schedule {snap.next_tick.schedule} in {_seconds(until_warm)} "
+        f"(pod start-up {startup_s:.0f}s)"
+    )
+
+
+def _warm_far(policy: Policy, snap: Snapshot, startup_s: float) -> float | None:
+    """Seconds until the next tick's warm-up when that is RELEASE_FACTOR start-ups away or more
+    (pods released now are started again for it in time), else None."""
+    if snap.next_tick is None:
+        return None
+    until_warm = snap.next_tick.in_s - _lead_s(policy, snap)
+    return until_warm if until_warm >= RELEASE_FACTOR * startup_s else None
 
 
 def _remember(state: State, now: float, replicas: int, policy: Policy) -> State:

@@ -3,7 +3,10 @@
 Every ``poll_s`` (2 s) it gets the Snapshot the operator's FleetMeter would measure: waiting,
 in flight (draining pods included: their tasks are still in flight in Redis), the Deployment's
 replicas (created, starting included, draining excluded) and ready replicas, the oldest wait,
-and arrival / completion rates over the last poll (0 on the first, as FleetMeter's are).
+and arrival / completion rates over the last poll (0 on the first, as FleetMeter's are), the
+measured pod start-up (median of the last pods' created → ready, None before the first is
+ready, as the operator measures it from readiness timestamps), and the next scheduled tick of
+the trace, if it has any (due in / due at, and the size of that schedule's previous run).
 
 Settings, chosen to be the same sizing rule as the KEDA model's: ``targetPerReplica`` 9, i.e.
 KEDA's ``listLength`` 5 waiting per replica plus the 4 tasks a replica runs (Shoal counts
@@ -21,11 +24,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from shoal.autoscale import Policy, Snapshot, State, decide
+from shoal.autoscale import Policy, ScheduledTick, Snapshot, State, decide
 
 from .simulator import Fleet, Pod, Workload
 
 EPS = 1e-6
+EPOCH_S = 1_767_225_600.0
+"""The simulation's t = 0 on the Redis clock: 2026-01-01 00:00 UTC (for "due at HH:MM")."""
 
 
 def equivalent_policy(workload: Workload, target_wait_s: float | None = None) -> Policy:
@@ -59,6 +64,7 @@ class ShoalController:
             arrival = (fleet.arrived - self.last[1]) / span
             completion = (fleet.completed - self.last[2]) / span
         self.last = (now, fleet.arrived, fleet.completed)
+        tick = fleet.next_tick(now)
         snap = Snapshot(
             now=now,
             waiting=fleet.waiting,
@@ -68,6 +74,16 @@ class ShoalController:
             oldest_wait_s=fleet.oldest_wait(now),
             arrival_rate=arrival,
             completion_rate=completion,
+            next_tick=None
+            if tick is None
+            else ScheduledTick(
+                schedule=tick.schedule,
+                queue="default",
+                in_s=tick.second - now,
+                due_at=EPOCH_S + tick.second,
+                expected_tasks=tick.expected,
+            ),
+            startup_s=fleet.startup_s,
         )
         decision = decide(self.policy, snap, self.state)
         self.state = decision.state

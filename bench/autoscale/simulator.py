@@ -7,12 +7,18 @@ and waits are exact to the step. 1 s steps would quantise every wait to a whole 
 hides the difference the goals measure (p95 ≤ 1 s). Each step, in order: tasks finish, started
 pods become ready, tasks arrive, free slots pull FIFO (slots queue up in the order they freed,
 as Redis serves blocked BLMOVE clients), the controller may act, time is charged.
+
+A trace row may name the schedule that produced it (``kind`` ``scheduled``, ``schedule`` its
+name): the fleet then knows that schedule's ticks ahead of time, as the operator does from the
+schedules stored in Redis, with the count of the schedule's previous run as the expected size.
+Which controller listens is the controller's business (the KEDA model does not).
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import statistics
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +29,8 @@ STEP_S = 0.1
 STEPS_PER_S = 10
 MAX_OVERTIME_S = 3600
 """After the trace ends, run on while tasks remain, at most this long (bounded loop)."""
+STARTUPS_KEPT = 9
+"""Measured start-up is the median of this many most recent pods (the operator's "recent")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +51,25 @@ class Pod:
     gone: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """A scheduled tick of the trace: its second, its schedule, and how many tasks the
+    schedule's previous tick produced (0 for its first: nothing known yet)."""
+
+    second: int
+    schedule: str
+    count: int
+    expected: int
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    counts: list[int]
+    """Tasks arriving in each second."""
+    ticks: list[Tick] = field(default_factory=list)
+    """Scheduled ticks, in time order."""
+
+
 class Fleet(Protocol):
     """What a controller may observe (what Redis and the Deployment would tell it)."""
 
@@ -59,6 +86,14 @@ class Fleet(Protocol):
     @property
     def completed(self) -> int: ...
     def oldest_wait(self, now: float) -> float: ...
+    @property
+    def startup_s(self) -> float | None:
+        """Median start-up (created → ready) of the last pods that became ready; None before."""
+        ...
+
+    def next_tick(self, now: float) -> Tick | None:
+        """The next scheduled tick that has not fired yet."""
+        ...
 
 
 class Controller(Protocol):
@@ -105,17 +140,32 @@ def percentile(values: Sequence[float], p: float) -> float:
     return round(ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)], 1)
 
 
-def load_trace(path: Path) -> list[int]:
-    """Tasks arriving in each second; seconds missing from the file get none."""
+def load_trace(path: Path) -> Trace:
+    """Tasks arriving in each second (seconds missing from the file get none), and the
+    scheduled ticks: rows whose optional ``kind`` is ``scheduled``, named by the optional
+    ``schedule`` column (one unnamed schedule when it is absent)."""
     counts: dict[int, int] = {}
+    runs: dict[tuple[int, str], int] = {}
     with path.open(newline="") as fh:
         for row in csv.DictReader(fh):
-            counts[int(row["time"])] = counts.get(int(row["time"]), 0) + int(row["count"])
+            t, n = int(row["time"]), int(row["count"])
+            if t < 0 or n < 0:
+                raise ValueError(f"{path}: negative time or count at time {t}")
+            counts[t] = counts.get(t, 0) + n
+            kind = (row.get("kind") or "").strip()
+            if kind == "scheduled":
+                name = (row.get("schedule") or "").strip() or "scheduled"
+                runs[t, name] = runs.get((t, name), 0) + n
+            elif kind:
+                raise ValueError(f"{path}: kind {kind!r} at time {t}; use 'scheduled' or nothing")
     if not counts:
-        return []
-    if min(counts) < 0 or min(counts.values()) < 0:
-        raise ValueError(f"{path}: negative time or count")
-    return [counts.get(t, 0) for t in range(max(counts) + 1)]
+        return Trace([])
+    last: dict[str, int] = {}
+    ticks = []
+    for (t, name), n in sorted(runs.items()):
+        ticks.append(Tick(t, name, n, last.get(name, 0)))
+        last[name] = n
+    return Trace([counts.get(t, 0) for t in range(max(counts) + 1)], ticks)
 
 
 @dataclass(slots=True)
@@ -133,6 +183,9 @@ class Simulation:
     in_flight: int = 0
     interrupted: int = 0
     scale_events: int = 0
+    ticks: Sequence[Tick] = ()
+    next_tick_index: int = 0
+    startups: deque[float] = field(default_factory=lambda: deque(maxlen=STARTUPS_KEPT))
 
     @property
     def waiting(self) -> int:
@@ -149,11 +202,25 @@ class Simulation:
     def oldest_wait(self, now: float) -> float:
         return now - self.queue[0][0] if self.queue else 0.0
 
-    def run(self, trace: Sequence[int]) -> Result:
+    @property
+    def startup_s(self) -> float | None:
+        return statistics.median(self.startups) if self.startups else None
+
+    def next_tick(self, now: float) -> Tick | None:
+        # a tick has fired once its second has begun: its first tasks are in the queue
+        while (
+            self.next_tick_index < len(self.ticks)
+            and self.ticks[self.next_tick_index].second <= now + 1e-9
+        ):
+            self.next_tick_index += 1
+        return self.ticks[self.next_tick_index] if self.next_tick_index < len(self.ticks) else None
+
+    def run(self, trace: Trace) -> Result:
         wl = self.workload
+        self.ticks = trace.ticks
         service = max(1, round(wl.service_s * STEPS_PER_S))
-        arrivals = [0] * (len(trace) * STEPS_PER_S)
-        for second, n in enumerate(trace):
+        arrivals = [0] * (len(trace.counts) * STEPS_PER_S)
+        for second, n in enumerate(trace.counts):
             for i in range(n):
                 arrivals[second * STEPS_PER_S + i * STEPS_PER_S // n] += 1
         waits: list[float] = []
@@ -167,8 +234,7 @@ class Simulation:
             self._finish(k)
             for pod in self.starting.pop(k, []):
                 if not pod.gone:
-                    pod.ready = True
-                    self.free_slots.extend([pod] * wl.concurrency)
+                    self._ready(pod, now)
             for _ in range(arrivals[k] if k < len(arrivals) else 0):
                 self.queue.append((now, False))
                 self.arrived += 1
@@ -218,8 +284,7 @@ class Simulation:
                 self.starting.setdefault(ready_step, []).append(pod)
             if ready_step == k:  # zero start-up: ready at once
                 for pod in self.starting.pop(k):
-                    pod.ready = True
-                    self.free_slots.extend([pod] * self.workload.concurrency)
+                    self._ready(pod, k * STEP_S)
             return
         for pod in self.controller.victims(live, len(live) - wanted):
             if pod.running and self.controller.drains:
@@ -230,11 +295,16 @@ class Simulation:
             self.queue.extendleft([(k * STEP_S, True)] * pod.running)
             self._remove(pod)
 
+    def _ready(self, pod: Pod, now: float) -> None:
+        pod.ready = True
+        self.free_slots.extend([pod] * self.workload.concurrency)
+        self.startups.append(now - pod.created)
+
     def _remove(self, pod: Pod) -> None:
         pod.gone = True
         pod.running = 0
         self.pods.remove(pod)
 
 
-def simulate(trace: Sequence[int], controller: Controller, workload: Workload) -> Result:
+def simulate(trace: Trace, controller: Controller, workload: Workload) -> Result:
     return Simulation(workload, controller).run(trace)

@@ -10,16 +10,25 @@ decides, they act. It is built to beat KEDA + HPA defaults on the failures users
 * scale-down waits out a stabilisation window (the highest recommendation in it wins, like
   HPA's), moves in bounded steps, and reaches zero only after real idleness, measured from the
   last task activity rather than the last poll;
+* unless the load's shape says holding costs more: each replica level remembers its last quiet
+  spells (the time between two polls that needed it); a level whose recent spells last on
+  average ``RELEASE_FACTOR`` pod start-ups, and each at least one, is released as soon as
+  waiting + in flight say so (down to zero once idle for a poll), since starting its pod again
+  costs less than holding it. Noise gives the levels it touches short spells, so a noisy load
+  keeps the window: no flapping;
 * missing or stale data never scales anything down;
-* a fleet at zero wakes ahead of its queues' next scheduled tick (``schedule_lead_s``, long
-  enough for a pod to start) and stays up until a worker has claimed that tick, or for at most
-  ``schedule_hold_s`` after it: schedules run whether or not tasks keep a worker up.
+* a fleet wakes ahead of its queues' next scheduled tick, ready when it fires: the lead is the
+  measured pod start-up (``Snapshot.startup_s``; ``schedule_lead_s`` until one was measured),
+  the size is what the schedule's last run produced (``expected_tasks`` / target per replica);
+  it stays up until a worker has claimed that tick, or for at most ``schedule_hold_s`` after
+  it: schedules run whether or not tasks keep a worker up.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -41,8 +50,9 @@ class Policy:
     max_scale_down_step: int | None = None
     poll_s: float = 2.0
     schedule_lead_s: float = 60.0
-    """Wake the fleet this long before a scheduled tick is due: a pod's start-up (image pull,
-    imports, readiness), so a worker is there to claim the tick on time."""
+    """Wake the fleet this long before a scheduled tick is due, until a pod start-up has been
+    measured (then the measured one sets the lead): a pod's start-up (image pull, imports,
+    readiness), so a worker is there to claim the tick on time."""
     schedule_hold_s: float = 300.0
     """Keep a woken fleet up at most this long after a tick no worker has claimed (a pod
     that cannot start, a code schedule no longer in the code), so a tick never pins it up."""
@@ -96,6 +106,14 @@ class State:
     """Smoothed completions per second per ready replica, measured while there was work."""
     last_activity: float | None = None
     """When the queue last had work or progress; idleness for scale-to-zero counts from here."""
+    last_needed: tuple[float, ...] = ()
+    """When each replica level (index 0: the first replica) was last needed by the work."""
+    warmed: tuple[float, int, str] | None = None
+    """The last warm-up for a tick: (last poll it was asked for, replicas, schedule)."""
+    ready_before: int | None = None
+    """Ready replicas at the previous poll: a throughput sample counts only if they held."""
+    quiet_spells: tuple[tuple[float, ...], ...] = ()
+    """Each level's last ``SPELLS_KEPT`` quiet spells: seconds between two polls needing it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +141,24 @@ def policy_from_spec(autoscaling: dict[str, Any]) -> Policy:
 
 RATE_SMOOTHING = 0.3
 """Weight of the newest per-replica throughput sample (an EWMA: steady, yet quick to learn)."""
+RELEASE_FACTOR = 2.0
+"""A level is released early when its recent quiet spells last this many start-ups on average:
+holding a pod through them costs twice what starting it again does."""
+SPELLS_KEPT = 3
+"""Quiet spells remembered per level. Each must outlast one start-up too: a level that came
+back sooner than a pod could start is held (one long lull among noise releases nothing)."""
+WARM_GRACE_POLLS = 2
+"""Polls a warm fleet keeps its size after its tick stopped being reported (claimed): the tick's
+tasks are enqueued by the worker that claimed it, just after, and must meet the warm pods."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Warm:
+    """A scheduled tick the fleet must be up for: how many replicas, and why."""
+
+    replicas: int
+    why: str
+    schedule: str
 
 
 def decide(policy: Policy, snap: Snapshot, state: State | None = None) -> Decision:
@@ -135,17 +171,30 @@ def decide(policy: Policy, snap: Snapshot, state: State | None = None) -> Decisi
     ready_work = snap.waiting + snap.delayed_due_soon
     busy = ready_work + snap.in_flight > 0
     progressing = snap.completion_rate > 0 or snap.arrival_rate > 0
-    wake = _schedule_wake(policy, snap.next_tick)
-    # A wake counts as activity: once its tick is claimed, the fleet idles from here, then sleeps.
-    active = busy or progressing or wake is not None
+    warm = _warm(policy, snap)
+    if warm is not None:
+        state = replace(state, warmed=(snap.now, warm.replicas, warm.schedule))
+    elif (
+        state.warmed is not None and snap.now - state.warmed[0] <= WARM_GRACE_POLLS * policy.poll_s
+    ):
+        _, replicas, schedule = state.warmed
+        warm = _Warm(replicas, f"kept warm for schedule {schedule}'s tick, just claimed", schedule)
+    # A warm-up counts as activity: once its tick is claimed, the fleet idles from here.
+    active = busy or progressing or warm is not None
     state = replace(state, last_activity=snap.now if active else state.last_activity)
     state = _learn_rate(state, snap)
+    wanted, why = _needed(policy, snap, state)
+    if warm is not None and warm.replicas > wanted:
+        wanted, why = warm.replicas, warm.why
+    state = _learn_spells(state, snap.now, policy.clamp(max(wanted, int(active))), policy)
 
     if current == 0 and ready_work <= policy.activation_threshold and snap.in_flight == 0:
         floor = policy.min_replicas
-        if wake is not None:
-            woken = policy.clamp(1)
-            return Decision(woken, f"{wake} → {woken}", _remember(state, snap.now, woken, policy))
+        if warm is not None:
+            woken = policy.clamp(warm.replicas)
+            return Decision(
+                woken, f"{warm.why} → {woken}", _remember(state, snap.now, woken, policy)
+            )
         reason = (
             f"{ready_work} waiting ≤ activation threshold {policy.activation_threshold}"
             if ready_work
@@ -153,28 +202,48 @@ def decide(policy: Policy, snap: Snapshot, state: State | None = None) -> Decisi
         )
         return Decision(floor, f"{reason} → {floor}", _remember(state, snap.now, floor, policy))
 
-    wanted, why = _needed(policy, snap, state)
     if not busy:
+        startup = _startup_cost(policy, snap)
         idle_for = snap.now - (state.last_activity if state.last_activity is not None else snap.now)
-        if wake is None and policy.min_replicas == 0 and idle_for >= policy.scale_to_zero_after_s:
-            return Decision(
-                0,
-                f"idle for {idle_for:.0f}s ≥ {policy.scale_to_zero_after_s:.0f}s → 0",
-                _remember(state, snap.now, 0, policy),
-            )
-        wanted = max(wanted, 1 if current > 0 or wake is not None else 0)
-        why = wake or f"idle for {idle_for:.0f}s (zero after {policy.scale_to_zero_after_s:.0f}s)"
+        if warm is None and policy.min_replicas == 0:
+            if idle_for >= policy.scale_to_zero_after_s:
+                return Decision(
+                    0,
+                    f"idle for {idle_for:.0f}s ≥ {policy.scale_to_zero_after_s:.0f}s → 0",
+                    _remember(state, snap.now, 0, policy),
+                )
+            early = _sleep_early(policy, snap, state, startup)
+            if idle_for >= policy.poll_s and early:
+                return Decision(
+                    0,
+                    f"idle for {idle_for:.0f}s, {early} → 0",
+                    _remember(state, snap.now, 0, policy),
+                )
+        wanted = max(wanted, 1 if current > 0 or warm is not None else 0)
+        if warm is None or warm.replicas < wanted:
+            why = f"idle for {idle_for:.0f}s (zero after {policy.scale_to_zero_after_s:.0f}s)"
     target = policy.clamp(wanted)
     state = _remember(state, snap.now, target, policy)
 
     if target >= current:
         return Decision(target, f"{why} → {target}", state)
-    # Scale down: the highest recommendation in the window, then a bounded step.
-    window_high = max(r for _, r in state.recommendations)
-    shrink_to = max(target, window_high)
+    return _shrink(policy, snap, state, target, why)
+
+
+def _shrink(policy: Policy, snap: Snapshot, state: State, target: int, why: str) -> Decision:
+    """Scale down: the highest recommendation in the window holds, but for the levels on top
+    whose quiet spells outlast RELEASE_FACTOR start-ups; then a bounded step."""
+    current, startup = snap.current_replicas, _startup_cost(policy, snap)
+    held = max(target, min(current, max(r for _, r in state.recommendations)))
+    window_high = held
+    # Spells must outlast the window too, unless the next re-need is a known warm-up far enough
+    # away: then the schedule, not the noise, says when the pods come back.
+    at_least = 0.0 if _warm_far(policy, snap, startup) else policy.stabilization_s
+    while held > target and _long_spells(state, held, startup, at_least):
+        held -= 1
+    shrink_to = held
     if policy.max_scale_down_step is not None:
         shrink_to = max(shrink_to, current - policy.max_scale_down_step)
-    shrink_to = min(shrink_to, current)
     if shrink_to == current:
         return Decision(
             current,
@@ -182,18 +251,59 @@ def decide(policy: Policy, snap: Snapshot, state: State | None = None) -> Decisi
             f"{policy.stabilization_s:.0f}s stabilisation window",
             state,
         )
+    if held < window_high:
+        spell = min(
+            _long_spells(state, n, startup, at_least) for n in range(held + 1, window_high + 1)
+        )
+        which = (
+            f"replica {window_high}"
+            if held + 1 == window_high
+            else (f"replicas {held + 1}-{window_high}")
+        )
+        why += (
+            f"; {which} released early: quiet spells there last ≥ {spell:.0f}s on average "
+            f"(pod start-up {startup:.0f}s)"
+        )
     return Decision(shrink_to, f"{why} → {shrink_to}", state)
 
 
-def _schedule_wake(policy: Policy, tick: ScheduledTick | None) -> str | None:
-    """Why the fleet must be up for a scheduled tick, or None: the tick is due within the
-    lead, or due and unclaimed for less than the hold."""
-    if tick is None or not -policy.schedule_hold_s <= tick.in_s <= policy.schedule_lead_s:
+def _startup_cost(policy: Policy, snap: Snapshot) -> float:
+    """What starting a pod costs, in seconds: measured, else the configured schedule lead."""
+    return snap.startup_s if snap.startup_s is not None else policy.schedule_lead_s
+
+
+def _lead_s(policy: Policy, snap: Snapshot) -> float:
+    """How long before a tick to start pods: the measured start-up plus one poll (decisions
+    come a poll apart, so pods are ready up to a poll early, never late for a median pod); the
+    configured lead until a start-up has been measured."""
+    if snap.startup_s is None:
+        return policy.schedule_lead_s
+    return snap.startup_s + policy.poll_s
+
+
+def _warm(policy: Policy, tick_snap: Snapshot) -> _Warm | None:
+    """The replicas a scheduled tick needs now, or None: the tick is due within the lead, or
+    due and unclaimed for less than the hold. Sized from what its last runs produced."""
+    tick = tick_snap.next_tick
+    lead = _lead_s(policy, tick_snap)
+    if tick is None or not -policy.schedule_hold_s <= tick.in_s <= lead:
         return None
-    what = f"schedule {tick.schedule} on {tick.queue}"
-    if tick.in_s > 0:
-        return f"{what} due in {_seconds(tick.in_s)}"
-    return f"{what} due {_seconds(-tick.in_s)} ago, not claimed yet"
+    replicas = max(1, math.ceil(tick.expected_tasks / policy.target_per_replica))
+    if tick.in_s <= 0:
+        why = f"schedule {tick.schedule} on {tick.queue} due {_seconds(-tick.in_s)} ago, "
+        why += "not claimed yet"
+    elif tick.due_at is not None:
+        at = datetime.fromtimestamp(tick.due_at, UTC).strftime("%H:%M")
+        source = "measured start-up" if tick_snap.startup_s is not None else "scheduleLeadSeconds"
+        why = (
+            f"warming for schedule {tick.schedule} at {at} on {tick.queue}, due in "
+            f"{_seconds(tick.in_s)} (lead {_seconds(lead)}, {source})"
+        )
+    else:
+        why = f"schedule {tick.schedule} on {tick.queue} due in {_seconds(tick.in_s)}"
+    if tick.expected_tasks:
+        why += f", {tick.expected_tasks} tasks last run"
+    return _Warm(replicas, why, tick.schedule)
 
 
 def _seconds(s: float) -> str:
@@ -229,14 +339,74 @@ def _needed(policy: Policy, snap: Snapshot, state: State) -> tuple[int, str]:
 def _learn_rate(state: State, snap: Snapshot) -> State:
     """Per-replica throughput, learned only while tasks were waiting: then every ready slot is
     busy (workers pull whenever a slot frees), so completions measure capacity. A fleet with
-    free slots completes what arrives, which says nothing about what it could do."""
+    free slots completes what arrives, which says nothing about what it could do; replicas that
+    became ready during the poll did not work all of it, so such a poll is skipped too."""
     saturated = snap.waiting > 0
-    if snap.ready_replicas <= 0 or snap.completion_rate <= 0 or not saturated:
+    held = state.ready_before in (None, snap.ready_replicas)
+    state = replace(state, ready_before=snap.ready_replicas)
+    if snap.ready_replicas <= 0 or snap.completion_rate <= 0 or not saturated or not held:
         return state
     sample = snap.completion_rate / snap.ready_replicas
     old = state.per_replica_rate
     rate = sample if old is None else old + RATE_SMOOTHING * (sample - old)
     return replace(state, per_replica_rate=rate)
+
+
+def _learn_spells(state: State, now: float, needed: int, policy: Policy) -> State:
+    """Levels 1..needed are needed now: a level not needed at the previous poll ends a quiet
+    spell, remembered (the last SPELLS_KEPT) to judge how long its next one will be."""
+    if needed <= 0:
+        return state
+    last, spells = list(state.last_needed), list(state.quiet_spells)
+    for level in range(needed):
+        if level == len(last):
+            last.append(now)
+            spells.append(())
+            continue
+        spell = now - last[level]
+        if spell > 1.5 * policy.poll_s:  # at least one poll did not need it
+            spells[level] = (*spells[level][1 - SPELLS_KEPT :], spell)
+        last[level] = now
+    return replace(state, last_needed=tuple(last), quiet_spells=tuple(spells))
+
+
+def _long_spells(state: State, level: int, startup_s: float, at_least_s: float = 0.0) -> float:
+    """The mean quiet spell of a level (1-based) when its spells are long enough to release it
+    early (mean ≥ RELEASE_FACTOR start-ups; each ≥ one, and ≥ at_least_s); 0 when not, or none
+    known. With at_least_s the stabilisation window, an early release only moves a release the
+    window would make anyway to the start of the spell: it adds no scale-up."""
+    if not 0 < level <= len(state.quiet_spells) or not state.quiet_spells[level - 1]:
+        return 0.0
+    spells = state.quiet_spells[level - 1]
+    mean = sum(spells) / len(spells)
+    long = mean >= RELEASE_FACTOR * startup_s and min(spells) >= max(startup_s, at_least_s)
+    return mean if long else 0.0
+
+
+def _sleep_early(policy: Policy, snap: Snapshot, state: State, startup_s: float) -> str | None:
+    """Why an idle fleet may go to zero now rather than after scale_to_zero_after_s, or None:
+    its idle spells outlast the window and RELEASE_FACTOR start-ups, or it came back no sooner
+    than a start-up and the next tick's warm-up is RELEASE_FACTOR start-ups away (it will be
+    woken in time for it)."""
+    spell = _long_spells(state, 1, startup_s, policy.stabilization_s)
+    if spell:
+        return f"quiet spells here last {spell:.0f}s on average (pod start-up {startup_s:.0f}s)"
+    until_warm = _warm_far(policy, snap, startup_s)
+    if snap.next_tick is None or until_warm is None or not _long_spells(state, 1, startup_s):
+        return None
+    return (
+        f"warmed again for schedule {snap.next_tick.schedule} in {_seconds(until_warm)} "
+        f"(pod start-up {startup_s:.0f}s)"
+    )
+
+
+def _warm_far(policy: Policy, snap: Snapshot, startup_s: float) -> float | None:
+    """Seconds until the next tick's warm-up when that is RELEASE_FACTOR start-ups away or more
+    (pods released now are started again for it in time), else None."""
+    if snap.next_tick is None:
+        return None
+    until_warm = snap.next_tick.in_s - _lead_s(policy, snap)
+    return until_warm if until_warm >= RELEASE_FACTOR * startup_s else None
 
 
 def _remember(state: State, now: float, replicas: int, policy: Policy) -> State:

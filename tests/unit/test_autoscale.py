@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from datetime import UTC, datetime
+
 import pytest
 
 from shoal.autoscale import (
@@ -110,8 +113,13 @@ def test_no_flapping_when_the_backlog_oscillates() -> None:
 
 
 def test_scale_to_zero_only_after_idleness_since_the_last_activity() -> None:
+    # (start-up unmeasured and taken as 200 s: no quiet spell here is worth an early release)
     policy = Policy(
-        max_replicas=10, target_per_replica=10, scale_to_zero_after_s=300, stabilization_s=0
+        max_replicas=10,
+        target_per_replica=10,
+        scale_to_zero_after_s=300,
+        stabilization_s=0,
+        schedule_lead_s=200,
     )
     state = decide(policy, Snapshot(0, 5, 5, 1, 1, completion_rate=3)).state
     idle = decide(policy, Snapshot(100, 0, 0, 1, 1), state)
@@ -251,3 +259,176 @@ def test_a_wake_counts_as_activity_even_when_the_tick_runs_nothing() -> None:
 def test_schedule_lead_from_the_worker_spec() -> None:
     assert policy_from_spec({}).schedule_lead_s == 60
     assert policy_from_spec({"scheduleLeadSeconds": 180}).schedule_lead_s == 180
+
+
+# --- learned scale-down: release what holding costs more than starting again ---------------
+
+LEARN = Policy(max_replicas=50, target_per_replica=10, stabilization_s=60)
+
+
+def bursts(count: int, every_s: int, state: State | None = None) -> list[Decision]:
+    """Bursts of 100 tasks every `every_s` over a trickle (1 in flight), polled every 2 s; pods
+    start in 10 s (measured). Returns every decision."""
+    decisions, replicas = [], 0
+    for t in range(0, count * every_s, 2):
+        work = 100 if t % every_s == 0 else 1
+        snap = Snapshot(t, work - 1, 1, replicas, replicas, arrival_rate=0.5, startup_s=10)
+        d = decide(LEARN, snap, state)
+        decisions.append(d)
+        replicas, state = d.replicas, d.state
+    return decisions
+
+
+def test_a_level_whose_quiet_spells_outlast_start_ups_is_released_at_once() -> None:
+    decisions = bursts(3, 300)
+    after_first, after_third = decisions[1], decisions[301]  # 2 s after the bursts at 0, 600
+    # Given nothing learned yet, the first burst's replicas are held for the window
+    assert after_first.replicas == 10 and "stabilisation" in after_first.reason
+    # Then levels 2-10 were idle 300 s between bursts (30 start-ups): released on the spot
+    assert after_third.replicas == 1
+    assert "replicas 2-10 released early" in after_third.reason
+    assert "start-up 10s" in after_third.reason
+
+
+def test_quiet_spells_shorter_than_two_start_ups_keep_the_window() -> None:
+    # bursts every 16 s: levels 2-10 come back after 16 s, less than 2 x 10 s start-up
+    decisions = bursts(10, 16)
+    assert all(d.replicas == 10 for d in decisions[1:])
+
+
+def test_an_idle_fleet_goes_to_zero_after_one_idle_poll_when_its_idle_spells_are_long() -> None:
+    policy = Policy(max_replicas=10, target_per_replica=10, stabilization_s=0)
+    state, replicas = State(), 0
+    for burst_at in (0, 600, 1200):  # a task every 10 min, nothing between
+        d = decide(policy, Snapshot(burst_at, 5, 0, replicas, replicas, startup_s=10), state)
+        d = decide(policy, Snapshot(burst_at + 2, 0, 0, d.replicas, 1, startup_s=10), d.state)
+        zero = decide(policy, Snapshot(burst_at + 4, 0, 0, 1, 1, startup_s=10), d.state)
+        replicas, state = zero.replicas, zero.state
+    # the first idle spell was not known yet: the fleet idled on (scale_to_zero_after_s 300)
+    # ... from the second on, it sleeps after one idle poll
+    assert zero.replicas == 0 and "quiet spells here last" in zero.reason
+    assert "start-up 10s" in zero.reason
+
+
+def test_a_slow_leak_keeps_its_one_replica() -> None:
+    # one task every 20 s: idle spells of ~18 s, under 2 start-ups: holding is cheaper
+    policy = Policy(max_replicas=10, target_per_replica=10, stabilization_s=0)
+    state, replicas = State(), 1
+    for t in range(0, 600, 2):
+        arriving = 0.5 if t % 20 == 0 else 0.0
+        done = 0.5 if t % 20 == 2 else 0.0
+        snap = Snapshot(
+            t, 0, int(t % 20 == 0), replicas, replicas, arrival_rate=arriving, completion_rate=done
+        )
+        d = decide(policy, replace_startup(snap, 10), state)
+        replicas, state = d.replicas, d.state
+        assert replicas == 1, d.reason
+
+
+def replace_startup(snap: Snapshot, startup_s: float) -> Snapshot:
+    return Snapshot(
+        snap.now,
+        snap.waiting,
+        snap.in_flight,
+        snap.current_replicas,
+        snap.ready_replicas,
+        arrival_rate=snap.arrival_rate,
+        completion_rate=snap.completion_rate,
+        startup_s=startup_s,
+    )
+
+
+def test_no_flapping_on_a_noisy_steady_load() -> None:
+    # Given a steady load of ~90 tasks (9 replicas' worth), each poll off by up to a third, for
+    # an hour: its top levels come and go, with quiet spells shorter than the window
+    rng = random.Random(7)
+    state, replicas, reasons = State(), 0, []
+    for t in range(0, 3600, 2):
+        work = round(90 * rng.uniform(0.67, 1.33))
+        snap = Snapshot(t, work // 2, work - work // 2, replicas, replicas, arrival_rate=45)
+        d = decide(LEARN, replace_startup(snap, 10), state)
+        if d.replicas != replicas:
+            reasons.append(d.reason)
+        replicas, state = d.replicas, d.state
+    # Then nothing is released early: the fleet rises to the noise's top and stays there, but
+    # for the window letting go of the rarest level twice in the hour
+    assert not [r for r in reasons if "released early" in r]
+    assert len(reasons) <= 8, reasons
+
+
+def test_throughput_is_not_learned_from_a_poll_in_which_replicas_became_ready() -> None:
+    policy = Policy(max_replicas=50, target_per_replica=1000, target_wait_s=2)
+    first = decide(policy, Snapshot(0, 100, 8, 2, 2, completion_rate=20))
+    assert first.state.per_replica_rate == pytest.approx(10)
+    # 8 more became ready during the poll: 20/s over 10 replicas is not their capacity
+    grown = decide(policy, Snapshot(2, 100, 40, 10, 10, completion_rate=20), first.state)
+    assert grown.state.per_replica_rate == pytest.approx(10)
+    held = decide(policy, Snapshot(4, 100, 40, 10, 10, completion_rate=200), grown.state)
+    assert held.state.per_replica_rate == pytest.approx(10 + 0.3 * (20 - 10))
+
+
+# --- warming for a schedule: when, how many, and saying so ----------------------------------
+
+DUE_0300 = datetime(2026, 3, 14, 3, 0, tzinfo=UTC).timestamp()
+
+
+def due(in_s: float, expected: int = 0) -> ScheduledTick:
+    return ScheduledTick(
+        "nightly-report", "reports", in_s=in_s, due_at=DUE_0300, expected_tasks=expected
+    )
+
+
+@pytest.mark.parametrize(
+    ("expected", "replicas"),
+    [(0, 1), (1, 1), (200, 10), (201, 11), (10_000, 50)],
+    ids=["unknown", "one-task", "exact", "rounded-up", "clamped-to-max"],
+)
+def test_the_warm_fleet_is_sized_from_the_tasks_the_last_run_produced(
+    expected: int, replicas: int
+) -> None:
+    policy = Policy(max_replicas=50, target_per_replica=20)
+    snap = Snapshot(0, 0, 0, 0, 0, next_tick=due(5, expected), startup_s=10)
+    d = decide(policy, snap)
+    assert d.replicas == replicas, d.reason
+    assert (f"{expected} tasks last run" in d.reason) == (expected > 0)
+
+
+@pytest.mark.parametrize(
+    ("startup_s", "in_s", "replicas"),
+    [
+        (30.0, 31.0, 1),  # measured 30 s + a 2 s poll: warmed 32 s ahead
+        (30.0, 33.0, 0),  # ... not earlier, though scheduleLeadSeconds says 60
+        (90.0, 91.0, 1),  # a slow pull: earlier than scheduleLeadSeconds
+        (None, 59.0, 1),  # nothing measured yet: scheduleLeadSeconds
+        (None, 61.0, 0),
+    ],
+    ids=["within-measured", "beyond-measured", "beyond-configured", "fallback", "fallback-out"],
+)
+def test_the_lead_before_a_tick_is_the_measured_start_up(
+    startup_s: float | None, in_s: float, replicas: int
+) -> None:
+    policy = Policy(schedule_lead_s=60, poll_s=2)
+    d = decide(policy, Snapshot(0, 0, 0, 0, 0, next_tick=due(in_s), startup_s=startup_s))
+    assert d.replicas == replicas, d.reason
+
+
+def test_the_warming_reason_names_the_schedule_and_its_time() -> None:
+    snap = Snapshot(0, 0, 0, 0, 0, next_tick=due(12, 400), startup_s=10)
+    reason = decide(Policy(max_replicas=50, target_per_replica=20), snap).reason
+    assert reason.startswith("warming for schedule nightly-report at 03:00 on reports")
+    assert "due in 12s (lead 12s, measured start-up)" in reason
+    assert reason.endswith("400 tasks last run → 20")
+    # before a start-up is measured, the lead is the configured one, and says so
+    unmeasured = decide(Policy(), Snapshot(0, 0, 0, 0, 0, next_tick=due(12)))
+    assert "(lead 1m 0s, scheduleLeadSeconds)" in unmeasured.reason
+
+
+def test_the_warm_fleet_is_kept_for_two_polls_after_its_tick_is_claimed() -> None:
+    policy = Policy(max_replicas=50, target_per_replica=20, stabilization_s=0)
+    warm = decide(policy, Snapshot(0, 0, 0, 0, 0, next_tick=due(2, 200), startup_s=10))
+    assert warm.replicas == 10
+    # the tick is claimed: its tasks are being enqueued, few are in yet
+    kept = decide(policy, Snapshot(2, 3, 0, 10, 10, startup_s=10), warm.state)
+    assert kept.replicas == 10 and "kept warm for schedule nightly-report" in kept.reason
+    later = decide(policy, Snapshot(6, 3, 0, 10, 10, startup_s=10), kept.state)
+    assert later.replicas == 1

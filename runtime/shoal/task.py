@@ -327,7 +327,7 @@ class Producer:
         """Send one call of ``task`` (``task.enqueue``); returns its message id (for a
         deduplicated message, the live one's). The same hooks, checks and errors as
         :meth:`send`, without a Message or the hooks when no middleware hooks sending."""
-        if self.hooks.on_enqueue:
+        if self.hooks.sending():
             message = Message(
                 new_message_id(),
                 task.name,
@@ -370,7 +370,7 @@ class Producer:
         one's id (for a deduplicated message, the live one's). See ``Broker.enqueue`` for the
         errors."""
         hooks = self.hooks
-        if not hooks.on_enqueue:
+        if not hooks.sending():
             items = self.encode(task, messages, delay_ms, dedupe_key)
             return self.broker.enqueue(task.queue, items, task=task.name)
         with hooks.context("enqueue_context", task, messages):
@@ -390,7 +390,7 @@ class Producer:
         """Send a guarded batch from a worker's event loop; None (and nothing stored, no
         ``after_enqueue``) when the guard refuses. ``hooks``: the worker's, when not the App's."""
         hooks = self.hooks if hooks is None else hooks
-        if not hooks.on_enqueue:
+        if not hooks.sending():
             return await broker.enqueue(task.queue, self.encode(task, messages), guard)
         with hooks.context("enqueue_context", task, messages):
             items = self.encode(task, messages)

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shoal import App, EnqueueError, Settings
+from shoal import App, EnqueueError, Settings, telemetry
 from shoal.message import Message, encode_envelope, message_id_at, new_message_id
 from shoal.middleware import Middleware, Retries, Tracing, default_middleware
 from shoal.middleware.hooks import Hooks
@@ -70,6 +70,24 @@ def test_hooks_say_whether_any_middleware_hooks_sending(
     middleware: list[Middleware], hooked: bool
 ) -> None:
     assert Hooks(middleware).on_enqueue is hooked
+
+
+def test_tracing_without_a_tracer_provider_leaves_the_send_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the default middleware and no tracer provider anywhere (OpenTelemetry not set up)
+    configured = False
+    monkeypatch.setattr(telemetry, "tracing_configured", lambda: configured)
+    hooks = Hooks(default_middleware())
+    # Then a send skips the hooks (and the Message objects they take) entirely
+    assert hooks.on_enqueue and not hooks.sending()
+    # and once a provider is set (by the app, at any time), sends are traced again
+    configured = True
+    assert hooks.sending()
+    from opentelemetry.sdk.trace import TracerProvider
+
+    assert Hooks([Tracing(tracer_provider=TracerProvider())]).sending()
+    assert Hooks([AfterOnly()]).sending()  # other middleware are always asked
 
 
 JSON = st.recursive(

@@ -45,6 +45,12 @@ class Middleware:
         middleware from the worker's per-message hooks (so a disabled feature costs nothing)."""
         return True
 
+    def active_for_sending(self) -> bool:
+        """Asked before each send: False skips this middleware's enqueue hooks for it, and
+        when no middleware is active the producer skips the hooks (and the Message objects
+        they take) entirely. Must be cheap."""
+        return True
+
     # --- producer side ---------------------------------------------------------------------------
 
     def enqueue_context(

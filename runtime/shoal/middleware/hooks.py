@@ -2,8 +2,8 @@
 
 Each hook keeps the list of middleware that override it, so a hook nobody uses costs a loop
 over an empty list, and the producer skips its hooks (and the Message objects they are given)
-entirely when no middleware uses them (:attr:`Hooks.on_enqueue`). A hook that raises is logged and
-skipped: middleware never kills a worker.
+entirely when no middleware that uses them is active (:meth:`Hooks.sending`). A hook that
+raises is logged and skipped: middleware never kills a worker.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ AFTER_HOOKS = frozenset(
 )
 """Hooks that run in reverse middleware order, so the first middleware wraps the others."""
 
-NOT_HOOKS = frozenset({"validate_options", "active_in_worker"})
+NOT_HOOKS = frozenset({"validate_options", "active_in_worker", "active_for_sending"})
 
 ENQUEUE_HOOKS = ("enqueue_context", "after_enqueue")
 """The hooks a producer runs around each send."""
@@ -40,8 +40,15 @@ class Hooks:
                 continue
             users = [m for m in self.middleware if getattr(type(m), name) is not base]
             self._by_hook[name] = users[::-1] if name in AFTER_HOOKS else users
-        self.on_enqueue = any(self._by_hook[name] for name in ENQUEUE_HOOKS)
+        senders = {id(m): m for name in ENQUEUE_HOOKS for m in self._by_hook[name]}
+        self._senders = list(senders.values())
+        self.on_enqueue = bool(self._senders)
         """Whether any middleware hooks sending (else a producer may skip the hooks entirely)."""
+
+    def sending(self) -> bool:
+        """Whether this send must run the enqueue hooks: some middleware hooking sending is
+        active now (asked per send: tracing turns on whenever a tracer provider is set)."""
+        return any(mw.active_for_sending() for mw in self._senders)
 
     def has(self, hook: str) -> bool:
         """Whether any middleware overrides ``hook``."""

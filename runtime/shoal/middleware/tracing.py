@@ -52,6 +52,10 @@ class Tracing(Middleware):
         # provider, this middleware leaves the worker's per-message path entirely.
         return self._enabled()
 
+    def active_for_sending(self) -> bool:
+        # With no tracer provider set, a send makes no span: skip the hooks and Message objects
+        return self._enabled()
+
     def _tracer(self) -> trace.Tracer:
         if self._cached is None:  # the provider is fixed once real: build its tracer once
             from opentelemetry import trace

@@ -8,8 +8,9 @@ endpoint nothing is installed and the spans cost nothing."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
-from shoal import telemetry
+from shoal import ConfigurationError, telemetry
 from shoal.telemetry import OwnedProvider
 from shoal_operator.settings import tracing_settings
 
@@ -17,10 +18,16 @@ SERVICE_NAME = "shoal-operator"
 log = logging.getLogger("shoal_operator")
 
 
-def start_tracing() -> OwnedProvider | None:
+def start_tracing(environ: Mapping[str, str] | None = None) -> OwnedProvider | None:
     """Install the tracer provider (once per process); None when tracing is off or the
-    process already has one (then that one gets the spans)."""
-    provider = telemetry.configure(tracing_settings(), default_service_name=SERVICE_NAME)
+    process already has one (then that one gets the spans). A variable it cannot use is
+    logged and tracing stays off: traces are not worth stopping the autoscaler for."""
+    try:
+        settings = tracing_settings(environ)
+    except ConfigurationError as exc:
+        log.error("tracing: off, the OTEL_* variables are refused: %s", exc)
+        return None
+    provider = telemetry.configure(settings, default_service_name=SERVICE_NAME)
     if provider is None:
         log.info("tracing: off (set OTEL_EXPORTER_OTLP_ENDPOINT to export decision spans)")
     return provider

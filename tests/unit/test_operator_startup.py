@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from kubernetes.client import V1ObjectMeta, V1Pod, V1PodCondition, V1PodStatus
 
 from shoal_operator.startup import KEEP, StartupMeter, startup_seconds
@@ -55,3 +56,13 @@ def test_tracing_reads_only_the_standard_variables() -> None:
     assert on.otel_export
     off = tracing_settings({"OTEL_EXPORTER_OTLP_ENDPOINT": "x", "OTEL_SDK_DISABLED": "true"})
     assert not off.otel_export
+
+
+def test_an_unusable_tracing_variable_leaves_tracing_off_and_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from shoal_operator.tracing import start_tracing
+
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "json"}
+    assert start_tracing(env) is None
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL" in caplog.text

@@ -18,6 +18,9 @@ from typing import Any
 
 KEEP = 9
 """Samples kept per Worker: the recent median follows a changed image within a few rollouts."""
+RELIST_S = 60.0
+"""Pods are listed again at least this often while some are ready: a pod replaced between two
+polls leaves the ready count as it was, yet its start-up counts."""
 
 
 def startup_seconds(pod: Any) -> float | None:
@@ -49,15 +52,19 @@ class StartupMeter:
     seen: set[str] = field(default_factory=set)
     """Every pod uid already sampled (bounded: pruned to the pods still listed)."""
     listed_at_ready: int | None = None
-    """The ready count when the pods were last listed: they are listed again only when it
-    changes, so a steady fleet costs no API calls."""
+    """The ready count when the pods were last listed: they are listed again when it changes
+    (or after :data:`RELIST_S`), so a steady fleet costs one API call a minute."""
+    listed_at_s: float = -RELIST_S
+    """When they were last listed (monotonic seconds)."""
 
-    def wants_listing(self, ready: int) -> bool:
-        return ready > 0 and ready != self.listed_at_ready
+    def wants_listing(self, ready: int, now_s: float) -> bool:
+        if ready <= 0:
+            return False
+        return ready != self.listed_at_ready or now_s - self.listed_at_s >= RELIST_S
 
-    def observe(self, pods: Iterable[Any], ready: int) -> None:
+    def observe(self, pods: Iterable[Any], ready: int, now_s: float) -> None:
         """Take a sample from each pod seen ready for the first time."""
-        self.listed_at_ready = ready
+        self.listed_at_ready, self.listed_at_s = ready, now_s
         uids = set()
         for pod in pods:
             uid = str(pod.metadata.uid or pod.metadata.name)

@@ -218,7 +218,8 @@ class Autoscaling:
     def _measure_startup(self, ready: int) -> float | None:
         """The recent median pod start-up (created → ready); the pods are listed only when
         the ready count changed. A failed listing keeps what was measured before."""
-        if self.startup.wants_listing(ready):
+        now_s = time.monotonic()
+        if self.startup.wants_listing(ready, now_s):
             try:
                 pods = self.memo.core.list_namespaced_pod(
                     self.namespace, label_selector=deploy.selector(self.name)
@@ -232,7 +233,7 @@ class Autoscaling:
                     exc.reason,
                 )
             else:
-                self.startup.observe(pods, ready)
+                self.startup.observe(pods, ready, now_s)
         return self.startup.median_s
 
     def _mark_idle_pods(self, conn: Connection) -> None:

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 from kubernetes.client import V1ObjectMeta, V1Pod, V1PodCondition, V1PodStatus
 
-from shoal_operator.startup import KEEP, StartupMeter, startup_seconds
+from shoal_operator.startup import KEEP, RELIST_S, StartupMeter, startup_seconds
 
 T0 = dt.datetime(2024, 1, 1, 3, 0, tzinfo=dt.UTC)
 
@@ -30,20 +30,21 @@ def test_start_up_is_creation_to_ready() -> None:
 
 def test_recent_median_one_sample_per_pod_flaps_ignored() -> None:
     meter = StartupMeter()
-    assert meter.median_s is None and meter.wants_listing(1)
-    meter.observe([pod("a", 4), pod("b", 6), pod("c", None)], ready=2)
+    assert meter.median_s is None and meter.wants_listing(1, now_s=0)
+    meter.observe([pod("a", 4), pod("b", 6), pod("c", None)], ready=2, now_s=0)
     assert meter.median_s == 5.0
-    assert not meter.wants_listing(2)  # the same ready count: no new listing
-    assert not meter.wants_listing(0)  # nothing ready: nothing to measure
+    assert not meter.wants_listing(2, now_s=1)  # the same ready count: no new listing
+    assert meter.wants_listing(2, now_s=RELIST_S)  # unless a while has passed
+    assert not meter.wants_listing(0, now_s=RELIST_S)  # nothing ready: nothing to measure
     # a's readiness flapped (its transition moved), c became ready after 20 s
-    meter.observe([pod("a", 300), pod("b", 6), pod("c", 20)], ready=3)
+    meter.observe([pod("a", 300), pod("b", 6), pod("c", 20)], ready=3, now_s=2)
     assert meter.median_s == 6.0
 
 
 def test_only_the_most_recent_samples_count() -> None:
     meter = StartupMeter()
-    meter.observe([pod(f"old{i}", 100) for i in range(KEEP)], ready=KEEP)
-    meter.observe([pod(f"new{i}", 5) for i in range(KEEP // 2 + 1)], ready=1)
+    meter.observe([pod(f"old{i}", 100) for i in range(KEEP)], ready=KEEP, now_s=0)
+    meter.observe([pod(f"new{i}", 5) for i in range(KEEP // 2 + 1)], ready=1, now_s=1)
     assert meter.median_s == 5.0  # the image got faster: the median follows
     assert len(meter.samples) == KEEP
 

@@ -35,12 +35,18 @@ def traced_decision(worker: str, policy: Policy, snap: Snapshot, state: State | 
                 "shoal.autoscale.reason": decision.reason,
             }
         )
-        if snap.next_tick is not None:
+        if snap.startup_s is not None:
+            span.set_attribute("shoal.autoscale.startup_s", snap.startup_s)
+        tick = snap.next_tick
+        if tick is not None:
             span.set_attributes(
                 {
-                    "shoal.autoscale.next_tick.schedule": snap.next_tick.schedule,
-                    "shoal.autoscale.next_tick.queue": snap.next_tick.queue,
-                    "shoal.autoscale.next_tick.in_s": snap.next_tick.in_s,
+                    "shoal.autoscale.next_tick.schedule": tick.schedule,
+                    "shoal.autoscale.next_tick.queue": tick.queue,
+                    "shoal.autoscale.next_tick.in_s": tick.in_s,
+                    "shoal.autoscale.next_tick.expected_tasks": tick.expected_tasks,
                 }
             )
+            if tick.due_at is not None:
+                span.set_attribute("shoal.autoscale.next_tick.due_at", tick.due_at)
         return decision

@@ -30,6 +30,7 @@ from shoal_operator.kube import GROUP, VERSION
 from shoal_operator.queues import QueueMonitor, remove_queue_schedules
 from shoal_operator.redis_gateway import RedisGateway
 from shoal_operator.settings import OperatorSettings
+from shoal_operator.tracing import start_tracing, stop_tracing
 from shoal_operator.workers import Autoscaling, reconcile_worker, resync, worker_status
 
 # --- operator start-up ----------------------------------------------------------------------
@@ -42,6 +43,7 @@ def configure(
     """Clients and caches go in ``memo``, shared by every handler; kopf's own bookkeeping goes
     in annotations, so the CRDs' status schema stays exactly what users see."""
     memo.settings = OperatorSettings.from_env()
+    memo.tracing = start_tracing()  # the decision spans go to OTLP when OTEL_* asks
     memo.redis = RedisGateway()
     try:
         kube_config.load_incluster_config()  # type: ignore[no-untyped-call]
@@ -59,8 +61,10 @@ def configure(
 
 @kopf.on.cleanup()
 def close_connections(memo: kopf.Memo, **_: Any) -> None:
-    """The operator stops: close its Redis connections, remove the TLS files it wrote."""
+    """The operator stops: close its Redis connections, remove the TLS files it wrote, flush
+    the spans not exported yet."""
     memo.redis.close()
+    stop_tracing(memo.get("tracing"))
 
 
 def _fail(

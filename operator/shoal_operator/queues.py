@@ -1,5 +1,5 @@
-"""A Queue's status: its defaults and schedules written to Redis, its figures measured, its
-conditions.
+"""A Queue's status: its defaults and schedules written to Redis, what is due promoted to its
+waiting list, its figures measured, its conditions.
 
 One writer per Queue (the monitor's tick), so conditions never race."""
 
@@ -28,9 +28,10 @@ def queue_connection(
 
 @dataclass
 class QueueMonitor:
-    """Each tick (``poll_s``): write the spec's defaults to Redis when the spec changed, measure
-    the queue (O(1) in Redis), and report; problems become conditions and one Event per
-    transition, and the next tick tries again (never a crash loop)."""
+    """Each tick (``poll_s``): write the spec's defaults to Redis when the spec changed, promote
+    what came due into the waiting list, measure the queue (O(1) in Redis), and report;
+    problems become conditions and one Event per transition, and the next tick tries again
+    (never a crash loop)."""
 
     name: str
     namespace: str
@@ -71,6 +72,16 @@ class QueueMonitor:
                 kopf.warn(body, reason="InvalidSchedule", message=_describe(invalid))
             self.invalid_schedules = invalid
             self.configured = generation
+            # Before measuring: what came due since (delayed, retries, lapsed leases) is counted
+            # as waiting even with no worker running, for us and for a KEDA ScaledObject.
+            promoted = memo.redis.promote(conn, name)
+            if promoted.moved:
+                self.logger.info(
+                    "Queue %s: %d due delayed/retry and %d lapsed lease(s) moved to waiting",
+                    name,
+                    promoted.delayed,
+                    promoted.recovered,
+                )
             reading = memo.redis.measure(conn, namespace, name)
             runs = None
             if spec.get("schedules") or body.get("status", {}).get("schedules"):

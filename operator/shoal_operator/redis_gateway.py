@@ -1,5 +1,6 @@
 """The operator's one way into Redis, through the runtime's own APIs: measure a queue (O(1)),
-and write what a Queue resource declares (its defaults, its schedules) where workers read them.
+promote what is due into its waiting list (so KEDA can read it), and write what a Queue
+resource declares (its defaults, its schedules) where workers read them.
 
 It keeps one Shoal App per Redis connection across ticks, and the last reading per queue (for
 throughput). Measuring and writing only: deciding is in ``shoal.autoscale`` and ``queues``."""
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal import App, BrokerError, ConfigurationError, QueueStats, Settings, queue_defaults
-from shoal.protocol import CONNECTION_ERRORS, connection_error
+from shoal.protocol import CONNECTION_ERRORS, Promoted, connection_error
 from shoal.scheduler import stored, write_queue_schedules
 from shoal.schedules import Schedule, describe_time, from_queue_spec
 from shoal_operator.errors import InvalidReference, RedisUnreachable
@@ -105,6 +106,13 @@ class RedisGateway:
         for app in apps:
             app.close()
         self.tls_files.close()
+
+    def promote(self, conn: Connection, queue: str) -> Promoted:
+        """Move what is due (delayed messages, retries, lapsed leases) into the waiting list,
+        as a worker's fetch would: with no worker running, its length stays true, so a stock
+        KEDA redis scaler on it wakes a fleet at zero. Bounded per call (``MOVE_LIMIT``)."""
+        with unreachable_on_redis_errors(conn):
+            return self.app(conn).broker.promote(queue)
 
     def measure(self, conn: Connection, namespace: str, queue: str) -> Reading:
         """The queue's figures; RedisUnreachable when Redis does not answer."""

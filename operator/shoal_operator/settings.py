@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from shoal.settings import Settings
+
 
 @dataclass(frozen=True)
 class OperatorSettings:
@@ -52,3 +54,16 @@ class OperatorSettings:
             metrics_port=int(env.get("SHOAL_OPERATOR_WORKER_METRICS_PORT", cls.metrics_port)),
             liveness_port=int(env.get("SHOAL_OPERATOR_LIVENESS_PORT", cls.liveness_port)),
         )
+
+
+TRACING_ENV_PREFIX = "OTEL_"
+"""The operator's own spans (one per autoscaling decision) are exported as the runtime's are:
+configured only by the standard variables (``OTEL_EXPORTER_OTLP_ENDPOINT``,
+``OTEL_SERVICE_NAME``, ``OTEL_TRACES_SAMPLER``…); the chart sets the first two."""
+
+
+def tracing_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """The runtime Settings that decide the operator's tracing: from the ``OTEL_*`` variables
+    only (the operator has no ``SHOAL_*`` runtime settings of its own to read)."""
+    env = os.environ if environ is None else environ
+    return Settings.from_env({k: v for k, v in env.items() if k.startswith(TRACING_ENV_PREFIX)})

@@ -21,6 +21,7 @@ from shoal_operator.errors import MissingReference, ReconcileError, SpecError
 from shoal_operator.kube import GROUP, VERSION, camel, patch_status, read_deployment
 from shoal_operator.redis_gateway import Connection
 from shoal_operator.redis_target import RedisTarget
+from shoal_operator.startup import StartupMeter
 
 
 def _queue_refs(memo: kopf.Memo, namespace: str, names: list[str]) -> list[deploy.QueueRef]:
@@ -151,16 +152,17 @@ def resync(
 
 @dataclass
 class Autoscaling:
-    """One Worker's autoscaler: each tick measures its queues and reads their next scheduled
-    tick, asks the policy, and acts."""
+    """One Worker's autoscaler: each tick measures its queues, reads their next scheduled
+    tick and its pods' measured start-up, asks the policy, and acts."""
 
     name: str
     namespace: str
     memo: kopf.Memo
     logger: kopf.Logger
     fleet: FleetMeter = field(default_factory=FleetMeter)
+    startup: StartupMeter = field(default_factory=StartupMeter)
     state: State | None = None
-    reported: tuple[int, str] | None = None
+    reported: tuple[int, str, float | None] | None = None
 
     def tick(self, body: kopf.Body, spec: kopf.Spec) -> float:
         """One decision; returns the seconds until the next one (the policy's poll)."""
@@ -171,6 +173,7 @@ class Autoscaling:
             return policy.poll_s
         replicas = int(live["spec"].get("replicas") or 0)
         ready = int((live.get("status") or {}).get("ready_replicas") or 0)
+        startup_s = self._measure_startup(ready)
         conn: Connection | None = None
         try:
             refs = _queue_refs(memo, namespace, list(spec.get("queues", [])))
@@ -180,11 +183,13 @@ class Autoscaling:
             snap = self.fleet.snapshot(broker, names, replicas, ready)
             # The schedules of its queues (code and Queue ones): a fleet at zero wakes for them.
             tick = next_unclaimed_tick(broker, names, policy.schedule_hold_s)
-            snap = replace(snap, next_tick=tick)
+            snap = replace(snap, next_tick=tick, startup_s=startup_s)
         except (ReconcileError, BrokerError) as exc:
             self.logger.warning("autoscaler: cannot measure (%s); holding %d", exc, replicas)
             conn = None
-            snap = Snapshot(time.monotonic(), 0, 0, replicas, ready, fresh=False)
+            snap = Snapshot(
+                time.monotonic(), 0, 0, replicas, ready, fresh=False, startup_s=startup_s
+            )
         decision = autoscaler.traced_decision(name, policy, snap, self.state)
         self.state = decision.state
         if decision.replicas != replicas:
@@ -196,16 +201,40 @@ class Autoscaling:
             message = f"{replicas} → {decision.replicas}: {decision.reason}"
             kopf.info(body, reason="Scaled", message=message)
             self.logger.info("scaled %s %s", name, message)
-        if self.reported != (decision.replicas, decision.reason):
+        startup = None if startup_s is None else round(startup_s, 1)
+        if self.reported != (decision.replicas, decision.reason, startup):
             status: dict[str, Any] = {
                 "desiredReplicas": decision.replicas,
                 "lastScaleReason": decision.reason,
             }
+            if startup is not None:
+                status["startupSeconds"] = startup
             if decision.replicas != replicas:
                 status["lastScaleTime"] = cond.now_iso()
             patch_status(memo, namespace, "workers", name, status, self.logger)
-            self.reported = (decision.replicas, decision.reason)
+            self.reported = (decision.replicas, decision.reason, startup)
         return policy.poll_s
+
+    def _measure_startup(self, ready: int) -> float | None:
+        """The recent median pod start-up (created → ready); the pods are listed only when
+        the ready count changed. A failed listing keeps what was measured before."""
+        now_s = time.monotonic()
+        if self.startup.wants_listing(ready, now_s):
+            try:
+                pods = self.memo.core.list_namespaced_pod(
+                    self.namespace, label_selector=deploy.selector(self.name)
+                ).items
+            except ApiException as exc:
+                self.logger.warning(
+                    "autoscaler: cannot list the pods of Worker %s to measure their start-up "
+                    "(%s); using the last measurement. Check the operator may list pods "
+                    "(its RBAC)",
+                    self.name,
+                    exc.reason,
+                )
+            else:
+                self.startup.observe(pods, ready, now_s)
+        return self.startup.median_s
 
     def _mark_idle_pods(self, conn: Connection) -> None:
         """Before a scale-in, give each pod a deletion cost equal to its tasks in flight, so

@@ -207,7 +207,11 @@ def earliest_unclaimed(
     if best is None:
         return None
     tick, queue, name = best
-    return ScheduledTick(schedule=name, queue=queue, in_s=(tick - now_ms) / 1000)
+    # expected_tasks stays 0 (unknown): a claim records the one message its tick enqueued, not
+    # what that task went on to enqueue, so "what the last runs produced" is not in Redis.
+    return ScheduledTick(
+        schedule=name, queue=queue, in_s=(tick - now_ms) / 1000, due_at=tick / 1000
+    )
 
 
 @functools.lru_cache(maxsize=4096)

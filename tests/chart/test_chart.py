@@ -279,7 +279,9 @@ def test_operator_env_is_what_operator_settings_reads() -> None:
     )
     env = env_of(container)
     source = (ROOT / "operator" / "shoal_operator" / "settings.py").read_text()
-    assert all(f'"{name}"' in source for name in env), "an env var the operator never reads"
+    # OTEL_* are the standard variables OpenTelemetry reads (settings.tracing_settings)
+    ours = [name for name in env if not name.startswith("OTEL_")]
+    assert all(f'"{name}"' in source for name in ours), "an env var the operator never reads"
     settings = OperatorSettings.from_env(env)
     assert settings.namespaces == ("team-a", "team-b")
     assert settings.poll_s == 2.5
@@ -564,11 +566,15 @@ def test_jaeger_enabled_wires_the_operator_to_its_otlp_http_endpoint() -> None:
 
 
 def test_otlp_endpoint_comes_from_values_without_jaeger() -> None:
-    assert env_of(operator_container(render()))["SHOAL_OPERATOR_OTLP_ENDPOINT"] == ""
+    off = env_of(operator_container(render()))
+    assert off["SHOAL_OPERATOR_OTLP_ENDPOINT"] == ""
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in off  # the operator's own tracing off too
     docs = render({"operator": {"otlpEndpoint": "http://otel-collector.observability:4318"}})
-    assert env_of(operator_container(docs))["SHOAL_OPERATOR_OTLP_ENDPOINT"] == (
-        "http://otel-collector.observability:4318"
-    )
+    env = env_of(operator_container(docs))
+    assert env["SHOAL_OPERATOR_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
+    # the operator's own decision spans go to the same collector, as service shoal-operator
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
+    assert env["OTEL_SERVICE_NAME"] == "shoal-operator"
 
 
 def test_demo_redis_is_the_url_examples_queue_yaml_uses() -> None:

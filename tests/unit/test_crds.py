@@ -17,7 +17,10 @@ ALL_EXAMPLES = [
     d
     for path in sorted((ROOT / "examples").glob("*.yaml"))
     for d in yaml.safe_load_all(path.read_text())
-    if d
+    if d and d["apiVersion"].startswith("shoal.dev/")  # (KEDA's ScaledObject: its own test)
+]
+KEDA_EXAMPLE = [
+    d for d in yaml.safe_load_all((ROOT / "examples" / "keda-scaledobject.yaml").read_text()) if d
 ]
 
 
@@ -259,3 +262,29 @@ def test_production_redis_forms_are_accepted(redis: dict[str, Any]) -> None:
 def test_invalid_production_redis_specs_are_refused(redis: dict[str, Any], expected: str) -> None:
     errors = validate(_queue(**redis), CRDS)
     assert any(expected in e for e in errors), errors
+
+
+def test_the_keda_example_reads_shoals_waiting_list_and_scales_the_worker() -> None:
+    """The ScaledObject's list is the key the runtime builds for the queue, on the Redis the
+    Queue names, and it scales a Worker (its /scale subresource) whose own autoscaling is off."""
+    from shoal.protocol.keys import queue_keys
+    from shoal.settings import Settings
+
+    (worker,) = [d for d in KEDA_EXAMPLE if d["kind"] == "Worker"]
+    (scaled,) = [d for d in KEDA_EXAMPLE if d["kind"] == "ScaledObject"]
+    assert validate(worker, CRDS) == []
+    assert not worker["spec"].get("autoscaling", {}).get("enabled", False)
+    target = scaled["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"]) == ("shoal.dev/v1alpha1", "Worker")
+    assert target["name"] == worker["metadata"]["name"]
+    assert "scale" in version("Worker")["subresources"]
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "redis"
+    (queue,) = worker["spec"]["queues"]
+    waiting = queue_keys(Settings().key_prefix, queue).waiting
+    assert trigger["metadata"]["listName"] == waiting
+    (queue_doc,) = [d for d in EXAMPLES if d["kind"] == "Queue" and d["metadata"]["name"] == queue]
+    url = queue_doc["spec"]["redis"]["url"]  # redis://host:port/db
+    host_port, db = url.removeprefix("redis://").split("/")
+    assert trigger["metadata"]["address"].replace(".default.svc", "") == host_port
+    assert trigger["metadata"]["databaseIndex"] == db

@@ -187,7 +187,9 @@ def test_the_earliest_unclaimed_tick_over_queues() -> None:
     q = records({b"five": every5.to_json()}, {b"five": claim(every5, ms(2024, 1, 1, 10, 5))})
     r = records({b"hour": hourly.to_json()}, {b"hour": claim(hourly, ms(2024, 1, 1, 10))})
     tick = earliest_unclaimed(["q", "r"], [q, r], NOW, hold_s=3600)
-    assert tick == ScheduledTick(schedule="five", queue="q", in_s=180.0)
+    due = ms(2024, 1, 1, 10, 10) / 1000
+    assert tick == ScheduledTick(schedule="five", queue="q", in_s=180.0, due_at=due)
+    assert tick.expected_tasks == 0  # not recorded in Redis: unknown
     claimed_on = records(
         {b"five": every5.to_json()}, {b"five": claim(every5, ms(2024, 1, 1, 10, 10))}
     )

@@ -32,17 +32,21 @@ from shoal.protocol.direct import DirectScripts
 from shoal.protocol.keys import QueueKeys, queues_key, worker_key, workers_key
 from shoal.protocol.registry import WorkerRegistration
 from shoal.protocol.scripts import (
+    MOVE_LIMIT,
     SCRIPT_NAMES,
     Call,
     Guard,
     KeyedClient,
     Outgoing,
+    Promoted,
     QueueStats,
     ScheduleRecords,
     enqueue_call,
     enqueued_ids,
     group_start_call,
     measure_call,
+    parse_promote,
+    promote_call,
     purge_call,
     readable_id,
     replay_call,
@@ -213,6 +217,19 @@ class Broker(KeyedClient):
     def measure(self, queue: str) -> QueueStats:
         """The queue's figures, O(1) in Redis."""
         return QueueStats.from_reply(queue, self._run(measure_call(self.keys(queue))))
+
+    def promote(self, queue: str, max_calls: int = 10) -> Promoted:
+        """Move what is due (delayed messages, retries, lapsed leases) into the waiting list, as
+        a worker's fetch would, so its length is true with no worker running (KEDA reads it).
+        Each call moves at most ``MOVE_LIMIT`` of each kind; calls repeat while one was full,
+        at most ``max_calls`` times. Returns the totals, and the waiting length after."""
+        delayed = recovered = 0
+        for _ in range(max_calls):
+            done = parse_promote(self._run(promote_call(self.keys(queue), MOVE_LIMIT)))
+            delayed, recovered = delayed + done.delayed, recovered + done.recovered
+            if max(done.delayed, done.recovered) < MOVE_LIMIT:
+                break
+        return Promoted(delayed, recovered, done.waiting)
 
     def measure_many(self, queues: Sequence[str]) -> list[QueueStats]:
         """Several queues' figures in one pipelined round trip (one per queue on a Cluster,

@@ -8,6 +8,7 @@ here, so a layout never drifts between them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ SCRIPT_NAMES = (
     "group_done",
     "workflow_failed",
     "schedule_publish",
+    "promote",
 )
 MOVE_LIMIT = 500
 """Delayed or expired entries moved per fetch: bounds one script's run time on a huge backlog."""
@@ -66,7 +68,26 @@ class Guard:
     ttl_ms: int = 0
 
 
+INCLUDE = "--#include "
+"""A line ``--#include NAME`` in a script is replaced by ``lua/NAME.lua``: logic two scripts
+share (``promote_due``, in fetch and promote) is written once."""
+
+
+@functools.cache
 def script_source(name: str) -> str:
+    """The text of script ``name``, its includes pasted in (one level: a fragment includes
+    nothing)."""
+    text = _lua(name)
+    if INCLUDE not in text:
+        return text
+    lines = [
+        _lua(line[len(INCLUDE) :].strip()) if line.startswith(INCLUDE) else line + "\n"
+        for line in text.splitlines()
+    ]
+    return "".join(lines)
+
+
+def _lua(name: str) -> str:
     return resources.files("shoal.protocol").joinpath(f"lua/{name}.lua").read_text()
 
 
@@ -280,6 +301,30 @@ def schedule_publish_call(
     for name, raw in schedules:
         argv += (name, raw)
     return "schedule_publish", [k.schedules, k.schedules_seen, k.schedules_declared], argv
+
+
+def promote_call(k: QueueKeys, limit: int = MOVE_LIMIT) -> Call:
+    keys = [k.waiting, k.messages, k.inflight, k.delayed, k.stats, k.owners]
+    return "promote", keys, [limit, k.notify]
+
+
+class Promoted(NamedTuple):
+    """What one promote call moved into the waiting list, and its length after."""
+
+    delayed: int
+    """Due delayed messages and due retries moved."""
+    recovered: int
+    """Lapsed leases returned (their worker can no longer ack them)."""
+    waiting: int
+    """LLEN of the waiting list afterwards: what a KEDA redis scaler reads."""
+
+    @property
+    def moved(self) -> int:
+        return self.delayed + self.recovered
+
+
+def parse_promote(reply: Sequence[Any]) -> Promoted:
+    return Promoted(int(reply[0]), int(reply[1]), int(reply[2]))
 
 
 def measure_call(k: QueueKeys) -> Call:

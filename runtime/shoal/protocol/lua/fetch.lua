@@ -1,4 +1,5 @@
--- fetch: promote due delayed messages, recover expired leases, then lease up to N ready ones.
+-- fetch: promote due delayed messages, recover expired leases (promote_due.lua, shared with the
+-- operator's promote.lua), then lease up to N ready ones.
 --
 -- KEYS[1] waiting     LIST  tokens "<ready_ms>:<id>"; RPOP takes the oldest
 -- KEYS[2] messages    HASH  id -> envelope
@@ -21,21 +22,9 @@ local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local limit = tonumber(ARGV[3])
 
-local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
-for i = 1, #due, 2 do
-  redis.call('ZREM', KEYS[4], due[i])
-  redis.call('RPUSH', KEYS[1], due[i + 1] .. ':' .. due[i])
-end
-
-local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
-for i = 1, #expired, 2 do
-  redis.call('ZREM', KEYS[3], expired[i])
-  redis.call('HDEL', KEYS[7], expired[i])
-  if redis.call('HEXISTS', KEYS[2], expired[i]) == 1 then
-    redis.call('RPUSH', KEYS[1], expired[i + 1] .. ':' .. expired[i])
-    redis.call('HINCRBY', KEYS[5], 'recovered', 1)
-  end
-end
+local waiting, messages, inflight, delayed, stats, owners =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[7]
+--#include promote_due
 
 local out = { -1, now }
 local nxt = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')

@@ -19,7 +19,6 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
-from croniter import CroniterBadDateError, croniter
 
 from shoal.errors import ConfigurationError
 
@@ -125,7 +124,7 @@ def make(
         raise ConfigurationError(f"{what}: the name must be 1-253 characters without white space")
     if not isinstance(task, str) or not task:
         raise ConfigurationError(f"{what}: name the task to run (task=)")
-    if not isinstance(cron, str) or cron.strip().startswith("@") or not croniter.is_valid(cron):
+    if not isinstance(cron, str) or cron.strip().startswith("@") or not _cron().is_valid(cron):
         raise ConfigurationError(
             f"{what}: {cron!r} is not a cron expression; use 5 fields "
             "(minute hour day-of-month month day-of-week, e.g. '*/5 * * * *') or 6 with "
@@ -167,7 +166,7 @@ def make(
     )
     try:  # a valid expression may still never fire (February 30th)
         next_tick(schedule, _ms(datetime.now(UTC)))
-    except (CroniterBadDateError, StopIteration):
+    except (_cron_module().CroniterBadDateError, StopIteration):
         raise ConfigurationError(
             f"{what}: {cron!r} never fires (no date matches it, like February 30th); fix the "
             "day-of-month and month fields"
@@ -208,13 +207,25 @@ def _at(ms: int, zone: ZoneInfo) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC).astimezone(zone)
 
 
+def _cron_module() -> Any:
+    """croniter, imported on first use: with dateutil it is ~3 MiB a worker with no schedules
+    never needs."""
+    import croniter
+
+    return croniter
+
+
+def _cron() -> Any:
+    return _cron_module().croniter
+
+
 def _ms(moment: datetime) -> int:
     return round(moment.timestamp() * 1000)
 
 
 @functools.lru_cache(maxsize=1024)
 def _every_hour(cron: str) -> bool:
-    hours = croniter(cron).expanded[1]
+    hours = _cron()(cron).expanded[1]
     return hours == ["*"] or len(set(hours)) == 24
 
 
@@ -229,7 +240,7 @@ def _repeated_wall_time(schedule: Schedule, tick: datetime) -> bool:
 
 def latest_tick(schedule: Schedule, now_ms: int) -> int:
     """The latest tick at or before ``now_ms`` (epoch ms), in the schedule's zone."""
-    it = croniter(schedule.cron, _at(now_ms + 1, schedule.zone))
+    it = _cron()(schedule.cron, _at(now_ms + 1, schedule.zone))
     while True:
         tick: datetime = it.get_prev(datetime)
         if not _repeated_wall_time(schedule, tick):
@@ -238,7 +249,7 @@ def latest_tick(schedule: Schedule, now_ms: int) -> int:
 
 def next_tick(schedule: Schedule, after_ms: int) -> int:
     """The first tick strictly after ``after_ms`` (epoch ms)."""
-    it = croniter(schedule.cron, _at(after_ms, schedule.zone))
+    it = _cron()(schedule.cron, _at(after_ms, schedule.zone))
     while True:
         tick: datetime = it.get_next(datetime)
         if _ms(tick) > after_ms and not _repeated_wall_time(schedule, tick):

@@ -25,8 +25,9 @@ import sys
 print(" ".join(sorted(sys.modules)))
 """
 
-NEVER_IN_A_WORKER = {"rich", "click", "kopf", "kubernetes", "shoal_operator", "yaml"}
-"""The CLI's and the operator's dependencies; prometheus_client comes only with --metrics-port."""
+NEVER_IN_A_WORKER = {"rich", "click", "kopf", "kubernetes", "shoal_operator", "yaml", "croniter"}
+"""The CLI's and the operator's dependencies; prometheus_client comes only with --metrics-port,
+croniter only with schedules."""
 
 NOT_IN_THE_SUPERVISOR = {
     *NEVER_IN_A_WORKER,

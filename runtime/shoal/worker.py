@@ -214,6 +214,7 @@ class Worker:
             with self._acks_lock:
                 acked = {finished[0] for finished in self.acks[queue]}
             unfinished = [(mid, o) for mid, o in self.leases.held(queue) if mid not in acked]
+            unfinished += self._fenced.pop(queue, [])
             if unfinished:
                 n = await self._retrying(
                     partial(self.broker.handback, queue, unfinished), attempts=5
@@ -221,6 +222,9 @@ class Worker:
                 log.warning(
                     "worker %s: handed back %s unfinished message(s) on %s", self.id, n, queue
                 )
+        # A slot that finished after the last flush was left out of the handback: its ack lands
+        # now (else its lease would lapse and the task run again).
+        await self._flush_acks_until(time.monotonic() + 5)
 
     async def _internal_error(
         self, queue: str, message_id: str, data: bytes, exc: Exception, lease: Lease
@@ -359,8 +363,30 @@ class Worker:
 
     def _start_ready(self) -> None:
         while self._ready and self.running < self.concurrency and not self._grace_over:
+            queue, leased, lease = self._ready.popleft()
+            if lease is not None and (lease.lost or lease.sure_until <= time.monotonic()):
+                self._never_start(queue, leased.id, lease)
+                continue
             self.running += 1
-            self._launch(*self._ready.popleft())
+            self._launch(queue, leased, lease)
+
+    def _never_start(self, queue: str, message_id: str, lease: Lease) -> None:
+        """A leased-ahead message whose lease was lost while it waited here, or may have been
+        (not renewed in time): another delivery may run it, so this one never starts. One that
+        may still be ours is handed back once Redis answers."""
+        self.busy -= 1
+        self.leases.release(queue, message_id, lease.owner)
+        if not lease.lost:
+            self.leases.lost += 1
+            self._fenced.setdefault(queue, []).append((message_id, lease.owner))
+        log.warning(
+            "worker %s: %s on %s not started: its lease %s while it waited for a slot",
+            self.id,
+            message_id,
+            queue,
+            "was lost" if lease.lost else "could not be renewed in time",
+        )
+        self._capacity.set()
 
     def _finished(self, count: int) -> None:
         """``count`` started messages are done (verdict queued or landed): free their slots."""
@@ -927,7 +953,11 @@ class Worker:
         lease = self.leases.get(queue, message_id)
         if lease is None or lease.owner != owner or lease.lost or lease.deciding:
             return
-        if lease.task is None or lease.task.done():
+        if lease.task is None:  # leased ahead, not started: it never will be (_start_ready)
+            lease.lost = True
+            self.leases.lost += 1
+            return
+        if lease.task.done():
             return
         lease.lost = True
         self.leases.lost += 1

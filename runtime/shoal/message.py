@@ -132,12 +132,16 @@ class Message:
             and type(m.attempt) is int
             and type(m.headers) is dict
             and type(m.options) is dict
+            and type(m.options.get("dedupe_key", "")) is str
         ):
             return message
         for name, kind in _FIELD_TYPES:
             value = getattr(message, name)
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise DecodeError(data, f"envelope field {name!r} is {type(value).__name__}")
+        dedupe = m.options.get("dedupe_key", "")
+        if type(dedupe) is not str:  # it is sent to Redis with the ack
+            raise DecodeError(data, f"option 'dedupe_key' is {type(dedupe).__name__}, not text")
         return message
 
 

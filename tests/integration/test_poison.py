@@ -89,6 +89,23 @@ def test_a_message_whose_id_is_not_a_valid_id_is_dead_lettered_once(
     assert (stats.waiting, stats.in_flight, stats.dead) == (0, 0, 1)
 
 
+@pytest.mark.parametrize("dedupe_key", [True, None, 7, ["k"], {"k": 1}])
+def test_a_dedupe_key_that_is_not_text_is_dead_lettered_and_the_worker_runs_on(
+    make_app: Callable[..., App], worker: Any, dedupe_key: Any
+) -> None:
+    # the ack sends the dedupe key to Redis: a foreign writer's non-text one must not reach it
+    app, ran = recording_app(make_app)
+    store(app, "key-1", envelope("key-1", "good", ["poisoned"], options={"dedupe_key": dedupe_key}))
+    app.remote("good", queue=QUEUE).enqueue(1)
+    worker(app, [QUEUE])
+    assert ran == [1]
+    (entry,) = app.dlq(QUEUE).entries()
+    assert (entry.id, entry.reason) == ("key-1", "undecodable")
+    assert "dedupe_key" in entry.error
+    stats = app.measure(QUEUE)
+    assert (stats.waiting, stats.in_flight, stats.dead, stats.completed) == (0, 0, 1, 1)
+
+
 def test_an_envelope_whose_id_differs_from_its_key_is_dead_lettered(
     make_app: Callable[..., App], worker: Any
 ) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ import redis
 from shoal import App
 from shoal.protocol.async_broker import AsyncBroker
 from shoal.protocol.direct import AsyncDirectScripts
+from shoal.protocol.server import LocalRedis
 
 
 def _filled(app: App, queue: str, n: int) -> None:
@@ -126,3 +128,49 @@ def test_calls_made_at_once_each_get_their_own_reply_and_few_connections_are_kep
     assert sizes == [2] * 20
     assert 1 <= kept <= AsyncDirectScripts(redis.asyncio.Redis()).keep
     assert app.measure("together").in_flight == 40
+
+
+def test_a_small_pool_keeps_no_script_connection_and_plain_commands_still_get_one(
+    redis_url: str, key_prefix: str
+) -> None:
+    # ?max_connections=2: the notification subscription holds one connection; a kept script
+    # connection would hold the other for good, and every heartbeat would find the pool empty
+    app = App(redis_url=redis_url + "?max_connections=2", key_prefix=key_prefix)
+
+    async def run() -> tuple[float, int]:
+        broker = AsyncBroker(app.settings)
+        pubsub = broker.redis.pubsub()
+        try:
+            await pubsub.subscribe("small-pool:notify")
+            await broker.fetch("small-pool", 1)
+            return await broker.time_s(), len(_direct(broker).idle)
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await broker.close()
+
+    now, kept = asyncio.run(run())
+    assert now > 0 and kept == 0
+
+
+def test_a_worker_runs_tasks_over_a_unix_socket(tmp_path: Path, worker: Any) -> None:
+    # unix:// is a documented URL form; TCP-only options (keep-alive) must not reach it
+    path = tmp_path / "redis.sock"
+    with LocalRedis(args=["--unixsocket", str(path), "--unixsocketperm", "700"]):
+        app = App(redis_url=f"unix://{path}?db=0")
+        ran: list[int] = []
+
+        @app.task(queue="over-unix")
+        def job(n: int) -> None:
+            ran.append(n)
+
+        @app.task(queue="over-unix")
+        async def ajob(n: int) -> None:
+            ran.append(n)
+
+        job.enqueue(1)
+        ajob.enqueue(2)
+        done = worker(app, ["over-unix"])
+        app.close()
+
+    assert sorted(ran) == [1, 2]
+    assert done.processed == 2

@@ -431,6 +431,7 @@ def open_async_redis(settings: Settings, **timeouts: Any) -> AsyncRedis:
         master.sentinels = sentinels
         return master
     if url.kind == "unix":
+        options.pop("socket_keepalive", None)  # a TCP option: a unix socket's connection refuses it
         where: dict[str, Any] = {
             "path": url.path,
             "connection_class": aioconnection.UnixDomainSocketConnection,

@@ -13,6 +13,8 @@ check and error handling. Not used for a Cluster, whose client routes slots and 
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import weakref
 from collections.abc import Sequence
@@ -99,7 +101,8 @@ class DirectScripts:
         try:
             conn = self.idle.pop()
         except IndexError:
-            return self.client.connection_pool.get_connection()
+            pool = self.client.connection_pool
+            return pool.get_connection(*_command_name(pool))
         try:
             if conn.can_read():  # a reply left over (never: every reply is read whole)
                 conn.disconnect()  # type: ignore[no-untyped-call]
@@ -148,9 +151,10 @@ class AsyncDirectScripts:
         self.pool = client.connection_pool
         self.idle: list[AbstractConnection] = []
         limit = getattr(self.pool, "max_connections", 2) or 2
-        self.keep = max(1, min(4, limit // 2))
+        self.keep = max(0, min(4, (limit - 2) // 2))
         """At most this many are kept (the worker makes at most a few calls at once); the
-        pool still lends connections to the client's other commands."""
+        pool must still lend connections to the client's own commands and the notification
+        subscription (``?max_connections=3`` or less keeps none: each call borrows one)."""
 
     @classmethod
     def of(cls, client: Any) -> AsyncDirectScripts | None:
@@ -171,6 +175,9 @@ class AsyncDirectScripts:
                 await conn.read_response()
                 await _send_async(conn, command)
                 reply = await conn.read_response()
+        except redis.exceptions.ReadOnlyError:
+            await self._discard(conn)  # a demoted primary: connect afresh next time
+            raise
         except redis.exceptions.ResponseError:
             await self._give_back(conn)  # the reply was read whole: the connection is in step
             raise
@@ -186,10 +193,12 @@ class AsyncDirectScripts:
         try:
             conn = self.idle.pop()
         except IndexError:
-            taken: AbstractConnection = await self.pool.get_connection()  # type: ignore[no-untyped-call]
+            taken: AbstractConnection = await self.pool.get_connection(  # type: ignore[no-untyped-call]
+                *_command_name(self.pool)
+            )
             return taken
         try:
-            if await conn.can_read():  # a reply left over, or closed by the server while idle
+            if await _can_read(conn):  # a reply left over, or closed by the server while idle
                 await conn.disconnect()  # the send reconnects first
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             await conn.disconnect()
@@ -206,13 +215,40 @@ class AsyncDirectScripts:
 
     async def _discard(self, conn: AbstractConnection) -> None:
         await conn.disconnect(nowait=True)
-        await self.pool.release(conn)
+        # shielded: a second cancellation (a shutdown) must not leave it counted as in use
+        await asyncio.shield(self.pool.release(conn))
 
     async def close(self) -> None:
         """Give the kept connections back to the pool (closing the client disconnects them)."""
         idle, self.idle = self.idle, []
         for conn in idle:
             await self.pool.release(conn)
+
+
+def _command_name(pool: Any) -> tuple[str, ...]:
+    """What ``pool.get_connection`` needs: nothing since redis-py 5.1 (which warns when given
+    a command name), a command name before."""
+    needs = _NEEDS_COMMAND_NAME.get(type(pool))
+    if needs is None:
+        params = list(inspect.signature(pool.get_connection).parameters.values())
+        needs = (
+            bool(params)
+            and params[0].default is inspect.Parameter.empty
+            and params[0].kind
+            in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        )
+        _NEEDS_COMMAND_NAME[type(pool)] = needs
+    return ("EVALSHA",) if needs else ()
+
+
+_NEEDS_COMMAND_NAME: dict[type, bool] = {}
+
+
+async def _can_read(conn: AbstractConnection) -> bool:
+    """Whether a kept connection has something to read (data left, or closed by the server):
+    ``can_read`` since redis-py 8, ``can_read_destructive`` before."""
+    can_read = getattr(conn, "can_read", None) or conn.can_read_destructive
+    return bool(await can_read())
 
 
 def _evalsha_command(sha: str, keys: Sequence[Any], argv: Sequence[Any]) -> tuple[Any, ...]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from shoal.autoscale import Policy, ScheduledTick, Snapshot, State, decide
 
-from .simulator import Fleet, Pod, Workload
+from .simulator import Fleet, Pod, Tick, Workload
 
 EPS = 1e-6
 EPOCH_S = 1_767_225_600.0
@@ -65,6 +65,7 @@ class ShoalController:
             completion = (fleet.completed - self.last[2]) / span
         self.last = (now, fleet.arrived, fleet.completed)
         tick = fleet.next_tick(now)
+        upcoming = tuple(self._told(t, now) for t in fleet.upcoming_ticks(now))
         snap = Snapshot(
             now=now,
             waiting=fleet.waiting,
@@ -74,15 +75,8 @@ class ShoalController:
             oldest_wait_s=fleet.oldest_wait(now),
             arrival_rate=arrival,
             completion_rate=completion,
-            next_tick=None
-            if tick is None
-            else ScheduledTick(
-                schedule=tick.schedule,
-                queue="default",
-                in_s=tick.second - now,
-                due_at=EPOCH_S + tick.second,
-                expected_tasks=tick.expected,
-            ),
+            next_tick=None if tick is None else self._told(tick, now),
+            upcoming_ticks=upcoming,
             startup_s=fleet.startup_s,
         )
         decision = decide(self.policy, snap, self.state)
@@ -90,6 +84,16 @@ class ShoalController:
         if decision.replicas != snap.current_replicas:
             self.reasons.append((now, decision.replicas, decision.reason))
         return decision.replicas
+
+    @staticmethod
+    def _told(tick: Tick, now: float) -> ScheduledTick:
+        return ScheduledTick(
+            schedule=tick.schedule,
+            queue="default",
+            in_s=tick.second - now,
+            due_at=EPOCH_S + tick.second,
+            expected_tasks=tick.expected,
+        )
 
     def victims(self, pods: Sequence[Pod], count: int) -> list[Pod]:
         ranked = sorted(pods, key=lambda p: (p.ready, p.running, -p.ready_step))

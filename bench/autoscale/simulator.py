@@ -31,6 +31,9 @@ MAX_OVERTIME_S = 3600
 """After the trace ends, run on while tasks remain, at most this long (bounded loop)."""
 STARTUPS_KEPT = 9
 """Measured start-up is the median of this many most recent pods (the operator's "recent")."""
+TICKS_AHEAD = 3
+"""Upcoming ticks told per schedule (as the operator computes them from the stored schedules)."""
+"""Measured start-up is the median of this many most recent pods (the operator's "recent")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,11 @@ class Fleet(Protocol):
 
     def next_tick(self, now: float) -> Tick | None:
         """The next scheduled tick that has not fired yet."""
+        ...
+
+    def upcoming_ticks(self, now: float) -> list[Tick]:
+        """The next TICKS_AHEAD ticks of each schedule that have not fired yet, earliest first;
+        each expecting what its schedule's last fired tick produced (0 before one fired)."""
         ...
 
 
@@ -214,6 +222,21 @@ class Simulation:
         ):
             self.next_tick_index += 1
         return self.ticks[self.next_tick_index] if self.next_tick_index < len(self.ticks) else None
+
+    def upcoming_ticks(self, now: float) -> list[Tick]:
+        self.next_tick(now)
+        fired = {t.schedule: t.count for t in self.ticks[: self.next_tick_index]}
+        out: list[Tick] = []
+        per_schedule: dict[str, int] = {}
+        names = {tick.schedule for tick in self.ticks}
+        for tick in self.ticks[self.next_tick_index :]:
+            if per_schedule.get(tick.schedule, 0) >= TICKS_AHEAD:
+                if len(per_schedule) == len(names) and min(per_schedule.values()) >= TICKS_AHEAD:
+                    break
+                continue
+            per_schedule[tick.schedule] = per_schedule.get(tick.schedule, 0) + 1
+            out.append(Tick(tick.second, tick.schedule, 0, fired.get(tick.schedule, 0)))
+        return out
 
     def run(self, trace: Trace) -> Result:
         wl = self.workload

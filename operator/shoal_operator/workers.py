@@ -13,7 +13,7 @@ from kubernetes.client.exceptions import ApiException
 from shoal import BrokerError
 from shoal.autoscale import Snapshot, State, policy_from_spec
 from shoal.fleet import FleetMeter, in_flight_by_instance
-from shoal.scheduler import next_unclaimed_tick
+from shoal.schedule_plan import upcoming_ticks
 from shoal_operator import autoscaler
 from shoal_operator import conditions as cond
 from shoal_operator import deployment as deploy
@@ -22,6 +22,7 @@ from shoal_operator.kube import GROUP, VERSION, camel, patch_status, read_deploy
 from shoal_operator.redis_gateway import Connection
 from shoal_operator.redis_target import RedisTarget
 from shoal_operator.startup import StartupMeter
+from shoal_operator.tick_sizes import TickSizes
 
 
 def _queue_refs(memo: kopf.Memo, namespace: str, names: list[str]) -> list[deploy.QueueRef]:
@@ -152,8 +153,9 @@ def resync(
 
 @dataclass
 class Autoscaling:
-    """One Worker's autoscaler: each tick measures its queues, reads their next scheduled
-    tick and its pods' measured start-up, asks the policy, and acts."""
+    """One Worker's autoscaler: each tick measures its queues, reads their upcoming scheduled
+    ticks (sized from the runs measured here) and its pods' measured start-up, asks the policy,
+    and acts."""
 
     name: str
     namespace: str
@@ -161,6 +163,7 @@ class Autoscaling:
     logger: kopf.Logger
     fleet: FleetMeter = field(default_factory=FleetMeter)
     startup: StartupMeter = field(default_factory=StartupMeter)
+    sizes: TickSizes = field(default_factory=TickSizes)
     state: State | None = None
     reported: tuple[int, str, float | None] | None = None
 
@@ -181,9 +184,17 @@ class Autoscaling:
             broker = memo.redis.app(conn).broker
             names = [r.name for r in refs]
             snap = self.fleet.snapshot(broker, names, replicas, ready)
-            # The schedules of its queues (code and Queue ones): a fleet at zero wakes for them.
-            tick = next_unclaimed_tick(broker, names, policy.schedule_hold_s)
-            snap = replace(snap, next_tick=tick, startup_s=startup_s)
+            # The schedules of its queues (code and Queue ones): a fleet at zero wakes for them,
+            # sized from what their last runs added to the queue (counted here).
+            now_ms, records = broker.schedule_snapshot(names)
+            ticks = upcoming_ticks(names, records, now_ms, policy.schedule_hold_s)
+            ticks = self.sizes.observe(self.fleet.stats, ticks)
+            snap = replace(
+                snap,
+                next_tick=ticks[0] if ticks else None,
+                upcoming_ticks=ticks,
+                startup_s=startup_s,
+            )
         except (ReconcileError, BrokerError) as exc:
             self.logger.warning("autoscaler: cannot measure (%s); holding %d", exc, replicas)
             conn = None

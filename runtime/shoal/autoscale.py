@@ -16,10 +16,15 @@ decides, they act. It is built to beat KEDA + HPA defaults on the failures users
   waiting + in flight say so (down to zero once idle for a poll), since starting its pod again
   costs less than holding it. Noise gives the levels it touches short spells, so a noisy load
   keeps the window: no flapping;
+* when the schedules explain all the recent work (no arrival outside a tick's run for
+  ``UNSCHEDULED_MEMORY_S``), releases follow the upcoming ticks instead: replicas a warm-up
+  starting within a start-up and a poll will need are kept, the rest go as soon as waiting + in
+  flight allow (to zero when no warm-up is that close);
 * missing or stale data never scales anything down;
 * a fleet wakes ahead of its queues' next scheduled tick, ready when it fires: the lead is the
   measured pod start-up (``Snapshot.startup_s``; ``schedule_lead_s`` until one was measured),
-  the size is what the schedule's last run produced (``expected_tasks`` / target per replica);
+  the size is what the schedule's last runs produced (``expected_tasks`` / target per replica;
+  ticks due together add up);
   it stays up until a worker has claimed that tick, or for at most ``schedule_hold_s`` after
   it: schedules run whether or not tasks keep a worker up.
 """
@@ -92,6 +97,9 @@ class Snapshot:
     """False when Redis could not be read this tick: then nothing moves."""
     next_tick: ScheduledTick | None = None
     """The next unclaimed scheduled tick of the fleet's queues, if any."""
+    upcoming_ticks: tuple[ScheduledTick, ...] = ()
+    """The next few ticks of each of the fleet's schedules, earliest first (unclaimed ones
+    included): what the fleet will be woken for. Empty: only ``next_tick`` is known."""
     startup_s: float | None = None
     """Measured pod start-up (created → ready), recent median; None until one was seen. The
     lead before a scheduled tick is taken from it rather than a constant."""
@@ -114,6 +122,11 @@ class State:
     """Ready replicas at the previous poll: a throughput sample counts only if they held."""
     quiet_spells: tuple[tuple[float, ...], ...] = ()
     """Each level's last ``SPELLS_KEPT`` quiet spells: seconds between two polls needing it."""
+    tick_work_since: float | None = None
+    """When the open run of scheduled work began (a warm-up for a tick), None when the queue
+    went idle after it: work seen while one is open is explained by the schedule."""
+    unscheduled_at: float | None = None
+    """The last poll that saw work no tick explains (None: none seen yet)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +160,12 @@ holding a pod through them costs twice what starting it again does."""
 SPELLS_KEPT = 3
 """Quiet spells remembered per level. Each must outlast one start-up too: a level that came
 back sooner than a pod could start is held (one long lull among noise releases nothing)."""
+UNSCHEDULED_MEMORY_S = 300.0
+"""Releases follow the schedules only once this long has passed without work that no tick
+explains: one unscheduled arrival puts the fleet back under the window and its spells."""
+TICK_WORK_S = 120.0
+"""A tick's work explains what arrives for this long after its warm-up began, if the queue goes
+idle within it; a steady load that never idles is not a schedule's, however often ticks come."""
 WARM_GRACE_POLLS = 2
 """Polls a warm fleet keeps its size after its tick stopped being reported (claimed): the tick's
 tasks are enqueued by the worker that claimed it, just after, and must meet the warm pods."""
@@ -182,6 +201,8 @@ def decide(policy: Policy, snap: Snapshot, state: State | None = None) -> Decisi
     # A warm-up counts as activity: once its tick is claimed, the fleet idles from here.
     active = busy or progressing or warm is not None
     state = replace(state, last_activity=snap.now if active else state.last_activity)
+    state = _learn_origin(state, snap, warm is not None, busy)
+    scheduled = _schedule_driven(snap, state)
     state = _learn_rate(state, snap)
     wanted, why = _needed(policy, snap, state)
     if warm is not None and warm.replicas > wanted:
@@ -205,14 +226,17 @@ def decide(policy: Policy, snap: Snapshot, state: State | None = None) -> Decisi
     if not busy:
         startup = _startup_cost(policy, snap)
         idle_for = snap.now - (state.last_activity if state.last_activity is not None else snap.now)
-        if warm is None and policy.min_replicas == 0:
-            if idle_for >= policy.scale_to_zero_after_s:
-                return Decision(
-                    0,
-                    f"idle for {idle_for:.0f}s ≥ {policy.scale_to_zero_after_s:.0f}s → 0",
-                    _remember(state, snap.now, 0, policy),
-                )
-            early = _sleep_early(policy, snap, state, startup)
+        asleep = warm is None and policy.min_replicas == 0
+        if asleep and idle_for >= policy.scale_to_zero_after_s:
+            return Decision(
+                0,
+                f"idle for {idle_for:.0f}s ≥ {policy.scale_to_zero_after_s:.0f}s → 0",
+                _remember(state, snap.now, 0, policy),
+            )
+        if warm is None and scheduled and snap.arrival_rate == 0 and current > 0:
+            return _follow_schedule(policy, snap, state, _needed_soon(policy, snap, startup))
+        if asleep:
+            early = _sleep_early(policy, state, startup)
             if idle_for >= policy.poll_s and early:
                 return Decision(
                     0,
@@ -227,7 +251,76 @@ def decide(policy: Policy, snap: Snapshot, state: State | None = None) -> Decisi
 
     if target >= current:
         return Decision(target, f"{why} → {target}", state)
+    if scheduled and warm is None:
+        soon = _needed_soon(policy, snap, _startup_cost(policy, snap))
+        held = policy.clamp(max(target, min(current, soon[0])))
+        if held < current:
+            return Decision(held, f"{why}; {_schedule_says(snap, soon)} → {held}", state)
     return _shrink(policy, snap, state, target, why)
+
+
+def _learn_origin(state: State, snap: Snapshot, warming: bool, busy: bool) -> State:
+    """Tell scheduled work from the rest: a warm-up opens a run of tick work, which ends when
+    the queue is idle again; work seen outside one, or after TICK_WORK_S in one, is not a
+    schedule's (its time is remembered)."""
+    since = state.tick_work_since
+    if warming and since is None:
+        since = snap.now
+    working = busy or snap.arrival_rate > 0
+    explained = since is not None and snap.now - since <= TICK_WORK_S
+    unscheduled = state.unscheduled_at
+    if working and not explained:
+        unscheduled = snap.now
+    if not working and not warming:
+        since = None
+    return replace(state, tick_work_since=since, unscheduled_at=unscheduled)
+
+
+def _schedule_driven(snap: Snapshot, state: State) -> bool:
+    """Whether the schedules explain the fleet's work: there are upcoming ticks, and no
+    unexplained work was seen for UNSCHEDULED_MEMORY_S."""
+    if not _ticks(snap):
+        return False
+    last = state.unscheduled_at
+    return last is None or snap.now - last >= UNSCHEDULED_MEMORY_S
+
+
+def _needed_soon(policy: Policy, snap: Snapshot, startup_s: float) -> tuple[int, str | None, float]:
+    """(replicas, schedule, seconds): what the warm-ups starting within a pod start-up and a
+    poll will need (holding a pod that long costs no more than starting it again), the first
+    of those schedules and when its warm-up starts; (0, None, s) when none is that close (s:
+    until the next warm-up, inf with none)."""
+    horizon = startup_s + policy.poll_s
+    lead = _lead_s(policy, snap)
+    ahead = sorted(((max(0.0, t.in_s - lead), t) for t in _ticks(snap)), key=lambda x: x[0])
+    close = [t for until, t in ahead if until <= horizon]
+    needed = sum(_warm_size(policy, t) for t in close)
+    first_in = ahead[0][0] if ahead else math.inf
+    return needed, close[0].schedule if close else None, first_in
+
+
+def _schedule_says(snap: Snapshot, soon: tuple[int, str | None, float]) -> str:
+    needed, schedule, until = soon
+    if needed and schedule is not None:
+        return (
+            f"only scheduled work lately: schedule {schedule}'s warm-up in {_seconds(until)} "
+            f"needs {needed}"
+        )
+    nxt = min(_ticks(snap), key=lambda t: t.in_s)
+    return (
+        f"only scheduled work lately: the next warm-up (schedule {nxt.schedule}) is "
+        f"{_seconds(until)} away, more than a pod start-up"
+    )
+
+
+def _follow_schedule(
+    policy: Policy, snap: Snapshot, state: State, soon: tuple[int, str | None, float]
+) -> Decision:
+    """An idle fleet whose work is all scheduled: keep what the warm-ups starting within a
+    start-up need, release the rest now (to zero when none is that close)."""
+    keep = policy.clamp(min(snap.current_replicas, soon[0]))
+    why = f"idle, {_schedule_says(snap, soon)} → {keep}"
+    return Decision(keep, why, _remember(state, snap.now, keep, policy))
 
 
 def _shrink(policy: Policy, snap: Snapshot, state: State, target: int, why: str) -> Decision:
@@ -236,9 +329,10 @@ def _shrink(policy: Policy, snap: Snapshot, state: State, target: int, why: str)
     current, startup = snap.current_replicas, _startup_cost(policy, snap)
     held = max(target, min(current, max(r for _, r in state.recommendations)))
     window_high = held
-    # Spells must outlast the window too, unless the next re-need is a known warm-up far enough
-    # away: then the schedule, not the noise, says when the pods come back.
-    at_least = 0.0 if _warm_far(policy, snap, startup) else policy.stabilization_s
+    # Spells must outlast the window too. (A known warm-up far away is no excuse here: with
+    # unscheduled work about, noise between ticks would release levels it needs again; when
+    # the schedules explain all the work, decide() releases by them before coming here.)
+    at_least = policy.stabilization_s
     while held > target and _long_spells(state, held, startup, at_least):
         held -= 1
     shrink_to = held
@@ -281,14 +375,27 @@ def _lead_s(policy: Policy, snap: Snapshot) -> float:
     return snap.startup_s + policy.poll_s
 
 
+def _ticks(snap: Snapshot) -> tuple[ScheduledTick, ...]:
+    """The upcoming ticks the snapshot knows: all of them, or at least the next one."""
+    if snap.upcoming_ticks:
+        return snap.upcoming_ticks
+    return () if snap.next_tick is None else (snap.next_tick,)
+
+
+def _warm_size(policy: Policy, tick: ScheduledTick) -> int:
+    return max(1, math.ceil(tick.expected_tasks / policy.target_per_replica))
+
+
 def _warm(policy: Policy, tick_snap: Snapshot) -> _Warm | None:
-    """The replicas a scheduled tick needs now, or None: the tick is due within the lead, or
-    due and unclaimed for less than the hold. Sized from what its last runs produced."""
-    tick = tick_snap.next_tick
+    """The replicas the scheduled ticks need now, or None: ticks due within the lead, or due
+    and unclaimed for less than the hold, each sized from what its last runs produced (ticks
+    that close together add up). Said for the earliest."""
     lead = _lead_s(policy, tick_snap)
-    if tick is None or not -policy.schedule_hold_s <= tick.in_s <= lead:
+    due = [t for t in _ticks(tick_snap) if -policy.schedule_hold_s <= t.in_s <= lead]
+    if not due:
         return None
-    replicas = max(1, math.ceil(tick.expected_tasks / policy.target_per_replica))
+    tick = min(due, key=lambda t: t.in_s)
+    replicas = sum(_warm_size(policy, t) for t in due)
     if tick.in_s <= 0:
         why = f"schedule {tick.schedule} on {tick.queue} due {_seconds(-tick.in_s)} ago, "
         why += "not claimed yet"
@@ -303,6 +410,8 @@ def _warm(policy: Policy, tick_snap: Snapshot) -> _Warm | None:
         why = f"schedule {tick.schedule} on {tick.queue} due in {_seconds(tick.in_s)}"
     if tick.expected_tasks:
         why += f", {tick.expected_tasks} tasks last run"
+    if len(due) > 1:
+        why += f" (and {len(due) - 1} more tick{'s' if len(due) > 2 else ''} with it)"
     return _Warm(replicas, why, tick.schedule)
 
 
@@ -383,30 +492,13 @@ def _long_spells(state: State, level: int, startup_s: float, at_least_s: float =
     return mean if long else 0.0
 
 
-def _sleep_early(policy: Policy, snap: Snapshot, state: State, startup_s: float) -> str | None:
+def _sleep_early(policy: Policy, state: State, startup_s: float) -> str | None:
     """Why an idle fleet may go to zero now rather than after scale_to_zero_after_s, or None:
-    its idle spells outlast the window and RELEASE_FACTOR start-ups, or it came back no sooner
-    than a start-up and the next tick's warm-up is RELEASE_FACTOR start-ups away (it will be
-    woken in time for it)."""
+    its idle spells outlast the window and RELEASE_FACTOR start-ups."""
     spell = _long_spells(state, 1, startup_s, policy.stabilization_s)
     if spell:
         return f"quiet spells here last {spell:.0f}s on average (pod start-up {startup_s:.0f}s)"
-    until_warm = _warm_far(policy, snap, startup_s)
-    if snap.next_tick is None or until_warm is None or not _long_spells(state, 1, startup_s):
-        return None
-    return (
-        f"warmed again for schedule {snap.next_tick.schedule} in {_seconds(until_warm)} "
-        f"(pod start-up {startup_s:.0f}s)"
-    )
-
-
-def _warm_far(policy: Policy, snap: Snapshot, startup_s: float) -> float | None:
-    """Seconds until the next tick's warm-up when that is RELEASE_FACTOR start-ups away or more
-    (pods released now are started again for it in time), else None."""
-    if snap.next_tick is None:
-        return None
-    until_warm = snap.next_tick.in_s - _lead_s(policy, snap)
-    return until_warm if until_warm >= RELEASE_FACTOR * startup_s else None
+    return None
 
 
 def _remember(state: State, now: float, replicas: int, policy: Policy) -> State:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from shoal.autoscale import Snapshot
-from shoal.protocol import Broker
+from shoal.protocol import Broker, QueueStats
 
 
 @dataclass
@@ -18,11 +18,13 @@ class FleetMeter:
 
     last: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     """queue → (measured at ms, enqueued, completed) at the previous tick."""
+    stats: list[QueueStats] = field(default_factory=list)
+    """Each queue's figures from the last tick (what a schedule's run added is read there)."""
 
     def snapshot(
         self, broker: Broker, queues: Sequence[str], replicas: int, ready: int
     ) -> Snapshot:
-        stats = broker.measure_many(list(queues))
+        stats = self.stats = broker.measure_many(list(queues))
         arrival = completion = 0.0
         for s in stats:
             prev = self.last.get(s.queue)

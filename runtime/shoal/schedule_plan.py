@@ -173,14 +173,33 @@ def earliest_unclaimed(
     queues: Sequence[str], records: Sequence[ScheduleRecords], now_ms: int, hold_s: float
 ) -> ScheduledTick | None:
     """The earliest tick of the schedules stored for ``queues`` that no worker has claimed
-    yet, at most ``hold_s`` old.
+    yet, at most ``hold_s`` old (what a fleet at zero is woken for); see :func:`upcoming_ticks`
+    for what is left out."""
+    ticks = upcoming_ticks(queues, records, now_ms, hold_s, per_schedule=1)
+    return ticks[0] if ticks else None
+
+
+def upcoming_ticks(
+    queues: Sequence[str],
+    records: Sequence[ScheduleRecords],
+    now_ms: int,
+    hold_s: float,
+    *,
+    per_schedule: int = 3,
+    expected: Mapping[Key, int] | None = None,
+) -> tuple[ScheduledTick, ...]:
+    """The next ``per_schedule`` ticks of each schedule stored for ``queues``, earliest first:
+    the first is the one no worker has claimed yet (at most ``hold_s`` old). ``expected``:
+    (queue, schedule) → tasks its last runs produced, told with each of its ticks (0 when not
+    known: a claim records the one message its tick enqueued, not what that task enqueued in
+    turn, so only an observer of the queue can measure it).
 
     Left out: suspended and unreadable schedules; a tick of a schedule never claimed that a
     worker would not run any more (past its grace); and a code schedule its queue's workers
     stopped declaring (:data:`STALE_AFTER_S` before their latest declaration: removed from the
     code). A fleet asleep declares nothing, so its code schedules all stay in."""
     since_ms = now_ms - int(hold_s * 1000)
-    best: tuple[int, str, str] | None = None
+    found: list[tuple[int, str, str]] = []
     for queue, (raw, runs, seen, marker) in zip(queues, records, strict=True):
         declared = [int(v) for v in (*seen.values(), marker or b"") if v.isdigit()]
         latest_declared = max(declared, default=None)
@@ -200,17 +219,21 @@ def earliest_unclaimed(
             last_ms = last.tick_ms if last is not None and last.counts_for(schedule) else None
             try:
                 tick = pending_tick(schedule, last_ms, now_ms, since_ms)
+                for _ in range(per_schedule):
+                    found.append((tick, queue, schedule.name))
+                    tick = next_tick(schedule, tick)
             except Exception:  # a cron croniter cannot walk: its workers report it
                 continue
-            if best is None or tick < best[0]:
-                best = (tick, queue, schedule.name)
-    if best is None:
-        return None
-    tick, queue, name = best
-    # expected_tasks stays 0 (unknown): a claim records the one message its tick enqueued, not
-    # what that task went on to enqueue, so "what the last runs produced" is not in Redis.
-    return ScheduledTick(
-        schedule=name, queue=queue, in_s=(tick - now_ms) / 1000, due_at=tick / 1000
+    sizes = expected or {}
+    return tuple(
+        ScheduledTick(
+            schedule=name,
+            queue=queue,
+            in_s=(tick - now_ms) / 1000,
+            due_at=tick / 1000,
+            expected_tasks=sizes.get((queue, name), 0),
+        )
+        for tick, queue, name in sorted(found)
     )
 
 

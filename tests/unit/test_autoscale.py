@@ -235,15 +235,30 @@ def test_after_the_tick_is_claimed_the_woken_fleet_idles_then_sleeps() -> None:
     # Given a fleet at zero woken 60 s before a tick
     woken = decide(policy, Snapshot(1000, 0, 0, 0, 0, next_tick=tick(60)))
     assert woken.replicas == 1
-    # When the tick has been claimed (the next one is a day away) and its task ran
+    # When the tick has been claimed and its task ran, and then a task no tick explains came
     ran = decide(policy, Snapshot(1061, 0, 0, 1, 1, completion_rate=0.5), woken.state)
     assert ran.replicas == 1
+    other = decide(policy, Snapshot(1100, 1, 0, 1, 1, arrival_rate=0.5), ran.state)
     # Then the fleet idles scale_to_zero_after_s from its last activity, then sleeps
-    assert (
-        decide(policy, Snapshot(1300, 0, 0, 1, 1, next_tick=tick(86_000)), ran.state).replicas == 1
-    )
-    asleep = decide(policy, Snapshot(1361, 0, 0, 1, 1, next_tick=tick(86_000)), ran.state)
+    later = Snapshot(1399, 0, 0, 1, 1, next_tick=tick(86_000))
+    assert decide(policy, later, other.state).replicas == 1
+    asleep = decide(policy, Snapshot(1400, 0, 0, 1, 1, next_tick=tick(86_000)), other.state)
     assert asleep.replicas == 0 and "idle for 300s" in asleep.reason
+
+
+def test_a_fleet_whose_work_was_all_scheduled_sleeps_once_its_tick_is_done() -> None:
+    policy = Policy(scale_to_zero_after_s=300, stabilization_s=45)
+    woken = decide(policy, Snapshot(1000, 0, 0, 0, 0, next_tick=tick(11), startup_s=10))
+    assert woken.replicas == 1
+    ran = decide(policy, Snapshot(1012, 0, 1, 1, 1, arrival_rate=0.5, startup_s=10), woken.state)
+    assert ran.replicas == 1
+    # the next tick is a day away: no reason to hold the pod for scale_to_zero_after_s
+    done = Snapshot(1014, 0, 0, 1, 1, completion_rate=0.5, next_tick=tick(86_000), startup_s=10)
+    asleep = decide(policy, done, ran.state)
+    assert asleep.replicas == 0
+    assert "only scheduled work lately" in asleep.reason and "more than a pod start-up" in (
+        asleep.reason
+    )
 
 
 def test_a_wake_counts_as_activity_even_when_the_tick_runs_nothing() -> None:
@@ -432,3 +447,89 @@ def test_the_warm_fleet_is_kept_for_two_polls_after_its_tick_is_claimed() -> Non
     assert kept.replicas == 10 and "kept warm for schedule nightly-report" in kept.reason
     later = decide(policy, Snapshot(6, 3, 0, 10, 10, startup_s=10), kept.state)
     assert later.replicas == 1
+
+
+# --- releasing by the schedule: when every recent arrival was a tick's ----------------------
+
+
+def sched(name: str, in_s: float, expected: int) -> ScheduledTick:
+    return ScheduledTick(name, "jobs", in_s=in_s, expected_tasks=expected)
+
+
+SCHED = Policy(max_replicas=50, target_per_replica=10, stabilization_s=45)
+
+
+def after_a_tick(upcoming: tuple[ScheduledTick, ...]) -> Decision:
+    """A fleet at zero warmed for `reports` (100 tasks: 10 replicas), which ran them; then
+    idle, with `upcoming` ahead."""
+    reports = (sched("reports", 11, 100),)
+    d = decide(SCHED, Snapshot(0, 0, 0, 0, 0, upcoming_ticks=reports, startup_s=10))
+    assert d.replicas == 10
+    d = decide(SCHED, Snapshot(12, 60, 40, 10, 10, arrival_rate=50, startup_s=10), d.state)
+    d = decide(SCHED, Snapshot(14, 0, 20, 10, 10, completion_rate=40, startup_s=10), d.state)
+    assert d.replicas == 10  # still working
+    idle = Snapshot(16, 0, 0, 10, 10, completion_rate=10, upcoming_ticks=upcoming, startup_s=10)
+    return decide(SCHED, idle, d.state)
+
+
+def test_replicas_no_tick_needs_within_a_start_up_are_released_at_once() -> None:
+    # `sync` (3 replicas) fires 30 s from now: its warm-up starts in 18 s, more than a start-up
+    # and a poll away: starting 3 pods then costs less than holding them (no window, no spells)
+    d = after_a_tick((sched("sync", 30, 25), sched("reports", 284, 100)))
+    assert d.replicas == 0, d.reason
+    assert "only scheduled work lately" in d.reason
+
+
+def test_replicas_the_next_warm_up_needs_soon_are_kept() -> None:
+    # `sync`'s warm-up starts in 8 s: its 3 replicas are kept, the other 7 go
+    d = after_a_tick((sched("sync", 20, 25), sched("reports", 284, 100)))
+    assert d.replicas == 3, d.reason
+    assert "schedule sync's warm-up in 8s needs 3" in d.reason
+
+
+def test_ticks_due_together_are_warmed_for_together() -> None:
+    ticks = (sched("sync", 8, 25), sched("rollup", 10, 200), sched("sync", 68, 25))
+    d = decide(SCHED, Snapshot(0, 0, 0, 0, 0, upcoming_ticks=ticks, startup_s=10))
+    assert d.replicas == 3 + 20, d.reason
+    assert "schedule sync" in d.reason and "and 1 more tick with it" in d.reason
+
+
+def test_an_unscheduled_arrival_puts_the_window_back() -> None:
+    # the same fleet, but a task no tick explains arrived while it was idle before the tick
+    upcoming = (sched("sync", 30, 25),)
+    first = decide(SCHED, Snapshot(-100, 1, 0, 0, 0, arrival_rate=0.5, startup_s=10))
+    d = decide(SCHED, Snapshot(-98, 0, 0, 1, 1, completion_rate=0.5, startup_s=10), first.state)
+    reports = (sched("reports", 11, 100),)
+    d = decide(SCHED, Snapshot(0, 0, 0, 1, 1, upcoming_ticks=reports, startup_s=10), d.state)
+    d = decide(SCHED, Snapshot(12, 60, 40, 10, 10, arrival_rate=50, startup_s=10), d.state)
+    idle = Snapshot(16, 0, 0, 10, 10, completion_rate=10, upcoming_ticks=upcoming, startup_s=10)
+    held = decide(SCHED, idle, d.state)
+    assert held.replicas == 10 and "stabilisation window" in held.reason
+
+
+def test_no_flapping_on_noise_with_a_schedule_ticking_every_minute() -> None:
+    # Given the noisy steady load of the test above, and a schedule firing every minute whose
+    # warm-ups come and go: the queue never idles, so its work is never the schedule's alone
+    rng = random.Random(7)
+    state, replicas, reasons = State(), 0, []
+    for t in range(0, 3600, 2):
+        work = round(90 * rng.uniform(0.67, 1.33))
+        until = 60 - t % 60
+        upcoming = (sched("sync", until, 20), sched("sync", until + 60, 20))
+        snap = Snapshot(
+            t,
+            work // 2,
+            work - work // 2,
+            replicas,
+            replicas,
+            arrival_rate=45,
+            upcoming_ticks=upcoming,
+            next_tick=upcoming[0],
+            startup_s=10,
+        )
+        d = decide(LEARN, snap, state)
+        if d.replicas != replicas:
+            reasons.append(d.reason)
+        replicas, state = d.replicas, d.state
+    assert not [r for r in reasons if "released early" in r or "scheduled work" in r]
+    assert len(reasons) <= 8, reasons

@@ -18,6 +18,7 @@ from shoal.schedule_plan import (
     merge_active,
     outcome,
     queue_schedules_diff,
+    upcoming_ticks,
 )
 from shoal.schedules import Run, Schedule, make
 
@@ -243,6 +244,25 @@ def test_code_schedules_no_longer_declared_are_left_out_but_a_sleeping_fleet_kee
     # nothing declared, ever: every code schedule stays in
     asleep = earliest_unclaimed(["q"], [records(stored, claims, seen={b"gone": stale})], NOW, 3600)
     assert asleep is not None and asleep.schedule == "gone"
+
+
+def test_upcoming_ticks_are_the_next_few_of_each_schedule_interleaved() -> None:
+    every5, hourly = sched("five"), sched("hour", cron="0 * * * *", queue="r")
+    q = records({b"five": every5.to_json()}, {b"five": claim(every5, ms(2024, 1, 1, 10, 5))})
+    r = records({b"hour": hourly.to_json()}, {b"hour": claim(hourly, ms(2024, 1, 1, 10))})
+    sizes = {("q", "five"): 40}
+    ticks = upcoming_ticks(["q", "r"], [q, r], NOW, hold_s=3600, expected=sizes)
+    assert [(t.schedule, t.in_s) for t in ticks] == [
+        ("five", 180.0),
+        ("five", 480.0),
+        ("five", 780.0),
+        ("hour", 53 * 60.0),
+        ("hour", 113 * 60.0),
+        ("hour", 173 * 60.0),
+    ]
+    assert [t.expected_tasks for t in ticks] == [40, 40, 40, 0, 0, 0]
+    # the first is what a fleet at zero is woken for
+    assert ticks[0] == replace(earliest_unclaimed(["q", "r"], [q, r], NOW, 3600), expected_tasks=40)  # type: ignore[type-var]
 
 
 # --- queue_schedules_diff ---------------------------------------------------------------------

@@ -4,8 +4,11 @@
 a constant guess, and learns when an image or its imports get slower.
 
 One sample per pod, taken the first time it is seen ready: a later readiness flap of the same
-pod moves ``lastTransitionTime`` and must not count as a start. (A pod already ready when the
-operator started is taken as it is: its transition may be a flap, the median absorbs one.)
+pod moves ``lastTransitionTime`` and must not count as a start. A pod first seen already ready
+(listed after the operator restarted, or between two listings) counts only if its creation and
+its last Ready transition are at most :data:`TRUSTED_UNSEEN_S` apart: beyond that the
+transition is more likely a flap or a container restart (a week-old pod would teach a start-up
+of a week). A pod seen not ready first counts whatever it took (a slow image pull is real).
 The median of the :data:`KEEP` most recent samples is what the policy gets."""
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Any
 
 KEEP = 9
 """Samples kept per Worker: the recent median follows a changed image within a few rollouts."""
+TRUSTED_UNSEEN_S = 600.0
+"""The longest start-up believed of a pod not seen starting (see the module's docstring)."""
 RELIST_S = 60.0
 """Pods are listed again at least this often while some are ready: a pod replaced between two
 polls leaves the ready count as it was, yet its start-up counts."""
@@ -51,6 +56,8 @@ class StartupMeter:
     """pod uid → seconds, oldest first (at most :data:`KEEP`)."""
     seen: set[str] = field(default_factory=set)
     """Every pod uid already sampled (bounded: pruned to the pods still listed)."""
+    starting: set[str] = field(default_factory=set)
+    """Pods seen not ready yet (bounded: pruned to the pods still listed)."""
     listed_at_ready: int | None = None
     """The ready count when the pods were last listed: they are listed again when it changes
     (or after :data:`RELIST_S`), so a steady fleet costs one API call a minute."""
@@ -73,12 +80,16 @@ class StartupMeter:
                 continue
             took = startup_seconds(pod)
             if took is None:
+                self.starting.add(uid)
                 continue
             self.seen.add(uid)
+            if uid not in self.starting and took > TRUSTED_UNSEEN_S:
+                continue  # found ready long after its creation: not a start we can time
             self.samples[uid] = took
             while len(self.samples) > KEEP:
                 del self.samples[next(iter(self.samples))]
         self.seen &= uids | set(self.samples)
+        self.starting &= uids
 
     @property
     def median_s(self) -> float | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from kubernetes.client import V1ObjectMeta, V1Pod, V1PodCondition, V1PodStatus
@@ -67,3 +69,40 @@ def test_an_unusable_tracing_variable_leaves_tracing_off_and_says_why(
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "json"}
     assert start_tracing(env) is None
     assert "OTEL_EXPORTER_OTLP_PROTOCOL" in caplog.text
+
+
+def _ready_pod(uid: str, created: dt.datetime, ready_at: dt.datetime | None) -> Any:
+    conditions = (
+        []
+        if ready_at is None
+        else [SimpleNamespace(type="Ready", status="True", last_transition_time=ready_at)]
+    )
+    return SimpleNamespace(
+        metadata=SimpleNamespace(uid=uid, name=uid, creation_timestamp=created),
+        status=SimpleNamespace(conditions=conditions),
+    )
+
+
+def test_pods_found_ready_long_after_their_creation_do_not_teach_a_days_long_start() -> None:
+    # Given an operator restarted over week-old pods, two of which flapped or restarted since
+    now = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    week_ago = now - dt.timedelta(days=7)
+    pods = [
+        _ready_pod("a", week_ago, week_ago + dt.timedelta(seconds=20)),
+        _ready_pod("b", week_ago, now - dt.timedelta(minutes=5)),  # readiness flapped
+        _ready_pod("c", week_ago, now - dt.timedelta(hours=2)),  # container restarted
+    ]
+    meter = StartupMeter()
+    meter.observe(pods, ready=3, now_s=0.0)
+    # Then only the start that is believable counts
+    assert meter.median_s == 20.0
+
+
+def test_a_slow_start_seen_from_the_beginning_counts_whatever_it_took() -> None:
+    created = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    meter = StartupMeter()
+    meter.observe([_ready_pod("slow", created, None)], ready=0, now_s=0.0)  # seen starting
+    meter.observe(
+        [_ready_pod("slow", created, created + dt.timedelta(minutes=15))], ready=1, now_s=900.0
+    )
+    assert meter.median_s == 900.0

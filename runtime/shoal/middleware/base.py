@@ -48,7 +48,8 @@ class Middleware:
     def active_for_sending(self) -> bool:
         """Asked before each send: False skips this middleware's enqueue hooks for it, and
         when no middleware is active the producer skips the hooks (and the Message objects
-        they take) entirely. Must be cheap."""
+        they take) entirely. Must be cheap. (A subclass of ``Tracing`` inherits its answer:
+        no tracer provider, no send hooks; override this to have yours run regardless.)"""
         return True
 
     # --- producer side ---------------------------------------------------------------------------

@@ -222,9 +222,11 @@ class Broker(KeyedClient):
         """Move what is due (delayed messages, retries, lapsed leases) into the waiting list, as
         a worker's fetch would, so its length is true with no worker running (KEDA reads it).
         Each call moves at most ``MOVE_LIMIT`` of each kind; calls repeat while one was full,
-        at most ``max_calls`` times. Returns the totals, and the waiting length after."""
+        at least once and at most ``max_calls`` times (a batch of lapsed leases acked meanwhile
+        counts less than full: the rest waits for the next poll). Returns the totals, and the
+        waiting length after."""
         delayed = recovered = 0
-        for _ in range(max_calls):
+        for _ in range(max(1, max_calls)):
             done = parse_promote(self._run(promote_call(self.keys(queue), MOVE_LIMIT)))
             delayed, recovered = delayed + done.delayed, recovered + done.recovered
             if max(done.delayed, done.recovered) < MOVE_LIMIT:

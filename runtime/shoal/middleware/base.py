@@ -46,10 +46,12 @@ class Middleware:
         return True
 
     def active_for_sending(self) -> bool:
-        """Asked before each send: False skips this middleware's enqueue hooks for it, and
-        when no middleware is active the producer skips the hooks (and the Message objects
-        they take) entirely. Must be cheap. (A subclass of ``Tracing`` inherits its answer:
-        no tracer provider, no send hooks; override this to have yours run regardless.)"""
+        """Asked before each send: False says this middleware needs no enqueue hooks for it;
+        when no middleware needs them, the producer skips the hooks (and the Message objects
+        they take) entirely. When another one does, every middleware's hooks run, so they must
+        still do the right thing when called. Must be cheap. (A subclass of ``Tracing``
+        inherits its answer: no tracer provider, no send hooks; override this to have yours
+        run regardless.)"""
         return True
 
     # --- producer side ---------------------------------------------------------------------------

@@ -352,7 +352,13 @@ class Supervisor:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        server = ThreadingHTTPServer(("0.0.0.0", self.health_port or 0), Handler)
+        try:
+            server = ThreadingHTTPServer(("0.0.0.0", self.health_port or 0), Handler)
+        except OSError as exc:  # taken since `shoal worker` checked it: one line, not a traceback
+            raise ShoalError(
+                f"--health-port {self.health_port}: cannot listen there ({exc.strerror or exc}); "
+                "stop what uses it or pass another port"
+            ) from None
         self.health_port = server.server_address[1]
         threading.Thread(target=server.serve_forever, name="shoal-health", daemon=True).start()
         return server

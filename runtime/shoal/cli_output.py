@@ -8,6 +8,7 @@ and ``awk -F'\\t'`` see every value: nothing truncated, wrapped or marked up.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -79,14 +80,22 @@ def render_plain(listing: Listing, wide: bool = True) -> str:
 
 def rich_table(listing: Listing, wide: bool) -> Any:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=listing.title)
     keep = [i for i, c in enumerate(listing.columns) if wide or c not in listing.wide]
     for i in keep:
-        table.add_column(listing.columns[i], overflow="fold")
+        figures = bool(listing.rows) and all(_FIGURE.match(row[i]) for row in listing.rows)
+        table.add_column(
+            listing.columns[i], overflow="fold", justify="right" if figures else "left"
+        )
     for row in listing.rows:
-        table.add_row(*(row[i] for i in keep))
+        table.add_row(*(Text(row[i]) for i in keep))  # Text: a value is never read as markup
     return table
+
+
+_FIGURE = re.compile(r"^(-|[\d.,]+(ms|s|m|h)?)$")
+"""A number or an age (``12``, ``3.5s``): right-aligned in a table."""
 
 
 def emit(listings: Sequence[Listing], fmt: str | None, console: Console | None = None) -> None:

@@ -103,7 +103,7 @@ def test_no_warning_when_a_live_worker_consumes_the_queue(
 
     running = worker(app, ["billing"], burst=False)
     try:
-        wait_for(lambda: app.broker.workers(), message="the worker registered")
+        wait_for(app.broker.workers, message="the worker registered")
         done = enqueue(project, env, "billing.charge", "--app", "billing", "--args", "[1, 2]")
     finally:
         running.stop()

@@ -18,7 +18,7 @@ import math
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
@@ -108,9 +108,13 @@ def check_port_free(option: str, port: int) -> None:
 
 
 class Refused(click.ClickException):
-    """A command refused what it was given: one line (``Error: …``), exit status 2."""
+    """A command refused what it was given: one line (``error: …``, as every other error of
+    the ``shoal`` command), exit status 2."""
 
     exit_code = 2
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"error: {self.format_message()}", file=file, err=file is None)
 
 
 def unknown_task_hint(name: str, known: Sequence[str]) -> str:

@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -756,6 +755,8 @@ def main() -> None:
     except ShoalError as exc:
         if isinstance(exc, TaskModuleError):
             click.echo(exc.user_traceback(), err=True, nl=False)
+            from shoal.supervisor import import_failure
+
             exc = ConfigurationError(import_failure(exc))
         click.echo(f"error: {exc}", err=True)  # one line, never wrapped: logs keep it whole
         sys.exit(2)
@@ -764,16 +765,6 @@ def main() -> None:
             raise
         click.echo(f"error: {startup.not_redis(Settings.from_env().redis_url, exc)}", err=True)
         sys.exit(2)
-
-
-def import_failure(exc: TaskModuleError) -> str:
-    """The last line of a task module's import error, with what to do: one line that says why
-    even when only the last line of a log is read."""
-    last = traceback.format_exception_only(type(exc.error), exc.error)[-1].strip()
-    return (
-        f"could not import {exc.module!r}: {last}. Fix it (the traceback above shows where; "
-        f"`python -c 'import {exc.module}'` reproduces it)"
-    )
 
 
 __all__ = ["Settings", "cli", "main"]

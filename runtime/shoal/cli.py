@@ -6,23 +6,25 @@ Redis client only to talk to Redis, so ``shoal worker`` hands a lean process to 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from shoal import cli_startup as startup
 from shoal import logs
-from shoal.errors import ShoalError, TaskModuleError
+from shoal.cli_output import Listing, dump, emit, is_terminal, output_option, plain_cell, rich_table
+from shoal.errors import ConfigurationError, ShoalError, TaskModuleError
 from shoal.settings import Settings
 from shoal.version import __version__
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.table import Table
 
     from shoal.app import App
     from shoal.dead_letter import DeadLetter
@@ -49,14 +51,55 @@ def _app() -> App:
 
 
 def _load_app(spec: str) -> App:
-    """:func:`load_app`, looking in the current directory first (as ``python -m`` does):
-    ``shoal worker tasks`` imports ./tasks.py. Worker processes inherit this ``sys.path``."""
+    """:func:`load_app`, looking in the current directory first (as ``python -m``, Celery, RQ
+    and Dramatiq do): ``shoal worker tasks`` imports ./tasks.py. Worker processes inherit this
+    ``sys.path``. ``spec`` is a module name, or a path as :func:`module_spec` accepts."""
     from shoal.app import load_app
 
     cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
-    return load_app(spec)
+    if cwd in sys.path:
+        sys.path.remove(cwd)
+    sys.path.insert(0, cwd)
+    return load_app(module_spec(spec))
+
+
+def module_spec(spec: str) -> str:
+    """``MODULE[:APP]`` as given, or a path to a ``.py`` file under the current directory as
+    its dotted module name (``./tasks.py`` → ``tasks``, ``examples/tasks.py:app`` →
+    ``examples.tasks:app``), so it imports once, under one name, in every worker process."""
+    target, colon, attr = spec.rpartition(":")
+    if not colon or not attr.isidentifier():
+        target, attr = spec, ""
+    if not (target.endswith(".py") or "/" in target or os.sep in target):
+        return spec
+    path = Path(target)
+    suffix = f":{attr}" if attr else ""
+    if path.suffix == ".py" and not path.is_file():
+        raise ConfigurationError(
+            f"no file {target}: pass the task module's name (MODULE[:APP]), e.g. `shoal worker "
+            f"{path.stem}{suffix}` from the directory that holds {path.name}"
+        )
+    if path.suffix != ".py":
+        raise ConfigurationError(
+            f"{target!r} is not a Python file: pass the task module's name (MODULE[:APP]), "
+            f"e.g. `shoal worker {path.stem or 'tasks'}{suffix}` from the directory that holds it"
+        )
+    try:
+        relative = path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        raise ConfigurationError(
+            f"{target} is outside the current directory: run `cd {path.parent} && shoal worker "
+            f"{path.stem}{suffix}`, or add its directory to PYTHONPATH and pass the module name"
+        ) from None
+    parts = list(relative.with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    if not parts or not all(p.isidentifier() for p in parts):
+        raise ConfigurationError(
+            f"{target} cannot be imported as a module (each folder and the file name must be a "
+            "Python identifier): pass the task module's name (MODULE[:APP])"
+        )
+    return ".".join(parts) + suffix
 
 
 def _queues(value: str | None) -> list[str]:
@@ -64,11 +107,32 @@ def _queues(value: str | None) -> list[str]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    __version__, "--version", "-V", prog_name="shoal", message="%(prog)s %(version)s"
+)
 def cli() -> None:
     """Shoal: a Kubernetes-native task queue. Redis URL from SHOAL_REDIS_URL."""
 
 
-@cli.command()
+WORKER_HELP = """Run workers for the tasks of MODULE[:APP] (APP defaults to app).
+
+\b
+MODULE is imported with the current directory first on sys.path, as Celery, RQ
+and Dramatiq do: `shoal worker tasks` beside tasks.py, `shoal worker
+examples.tasks` from this repository's root. A path to a .py file under the
+current directory is accepted too and imported by its module name
+(./tasks.py is `tasks`, examples/tasks.py is `examples.tasks`).
+
+\b
+At start-up the worker waits for Redis: while it does not answer, one line per
+try, backing off up to 10 s, for at most --wait-for-redis seconds (default 60;
+0 fails at once, `inf` waits for ever); then it exits with status 2 and says
+why, so Kubernetes restarts it with its own backoff. A server that answers but
+is not Redis fails at once. Once started, a worker rides out Redis outages:
+it reconnects with backoff and loses nothing."""
+
+
+@cli.command(help=WORKER_HELP)
 @click.argument("app_spec", metavar="MODULE[:APP]")
 @click.option("--queues", "-Q", help="Comma-separated queues (default: every queue of the app).")
 @click.option(
@@ -88,6 +152,14 @@ def cli() -> None:
     type=click.Choice(["text", "json"]),
     help="Log lines as text or JSON (default: SHOAL_LOG_FORMAT, else text).",
 )
+@click.option(
+    "--wait-for-redis",
+    "wait_s",
+    type=float,
+    default=startup.DEFAULT_WAIT_S,
+    show_default=True,
+    help="Seconds to wait at start-up for Redis to answer (0: fail at once; inf: for ever).",
+)
 def worker(
     app_spec: str,
     queues: str | None,
@@ -98,15 +170,20 @@ def worker(
     metrics_port: int | None,
     log_level: str,
     log_format: str | None,
+    wait_s: float,
 ) -> None:
-    """Run workers for the tasks of MODULE[:APP]."""
     from shoal.supervisor import Supervisor, WorkerSpec, handover
 
     level = logging.getLevelName(log_level.upper())
-    app = _load_app(app_spec)  # fails fast, here, on a bad module; and the app has the settings
+    spec_name = module_spec(app_spec)
+    app = _load_app(spec_name)  # fails fast, here, on a bad module; and the app has the settings
     fmt = log_format or app.settings.log_format
     logs.setup(level, fmt)
-    spec = WorkerSpec(app_spec, _queues(queues), concurrency, burst, metrics_port is not None, fmt)
+    for option, port in (("--health-port", health_port), ("--metrics-port", metrics_port)):
+        if port is not None:
+            startup.check_port_free(option, port)
+    startup.wait_for_redis(app, wait_s)
+    spec = WorkerSpec(spec_name, _queues(queues), concurrency, burst, metrics_port is not None, fmt)
     handover(  # this process, its task module and Redis client, become a lean supervisor
         Supervisor(
             spec,
@@ -120,12 +197,21 @@ def worker(
     )
 
 
+def _warn(text: str) -> None:
+    click.echo(f"warning: {text}", err=True)
+
+
 @cli.command()
 @click.argument("task_name")
 @click.option("--args", "args_json", default="[]", help="Positional arguments as a JSON list.")
 @click.option("--kwargs", "kwargs_json", default="{}", help="Keyword arguments as a JSON object.")
 @click.option("--queue", "-q", help="Queue (default: the task's, with --app; else default).")
-@click.option("--app", "app_spec", help="MODULE[:APP] that defines the task, to check its name.")
+@click.option(
+    "--app",
+    "app_spec",
+    help="MODULE[:APP] that defines the task: its arguments are checked against the "
+    "function's signature before anything is sent (warns when it does not define the task).",
+)
 @click.option("--delay", type=float, default=0.0, help="Seconds before the task may run.")
 def enqueue(
     task_name: str,
@@ -135,7 +221,9 @@ def enqueue(
     app_spec: str | None,
     delay: float,
 ) -> None:
-    """Enqueue TASK_NAME with JSON arguments; prints the message id."""
+    """Enqueue TASK_NAME with JSON arguments; prints the message id.
+
+    Warns on stderr when no live worker consumes the queue."""
     import orjson
 
     try:
@@ -145,14 +233,25 @@ def enqueue(
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise click.BadParameter("--args takes a JSON list and --kwargs a JSON object")
     app = _load_app(app_spec) if app_spec else _app()
-    if app_spec and task_name not in app.tasks:
-        raise click.BadParameter(
-            f"{app_spec} defines no task {task_name!r}; it has: "
-            f"{', '.join(sorted(app.tasks)) or 'none'}"
+    known = app.tasks.get(task_name)
+    if app_spec and known is None:
+        _warn(
+            f"{app_spec} defines no task {task_name!r} "
+            f"({startup.unknown_task_hint(task_name, sorted(app.tasks))}); "
+            "enqueued by name, its arguments unchecked"
         )
-    task = app.remote(task_name, queue=queue)
+    if known is not None:
+        startup.check_arguments(known.fn, task_name, args, kwargs)
+        task = known.on_queue(queue) if queue and queue != known.queue else known
+    else:
+        task = app.remote(task_name, queue=queue)
     handle = task.with_options(delay=delay).enqueue(*args, **kwargs)
     click.echo(handle.id)
+    if not any(task.queue in w.queues for w in app.broker.workers()):
+        _warn(
+            f"no live worker consumes queue {task.queue!r}: the message waits until one does "
+            f"(`shoal worker MODULE --queues {task.queue}`; `shoal info --workers` lists workers)"
+        )
 
 
 def _age(seconds: float) -> str:
@@ -163,145 +262,230 @@ def _age(seconds: float) -> str:
     return f"{seconds / 60:.0f}m" if seconds < 7200 else f"{seconds / 3600:.1f}h"
 
 
-def queue_table(before: list[QueueStats], after: list[QueueStats]) -> Table:
+def queue_listing(before: list[QueueStats], after: list[QueueStats]) -> Listing:
     """Per-queue figures; rates from two measurements."""
-    from rich.table import Table
-
-    table = Table(title="Queues")
-    for col in (
-        "queue",
-        "waiting",
-        "in flight",
-        "delayed",
-        "dead",
-        "oldest",
-        "done/s",
-        "enqueued/s",
-        "completed",
-    ):
-        table.add_column(col, justify="left" if col == "queue" else "right")
+    listing = Listing(
+        "Queues",
+        (
+            "queue",
+            "waiting",
+            "in flight",
+            "delayed",
+            "dead",
+            "oldest",
+            "done/s",
+            "enqueued/s",
+            "completed",
+            "enqueued",
+            "retried",
+            "dead total",
+        ),
+        wide=frozenset({"enqueued", "retried", "dead total"}),
+    )
     for a, b in zip(before, after, strict=True):
         span = max(0.001, (b.measured_at_ms - a.measured_at_ms) / 1000)
-        table.add_row(
-            b.queue,
-            str(b.waiting),
-            str(b.in_flight),
-            str(b.delayed),
-            str(b.dead),
-            _age(b.oldest_age_s) if b.waiting else "-",
-            f"{(b.completed - a.completed) / span:.1f}",
-            f"{(b.enqueued - a.enqueued) / span:.1f}",
-            str(b.completed),
+        done_rate = (b.completed - a.completed) / span
+        enqueue_rate = (b.enqueued - a.enqueued) / span
+        listing.add(
+            (
+                b.queue,
+                str(b.waiting),
+                str(b.in_flight),
+                str(b.delayed),
+                str(b.dead),
+                _age(b.oldest_age_s) if b.waiting else "-",
+                f"{done_rate:.1f}",
+                f"{enqueue_rate:.1f}",
+                str(b.completed),
+                str(b.enqueued),
+                str(b.retried),
+                str(b.dead_total),
+            ),
+            {
+                **dataclasses.asdict(b),
+                "completed_per_s": round(done_rate, 3),
+                "enqueued_per_s": round(enqueue_rate, 3),
+            },
         )
-    return table
+    return listing
 
 
-def workers_table(app: App) -> Table:
+def workers_listing(app: App) -> Listing:
     """Live worker registrations."""
-    from rich.table import Table
-
-    table = Table(title="Workers")
-    columns = ("id", "host", "queues", "in flight", "concurrency", "processed", "leases lost")
-    for col in (*columns, "up", "version"):
-        table.add_column(col)
+    listing = Listing(
+        "Workers",
+        (
+            "id",
+            "host",
+            "queues",
+            "in flight",
+            "concurrency",
+            "processed",
+            "leases lost",
+            "up",
+            "version",
+            "pid",
+            "started at",
+        ),
+        wide=frozenset({"pid", "started at"}),
+        empty="No live workers.",
+    )
     for w in app.broker.workers():
-        table.add_row(
-            w.id,
-            w.host,
-            ",".join(w.queues),
-            str(w.in_flight),
-            str(w.concurrency),
-            str(w.processed),
-            str(w.leases_lost),
-            _age(time.time() - w.started_at),
-            w.version,
+        listing.add(
+            (
+                w.id,
+                w.host,
+                ",".join(w.queues),
+                str(w.in_flight),
+                str(w.concurrency),
+                str(w.processed),
+                str(w.leases_lost),
+                _age(time.time() - w.started_at),
+                w.version,
+                str(w.pid),
+                _when(w.started_at),
+            ),
+            {**dataclasses.asdict(w), "queues": list(w.queues)},
         )
-    return table
+    return listing
+
+
+def _queue_names(values: tuple[str, ...]) -> list[str]:
+    """``-q a,b`` and ``-q a -q b`` alike."""
+    return list(dict.fromkeys(q for value in values for q in _queues(value)))
 
 
 @cli.command()
-@click.option("--queue", "-q", "queue_names", multiple=True, help="Only these queues.")
+@click.option(
+    "--queue", "-q", "queue_names", multiple=True, help="Only these queues (a,b or repeated)."
+)
 @click.option("--workers", "show_workers", is_flag=True, help="Also list live workers.")
 @click.option(
     "--interval",
     default=1.0,
     show_default=True,
-    help="Seconds between the two measurements rates are computed from.",
+    help="Seconds between the two measurements rates are computed from (and, with --watch, "
+    "between refreshes).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def info(queue_names: tuple[str, ...], show_workers: bool, interval: float, as_json: bool) -> None:
+@output_option
+@click.option("--json", "as_json", is_flag=True, help="Same as -o json.")
+@click.option(
+    "--watch",
+    "-w",
+    is_flag=True,
+    help="Refresh every --interval until Ctrl-C (a live table "
+    "in a terminal; a new block of rows each time when piped).",
+)
+def info(
+    queue_names: tuple[str, ...],
+    show_workers: bool,
+    interval: float,
+    output: str | None,
+    as_json: bool,
+    watch: bool,
+) -> None:
     """Per-queue depth, in flight, delayed, dead, oldest age and rates."""
+    fmt = "json" if as_json else output
     app = _app()
-    names = list(queue_names) or app.broker.queues()
-    if not names:
-        console().print(f"No queues yet on {app!r}.")
-        if show_workers:
-            console().print(workers_table(app))
-        return
-    before = app.broker.measure_many(names)
-    time.sleep(interval)
-    after = app.broker.measure_many(names)
-    if as_json:
-        import dataclasses
+    names = _queue_names(queue_names)
 
-        import orjson
+    def measure(wait: float) -> list[Listing]:
+        queues = names or app.broker.queues()
+        if not queues:
+            listings = [Listing("Queues", ("queue",), empty=f"No queues yet on {app!r}.")]
+        else:
+            before = app.broker.measure_many(queues)
+            time.sleep(wait)
+            listings = [queue_listing(before, app.broker.measure_many(queues))]
+        return [*listings, workers_listing(app)] if show_workers else listings
 
-        click.echo(orjson.dumps([dataclasses.asdict(s) for s in after]))
+    if not watch:
+        emit(measure(interval), fmt, console())
         return
-    console().print(queue_table(before, after))
-    if show_workers:
-        console().print(workers_table(app))
+    try:
+        if fmt is None and is_terminal():
+            from rich.console import Group
+            from rich.live import Live
+
+            with Live(console=console(), auto_refresh=False) as live:
+                while True:
+                    shown = measure(interval)
+                    live.update(Group(*(rich_table(x, False) for x in shown)), refresh=True)
+        while True:
+            emit(measure(interval), fmt, console())
+            click.echo()
+    except KeyboardInterrupt:
+        return
 
 
 @cli.command()
-@click.option("--queue", "-q", "queue_names", multiple=True, help="Only these queues.")
+@click.option(
+    "--queue", "-q", "queue_names", multiple=True, help="Only these queues (a,b or repeated)."
+)
 @click.option(
     "--prune",
     is_flag=True,
     help="First delete code schedules no worker has declared for 10 minutes (removed from code).",
 )
-def schedules(queue_names: tuple[str, ...], prune: bool) -> None:
-    """Periodic schedules (code and Queue resources): next run, last run and its outcome."""
-    from rich.table import Table
+@output_option
+def schedules(queue_names: tuple[str, ...], prune: bool, output: str | None) -> None:
+    """Periodic schedules (code and Queue resources): next run, last run and its outcome.
 
+    A schedule whose ticks never ran (new, skipped, suspended) shows no last run."""
     from shoal.scheduler import prune_stale, stored
     from shoal.schedules import describe_time
 
     app = _app()
-    queues = list(queue_names) or app.broker.queues()
+    queues = _queue_names(queue_names) or app.broker.queues()
     if prune:
         for q in queues:
             for name in prune_stale(app.broker, q):
-                console().print(f"removed stale schedule {name!r} of queue {q!r}")
-    table = Table(title="Schedules")
-    for col in ("queue", "name", "cron", "task", "source", "suspended", "next run", "last run"):
-        table.add_column(col, overflow="fold")
-    table.add_column("outcome")
-    rows = [row for q in queues for row in stored(app.broker, q)]
-    for row in rows:
+                click.echo(f"removed stale schedule {name!r} of queue {q!r}", err=True)
+    listing = Listing(
+        "Schedules",
+        ("queue", "name", "cron", "task", "source", "suspended", "next run", "last run", "outcome"),
+        empty=f"No schedules on {app!r}.",
+    )
+    for row in (row for q in queues for row in stored(app.broker, q)):
         s = row.schedule
-        last = describe_time(row.last.tick_ms if row.last else None, s.zone if s else None)
+        ran = row.last if row.last is not None and row.last.message_id is not None else None
+        last = describe_time(ran.tick_ms if ran else None, s.zone if s else None)
+        record: dict[str, Any] = {
+            "queue": row.queue,
+            "name": row.name,
+            "next_run_ms": row.next_ms,
+            "last_run_ms": ran.tick_ms if ran else None,
+            "last_message_id": ran.message_id if ran else None,
+            "outcome": row.outcome,
+            "stale": row.stale,
+        }
         if s is None:
-            table.add_row(
-                row.queue, row.name, "-", "-", "-", "-", "-", last, f"invalid: {row.error}"
-            )
+            cells = (row.queue, row.name, "-", "-", "-", "-", "-", last, f"invalid: {row.error}")
+            listing.add(cells, {**record, "error": row.error})
             continue
         source = f"{s.source} (stale: no worker declares it; --prune)" if row.stale else s.source
-        table.add_row(
-            row.queue,
-            row.name,
-            f"{s.cron} ({s.timezone})",
-            s.task,
-            source,
-            "yes" if s.suspend else "no",
-            describe_time(row.next_ms, s.zone),
-            last,
-            row.outcome,
+        listing.add(
+            (
+                row.queue,
+                row.name,
+                f"{s.cron} ({s.timezone})",
+                s.task,
+                source,
+                "yes" if s.suspend else "no",
+                describe_time(row.next_ms, s.zone),
+                last,
+                row.outcome,
+            ),
+            {
+                **record,
+                "cron": s.cron,
+                "timezone": s.timezone,
+                "task": s.task,
+                "source": s.source,
+                "suspended": s.suspend,
+            },
         )
-    if not rows:
-        console().print(f"No schedules on {app!r}.")
-        return
-    console().print(table)
+    emit([listing], output, console())
 
 
 @cli.command()
@@ -338,24 +522,38 @@ def dlq() -> None:
 @dlq.command("list")
 @click.argument("queue")
 @click.option("--limit", default=50, show_default=True)
-def dlq_list(queue: str, limit: int) -> None:
-    """The newest dead letters of QUEUE."""
-    from rich.table import Table
-
+@output_option
+def dlq_list(queue: str, limit: int, output: str | None) -> None:
+    """The newest dead letters of QUEUE (the error cut to 80 characters in a terminal table;
+    whole with -o wide, json, yaml, or when piped)."""
     dead = _app().dlq(queue)
-    table = Table(title=f"Dead letters of {queue} ({len(dead)} in all)")
-    for col in ("id", "task", "reason", "attempts", "failed at", "error"):
-        table.add_column(col, overflow="fold")
+    listing = Listing(
+        f"Dead letters of {queue} ({len(dead)} in all)",
+        ("id", "task", "reason", "attempts", "failed at", "error"),
+        empty=f"No dead letters in {queue}.",
+    )
+    wide = output == "wide" or not is_terminal()
     for e in dead.entries(limit):  # summaries only: listing never reads the bodies
-        table.add_row(
-            _printable(e.id),
-            _printable(e.task or "-"),
-            e.reason,
-            str(e.attempts),
-            _when(e.failed_at),
-            _printable(e.error[:80]),
+        error = _printable(e.error) if wide else _printable(e.error[:80])
+        listing.add(
+            (
+                _printable(e.id),
+                _printable(e.task or "-"),
+                e.reason,
+                str(e.attempts),
+                _when(e.failed_at),
+                error,
+            ),
+            {
+                "id": e.id,
+                "task": e.task,
+                "reason": e.reason,
+                "attempts": e.attempts,
+                "failed_at": e.failed_at,
+                "error": e.error,
+            },
         )
-    console().print(table)
+    emit([listing], output, console())
 
 
 def _printable(text: str) -> str:
@@ -379,9 +577,12 @@ def _body_label(entry: DeadLetter) -> str:
 @dlq.command("show")
 @click.argument("queue")
 @click.argument("message_id")
-def dlq_show(queue: str, message_id: str) -> None:
+@output_option
+def dlq_show(queue: str, message_id: str, output: str | None) -> None:
     """Everything about one dead letter: reason, error, traceback, trace id, message (or, when
-    it was not a verified envelope, an excerpt with its real size)."""
+    it was not a verified envelope, an excerpt with its real size).
+
+    Piped: one `field<TAB>value` row per field, each value on one line (newlines as \\n)."""
     from shoal.reasons import meaning
 
     entry = _app().dlq(queue).get(message_id)
@@ -389,18 +590,18 @@ def dlq_show(queue: str, message_id: str) -> None:
         raise click.ClickException(
             f"no dead letter {message_id} in queue {queue!r}; see `shoal dlq list {queue}`"
         )
-    for label, value in (
+    replay = (
+        f"not replayable: {entry.refusal}; delete it with `shoal dlq purge {queue} {entry.id}`"
+        if entry.refusal
+        else "replayable"
+    )
+    fields: list[tuple[str, object]] = [
         ("id", entry.id),
         ("task", entry.task),
         ("reason", entry.reason),
         ("meaning", meaning(entry.reason)),
-        (
-            "replay",
-            f"not replayable: {entry.refusal}; delete it with `shoal dlq purge {queue} {entry.id}`"
-            if entry.refusal
-            else "replayable",
-        ),
-        ("error", _printable(entry.error)),
+        ("replay", replay),
+        ("error", entry.error),
         ("attempts", entry.attempts),
         ("enqueued at", _when(entry.enqueued_at)),
         ("failed at", _when(entry.failed_at)),
@@ -409,15 +610,48 @@ def dlq_show(queue: str, message_id: str) -> None:
             "workflow",
             f"{entry.workflow['kind']} {entry.workflow['id']}" if entry.workflow else None,
         ),
-    ):
-        text = str(value) if value is not None else "-"
-        console().print(f"[bold]{label:>12}[/bold]  ", end="")
-        console().print(text, markup=False, highlight=False)
+        ("message kept", _body_label(entry)),
+        ("message", entry.message),
+        ("traceback", entry.traceback or None),
+    ]
+    if output in ("json", "yaml"):
+        record = {
+            "id": entry.id,
+            "queue": queue,
+            "task": entry.task,
+            "reason": entry.reason,
+            "meaning": meaning(entry.reason),
+            "replayable": entry.refusal is None,
+            "refusal": entry.refusal,
+            "error": entry.error,
+            "exception_type": entry.exception_type,
+            "attempts": entry.attempts,
+            "enqueued_at": entry.enqueued_at,
+            "failed_at": entry.failed_at,
+            "trace_id": entry.trace_id,
+            "workflow": entry.workflow,
+            "size": entry.size,
+            "stored": entry.stored,
+            "message": entry.message,
+            "traceback": entry.traceback,
+        }
+        click.echo(dump(record, output))
+        return
+    if not is_terminal():
+        for label, value in fields:
+            click.echo(f"{label}\t{plain_cell('-' if value is None else str(value))}")
+        return
+    from rich.text import Text
+
+    out = console()
+    for label, value in fields[:-3]:
+        text = "-" if value is None else _printable(str(value))
+        out.print(Text.assemble((f"{label:>12}", "bold"), "  ", text))
+    out.print(Text.assemble(("     message", "bold"), f"  ({_body_label(entry)})"))
     message = "-" if entry.message is None else _printable(entry.message)
-    console().print(f"[bold]     message[/bold]  ({_body_label(entry)})")
-    console().print(message, markup=False, highlight=False, soft_wrap=True)
+    out.print(Text(message), soft_wrap=True)
     if entry.traceback:
-        console().print(_printable(entry.traceback), markup=False, highlight=False)
+        out.print(Text(_printable(entry.traceback)))
 
 
 @dlq.command("replay")
@@ -521,7 +755,15 @@ def main() -> None:
     except ShoalError as exc:
         if isinstance(exc, TaskModuleError):
             click.echo(exc.user_traceback(), err=True, nl=False)
+            from shoal.supervisor import import_failure
+
+            exc = ConfigurationError(import_failure(exc))
         click.echo(f"error: {exc}", err=True)  # one line, never wrapped: logs keep it whole
+        sys.exit(2)
+    except Exception as exc:
+        if not startup.is_redis_client_error(exc):
+            raise
+        click.echo(f"error: {startup.not_redis(Settings.from_env().redis_url, exc)}", err=True)
         sys.exit(2)
 
 

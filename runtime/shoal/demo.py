@@ -173,7 +173,12 @@ def _drive(producer: App, count: int, console: Console) -> None:
         result = decode_result(raw) if raw else None
         if result is not None and result.ok:
             waits.append(result.value[0] - sent_at[message_id])
-    table = Table(title="shoal demo")
+    table = Table(
+        title="shoal demo",
+        caption=f"{len(sent_at):,} tasks on {QUEUE!r}; enqueue→start: from enqueue returning to "
+        "a worker starting the task; throughput: from the first enqueue to the last completion "
+        '(README, "Two commands", says what each figure means)',
+    )
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_row("tasks completed", f"{stats.completed - before.completed:,} / {len(sent_at):,}")

@@ -101,7 +101,7 @@ def _child_main(
     try:
         app = load_app(spec.app)
     except TaskModuleError as exc:  # `shoal worker` imported it, this process cannot: say why
-        sys.stderr.write(f"{exc.user_traceback()}error: {exc}\n")
+        sys.stderr.write(f"{exc.user_traceback()}error: {import_failure(exc)}\n")
         sys.stderr.flush()
         os._exit(2)
     if spec.metrics:
@@ -130,6 +130,18 @@ def _child_main(
         # os._exit: never wait for task threads abandoned after a hard timeout or the grace
         # period, whether the worker returned or raised
         os._exit(code)
+
+
+def import_failure(exc: TaskModuleError) -> str:
+    """The line that ends a task module's failed import: its error's last line (``KeyError:
+    'DATABASE_URL'``) and what to do, so a log read from its end still says why."""
+    import traceback
+
+    last = traceback.format_exception_only(type(exc.error), exc.error)[-1].strip()
+    return (
+        f"could not import {exc.module!r}: {last}. Fix it (the traceback above shows where; "
+        f"`python -c 'import {exc.module}'` reproduces it)"
+    )
 
 
 class _Child:
@@ -352,7 +364,13 @@ class Supervisor:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        server = ThreadingHTTPServer(("0.0.0.0", self.health_port or 0), Handler)
+        try:
+            server = ThreadingHTTPServer(("0.0.0.0", self.health_port or 0), Handler)
+        except OSError as exc:  # taken since `shoal worker` checked it: one line, not a traceback
+            raise ShoalError(
+                f"--health-port {self.health_port}: cannot listen there ({exc.strerror or exc}); "
+                "stop what uses it or pass another port"
+            ) from None
         self.health_port = server.server_address[1]
         threading.Thread(target=server.serve_forever, name="shoal-health", daemon=True).start()
         return server

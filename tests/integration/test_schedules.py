@@ -169,15 +169,18 @@ def test_shoal_schedules_lists_next_run_last_run_and_outcome(
     monkeypatch.setenv("COLUMNS", "300")
     result = CliRunner().invoke(cli, ["schedules", "--queue", "jobs"])
     assert result.exit_code == 0, result.output
-    lines = {
-        line.split("│")[2].strip(): line for line in result.output.splitlines() if "│ jobs" in line
+    lines = {  # piped: plain tab-separated rows, queue then name
+        line.split("\t")[1]: line
+        for line in result.output.splitlines()
+        if line.startswith("jobs\t")
     }
     assert set(lines) == {"ok", "boom", "later", "yearly"}
     assert "failed (dead-lettered)" in lines["boom"]
     assert "waiting/running" in lines["later"] and "2024-01-01 10:01:00 UTC" in lines["later"]
     assert "finished" in lines["ok"] and "(Asia/Tokyo)" in lines["ok"] and "JST" in lines["ok"]
     assert "late" not in lines["ok"]  # claimed 1 s after its time: on time
-    assert "not run (new)" in lines["yearly"] and "2024-01-01 00:00:00 UTC" in lines["yearly"]
+    assert "not run (new)" in lines["yearly"] and "2024-01-01 00:00:00 UTC" not in lines["yearly"]
+    assert lines["yearly"].split("\t")[7] == "-"  # last run: none, its only tick was skipped
 
     # And since the workers last declared them in (injected) 2024, they are listed as stale,
     # and --prune removes them with their claims
@@ -218,10 +221,10 @@ def test_shoal_schedules_shows_a_late_tick_and_why(
     queues = ["--queue", "woken", "--queue", "busy", "--queue", "asleep"]
     result = CliRunner().invoke(cli, ["schedules", *queues])
     assert result.exit_code == 0, result.output
-    lines = {
-        line.split("│")[2].strip(): line
+    lines = {  # piped: plain tab-separated rows, queue then name
+        line.split("\t")[1]: line
         for line in result.output.splitlines()
-        if line.count("│") > 3 and "2024-01-01" in line
+        if line.count("\t") > 3 and not line.startswith("QUEUE\t")
     }
     assert set(lines) == {"woke-late", "delayed", "skipper", "catcher"}, result.output
 
@@ -229,6 +232,7 @@ def test_shoal_schedules_shows_a_late_tick_and_why(
     assert "waiting/running, late 41s: no worker was running at the tick" in lines["woke-late"]
     assert "late 30s: the running workers could not claim it in time" in lines["delayed"]
     assert "skipped: missed while no worker ran (claimed 5m 0s late)" in lines["skipper"]
+    assert lines["skipper"].split("\t")[7] == "-"  # skipped: no last run to show
     assert "late 5m 0s: missed while no worker ran (run_once)" in lines["catcher"]
 
 

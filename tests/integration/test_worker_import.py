@@ -94,7 +94,10 @@ def test_a_module_that_raises_at_import_shows_its_traceback_and_one_line_of_advi
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: could not import 'billing_tasks'"), last
     assert "python -c 'import billing_tasks'" in last
-    assert err.count("RuntimeError: billing endpoint is not configured") == 1
+    assert err.count("Traceback (most recent call last):") == 1
+    assert last.startswith(
+        "error: could not import 'billing_tasks': RuntimeError: billing endpoint is not configured."
+    ), last
 
 
 def test_a_module_missing_a_dependency_shows_the_users_import_line(

@@ -237,7 +237,7 @@ def test_production_redis_forms_are_accepted(redis: dict[str, Any]) -> None:
         ({"url": "rediss+sentinel://u:pw@s1:26379/m/0", "tls": {}}, "does not match"),
         ({"url": "redis+foo://r:6379"}, "does not match"),
         ({"url": "rediss://r:6380", "tls": {"caFile": "/ca.crt"}}, "caFile"),
-        ({"sentinel": {**SENTINEL, "usernameSecretRef": {}}}, "usernameSecretRef.name: Required value"),
+        ({"sentinel": {**SENTINEL, "usernameSecretRef": {}}}, "usernameSecretRef.name: Required"),
     ],
     ids=[
         "url-and-sentinel",

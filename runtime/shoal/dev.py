@@ -51,6 +51,7 @@ def load_manifests(paths: Sequence[Path]) -> Manifests:
     crds = manifests.load_crds()
     queues: dict[str, dict[str, Any]] = {}
     workers: dict[str, dict[str, Any]] = {}
+    queue_names: set[str] = set()  # valid or not: an invalid Queue is not also "missing"
     problems: list[str] = []
     for path in paths:
         try:
@@ -65,7 +66,8 @@ def load_manifests(paths: Sequence[Path]) -> Manifests:
             if not isinstance(doc, dict):
                 problems.append(f"{where}: not a Kubernetes object (a mapping with a kind)")
                 continue
-            kind, name = doc.get("kind"), (doc.get("metadata") or {}).get("name")
+            kind, meta = doc.get("kind"), doc.get("metadata")
+            name = meta.get("name") if isinstance(meta, dict) else None
             if doc.get("apiVersion") != API_VERSION or kind not in {"Queue", "Worker"}:
                 problems.append(
                     f"{where}: {doc.get('apiVersion')} {kind} {name or ''} is not a Shoal "
@@ -74,12 +76,14 @@ def load_manifests(paths: Sequence[Path]) -> Manifests:
                 continue
             if not name:
                 problems.append(f"{where}: a {kind} without metadata.name")
+            elif kind == "Queue":
+                queue_names.add(name)
             stored, invalid = manifests.check(doc, crds)
             problems += [f'{where}: {kind} "{name or ""}" is invalid: {e}' for e in invalid]
             if name and not invalid:
                 (queues if kind == "Queue" else workers)[name] = stored["spec"]
     for name, spec in workers.items():
-        missing = [q for q in spec["queues"] if q not in queues]
+        missing = [q for q in spec["queues"] if q not in queue_names]
         if missing:
             problems.append(
                 f"Worker {name}: needs its Queues defined in the same files "

@@ -138,3 +138,13 @@ def test_a_valid_manifest_runs_with_the_defaults_the_api_server_applies(
     assert "stopped every worker it started" in done.stdout
     defaults = make_app().queue_defaults("tasks")
     assert defaults == {"dlq_max_entries": 10000, "dlq_max_age": 604800.0}
+
+
+def test_a_worker_of_an_invalid_queue_is_not_also_told_the_queue_is_missing(
+    tmp_path: Path,
+) -> None:
+    text = QUEUE + "  color: blue\n" + WORKER + "---\n- not\n- an object\n"
+    assert _refused(tmp_path, text) == [
+        'Queue "tasks" is invalid: spec.color: Unknown field',
+        "not a Kubernetes object (a mapping with a kind)",
+    ]

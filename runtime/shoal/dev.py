@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from shoal import queue_defaults
+from shoal import manifests, queue_defaults
 from shoal.app import App
 from shoal.autoscale import Decision, Policy, State, decide, policy_from_spec
 from shoal.errors import ConfigurationError
@@ -45,31 +45,55 @@ class Manifests:
 
 
 def load_manifests(paths: Sequence[Path]) -> Manifests:
-    """Queues and Workers from YAML files; anything else is refused with its file and kind."""
+    """Queues and Workers from YAML files, as the API server would store them (schema defaults
+    applied). Refused, every problem at once with its file and document, when a document is
+    not a Shoal Queue or Worker, or the CRDs' schema or CEL rules would refuse it."""
+    crds = manifests.load_crds()
     queues: dict[str, dict[str, Any]] = {}
     workers: dict[str, dict[str, Any]] = {}
+    queue_names: set[str] = set()  # valid or not: an invalid Queue is not also "missing"
+    problems: list[str] = []
     for path in paths:
         try:
-            docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+            docs = list(yaml.safe_load_all(path.read_text()))
         except (OSError, yaml.YAMLError) as exc:
-            raise ConfigurationError(f"cannot read manifests from {path}: {exc}") from None
-        for doc in docs:
-            kind, name = doc.get("kind"), (doc.get("metadata") or {}).get("name")
+            problems.append(f"cannot read manifests from {path}: {exc}")
+            continue
+        for number, doc in enumerate(docs, 1):
+            where = f"{path} (document {number})"
+            if doc is None:
+                continue
+            if not isinstance(doc, dict):
+                problems.append(f"{where}: not a Kubernetes object (a mapping with a kind)")
+                continue
+            kind, meta = doc.get("kind"), doc.get("metadata")
+            name = meta.get("name") if isinstance(meta, dict) else None
             if doc.get("apiVersion") != API_VERSION or kind not in {"Queue", "Worker"}:
-                raise ConfigurationError(
-                    f"{path}: {doc.get('apiVersion')}/{kind} {name or ''} is not a Shoal "
+                problems.append(
+                    f"{where}: {doc.get('apiVersion')} {kind} {name or ''} is not a Shoal "
                     f"resource; shoal dev runs {API_VERSION} Queue and Worker only"
                 )
+                continue
             if not name:
-                raise ConfigurationError(f"{path}: a {kind} without metadata.name")
-            (queues if kind == "Queue" else workers)[name] = doc.get("spec") or {}
+                problems.append(f"{where}: a {kind} without metadata.name")
+            elif kind == "Queue":
+                queue_names.add(name)
+            stored, invalid = manifests.check(doc, crds)
+            problems += [f'{where}: {kind} "{name or ""}" is invalid: {e}' for e in invalid]
+            if name and not invalid:
+                (queues if kind == "Queue" else workers)[name] = stored["spec"]
     for name, spec in workers.items():
-        missing = [q for q in spec.get("queues", []) if q not in queues]
-        if missing or not spec.get("module"):
-            raise ConfigurationError(
-                f"Worker {name}: needs spec.module and Queues defined in the same files "
-                f"(missing: {', '.join(missing) or 'spec.module'})"
+        missing = [q for q in spec["queues"] if q not in queue_names]
+        if missing:
+            problems.append(
+                f"Worker {name}: needs its Queues defined in the same files "
+                f"(missing: {', '.join(missing)})"
             )
+    if problems:
+        raise ConfigurationError(
+            f"shoal dev started nothing: {len(problems)} problem(s) in the manifests\n"
+            + "\n".join(f"  {p}" for p in problems)
+        )
     return Manifests(queues, workers)
 
 

@@ -35,9 +35,9 @@ spec:
     minReplicas: 0
     maxReplicas: 4
     targetPerReplica: 10
-    pollSeconds: 0.2
+    pollSeconds: 0.5  # the CRD's minimum: shoal dev refuses what the cluster would
     scaleToZeroAfterSeconds: 1
-    scaleDownStabilizationSeconds: 0.5
+    scaleDownStabilizationSeconds: 1
 """
 
 
@@ -75,7 +75,7 @@ def test_dev_scales_a_local_fleet_from_zero_and_back(
         ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n", "not a Shoal resource"),
         (
             "apiVersion: shoal.dev/v1alpha1\nkind: Worker\nmetadata: {name: w}\n"
-            "spec: {module: m, queues: [nope]}\n",
+            "spec: {image: i, module: m, queues: [nope]}\n",
             "missing: nope",
         ),
         ("apiVersion: shoal.dev/v1alpha1\nkind: Queue\nspec: {}\n", "without metadata.name"),

@@ -481,7 +481,7 @@ spec:
     enabled: true
     minReplicas: 0
     maxReplicas: 2
-    pollSeconds: 0.2
+    pollSeconds: 0.5
     scaleToZeroAfterSeconds: 0
     scaleDownStabilizationSeconds: 0
     scheduleLeadSeconds: 6

@@ -147,10 +147,10 @@ def test_queue_schedules_accept_arguments_zones_and_policies() -> None:
 @pytest.mark.parametrize(
     ("schedule", "expected"),
     [
-        ({"name": "x", "task": "t"}, "'cron' is a required property"),
-        ({"name": "x", "cron": "* * * * *"}, "'task' is a required property"),
+        ({"name": "x", "task": "t"}, "spec.schedules[0].cron: Required value"),
+        ({"name": "x", "cron": "* * * * *"}, "spec.schedules[0].task: Required value"),
         ({"name": "has space", "cron": "* * * * *", "task": "t"}, "does not match"),
-        ({"name": "x", "cron": "* * * * *", "task": "t", "missed": "catchUp"}, "is not one of"),
+        ({"name": "x", "cron": "* * * * *", "task": "t", "missed": "catchUp"}, "Unsupported value"),
         ({"name": "x", "cron": "* * * * *", "task": "t", "every": 5}, "every"),
     ],
     ids=["no-cron", "no-task", "bad-name", "bad-policy", "unknown-field"],
@@ -227,7 +227,7 @@ def test_production_redis_forms_are_accepted(redis: dict[str, Any]) -> None:
             "a client certificate needs redis.tls.certSecretRef and redis.tls.keySecretRef",
         ),
         ({"cluster": {"nodes": ["n:6379"]}, "tls": {"keySecretRef": REF}}, "set both, or neither"),
-        ({"sentinel": {"hosts": ["s:26379"]}}, "'masterName' is a required property"),
+        ({"sentinel": {"hosts": ["s:26379"]}}, "sentinel.masterName: Required value"),
         ({"sentinel": {"hosts": [], "masterName": "m"}}, "should be non-empty"),
         ({"cluster": {"nodes": []}}, "should be non-empty"),
         ({"cluster": {"nodes": ["n:6379,m:6379"]}}, "does not match"),
@@ -237,7 +237,7 @@ def test_production_redis_forms_are_accepted(redis: dict[str, Any]) -> None:
         ({"url": "rediss+sentinel://u:pw@s1:26379/m/0", "tls": {}}, "does not match"),
         ({"url": "redis+foo://r:6379"}, "does not match"),
         ({"url": "rediss://r:6380", "tls": {"caFile": "/ca.crt"}}, "caFile"),
-        ({"sentinel": {**SENTINEL, "usernameSecretRef": {}}}, "'name' is a required property"),
+        ({"sentinel": {**SENTINEL, "usernameSecretRef": {}}}, "usernameSecretRef.name: Required"),
     ],
     ids=[
         "url-and-sentinel",

@@ -14,6 +14,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY runtime ./runtime
 COPY operator ./operator
+# The CRDs ship inside the package too (runtime/shoal/crds links here): `shoal dev` checks
+# manifests against them.
+COPY crds ./crds
 # Wheels only at run time (hiredis, orjson ship binary wheels): no compiler in either stage.
 RUN python -m venv /opt/shoal \
  && /opt/shoal/bin/pip install --no-cache-dir '.[operator]' \

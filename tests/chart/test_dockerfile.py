@@ -98,8 +98,11 @@ def test_dockerfile_copies_what_the_build_needs() -> None:
         if line.startswith("COPY ") and "--from" not in line
         for part in line.split()[1:-1]
     ]
-    assert sources == ["pyproject.toml", "README.md", "runtime", "operator"]
+    assert sources == ["pyproject.toml", "README.md", "runtime", "operator", "crds"]
     assert all((ROOT / s).exists() for s in sources)
+    # the package's CRDs (for `shoal dev`) link outside runtime/: their target must be copied too
+    packaged = (ROOT / "runtime/shoal/crds").resolve().relative_to(ROOT)
+    assert packaged.parts[0] in sources
     assert any("'.[operator]'" in line for line in build)  # one image: worker and operator
 
 

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -97,3 +103,55 @@ class RunningWorker:
         if self.thread.is_alive() and self._loop is not None:
             self._loop.call_soon_threadsafe(self.worker.stop)
         return self.join(timeout)
+
+
+def shoal_env(redis_url: str, key_prefix: str) -> dict[str, str]:
+    """This process's environment without any SHOAL_ variable, pointed at the test Redis and
+    key prefix: what a `shoal` command or worker started by a test sees."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
+    env.update(SHOAL_REDIS_URL=redis_url, SHOAL_KEY_PREFIX=key_prefix)
+    return env
+
+
+def on_a_terminal(
+    env: dict[str, str], args: list[str], until: Callable[[str], bool] | None = None
+) -> str:
+    """Run ``python -m shoal ARGS`` on a pseudo-terminal; what it drew. With ``until``: interrupt
+    it (Ctrl-C) once what it drew satisfies ``until``, and expect a clean exit."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shoal", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=follower,
+        env=env,
+    )
+    os.close(follower)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            text = b"".join(chunks).decode(errors="replace")
+            if until is not None and until(text):
+                proc.send_signal(signal.SIGINT)
+                until = None
+            ready, _, _ = select.select([leader], [], [], 1)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the other side closed
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(leader)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+    out = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, out
+    return out

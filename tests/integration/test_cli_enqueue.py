@@ -4,7 +4,6 @@ each one line of warning on stderr (the message id alone stays on stdout)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from helpers import wait_for
+from helpers import shoal_env, wait_for
 from shoal import App
 
 SHOAL = str(Path(sys.executable).with_name("shoal"))
@@ -37,9 +36,7 @@ def project(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def env(redis_url: str, key_prefix: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
-    env.update(SHOAL_REDIS_URL=redis_url, SHOAL_KEY_PREFIX=key_prefix)
-    return env
+    return shoal_env(redis_url, key_prefix)
 
 
 def enqueue(project: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

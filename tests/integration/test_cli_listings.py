@@ -6,20 +6,16 @@ stdout a pipe (or a pseudo-terminal), never a stand-in."""
 from __future__ import annotations
 
 import json
-import os
-import pty
-import select
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import yaml
 
-from helpers import wait_for
+from helpers import on_a_terminal, shoal_env, wait_for
 from shoal import App
 
 LONG_QUEUE = "reports-for-the-quarterly-board-meeting-of-the-holding-company"
@@ -28,8 +24,9 @@ LONG_ERROR = "the upstream said no " + "and no again " * 20
 
 @pytest.fixture
 def env(redis_url: str, key_prefix: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHOAL_", "NO_COLOR"))}
-    env.update(SHOAL_REDIS_URL=redis_url, SHOAL_KEY_PREFIX=key_prefix, COLUMNS="80")
+    env = shoal_env(redis_url, key_prefix)
+    env.pop("NO_COLOR", None)
+    env["COLUMNS"] = "80"
     return env
 
 
@@ -251,50 +248,3 @@ def test_schedules_json_and_a_schedule_that_never_ran(app: App, env: dict[str, s
     assert dict(zip(header, row, strict=True))["LAST_RUN"] == "-"
     [entry] = data
     assert (entry["name"], entry["task"], entry["last_run_ms"]) == ("rollup", "x.rollup", None)
-
-
-# --- a pseudo-terminal ---------------------------------------------------------------------------
-
-
-def on_a_terminal(
-    env: dict[str, str], args: list[str], until: Callable[[str], bool] | None = None
-) -> str:
-    """Run ``python -m shoal ARGS`` on a pseudo-terminal; what it drew. With ``until``: interrupt
-    it (Ctrl-C) once what it drew satisfies ``until``, and expect a clean exit."""
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shoal", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=follower,
-        stderr=follower,
-        env=env,
-    )
-    os.close(follower)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline:
-            text = b"".join(chunks).decode(errors="replace")
-            if until is not None and until(text):
-                proc.send_signal(signal.SIGINT)
-                until = None
-            ready, _, _ = select.select([leader], [], [], 1)
-            if not ready:
-                if proc.poll() is not None:
-                    break
-                continue
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # EIO: the other side closed
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(leader)
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(30)
-    out = b"".join(chunks).decode(errors="replace")
-    assert proc.returncode == 0, out
-    return out

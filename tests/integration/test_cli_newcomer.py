@@ -6,7 +6,6 @@ Redis not there at all) ends in one line that says what was wrong and what to do
 from __future__ import annotations
 
 import http.server
-import os
 import socket
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from helpers import shoal_env
 
 SHOAL = str(Path(sys.executable).with_name("shoal"))  # the console script, as users run it
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,12 +30,6 @@ app = shoal.App()
 def add(a: int, b: int) -> int:
     return a + b
 """
-
-
-def _env(redis_url: str, key_prefix: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
-    env.update(SHOAL_REDIS_URL=redis_url, SHOAL_KEY_PREFIX=key_prefix)
-    return env
 
 
 def shoal(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -62,7 +57,7 @@ def _one_error_line(done: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.fixture
 def env(redis_url: str, key_prefix: str) -> dict[str, str]:
-    return _env(redis_url, key_prefix)
+    return shoal_env(redis_url, key_prefix)
 
 
 @pytest.fixture
@@ -160,7 +155,7 @@ def http_port() -> Iterator[int]:
 def test_a_redis_url_at_a_server_that_is_not_redis_is_one_line(
     project: Path, http_port: int, key_prefix: str, command: list[str]
 ) -> None:
-    env = _env(f"redis://127.0.0.1:{http_port}/0", key_prefix)
+    env = shoal_env(f"redis://127.0.0.1:{http_port}/0", key_prefix)
     line = _one_error_line(shoal(project, env, *command))
     assert f"the server at redis://127.0.0.1:{http_port}/0 answered, but not as Redis" in line
     assert "check its host and port" in line
@@ -195,7 +190,7 @@ def test_a_redis_that_never_answers_is_waited_for_a_bounded_time_then_one_line(
     with socket.socket() as closed:  # a free port nothing listens on
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    env = _env(f"redis://127.0.0.1:{port}/0", key_prefix)
+    env = shoal_env(f"redis://127.0.0.1:{port}/0", key_prefix)
     done = shoal(project, env, "worker", "tasks", "--wait-for-redis", "2")
     line = _one_error_line(done)
     assert f"cannot reach Redis at redis://127.0.0.1:{port}/0" in line
@@ -209,7 +204,7 @@ def test_no_wait_fails_at_once(project: Path, key_prefix: str) -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    env = _env(f"redis://127.0.0.1:{port}/0", key_prefix)
+    env = shoal_env(f"redis://127.0.0.1:{port}/0", key_prefix)
     done = shoal(project, env, "worker", "tasks", "--wait-for-redis", "0")
     _one_error_line(done)
     assert "does not answer yet" not in done.stderr

@@ -7,9 +7,6 @@ terminal. What each process has loaded is read from ``/proc/PID/maps``, not meas
 from __future__ import annotations
 
 import os
-import pty
-import select
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -20,7 +17,7 @@ import psutil
 import pytest
 from processes import WorkerProcess
 
-from helpers import wait_for
+from helpers import on_a_terminal, wait_for
 from shoal import App
 from shoal.protocol.server import free_port
 
@@ -100,37 +97,6 @@ def test_the_supervisor_keeps_the_settings_the_app_sets_in_code(
     )
 
 
-def _run_on_a_terminal(args: list[str], env: dict[str, str]) -> str:
-    """Run ``python -m shoal ARGS`` with a pseudo-terminal as its stdout; what it printed."""
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shoal", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=follower,
-        stderr=follower,
-        env=env,
-    )
-    os.close(follower)
-    chunks: list[bytes] = []
-    try:
-        while True:
-            ready, _, _ = select.select([leader], [], [], 30)
-            if not ready:
-                break
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # EIO: the other side closed
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(leader)
-        proc.wait(30)
-    assert proc.returncode == 0, b"".join(chunks).decode(errors="replace")
-    return b"".join(chunks).decode(errors="replace")
-
-
 def test_info_draws_its_table_on_a_terminal(app: App, redis_url: str, key_prefix: str) -> None:
     app.remote("some.task", queue="terminal-q").enqueue()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SHOAL_", "NO_COLOR"))}
@@ -138,7 +104,7 @@ def test_info_draws_its_table_on_a_terminal(app: App, redis_url: str, key_prefix
         SHOAL_REDIS_URL=redis_url, SHOAL_KEY_PREFIX=key_prefix, TERM="xterm-256color", COLUMNS="200"
     )
 
-    out = _run_on_a_terminal(["info", "--interval", "0"], env)
+    out = on_a_terminal(env, ["info", "--interval", "0"])
 
     assert "Queues" in out
     assert "terminal-q" in out

@@ -4,12 +4,13 @@ test Redis, and stopping a process as Kubernetes does (SIGTERM, then SIGKILL aft
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+from helpers import shoal_env
 
 
 def stop(proc: subprocess.Popen[bytes], grace_s: float = 20) -> None:
@@ -29,8 +30,8 @@ def worker_pod(
     """`shoal worker MODULE:app --queues QUEUE` with ``source`` written to ``MODULE.py``; its
     output goes to ``worker.log`` in ``tmp_path``."""
     (tmp_path / f"{module}.py").write_text(source)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
-    env.update(SHOAL_REDIS_URL=redis_url, SHOAL_KEY_PREFIX=key_prefix, PYTHONPATH=str(tmp_path))
+    env = shoal_env(redis_url, key_prefix)
+    env["PYTHONPATH"] = str(tmp_path)
     with (tmp_path / "worker.log").open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "shoal", "worker", f"{module}:app", "--queues", queue],

@@ -127,6 +127,9 @@ class State:
     went idle after it: work seen while one is open is explained by the schedule."""
     unscheduled_at: float | None = None
     """The last poll that saw work no tick explains (None: none seen yet)."""
+    first_poll: float | None = None
+    """When this policy state began (an operator restart begins anew): the schedules are not
+    trusted to explain the work until it has watched for UNSCHEDULED_MEMORY_S."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +186,8 @@ class _Warm:
 def decide(policy: Policy, snap: Snapshot, state: State | None = None) -> Decision:
     """The replicas the fleet should have now, and a sentence saying why."""
     state = state or State()
+    if state.first_poll is None:
+        state = replace(state, first_poll=snap.now)
     current = snap.current_replicas
     if not snap.fresh:
         return Decision(current, f"no fresh measurement: holding {current}", state)
@@ -253,7 +258,7 @@ def decide(policy: Policy, snap: Snapshot, state: State | None = None) -> Decisi
         return Decision(target, f"{why} → {target}", state)
     if scheduled and warm is None:
         soon = _needed_soon(policy, snap, _startup_cost(policy, snap))
-        held = policy.clamp(max(target, min(current, soon[0])))
+        held = _step(policy, current, policy.clamp(max(target, min(current, soon[0]))))
         if held < current:
             return Decision(held, f"{why}; {_schedule_says(snap, soon)} → {held}", state)
     return _shrink(policy, snap, state, target, why)
@@ -281,7 +286,7 @@ def _schedule_driven(snap: Snapshot, state: State) -> bool:
     unexplained work was seen for UNSCHEDULED_MEMORY_S."""
     if not _ticks(snap):
         return False
-    last = state.unscheduled_at
+    last = state.unscheduled_at if state.unscheduled_at is not None else state.first_poll
     return last is None or snap.now - last >= UNSCHEDULED_MEMORY_S
 
 
@@ -313,12 +318,19 @@ def _schedule_says(snap: Snapshot, soon: tuple[int, str | None, float]) -> str:
     )
 
 
+def _step(policy: Policy, current: int, target: int) -> int:
+    """``target``, but at most ``max_scale_down_step`` below ``current`` (every way down)."""
+    if policy.max_scale_down_step is None:
+        return target
+    return max(target, current - policy.max_scale_down_step)
+
+
 def _follow_schedule(
     policy: Policy, snap: Snapshot, state: State, soon: tuple[int, str | None, float]
 ) -> Decision:
     """An idle fleet whose work is all scheduled: keep what the warm-ups starting within a
     start-up need, release the rest now (to zero when none is that close)."""
-    keep = policy.clamp(min(snap.current_replicas, soon[0]))
+    keep = _step(policy, snap.current_replicas, policy.clamp(min(snap.current_replicas, soon[0])))
     why = f"idle, {_schedule_says(snap, soon)} → {keep}"
     return Decision(keep, why, _remember(state, snap.now, keep, policy))
 
@@ -335,9 +347,7 @@ def _shrink(policy: Policy, snap: Snapshot, state: State, target: int, why: str)
     at_least = policy.stabilization_s
     while held > target and _long_spells(state, held, startup, at_least):
         held -= 1
-    shrink_to = held
-    if policy.max_scale_down_step is not None:
-        shrink_to = max(shrink_to, current - policy.max_scale_down_step)
+    shrink_to = _step(policy, current, held)
     if shrink_to == current:
         return Decision(
             current,

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from shoal.autoscale import (
+    UNSCHEDULED_MEMORY_S,
     Decision,
     Policy,
     ScheduledTick,
@@ -17,6 +18,9 @@ from shoal.autoscale import (
     decide,
     policy_from_spec,
 )
+
+WATCHED = State(first_poll=-UNSCHEDULED_MEMORY_S)
+"""A policy state that has watched long enough to trust the schedules to explain the work."""
 
 POLICY = Policy(
     min_replicas=0,
@@ -249,7 +253,7 @@ def test_after_the_tick_is_claimed_the_woken_fleet_idles_then_sleeps() -> None:
 
 def test_a_fleet_whose_work_was_all_scheduled_sleeps_once_its_tick_is_done() -> None:
     policy = Policy(scale_to_zero_after_s=300, stabilization_s=45)
-    woken = decide(policy, Snapshot(1000, 0, 0, 0, 0, next_tick=tick(11), startup_s=10))
+    woken = decide(policy, Snapshot(1000, 0, 0, 0, 0, next_tick=tick(11), startup_s=10), WATCHED)
     assert woken.replicas == 1
     ran = decide(policy, Snapshot(1012, 0, 1, 1, 1, arrival_rate=0.5, startup_s=10), woken.state)
     assert ran.replicas == 1
@@ -464,7 +468,7 @@ def after_a_tick(upcoming: tuple[ScheduledTick, ...]) -> Decision:
     """A fleet at zero warmed for `reports` (100 tasks: 10 replicas), which ran them; then
     idle, with `upcoming` ahead."""
     reports = (sched("reports", 11, 100),)
-    d = decide(SCHED, Snapshot(0, 0, 0, 0, 0, upcoming_ticks=reports, startup_s=10))
+    d = decide(SCHED, Snapshot(0, 0, 0, 0, 0, upcoming_ticks=reports, startup_s=10), WATCHED)
     assert d.replicas == 10
     d = decide(SCHED, Snapshot(12, 60, 40, 10, 10, arrival_rate=50, startup_s=10), d.state)
     d = decide(SCHED, Snapshot(14, 0, 20, 10, 10, completion_rate=40, startup_s=10), d.state)
@@ -558,3 +562,28 @@ def test_a_far_scheduled_tick_does_not_make_a_noisy_load_flap(startup_s: float) 
 
     without = _noisy_hour(policy, startup_s, lambda t: ())
     assert len(_noisy_hour(policy, startup_s, nightly)) <= max(8, len(without))
+
+
+def test_a_restarted_operator_does_not_trust_the_schedules_before_it_has_watched() -> None:
+    # Given a fresh policy state (an operator restart) over 4 idle replicas whose queue has a
+    # schedule 6 h away and, now and then, unscheduled tasks
+    far = (sched("nightly", 6 * 3600, 10),)
+    idle = Snapshot(0, 0, 0, 4, 4, upcoming_ticks=far, next_tick=far[0], startup_s=10)
+    # Then it does not drop to zero at once as if all the work were the schedule's
+    d = decide(SCHED, idle)
+    assert d.replicas > 0, d.reason
+    assert "only scheduled work lately" not in d.reason
+
+
+def test_following_the_schedules_still_steps_down_by_max_scale_down_step() -> None:
+    stepped = Policy(
+        max_replicas=50, target_per_replica=10, stabilization_s=45, max_scale_down_step=2
+    )
+    reports = (sched("reports", 11, 100),)
+    d = decide(stepped, Snapshot(0, 0, 0, 0, 0, upcoming_ticks=reports, startup_s=10), WATCHED)
+    d = decide(stepped, Snapshot(12, 60, 40, 10, 10, arrival_rate=50, startup_s=10), d.state)
+    d = decide(stepped, Snapshot(14, 0, 20, 10, 10, completion_rate=40, startup_s=10), d.state)
+    far = (sched("reports", 284, 100),)
+    idle = Snapshot(16, 0, 0, 10, 10, completion_rate=10, upcoming_ticks=far, startup_s=10)
+    d = decide(stepped, idle, d.state)
+    assert d.replicas == 8, d.reason

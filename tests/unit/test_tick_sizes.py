@@ -49,3 +49,20 @@ def test_the_median_of_the_last_three_runs_is_told() -> None:
         sizes.observe([stats(enqueued, waiting=run)], ticks(("a", due)))
         sizes.observe([stats(enqueued)], ticks(("a", due)))  # idle: recorded
     assert sizes.expected() == {("q", "a"): 14}  # median of 1000, 12, 14
+
+
+def test_a_queue_that_never_idles_counts_only_what_the_tick_added() -> None:
+    # Given a queue receiving 10 tasks/s all day, and an hourly schedule whose run enqueues 5
+    sizes, enqueued, now = TickSizes(), 0, 0.0
+    sizes.observe([stats(enqueued, waiting=3)], ticks(("hourly", 3600)), now)
+    for _ in range(60):  # a minute of background, polled every second
+        now += 1
+        enqueued += 10
+        sizes.observe([stats(enqueued, waiting=3)], ticks(("hourly", 3600)), now)
+    # When the tick is claimed and its run adds 5 on top of the background, for 10 minutes
+    for second in range(600):
+        now += 1
+        enqueued += 10 + (5 if second == 0 else 0)
+        sizes.observe([stats(enqueued, waiting=3)], ticks(("hourly", 7200)), now)
+    # Then the run closed after MAX_RUN_S and counted the tick's 5, not 10 minutes of traffic
+    assert sizes.expected() == {("q", "hourly"): 5}

@@ -763,7 +763,8 @@ def main() -> None:
     except Exception as exc:
         if not startup.is_redis_client_error(exc):
             raise
-        click.echo(f"error: {startup.not_redis(Settings.from_env().redis_url, exc)}", err=True)
+        url = Settings.from_env().redis_url
+        click.echo(f"error: {startup.explain_redis_error(url, exc)}", err=True)
         sys.exit(2)
 
 

@@ -48,6 +48,25 @@ def not_redis(url: str, exc: BaseException) -> ShoalError:
     )
 
 
+def speaks_another_protocol(exc: BaseException) -> bool:
+    """A reply that is not Redis's protocol at all (an HTTP server on that port), as opposed
+    to Redis refusing a command (no permission, a read-only replica, out of memory)."""
+    return type(exc).__name__ == "InvalidResponse" or "protocol error" in str(exc).lower()
+
+
+def redis_refused(url: str, exc: BaseException) -> ShoalError:
+    return ConfigurationError(
+        f"Redis at {mask_url(url)} refused a command: {exc}. Check the user's ACL rules "
+        "(`shoal redis-acl` prints the rule Shoal needs), that the URL names the primary and "
+        "not a read-only replica, and the server's memory"
+    )
+
+
+def explain_redis_error(url: str, exc: BaseException) -> ShoalError:
+    """The one-line error for a redis-py error that reached the CLI."""
+    return not_redis(url, exc) if speaks_another_protocol(exc) else redis_refused(url, exc)
+
+
 def wait_for_redis(app: App, wait_s: float, sleep: Callable[[float], None] = time.sleep) -> None:
     """Return once Redis answers a PING; until then log one line per try, backing off from
     0.5 s to 10 s, for at most ``wait_s`` seconds (``inf``: for ever), then raise a
@@ -81,7 +100,7 @@ def wait_for_redis(app: App, wait_s: float, sleep: Callable[[float], None] = tim
             step = min(step * 2, LONGEST_STEP_S)
         except Exception as exc:
             if is_redis_client_error(exc):
-                raise not_redis(url, exc) from None
+                raise explain_redis_error(url, exc) from None
             raise
 
 

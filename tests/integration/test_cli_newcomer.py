@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from helpers import shoal_env
 
@@ -159,6 +160,30 @@ def test_a_redis_url_at_a_server_that_is_not_redis_is_one_line(
     line = _one_error_line(shoal(project, env, *command))
     assert f"the server at redis://127.0.0.1:{http_port}/0 answered, but not as Redis" in line
     assert "check its host and port" in line
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(["worker", "tasks", "--burst"], id="worker"),
+        pytest.param(["enqueue", "tasks.add", "--args", "[1, 2]"], id="enqueue"),
+    ],
+)
+def test_redis_refusing_a_command_is_not_called_another_service(
+    project: Path, redis_client: redis.Redis, redis_url: str, key_prefix: str, command: list[str]
+) -> None:
+    # Given an ACL user that may only read (Redis answers, and refuses what Shoal needs)
+    redis_client.acl_setuser(
+        "reader", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@read", "+auth"]
+    )
+    try:
+        url = redis_url.replace("redis://", "redis://reader:pw@", 1)
+        line = _one_error_line(shoal(project, shoal_env(url, key_prefix), *command))
+    finally:
+        redis_client.acl_deluser("reader")
+    assert "refused a command" in line and "no permissions" in line, line
+    assert "not as Redis" not in line
+    assert "pw@" not in line  # the password is masked
 
 
 def test_a_health_port_in_use_is_one_line(project: Path, env: dict[str, str]) -> None:

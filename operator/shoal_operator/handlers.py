@@ -25,8 +25,10 @@ from kubernetes.client.exceptions import ApiException
 
 from shoal_operator import conditions as cond
 from shoal_operator import deployment as deploy
+from shoal_operator import metrics
 from shoal_operator.errors import ReconcileError, SpecError
 from shoal_operator.kube import GROUP, VERSION
+from shoal_operator.metrics_server import MetricsServer
 from shoal_operator.queues import QueueMonitor, remove_queue_schedules
 from shoal_operator.redis_gateway import RedisGateway
 from shoal_operator.settings import OperatorSettings
@@ -49,9 +51,10 @@ def configure(
         kube_config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kube_config.ConfigException:
         kube_config.load_kube_config()  # type: ignore[no-untyped-call]
-    memo.core = client.CoreV1Api()
-    memo.apps = client.AppsV1Api()
-    memo.custom = client.CustomObjectsApi()
+    api = metrics.TimedApiClient()  # every call the handlers make is timed
+    memo.core = client.CoreV1Api(api)
+    memo.apps = client.AppsV1Api(api)
+    memo.custom = client.CustomObjectsApi(api)
     settings.persistence.finalizer = "shoal.dev/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="shoal.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="shoal.dev")
@@ -59,11 +62,48 @@ def configure(
     logger.info("shoal operator: %s", memo.settings)
 
 
+@kopf.on.startup()
+async def serve_metrics(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """``/metrics`` and ``/readyz`` on ``SHOAL_OPERATOR_METRICS_PORT``, ready from now on
+    while the API answers. A port already taken is logged, not fatal: the operator's work
+    matters more than its figures (its readiness probe then fails, which shows it)."""
+    port = memo.settings.operator_metrics_port
+    if not port:
+        return
+    server = MetricsServer(port)
+    try:
+        await server.start()
+    except OSError as exc:
+        logger.error(
+            "cannot serve /metrics and /readyz on port %d (%s); set SHOAL_OPERATOR_METRICS_PORT "
+            "to a free port",
+            port,
+            exc,
+        )
+        return
+    namespaces = memo.settings.namespaces
+
+    def api_answers() -> None:
+        if namespaces:
+            memo.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespaces[0], "workers", limit=1
+            )
+        else:
+            memo.custom.list_cluster_custom_object(GROUP, VERSION, "workers", limit=1)
+
+    server.started(api_answers)
+    memo.metrics_server = server
+    logger.info("operator metrics on :%d/metrics, readiness on /readyz", port)
+
+
 @kopf.on.cleanup()
-def close_connections(memo: kopf.Memo, **_: Any) -> None:
-    """The operator stops: close its Redis connections, remove the TLS files it wrote, flush
-    the spans not exported yet."""
-    memo.redis.close()
+async def close_connections(memo: kopf.Memo, **_: Any) -> None:
+    """The operator stops: stop serving metrics, close its Redis connections, remove the TLS
+    files it wrote, flush the spans not exported yet."""
+    server = memo.get("metrics_server")
+    if server is not None:
+        await server.stop()
+    await asyncio.to_thread(memo.redis.close)
     stop_tracing(memo.get("tracing"))
 
 
@@ -149,7 +189,8 @@ def worker_reconcile(
     """Create or update the Worker's Deployment."""
     assert namespace is not None  # Workers are namespaced
     try:
-        figures = reconcile_worker(name, namespace, body, memo, logger)
+        with metrics.reconciling("Worker"):
+            figures = reconcile_worker(name, namespace, body, memo, logger)
     except ReconcileError as exc:
         _fail(exc, body, patch, "Ready", memo.settings.retry_delay_s)
     assert figures is not None  # create=True: the Deployment exists now
@@ -172,7 +213,10 @@ def deployment_changed(
     Worker's status and undo edits that drift from the Worker's spec."""
     assert namespace is not None  # Deployments are namespaced
     worker = body.get("metadata", {}).get("labels", {}).get(deploy.WORKER_LABEL)
-    if not worker or type == "DELETED":
+    if not worker:
+        return
+    if type == "DELETED":  # its Worker was deleted (or it was): so are its metrics
+        metrics.worker_gone(namespace, worker)
         return
     try:
         owner = memo.custom.get_namespaced_custom_object(
@@ -206,6 +250,9 @@ async def worker_autoscaler(
     """Every poll: measure the Worker's queues, decide, scale the Deployment, explain."""
     assert namespace is not None  # Workers are namespaced
     scaler = Autoscaling(name, namespace, memo, logger)
-    while not stopped:
-        poll_s = await asyncio.to_thread(scaler.tick, body, spec)
-        await stopped.wait(poll_s)
+    try:
+        while not stopped:
+            poll_s = await asyncio.to_thread(scaler.tick, body, spec)
+            await stopped.wait(poll_s)
+    finally:  # autoscaling turned off, or the Worker deleted: no decisions to show
+        metrics.worker_gone(namespace, name)

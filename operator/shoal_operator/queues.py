@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 
 from shoal_operator import conditions as cond
+from shoal_operator import metrics
 from shoal_operator.errors import ReconcileError, RedisUnreachable
 from shoal_operator.kube import patch_status
 from shoal_operator.redis_gateway import Connection, Reading, RedisGateway
@@ -75,6 +76,7 @@ class QueueMonitor:
             # Before measuring: what came due since (delayed, retries, lapsed leases) is counted
             # as waiting even with no worker running, for us and for a KEDA ScaledObject.
             promoted = memo.redis.promote(conn, name)
+            metrics.promoted(namespace, name, promoted.moved)
             if promoted.moved:
                 self.logger.info(
                     "Queue %s: %d due delayed/retry and %d lapsed lease(s) moved to waiting",
@@ -87,6 +89,7 @@ class QueueMonitor:
             if spec.get("schedules") or body.get("status", {}).get("schedules"):
                 runs = memo.redis.schedule_runs(conn, name, int(time.time() * 1000))
         except ReconcileError as exc:
+            metrics.reconciled("Queue", exc)
             if self.problem != exc.reason:
                 kopf.warn(body, reason=exc.reason, message=exc.message)
                 self.problem = exc.reason
@@ -98,6 +101,7 @@ class QueueMonitor:
                 conditions, "Ready", False, exc.reason, exc.message, generation
             )
         else:
+            metrics.reconciled("Queue")
             if self.problem:
                 kopf.info(body, reason="Recovered", message="the Queue is measured again")
             self.problem = None

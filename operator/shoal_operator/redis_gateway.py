@@ -18,6 +18,7 @@ from shoal.protocol import CONNECTION_ERRORS, Promoted, connection_error
 from shoal.scheduler import stored, write_queue_schedules
 from shoal.schedules import Schedule, describe_time, from_queue_spec
 from shoal_operator.errors import InvalidReference, RedisUnreachable
+from shoal_operator.metrics import measuring_redis
 from shoal_operator.redis_target import RedisTarget, SecretReader
 from shoal_operator.tls_files import TLSFiles
 
@@ -116,7 +117,7 @@ class RedisGateway:
 
     def measure(self, conn: Connection, namespace: str, queue: str) -> Reading:
         """The queue's figures; RedisUnreachable when Redis does not answer."""
-        with unreachable_on_redis_errors(conn):
+        with unreachable_on_redis_errors(conn), measuring_redis():
             stats = self.app(conn).measure(queue)
         previous = self._last.get((namespace, queue))
         self._last[(namespace, queue)] = stats

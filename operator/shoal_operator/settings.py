@@ -41,6 +41,10 @@ class OperatorSettings:
     liveness_port: int = 8081
     """The operator's own liveness endpoint (``SHOAL_OPERATOR_LIVENESS_PORT``), /healthz."""
 
+    operator_metrics_port: int = 9100
+    """The operator's own Prometheus /metrics and its /readyz (``SHOAL_OPERATOR_METRICS_PORT``;
+    0: not served). 9100 as the worker pods': the operator runs in a pod of its own."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
         env = os.environ if environ is None else environ
@@ -53,6 +57,9 @@ class OperatorSettings:
             health_port=int(env.get("SHOAL_OPERATOR_WORKER_HEALTH_PORT", cls.health_port)),
             metrics_port=int(env.get("SHOAL_OPERATOR_WORKER_METRICS_PORT", cls.metrics_port)),
             liveness_port=int(env.get("SHOAL_OPERATOR_LIVENESS_PORT", cls.liveness_port)),
+            operator_metrics_port=int(
+                env.get("SHOAL_OPERATOR_METRICS_PORT", cls.operator_metrics_port)
+            ),
         )
 
 

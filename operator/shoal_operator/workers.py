@@ -14,7 +14,7 @@ from shoal import BrokerError
 from shoal.autoscale import Snapshot, State, policy_from_spec
 from shoal.fleet import FleetMeter, in_flight_by_instance
 from shoal.schedule_plan import upcoming_ticks
-from shoal_operator import autoscaler
+from shoal_operator import autoscaler, metrics
 from shoal_operator import conditions as cond
 from shoal_operator import deployment as deploy
 from shoal_operator.errors import MissingReference, ReconcileError, SpecError
@@ -116,13 +116,15 @@ def reconcile_worker(
             )
             live = read_deployment(memo, namespace, name) or live
     status = (live or {}).get("status") or {}
-    return {
+    figures = {
         "replicas": status.get("replicas") or 0,
         "readyReplicas": status.get("ready_replicas") or status.get("readyReplicas") or 0,
         "desiredReplicas": desired["spec"]["replicas"],
         "selector": deploy.selector(name),
         "deployment": name,
     }
+    metrics.replicas(namespace, name, figures["replicas"], figures["desiredReplicas"])
+    return figures
 
 
 def worker_status(body: kopf.Body, figures: dict[str, Any]) -> dict[str, Any]:
@@ -142,7 +144,8 @@ def resync(
     if body["metadata"].get("deletionTimestamp"):
         return  # being deleted: its Deployment goes with it
     try:
-        figures = reconcile_worker(name, namespace, body, memo, logger, create=False)
+        with metrics.reconciling("Worker"):
+            figures = reconcile_worker(name, namespace, body, memo, logger, create=False)
     except ReconcileError as exc:
         logger.info("Worker %s/%s not reconciled: %s", namespace, name, exc.message)
         return
@@ -183,7 +186,8 @@ class Autoscaling:
             conn = memo.redis.connect(refs[0].target, memo.core, namespace)
             broker = memo.redis.app(conn).broker
             names = [r.name for r in refs]
-            snap = self.fleet.snapshot(broker, names, replicas, ready)
+            with metrics.measuring_redis():
+                snap = self.fleet.snapshot(broker, names, replicas, ready)
             # The schedules of its queues (code and Queue ones): a fleet at zero wakes for them,
             # sized from what their last runs added to the queue (counted here).
             now_ms, records = broker.schedule_snapshot(names)
@@ -203,6 +207,8 @@ class Autoscaling:
             )
         decision = autoscaler.traced_decision(name, policy, snap, self.state)
         self.state = decision.state
+        pods = int((live.get("status") or {}).get("replicas") or 0)
+        metrics.decided(namespace, name, replicas, decision.replicas, pods)
         if decision.replicas != replicas:
             if decision.replicas < replicas and conn is not None:
                 self._mark_idle_pods(conn)

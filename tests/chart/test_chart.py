@@ -261,10 +261,9 @@ def test_operator_deployment_runs_one_operator_with_probes_on_kopf_liveness() ->
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     container = operator_container(docs)
     assert container["command"] == ["shoal-operator"]
-    (port,) = container["ports"]
+    port, _ = container["ports"]  # the metrics port and readiness: see the test below
     assert port["containerPort"] == OperatorSettings().liveness_port == 8081
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": port["name"]}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"]}
     assert container["resources"]["requests"] and container["resources"]["limits"]
     spec = deployment["spec"]["template"]["spec"]
     assert (
@@ -613,7 +612,7 @@ def test_demo_worker_module_ships_in_the_shoal_image() -> None:
 
 def test_pod_monitor_selects_the_worker_pods_metrics_port() -> None:
     docs = render({"podMonitor": {"enabled": True, "labels": {"release": "prometheus"}}})
-    (monitor,) = find(docs, "PodMonitor")
+    (monitor,) = find(docs, "PodMonitor", f"{RELEASE}-workers")
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert monitor["spec"]["namespaceSelector"] == {"any": True}
     assert monitor["spec"]["selector"]["matchLabels"].items() <= deploy.labels("any").items()
@@ -624,8 +623,37 @@ def test_pod_monitor_selects_the_worker_pods_metrics_port() -> None:
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] in {
         p["name"] for p in container["ports"]
     }
-    scoped = find(render({"podMonitor": {"enabled": True}, "watchNamespaces": ["a"]}), "PodMonitor")
+    scoped = find(
+        render({"podMonitor": {"enabled": True}, "watchNamespaces": ["a"]}),
+        "PodMonitor",
+        f"{RELEASE}-workers",
+    )
     assert scoped[0]["spec"]["namespaceSelector"] == {"matchNames": ["a"]}
+
+
+def test_operator_serves_metrics_and_readiness_scraped_by_its_pod_monitor() -> None:
+    """The operator's metrics port carries /readyz (its readinessProbe) and /metrics, which a
+    second PodMonitor scrapes in the release's namespace; the port comes from values."""
+    docs = render({"podMonitor": {"enabled": True}, "operator": {"metricsPort": 9200}})
+    container = operator_container(docs)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"health": 8081, "metrics": 9200}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    settings = OperatorSettings.from_env(env_of(container))
+    assert settings.operator_metrics_port == 9200
+    assert OperatorSettings().operator_metrics_port == 9100 == ports_of(render())["metrics"]
+    (monitor,) = find(docs, "PodMonitor", f"{RELEASE}-operator")
+    check_pod_monitor(monitor)
+    deployment = one(docs, "Deployment", f"{RELEASE}-operator")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert find(render(), "PodMonitor") == []
+
+
+def ports_of(docs: list[dict[str, Any]]) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in operator_container(docs)["ports"]}
 
 
 # --- NOTES.txt ----------------------------------------------------------------------------------

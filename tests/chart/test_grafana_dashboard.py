@@ -3,7 +3,10 @@ labels Shoal exports, and the chart ships it as a ConfigMap for the Grafana side
 
 What Shoal exports is read from a real ``shoal worker --metrics-port`` scraped over HTTP after it
 ran tasks to each verdict (ok, failed, retried, dead): a family only appears in the multiprocess
-exposition once a sample was written, so the worker is made to write every one. The PromQL is
+exposition once a sample was written, so the worker is made to write every one. The operator's
+families are read from its registry, exposed as its ``/metrics`` serves them, after one call of
+each recording function its handlers use (tests/operator/test_operator_metrics.py scrapes the
+running operator); a family of the registry that none of them fills fails the test. The PromQL is
 read by a small extractor (selectors, ``by``/``on`` label lists, range brackets, strings); it is
 tested on its own, and the check is shown to fail on a dashboard naming a metric that does not
 exist.
@@ -25,6 +28,7 @@ from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from test_chart import CHART, KUBERNETES_VERSION, NAMESPACE, RELEASE, find, helm, render
@@ -33,6 +37,8 @@ from crd_schema import ROOT
 from helpers import wait_for
 from shoal import App
 from shoal.protocol.server import free_port
+from shoal_operator import metrics as operator_metrics
+from shoal_operator.errors import MissingReference
 
 DASHBOARD = CHART / "dashboards" / "shoal.json"
 
@@ -141,6 +147,31 @@ def scrape(port: int) -> dict[str, set[str]]:
     return exported
 
 
+def samples_by_name(metric_families: list[Metric]) -> dict[str, set[str]]:
+    exported: dict[str, set[str]] = {}
+    for family in metric_families:
+        for sample in family.samples:
+            exported.setdefault(sample.name, set()).update(sample.labels)
+    return exported
+
+
+def operator_exported() -> dict[str, set[str]]:
+    """Sample names → label names of the operator's ``/metrics`` (its registry, exposed as the
+    server does), after each recording function the handlers call ran once."""
+    operator_metrics.reconciled("Queue")
+    operator_metrics.reconciled("Worker", MissingReference("QueueNotFound", "no such Queue"))
+    operator_metrics.decided("default", "dashboard", 0, 1, 0)
+    operator_metrics.promoted("default", "dashboard", 1)
+    with operator_metrics.measuring_redis():
+        pass
+    operator_metrics.API_LATENCY.labels("GET").observe(0.01)
+    text = generate_latest(operator_metrics.REGISTRY).decode()
+    parsed = list(text_string_to_metric_families(text))
+    empty = sorted(f.name for f in parsed if not f.samples)
+    assert empty == [], f"operator families no recording function filled: {empty}"
+    return samples_by_name(parsed)
+
+
 def outcomes_seen(port: int) -> set[str]:
     return {
         sample.labels["outcome"]
@@ -183,7 +214,10 @@ def exported(redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[dict[s
                 return None
             return exported if verdicts <= outcomes_seen(port) else None
 
-        yield wait_for(scraped, timeout=30, message=f"every verdict in /metrics ({log})")
+        worker_exported = wait_for(
+            scraped, timeout=30, message=f"every verdict in /metrics ({log})"
+        )
+        yield worker_exported | operator_exported()
         producer.close()
     finally:
         worker.terminate()
@@ -230,7 +264,7 @@ def test_every_query_names_only_metrics_and_labels_shoal_exports(
 
     # every family Shoal exports is on the dashboard
     used = set().union(*(promql_names(e)[0] for _, e in queries(dashboard)))
-    families = {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in exported}
+    families = {re.sub(r"_(total|bucket|sum|count|created)$", "", n) for n in exported}
     on_dashboard = {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in used}
     assert families - on_dashboard == set()
 
@@ -239,9 +273,13 @@ def test_every_query_names_only_metrics_and_labels_shoal_exports(
     target = next(p for p in broken["panels"] if p["type"] == "timeseries")["targets"][0]
     target["expr"] = target["expr"].replace("shoal_queue_waiting", "shoal_queue_pending")
     broken["templating"]["list"][1]["query"]["query"] = "label_values(shoal_redis_up, queue)"
+    autoscaler = next(p for p in broken["panels"] if p["title"].startswith("Desired and current"))
+    for target in autoscaler["targets"]:
+        target["expr"] = target["expr"].replace("_desired_replicas", "_wanted_replicas")
     found = problems(broken, exported)
     assert any("names shoal_queue_pending, which Shoal does not export" in p for p in found)
     assert any("variable namespace uses label 'queue'" in p for p in found)
+    assert any("names shoal_operator_worker_wanted_replicas, which" in p for p in found)
 
 
 def test_outcomes_on_the_dashboard_are_those_the_middleware_writes() -> None:
@@ -253,8 +291,10 @@ def test_outcomes_on_the_dashboard_are_those_the_middleware_writes() -> None:
 
 
 def test_every_query_is_filtered_by_the_namespace_and_queue_variables() -> None:
-    """A selector of a metric with a queue label carries both variables; shoal_redis_up (no
-    queue label) the namespace one."""
+    """A selector of a worker's metric with a queue label carries both variables;
+    shoal_redis_up (no queue label) the namespace one. The operator's metrics are scraped in the
+    operator's namespace: those of a resource filter on ``resource_namespace`` (and ``queue``
+    when they have it); operator-wide ones (reconciles, latencies) need no filter."""
     dashboard = json.loads(DASHBOARD.read_text())
     names = [v["name"] for v in dashboard["templating"]["list"]]
     assert names == ["datasource", "namespace", "queue"]
@@ -263,11 +303,28 @@ def test_every_query_is_filtered_by_the_namespace_and_queue_variables() -> None:
             continue
         for metric in promql_names(expr)[0]:
             selectors = re.findall(rf"\b{metric}\{{([^}}]*)\}}", expr)
+            if metric.startswith("shoal_operator_"):
+                if metric.startswith(OPERATOR_PER_RESOURCE):
+                    assert selectors, f"{where}: {metric} unfiltered"
+                for matchers in selectors:
+                    if metric.startswith(OPERATOR_PER_RESOURCE):
+                        assert 'resource_namespace=~"$namespace"' in matchers, where
+                    if metric.startswith("shoal_operator_promoted"):
+                        assert 'queue=~"$queue"' in matchers, f"{where}: {metric} not by queue"
+                continue
             assert len(selectors) == len(re.findall(rf"\b{metric}\b", expr)), where
             for matchers in selectors:
                 assert 'namespace=~"$namespace"' in matchers, f"{where}: {metric} unfiltered"
                 if metric != "shoal_redis_up":
                     assert 'queue=~"$queue"' in matchers, f"{where}: {metric} not by queue"
+
+
+OPERATOR_PER_RESOURCE = (
+    "shoal_operator_worker_",
+    "shoal_operator_autoscale_",
+    "shoal_operator_promoted_",
+)
+"""The operator's families labelled by ``resource_namespace`` (see shoal_operator.metrics)."""
 
 
 def test_panels_use_the_datasource_variable_and_have_unique_ids() -> None:
@@ -282,6 +339,7 @@ def test_panels_use_the_datasource_variable_and_have_unique_ids() -> None:
         "Wait and run time",
         "Failures, retries and dead letters",
         "Workers",
+        "Autoscaler",
     }
     for panel in panels:
         if panel["type"] == "row":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import sys
 import time
@@ -102,6 +103,12 @@ def module_spec(spec: str) -> str:
     return ".".join(parts) + suffix
 
 
+def _finite(value: float) -> float:
+    if math.isnan(value):  # NaN passes every range check
+        raise click.BadParameter("must be a number of seconds, not nan")
+    return value
+
+
 def _queues(value: str | None) -> list[str]:
     return [q.strip() for q in (value or "").split(",") if q.strip()]
 
@@ -144,8 +151,12 @@ it reconnects with backoff and loses nothing."""
 )
 @click.option("--processes", "-p", default=1, show_default=True, help="Worker processes.")
 @click.option("--burst", is_flag=True, help="Drain the queues, then exit.")
-@click.option("--health-port", type=int, help="Serve /livez and /readyz on this port.")
-@click.option("--metrics-port", type=int, help="Serve Prometheus /metrics on this port.")
+@click.option(
+    "--health-port", type=click.IntRange(1, 65535), help="Serve /livez and /readyz on this port."
+)
+@click.option(
+    "--metrics-port", type=click.IntRange(1, 65535), help="Serve Prometheus /metrics on this port."
+)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option(
     "--log-format",
@@ -212,7 +223,13 @@ def _warn(text: str) -> None:
     help="MODULE[:APP] that defines the task: its arguments are checked against the "
     "function's signature before anything is sent (warns when it does not define the task).",
 )
-@click.option("--delay", type=float, default=0.0, help="Seconds before the task may run.")
+@click.option(
+    "--delay",
+    type=click.FloatRange(min=0, max=10 * 365 * 86400),
+    default=0.0,
+    callback=lambda _ctx, _param, value: _finite(value),
+    help="Seconds before the task may run.",
+)
 def enqueue(
     task_name: str,
     args_json: str,
@@ -235,10 +252,10 @@ def enqueue(
     app = _load_app(app_spec) if app_spec else _app()
     known = app.tasks.get(task_name)
     if app_spec and known is None:
-        _warn(
+        raise ConfigurationError(
             f"{app_spec} defines no task {task_name!r} "
-            f"({startup.unknown_task_hint(task_name, sorted(app.tasks))}); "
-            "enqueued by name, its arguments unchecked"
+            f"({startup.unknown_task_hint(task_name, sorted(app.tasks))}); nothing was "
+            "enqueued (leave out --app to send a task by name that this app does not define)"
         )
     if known is not None:
         startup.check_arguments(known.fn, task_name, args, kwargs)
@@ -247,7 +264,11 @@ def enqueue(
         task = app.remote(task_name, queue=queue)
     handle = task.with_options(delay=delay).enqueue(*args, **kwargs)
     click.echo(handle.id)
-    if not any(task.queue in w.queues for w in app.broker.workers()):
+    try:  # best effort: the message is stored, whatever this check runs into
+        consumed = any(task.queue in w.queues for w in app.broker.workers())
+    except Exception:
+        consumed = True
+    if not consumed:
         _warn(
             f"no live worker consumes queue {task.queue!r}: the message waits until one does "
             f"(`shoal worker MODULE --queues {task.queue}`; `shoal info --workers` lists workers)"
@@ -362,6 +383,7 @@ def _queue_names(values: tuple[str, ...]) -> list[str]:
 @click.option("--workers", "show_workers", is_flag=True, help="Also list live workers.")
 @click.option(
     "--interval",
+    type=click.FloatRange(min=0, max=3600),
     default=1.0,
     show_default=True,
     help="Seconds between the two measurements rates are computed from (and, with --watch, "

@@ -109,18 +109,33 @@ def test_no_warning_when_a_live_worker_consumes_the_queue(
     assert done.stderr == ""
 
 
-def test_a_task_the_app_does_not_define_is_a_warning_with_the_likely_name(
+def test_a_task_the_app_does_not_define_is_refused_with_the_likely_name(
     project: Path, env: dict[str, str], app: App
 ) -> None:
     done = enqueue(project, env, "charge", "--app", "billing", "--queue", "billing")
 
-    assert done.returncode == 0, done.stderr
-    warnings = done.stderr.strip().splitlines()
-    assert warnings[0] == (
-        "warning: billing defines no task 'charge' (did you mean 'billing.charge'?); "
-        "enqueued by name, its arguments unchecked"
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.strip() == (
+        "error: billing defines no task 'charge' (did you mean 'billing.charge'?); nothing was "
+        "enqueued (leave out --app to send a task by name that this app does not define)"
     )
+    assert app.measure("billing").waiting == 0
+    # without --app, a task is sent by name, as before
+    assert enqueue(project, env, "charge", "--queue", "billing").returncode == 0
     assert app.measure("billing").waiting == 1
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--delay", "inf"), ("--delay", "nan"), ("--delay", "-1")]
+)
+def test_a_delay_that_is_not_a_finite_number_of_seconds_is_refused(
+    project: Path, env: dict[str, str], option: str, value: str, app: App
+) -> None:
+    done = enqueue(project, env, "billing.charge", "--args", "[1, 2]", option, value)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "--delay" in done.stderr
+    assert app.measure("default").waiting == 0
 
 
 def test_queue_overrides_a_known_tasks_own_queue(

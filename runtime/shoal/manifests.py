@@ -192,7 +192,7 @@ def _cel_errors(
     if value is None:
         return found
     for rule in schema.get("x-kubernetes-validations", []):
-        outcome = _evaluate(celpy, rule["rule"], value)
+        outcome = _evaluate(celpy, rule["rule"], _as_typed(schema, value))
         if outcome is True or (outcome is None and lenient):
             continue
         reason = rule.get("message") or f"failed rule: {rule['rule']}"
@@ -206,6 +206,20 @@ def _cel_errors(
         for i, item in enumerate(value):
             found += _cel_errors(celpy, schema["items"], item, f"{path}[{i}]", lenient)
     return found
+
+
+def _as_typed(schema: dict[str, Any], value: Any) -> Any:
+    """``value`` as the API server hands it to CEL: a field typed ``number`` is a double even
+    when written as an integer (``1`` and ``30.5`` compare)."""
+    kind = schema.get("type")
+    if kind == "number" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind == "object" and isinstance(value, dict):
+        props = schema.get("properties") or {}
+        return {k: _as_typed(props[k], v) if k in props else v for k, v in value.items()}
+    if kind == "array" and isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_as_typed(schema["items"], item) for item in value]
+    return value
 
 
 def _evaluate(celpy: Any, rule: str, value: Any) -> bool | None:

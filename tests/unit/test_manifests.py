@@ -138,3 +138,22 @@ def test_importing_shoal_dev_does_not_import_the_validators() -> None:
     )
     loaded = {m.split(".")[0] for m in done.stdout.split()}
     assert {"jsonschema", "celpy"} & loaded == set()
+
+
+def test_numbers_written_as_integers_compare_with_decimals_in_rules() -> None:
+    # the API server hands CEL every `number` field as a double: 1 <= 30.5 holds, 40 <= 30.5 not
+    def queue(defaults: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "apiVersion": "shoal.dev/v1alpha1",
+            "kind": "Queue",
+            "metadata": {"name": "emails"},
+            "spec": {"redis": {"url": "redis://r:6379/0"}, "defaults": defaults},
+        }
+
+    _, errors = manifests.check(queue({"minBackoffSeconds": 1, "maxBackoffSeconds": 30.5}))
+    assert errors == []
+    _, errors = manifests.check(queue({"minBackoffSeconds": 40, "maxBackoffSeconds": 30.5}))
+    assert errors == [
+        'spec.defaults: Invalid value: "object": '
+        "defaults.minBackoffSeconds must not exceed defaults.maxBackoffSeconds"
+    ]

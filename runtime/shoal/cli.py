@@ -86,7 +86,8 @@ def module_spec(spec: str) -> str:
             f"e.g. `shoal worker {path.stem or 'tasks'}{suffix}` from the directory that holds it"
         )
     try:
-        relative = path.resolve().relative_to(Path.cwd().resolve())
+        # where the path is, not where a symlink points: `import` finds it by its own name
+        relative = Path(os.path.abspath(path)).relative_to(os.path.abspath(Path.cwd()))
     except ValueError:
         raise ConfigurationError(
             f"{target} is outside the current directory: run `cd {path.parent} && shoal worker "

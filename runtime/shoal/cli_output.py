@@ -50,10 +50,11 @@ class Listing:
 
 def plain_cell(text: str) -> str:
     """One field of a tab-separated row: a tab, newline or other control character would split
-    or drive the output, so each is written as its escape (``\\t``, ``\\n``, ``\\x1b``)."""
-    if text.isprintable():
+    or drive the output, so each is written as its escape (``\\t``, ``\\n``, ``\\x1b``), and a
+    backslash as ``\\\\`` so that an escape and the same characters in the text differ."""
+    if text.isprintable() and "\\" not in text:
         return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return "".join("\\\\" if c == "\\" else c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def is_terminal() -> bool:

@@ -92,6 +92,20 @@ def test_a_path_to_the_task_file_is_imported_by_its_module_name(
     assert "queues newcomer" in done.stderr  # the worker really imported the user's app
 
 
+def test_a_symlinked_task_file_in_the_directory_is_imported_by_its_own_name(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    # Given tasks kept elsewhere and linked into the project directory
+    elsewhere, project = tmp_path / "shared", tmp_path / "project"
+    elsewhere.mkdir()
+    project.mkdir()
+    (elsewhere / "real_tasks.py").write_text(TASKS)
+    (project / "linked.py").symlink_to(elsewhere / "real_tasks.py")
+    done = shoal(project, env, "worker", "linked.py", "--burst")
+    assert done.returncode == 0, done.stderr
+    assert "queues newcomer" in done.stderr
+
+
 def test_a_path_into_a_package_is_its_dotted_name(env: dict[str, str]) -> None:
     done = shoal(ROOT, env, "worker", "examples/tasks.py", "--burst")
     assert done.returncode == 0, done.stderr

@@ -67,7 +67,9 @@ def schema_of(crds: dict[str, dict[str, Any]], api_version: Any, kind: Any) -> d
 
 def with_defaults(schema: dict[str, Any], value: Any) -> Any:
     """``value`` with the schema's defaults filled in where a field is missing, nested ones
-    included (a copy). The API server defaults before it validates, so a CEL rule sees them."""
+    included (a copy). The API server defaults before it validates, so a CEL rule sees them;
+    like it, a ``null`` in a field that is not ``nullable`` is dropped first (``minReplicas:``
+    left empty in YAML is the default, not an error)."""
     value = copy.deepcopy(value)
     _default(schema, value)
     return value
@@ -76,6 +78,8 @@ def with_defaults(schema: dict[str, Any], value: Any) -> Any:
 def _default(schema: dict[str, Any], value: Any) -> None:
     if isinstance(value, dict):
         for name, child in (schema.get("properties") or {}).items():
+            if name in value and value[name] is None and not child.get("nullable"):
+                del value[name]
             if name not in value and "default" in child:
                 value[name] = copy.deepcopy(child["default"])
             if name in value:

@@ -157,3 +157,9 @@ def test_numbers_written_as_integers_compare_with_decimals_in_rules() -> None:
         'spec.defaults: Invalid value: "object": '
         "defaults.minBackoffSeconds must not exceed defaults.maxBackoffSeconds"
     ]
+
+
+def test_a_field_left_empty_is_pruned_then_defaulted_as_the_api_server_does() -> None:
+    stored, errors = manifests.check(_worker(autoscaling={"enabled": True, "minReplicas": None}))
+    assert errors == []
+    assert stored["spec"]["autoscaling"]["minReplicas"] == 0

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -155,3 +157,15 @@ def on_a_terminal(
     out = b"".join(chunks).decode(errors="replace")
     assert proc.returncode == 0, out
     return out
+
+
+def http_status(url: str) -> int:
+    """The HTTP status ``url`` answers with; 0 when nothing answers (not listening yet)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, ConnectionError):
+        return 0

@@ -10,8 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,7 +18,7 @@ import pytest
 import redis
 from processes import WorkerProcess, runs, worker_env
 
-from helpers import start_local_redis, wait_for
+from helpers import http_status, start_local_redis, wait_for
 from shoal import App
 from shoal.protocol.keys import worker_key, workers_key
 from shoal.protocol.server import LocalRedis, free_port
@@ -57,17 +55,6 @@ def enqueue_slow(app: App, count: int, seconds: float) -> list[str]:
 
 def started(client: redis.Redis) -> set[str]:
     return {k.decode() for k in client.hkeys("shoal:test:started")}
-
-
-def http_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            status: int = response.status
-            return status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, ConnectionError):
-        return 0
 
 
 def test_sigkill_of_a_worker_process_loses_nothing(

@@ -15,7 +15,7 @@ import redis
 
 from shoal import App
 from shoal.protocol.async_broker import AsyncBroker
-from shoal.protocol.direct import AsyncDirectScripts
+from shoal.protocol.direct import AsyncDirectScripts, _can_read
 from shoal.protocol.server import LocalRedis
 
 
@@ -24,6 +24,14 @@ def _filled(app: App, queue: str, n: int) -> None:
     def job(i: int) -> None: ...
 
     job.enqueue_many([(i,) for i in range(n)])
+
+
+async def _until_closed(conn: Any, timeout_s: float = 10.0) -> None:
+    """Let the event loop read the server's close of ``conn`` (polled, with a deadline)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await _can_read(conn):
+        assert asyncio.get_running_loop().time() < deadline, "the close never reached the loop"
+        await asyncio.sleep(0.01)
 
 
 def _direct(broker: AsyncBroker) -> AsyncDirectScripts:
@@ -65,7 +73,7 @@ def test_a_connection_redis_closed_while_idle_is_replaced(
             assert len(_direct(broker).idle) == 1
             # Given Redis closed the worker's connections while it was idle (CLIENT KILL)
             assert redis_client.client_kill_filter(_type="normal", skipme=True) >= 1
-            await asyncio.sleep(0.2)  # the loop reads the close, as an idle worker's would
+            await _until_closed(_direct(broker).idle[0])  # as an idle worker's loop would see
             # When it fetches again, the dead connection is noticed and replaced
             return len((await broker.fetch("idle", 10)).messages)
         finally:

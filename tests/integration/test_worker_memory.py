@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import psutil
 import pytest
 from processes import WorkerProcess
 
-from helpers import on_a_terminal, wait_for
+from helpers import http_status, on_a_terminal, wait_for
 from shoal import App
 from shoal.protocol.server import free_port
 
@@ -63,17 +61,6 @@ def test_the_supervisor_loads_no_redis_client_and_forks_named_workers(
         assert "_asyncio" in _mapped(child)
 
 
-def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            status: int = response.status
-            return status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, ConnectionError):
-        return 0
-
-
 def test_the_supervisor_keeps_the_settings_the_app_sets_in_code(
     tmp_path: Path, redis_url: str, worker_process: Callable[..., WorkerProcess]
 ) -> None:
@@ -91,7 +78,7 @@ def test_the_supervisor_keeps_the_settings_the_app_sets_in_code(
     wait_for(sup.child_pids, timeout=30, message="the worker process")
     # /readyz pings the Redis of the app's settings, which the handover carried over
     wait_for(
-        lambda: _status(f"http://127.0.0.1:{port}/readyz") == 200,
+        lambda: http_status(f"http://127.0.0.1:{port}/readyz") == 200,
         timeout=30,
         message=f"/readyz 200\n{sup.log()}",
     )

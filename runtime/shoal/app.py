@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import socket
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
+
+import orjson
 
 from shoal import queue_defaults
 from shoal.dlq import DeadLetters
@@ -272,6 +277,23 @@ class App:
     def dlq(self, queue: str) -> DeadLetters:
         """The dead-letter queue of ``queue``: list, get, replay, purge."""
         return DeadLetters(self.producer, queue)
+
+    def pause(self, queue: str) -> bool:
+        """Pause ``queue`` on every worker: it accepts enqueues and runs nothing until
+        :meth:`resume` (what runs now finishes). The autoscaler does not scale it up. Returns
+        False when it was paused already. Survives worker and operator restarts (it is in
+        Redis)."""
+        note = orjson.dumps({"at": time.time(), "by": f"{socket.gethostname()}:{os.getpid()}"})
+        return self.broker.pause(queue, note)
+
+    def resume(self, queue: str) -> bool:
+        """Resume a paused ``queue``: idle workers start on it at once. False when it ran."""
+        return self.broker.resume(queue)
+
+    def purge(self, queue: str) -> int:
+        """Delete every message ``queue`` holds waiting or delayed (retries included); what
+        runs now and the dead letters stay. Returns how many were deleted. Cannot be undone."""
+        return self.broker.clear(queue)
 
     def queues(self) -> list[str]:
         """Queues declared by this app's tasks and schedules."""

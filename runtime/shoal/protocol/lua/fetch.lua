@@ -10,6 +10,8 @@
 -- KEYS[7] owners      HASH  id -> the owner token of the current lease: a number never given
 --                           out twice (the "leases" counter in stats); every later transition
 --                           checks it, and a recovered lease has none until leased again
+-- KEYS[8] paused      STRING present while the queue is paused: due and lapsed messages are
+--                           still moved to waiting (its length stays true), none is leased
 -- ARGV[1] lease length (ms)
 -- ARGV[2] max messages to lease
 -- ARGV[3] max delayed / expired entries to move per call (bounds the script's run time)
@@ -31,6 +33,7 @@ local nxt = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
 if #nxt > 0 then out[1] = tonumber(nxt[2]) end
 
 local want = tonumber(ARGV[2])
+if redis.call('EXISTS', KEYS[8]) == 1 then want = 0 end
 local deadline = now + tonumber(ARGV[1])
 local got = 0
 while got < want do

@@ -23,6 +23,7 @@ import collections
 import concurrent.futures
 import contextlib
 import contextvars
+import functools
 import logging
 import math
 import os
@@ -56,6 +57,7 @@ from shoal.protocol import (
 from shoal.protocol.async_broker import Notifications
 from shoal.protocol.registry import MAX_RUNNING_LISTED, RunningTask, WorkerRegistration
 from shoal.protocol.results import encode_cancelled, encode_failure, encode_success
+from shoal.rate_limit import parse_rate
 from shoal.reasons import Reason
 from shoal.scheduler import Scheduler
 from shoal.signing import BadSignature
@@ -66,6 +68,9 @@ from shoal.version import __version__
 from shoal.workflow_steps import Steps
 
 log = logging.getLogger("shoal.worker")
+
+Admitted = tuple[Message | None, Task[Any, Any] | None, tuple[Reason, Exception] | None]
+"""What :meth:`Worker._admit` found: the message, its task, and a rejection (DLQ reason, error)."""
 
 
 class Worker:
@@ -402,30 +407,67 @@ class Worker:
 
     def _launch(self, queue: str, leased: Leased, lease: Lease | None) -> None:
         if lease is None or leased.body is None:  # poison, not a message to run
-            running = asyncio.ensure_future(self._reject_unreadable(queue, leased))
-        else:
-            try:
-                admitted = self._admit(leased.id, leased.body, leased.deliveries)
-            except Exception as exc:  # a bug, not the message's fault: still never held forever
-                log.exception("worker %s: internal error admitting %s", self.id, leased.id)
-                admitted = None, None, ("internal_error", exc)
-            message, task, rejection = admitted
-            if message is not None and task is not None:
-                lease.task_name, lease.attempt = task.name, message.attempt + 1
-                lease.started_at = time.time()
-                if lease.cancel_requested and rejection is None:  # asked while it waited here
-                    self._cancelled(queue, task, message, lease, on_loop=True)
-                    self._finished(1)
-                    return
-            if rejection is None and task is not None and not task.is_async:
-                assert message is not None
-                lease.task = self._run_in_slot(queue, task, message, lease, leased.body)
+            self._keep(asyncio.ensure_future(self._reject_unreadable(queue, leased)))
+            return
+        try:
+            admitted = self._admit(leased.id, leased.body, leased.deliveries)
+        except Exception as exc:  # a bug, not the message's fault: still never held forever
+            log.exception("worker %s: internal error admitting %s", self.id, leased.id)
+            admitted = None, None, ("internal_error", exc)
+        task, rejection = admitted[1], admitted[2]
+        if rejection is None and task is not None and "rate_limit" in task.options:
+            self._keep(asyncio.ensure_future(self._throttled(queue, leased, lease, admitted)))
+            return
+        self._run_admitted(queue, leased, lease, admitted)
+
+    def _run_admitted(self, queue: str, leased: Leased, lease: Lease, admitted: Admitted) -> None:
+        """Start an admitted message: a sync task in a slot thread, the rest on the loop."""
+        assert leased.body is not None
+        message, task, rejection = admitted
+        if message is not None and task is not None:
+            lease.task_name, lease.attempt = task.name, message.attempt + 1
+            lease.started_at = time.time()
+            if lease.cancel_requested and rejection is None:  # asked while it waited here
+                self._cancelled(queue, task, message, lease, on_loop=True)
+                self._finished(1)
                 return
-            running = lease.task = asyncio.ensure_future(
-                self._process(queue, leased.id, leased.body, lease, admitted)
-            )
+        if rejection is None and task is not None and not task.is_async:
+            assert message is not None
+            lease.task = self._run_in_slot(queue, task, message, lease, leased.body)
+            return
+        running = lease.task = asyncio.ensure_future(
+            self._process(queue, leased.id, leased.body, lease, admitted)
+        )
+        self._keep(running)
+
+    def _keep(self, running: asyncio.Future[None]) -> None:
         self._running.add(running)  # the loop keeps only weak references to tasks
         running.add_done_callback(self._running.discard)
+
+    async def _throttled(
+        self, queue: str, leased: Leased, lease: Lease, admitted: Admitted
+    ) -> None:
+        """A message of a rate-limited task starts when the task's clock in Redis allows;
+        otherwise Redis has put it back as delayed until the start slot reserved for it: it
+        waits there, not in this worker's slot."""
+        task = admitted[1]
+        assert task is not None
+        interval_ms = _interval_ms(task.options["rate_limit"])
+        try:
+            slot = await self._retrying(
+                lambda: self.broker.throttle(queue, task.name, interval_ms, leased.id, lease.owner)
+            )
+        except Exception as exc:  # Redis gone for good (stopping): its lease lapses, it returns
+            log.warning("worker %s: rate check of %s failed (%s)", self.id, leased.id, exc)
+            slot = -1
+        if slot == 0 and not lease.lost:
+            self._run_admitted(queue, leased, lease, admitted)
+            return
+        self.leases.release(queue, leased.id, lease.owner)
+        self.running -= 1  # (not a task processed: it runs later, here or elsewhere)
+        self.busy -= 1
+        self._capacity.set()
+        self._start_ready()
 
     async def _reject_unreadable(self, queue: str, leased: Leased) -> None:
         """Dead-letter what is not even addressable as a message: a waiting token that is not
@@ -454,7 +496,7 @@ class Worker:
         message_id: str,
         body: bytes,
         lease: Lease,
-        admitted: tuple[Message | None, Task[Any, Any] | None, tuple[Reason, Exception] | None],
+        admitted: Admitted,
     ) -> None:
         """Handle an admitted message on the loop: an async task, or a rejection."""
         owner = lease.owner
@@ -487,9 +529,7 @@ class Worker:
         finally:
             self._finished(1)
 
-    def _admit(
-        self, message_id: str, data: bytes, deliveries: int
-    ) -> tuple[Message | None, Task[Any, Any] | None, tuple[Reason, Exception] | None]:
+    def _admit(self, message_id: str, data: bytes, deliveries: int) -> Admitted:
         """Check a fetched message before it runs; a rejection is (DLQ reason, error).
 
         A message is only returned when it can be trusted to act on its own behalf (its
@@ -1140,6 +1180,12 @@ def _log_context(queue: str, message: Message) -> TaskLogContext:
     return TaskLogContext(
         message.id, message.task, queue, message.attempt + 1, trace_id_of(traceparent)
     )
+
+
+@functools.cache
+def _interval_ms(rate_limit: str) -> float:
+    """Milliseconds between two starts of a task's (validated) ``rate_limit``."""
+    return parse_rate(rate_limit, "rate_limit").interval_ms
 
 
 def _late_by(expires_at: Any) -> float | None:

@@ -43,3 +43,29 @@ async def sleepy_async(task_id: str, steps: int) -> str:
         await asyncio.sleep(0.05)
     _ran(task_id)
     return "done"
+
+
+def starts_key(prefix: str) -> str:
+    return f"{prefix}:test:starts"
+
+
+def _started(task_id: str) -> None:
+    """Record the start, with Redis's clock (one clock for every worker process)."""
+    seconds, micros = app.broker.redis.time()
+    stamp = f"{seconds}.{micros:06d}"
+    app.broker.redis.rpush(starts_key(app.settings.key_prefix), f"{task_id} {stamp}")
+
+
+@app.task(queue="control", name="limited", rate_limit="20/s")
+def limited(task_id: str) -> None:
+    _started(task_id)
+
+
+@app.task(queue="control", name="unlimited")
+def unlimited(task_id: str) -> None:
+    _started(task_id)
+
+
+@app.task(queue="metered", name="metered")
+def metered(task_id: str) -> None:
+    _started(task_id)

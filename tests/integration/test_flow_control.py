@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from control_tasks import ran_key
+from control_tasks import ran_key, starts_key
 from processes import WorkerProcess, worker_env
 
 from helpers import wait_for
@@ -248,3 +248,81 @@ def test_the_cli_pauses_resumes_purges_and_tells_status(
     gone = shoal("task", "cancel", "control", handle.id)
     assert gone.returncode == 1 and "nothing to cancel" in gone.stderr
     assert "resumed control" in shoal("queue", "resume", "control").stdout
+
+
+def _starts(app: App) -> list[tuple[str, float]]:
+    raw = app.broker.redis.lrange(starts_key(app.settings.key_prefix), 0, -1)
+    pairs = [entry.decode().split() for entry in raw]
+    return sorted(((task_id, float(stamp)) for task_id, stamp in pairs), key=lambda p: p[1])
+
+
+def _started_within(starts: list[tuple[str, float]], seconds: float) -> int:
+    first = starts[0][1]
+    return sum(1 for _, at in starts if at < first + seconds)
+
+
+def test_a_task_rate_limit_holds_across_two_processes_and_blocks_no_other_task(
+    app: App, redis_url: str, key_prefix: str, worker_process: Callable[..., WorkerProcess]
+) -> None:
+    # Given a backlog of 300 messages of a task limited to 20/s, and 2 worker processes
+    _remote(app, "limited").enqueue_many([(f"l{i}",) for i in range(300)])
+    proc = worker_process(
+        redis_url,
+        "--processes",
+        "2",
+        "--concurrency",
+        "4",
+        app_spec="control_tasks:app",
+        SHOAL_KEY_PREFIX=key_prefix,
+    )
+    wait_for(lambda: len(_starts(app)) >= 5, message=f"the first starts: {proc.log()}")
+
+    # When an unlimited task is enqueued behind them
+    _remote(app, "unlimited").enqueue("free")
+
+    # Then it starts at once: the limited messages wait in Redis, not in worker slots
+    wait_for(lambda: "free" in dict(_starts(app)), message="the unlimited task to start")
+    limited_before = [t for t, _ in _starts(app)].index("free")
+    assert limited_before < 40, f"{limited_before} limited starts went before the free task"
+
+    # And over 10 seconds the limited task starts 20/s, within 10 %, across both processes
+    wait_for(
+        lambda: (s := _starts(app)) and s[-1][1] - s[0][1] >= 10.5,
+        timeout=30,
+        message="10 seconds of starts",
+    )
+    limited_starts = [(t, at) for t, at in _starts(app) if t.startswith("l")]
+    count = _started_within(limited_starts, 10.0)
+    assert 180 <= count <= 220, f"{count} starts in 10 s at 20/s"
+    assert app.measure("control").dead == 0
+
+
+def test_a_queue_rate_limit_from_its_defaults_holds_across_two_processes(
+    app: App, redis_url: str, key_prefix: str, worker_process: Callable[..., WorkerProcess]
+) -> None:
+    # Given a queue limited to 20/s in Redis (as the Queue's spec.rateLimit writes it)
+    app.configure_queue("metered", rate_limit="20/s")
+    assert app.queue_defaults("metered")["rate_limit"] == "20/s"
+    app.remote("metered", queue="metered").enqueue_many([(f"q{i}",) for i in range(200)])
+
+    # When 2 worker processes run it for 5 seconds
+    worker_process(
+        redis_url,
+        "--processes",
+        "2",
+        "--queues",
+        "metered",
+        app_spec="control_tasks:app",
+        SHOAL_KEY_PREFIX=key_prefix,
+    )
+    wait_for(
+        lambda: (s := _starts(app)) and s[-1][1] - s[0][1] >= 5.5,
+        timeout=30,
+        message="5 seconds of starts",
+    )
+
+    # Then it started 20/s, within 10 %; the rest waits in the queue, nothing held
+    count = _started_within(_starts(app), 5.0)
+    assert 90 <= count <= 110, f"{count} starts in 5 s at 20/s"
+    stats = app.measure("metered")
+    assert stats.waiting > 0 and stats.in_flight <= 4

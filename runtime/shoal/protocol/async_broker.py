@@ -50,6 +50,7 @@ from shoal.protocol.scripts import (
     retry_call,
     schedule_publish_call,
     script_source,
+    throttle_call,
     workflow_failed_call,
 )
 from shoal.settings import Settings
@@ -151,6 +152,14 @@ class AsyncBroker(KeyedClient):
             return Renewed([], [])
         lease_ms = int(self.settings.lease_s * 1000)
         return parse_renew(await self._run(renew_call(self.keys(queue), lease_ms, held)))
+
+    async def throttle(
+        self, queue: str, task: str, interval_ms: float, message_id: str, owner: int
+    ) -> int:
+        """May this leased message of a rate-limited task start now? 0: yes; -1: the lease is
+        not this worker's any more; else it was put back as delayed until that time (ms)."""
+        call = throttle_call(self.keys(queue), task, interval_ms, message_id, owner)
+        return int(await self._run(call))
 
     async def report_progress(self, queue: str, message_id: str, report: bytes) -> None:
         """Store a running message's progress report, kept for the result TTL."""

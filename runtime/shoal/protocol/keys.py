@@ -48,6 +48,11 @@ key                                    type    meaning
                                                message (ms); its worker reads it when it renews
                                                the lease; entries older than the result TTL
                                                are pruned by the next cancel
+``{p}:{q}:rate``                       HASH    rate clocks (GCRA: when the next start is due,
+                                               ms): ``queue`` for the queue's ``rate_limit``,
+                                               ``task:<name>`` for a task's
+``{p}:{q}:rate:reserved``              HASH    id → the start slot reserved for a message a
+                                               task's rate limit put back as delayed
 ``{p}:{q}:progress:<id>``              STRING  a running task's last ``shoal.progress`` report
                                                (JSON), with the result TTL
 ``{p}:{q}:notify``                     pubsub  published when waiting goes from empty to not
@@ -91,6 +96,8 @@ class QueueKeys:
     schedules_declared: str
     paused: str
     cancels: str
+    rate: str
+    rate_reserved: str
 
     def result(self, message_id: str) -> str:
         """Key of the stored result of one message."""
@@ -139,6 +146,8 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
         schedules_declared=base + "schedules:declared",
         paused=base + "paused",
         cancels=base + "cancels",
+        rate=base + "rate",
+        rate_reserved=base + "rate:reserved",
     )
 
 

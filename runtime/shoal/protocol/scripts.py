@@ -38,7 +38,12 @@ SCRIPT_NAMES = (
     "cancel",
     "clear",
     "status",
+    "throttle",
 )
+RATE_WINDOW_MS = 100
+"""A rate-limited start may be taken this long before its slot: one fetch leases a few starts
+of a fast limit (1000/s) instead of one per round trip; a slow one (20/s) still starts one at a
+time after the first few."""
 MOVE_LIMIT = 500
 """Delayed or expired entries moved per fetch: bounds one script's run time on a huge backlog."""
 
@@ -191,8 +196,14 @@ def enqueued_ids(reply: Sequence[bytes] | None) -> list[str] | None:
 
 
 def fetch_call(k: QueueKeys, lease_ms: int, count: int) -> Call:
-    keys = [k.waiting, k.messages, k.inflight, k.delayed, k.stats, k.deliveries, k.owners, k.paused]
-    return "fetch", keys, [lease_ms, count, MOVE_LIMIT]
+    keys = [k.waiting, k.messages, k.inflight, k.delayed, k.stats, k.deliveries, k.owners]
+    keys += (k.paused, k.config, k.rate)
+    return "fetch", keys, [lease_ms, count, MOVE_LIMIT, RATE_WINDOW_MS]
+
+
+def throttle_call(k: QueueKeys, task: str, interval_ms: float, message_id: str, owner: int) -> Call:
+    keys = [k.rate, k.rate_reserved, k.inflight, k.delayed, k.owners, k.deliveries, k.stats]
+    return "throttle", keys, [f"task:{task}", interval_ms, message_id, owner, RATE_WINDOW_MS]
 
 
 def ack_call(k: QueueKeys, done: Sequence[Finished], ttl_ms: int) -> Call:

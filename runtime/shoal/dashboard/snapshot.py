@@ -194,4 +194,6 @@ def workflows(app: App) -> list[dict[str, Any]]:
                 row.update(steps_started=len(rec.fields), finished=rec.finished)
                 row["state"] = "finished" if rec.finished else "in progress"
             out.append(row)
+    # in progress first: groups waiting for members, then workflows not known to be finished
+    out.sort(key=lambda r: (bool(r.get("finished")), r["kind"] != "group"))
     return out

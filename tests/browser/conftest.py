@@ -43,6 +43,8 @@ class Stack:
     key_prefix: str
     base: str
     tmp: Path
+    token: str = TOKEN
+    trace_template: str = TRACE_TEMPLATE
 
 
 def _up(url: str) -> bool:

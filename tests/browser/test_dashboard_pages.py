@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import TOKEN, TRACE_TEMPLATE, Stack
 from opentelemetry.sdk.trace import TracerProvider
 
 from helpers import wait_for
 from shoal import App
 from shoal.middleware import Retries, Tracing
+
+if TYPE_CHECKING:
+    from conftest import Stack
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,7 @@ def test_show_then_replay_a_dead_letter_with_confirmation(
     assert '"user_id"' not in page.locator("#args").inner_text()  # positional: args [42, …]
     assert "42" in page.locator("#args").inner_text()
     trace_id = page.locator("#trace-link").inner_text()
-    assert page.locator("#trace-link").get_attribute("href") == TRACE_TEMPLATE.replace(
+    assert page.locator("#trace-link").get_attribute("href") == stack.trace_template.replace(
         "{trace_id}", trace_id
     )
 
@@ -89,7 +91,7 @@ def test_show_then_replay_a_dead_letter_with_confirmation(
     # With the token, the message goes back to the queue and, its mailbox ready now, runs
     marker.touch()
     page.go_back()
-    page.fill("#token", TOKEN)
+    page.fill("#token", stack.token)
     page.click("#confirm")
     assert "Replayed 1 message(s)." in page.locator(".notice").inner_text()
     wait_for(lambda: producer.broker.whereabouts("emails", message_id) is None, timeout=30)

@@ -100,3 +100,36 @@ def test_trace_id_of_a_traceparent() -> None:
     assert trace_id_of({"traceparent": f"00-{trace}-00f067aa0ba902b7-01"}) == trace
     assert trace_id_of({}) is None
     assert trace_id_of({"traceparent": "garbage"}) is None
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str]:
+    """``shoal dashboard ARGS`` through main(): (exit status, stderr)."""
+    import io
+    import sys
+
+    from shoal.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["shoal", "dashboard", *args])
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    with pytest.raises(SystemExit) as exited:
+        main()
+    return int(exited.value.code or 0), err.getvalue()
+
+
+def test_a_missing_extra_is_one_line_naming_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # import aiohttp raises ImportError
+    status, err = run_cli(monkeypatch)
+    assert status == 2
+    assert err.strip().splitlines() == [
+        "error: shoal dashboard needs its extra (aiohttp is missing): "
+        "pip install 'shoal[dashboard]'"
+    ]
+
+
+def test_allow_writes_without_a_token_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SHOAL_DASHBOARD_TOKEN", raising=False)
+    status, err = run_cli(monkeypatch, "--allow-writes")
+    assert status == 2 and "SHOAL_DASHBOARD_TOKEN" in err and len(err.strip().splitlines()) == 1

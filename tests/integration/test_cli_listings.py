@@ -79,8 +79,8 @@ def test_info_piped_prints_whole_tab_separated_rows(app: App, env: dict[str, str
 
     _plain(out)
     header, *rows = _rows(out)
-    assert header[:6] == ["QUEUE", "WAITING", "IN_FLIGHT", "DELAYED", "DEAD", "OLDEST"]
-    assert {r[0]: r[1] for r in rows} == {LONG_QUEUE: "1", "small": "2"}  # whole, never "repor…"
+    assert header[:7] == ["QUEUE", "STATE", "WAITING", "IN_FLIGHT", "DELAYED", "DEAD", "OLDEST"]
+    assert {r[0]: r[2] for r in rows} == {LONG_QUEUE: "1", "small": "2"}  # whole, never "repor…"
     assert all(len(r) == len(header) for r in rows)
 
 

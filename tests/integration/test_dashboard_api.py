@@ -177,6 +177,35 @@ def test_workers_running_messages_and_workflows_are_listed(
     assert leased["trace_url"].endswith(leased["trace_id"])
 
 
+def test_a_running_message_names_the_worker_that_runs_it(
+    make_app: Callable[..., App], worker: Any, dashboard: Callable[[App, Access], Dashboard]
+) -> None:
+    from helpers import wait_for
+
+    # Given a worker running a task that holds its slot
+    app = make_app()
+    release = threading.Event()
+
+    @app.task(queue="held")
+    def hold() -> None:
+        release.wait(20)
+
+    running = worker(app, ["held"], burst=False)
+    server = dashboard(app, Access.of(False, None))
+    handle = hold.enqueue()
+    try:
+        # Then, from its worker's next heartbeat, the running message names it and its start
+        rows = wait_for(
+            lambda: [r for r in server.request("GET", "/api/workers")[1]["running"] if r["worker"]],
+            message="the running message with its worker",
+        )
+        assert [(r["id"], r["worker"]) for r in rows] == [(handle.id, running.worker.id)]
+        assert rows[0]["started_at"] > 0
+    finally:
+        release.set()
+        running.stop()
+
+
 def test_writes_need_the_token_and_replay_moves_a_dead_letter_back(
     traced_app: App, worker: Any, dashboard: Callable[[App, Access], Dashboard]
 ) -> None:

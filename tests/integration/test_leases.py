@@ -45,7 +45,7 @@ def test_a_lapsed_lease_belongs_to_the_next_delivery(make_app: Callable[..., App
         # When A wakes up and acts on its stale lease, nothing changes, and A learns so
         assert await a.retry("q", handle.id, 0, b"{}", first.owner) is False
         assert await a.handback("q", [(handle.id, first.owner)]) == 0
-        assert await a.renew("q", [(handle.id, first.owner)]) == [handle.id]
+        assert (await a.renew("q", [(handle.id, first.owner)])).lost == [handle.id]
         assert await a.dead("q", handle.id, b"{}", None, None, (10, 60), first.owner) is False
         assert await a.ack("q", [(handle.id, first.owner, None, None)]) == (0, [handle.id])
         stats = app.measure("q")
@@ -56,7 +56,7 @@ def test_a_lapsed_lease_belongs_to_the_next_delivery(make_app: Callable[..., App
 
         # Then B's own lease works as usual
         app.broker.redis.zadd(keys.inflight, {handle.id: 5}, xx=True)
-        assert await b.renew("q", [(handle.id, second.owner)]) == []
+        assert (await b.renew("q", [(handle.id, second.owner)])).lost == []
         assert (app.broker.redis.zscore(keys.inflight, handle.id) or 0) > 5
         assert await b.ack("q", [(handle.id, second.owner, None, None)]) == (1, [])
         assert app.measure("q").completed == 1
@@ -85,7 +85,7 @@ def test_a_handback_never_gives_a_lease_back_to_an_earlier_owner(
         assert await b.handback("q", [(handle.id, second.owner)]) == 1
 
         # When A comes back and acks, renews or retries with what it holds
-        assert await a.renew("q", [(handle.id, first.owner)]) == [handle.id]
+        assert (await a.renew("q", [(handle.id, first.owner)])).lost == [handle.id]
         assert await a.ack("q", [(handle.id, first.owner, None, None)]) == (0, [handle.id])
         assert await a.retry("q", handle.id, 0, b"{}", first.owner) is False
 

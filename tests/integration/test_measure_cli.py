@@ -134,8 +134,8 @@ def test_info_table_shows_the_figures(
     assert done.returncode == 0, done.stderr
     row = next(line for line in done.stdout.splitlines() if "emails" in line)
     cells = row.split("\t")  # piped: plain tab-separated rows
-    # queue, waiting, in flight, delayed, dead, oldest, done/s, enqueued/s, completed, …
-    assert cells[:5] == ["emails", "7", "0", "0", "1"], row
+    # queue, state, waiting, in flight, delayed, dead, oldest, done/s, enqueued/s, completed, …
+    assert cells[:6] == ["emails", "active", "7", "0", "0", "1"], row
     assert cells[8] == "0"
 
 

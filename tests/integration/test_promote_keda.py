@@ -134,7 +134,7 @@ def test_a_lease_kept_alive_by_its_worker_is_never_promoted(make_app: Callable[.
         (leased,) = (await live.fetch("q", 1)).messages
         for _ in range(3):  # the promoter polls while the worker renews: nothing moves
             assert app.broker.promote("q").moved == 0
-            assert await live.renew("q", [(leased.id, leased.owner)]) == []
+            assert (await live.renew("q", [(leased.id, leased.owner)])).lost == []
         assert keda_reads(app, "q") == 0
         assert await live.ack("q", [(handle.id, leased.owner, None, None)]) == (1, [])
         await live.close()

@@ -24,6 +24,7 @@ from shoal.signing import unsealed
 if TYPE_CHECKING:
     from shoal.app import App
     from shoal.dashboard.history import History
+    from shoal.protocol.registry import WorkerRegistration
 
 RUNNING_LIMIT = 100
 """In-flight messages listed per queue (the counts are always whole)."""
@@ -61,11 +62,12 @@ def trace_id_of(headers: dict[str, Any]) -> str | None:
     return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
 
 
-def running(app: App) -> list[dict[str, Any]]:
-    """The messages leased right now, every queue: task, id, attempt, lease deadline, trace.
-
-    A worker's registration says how many it runs, not which; the lease says which message is
-    held (not by whom)."""
+def running(app: App, live: list[WorkerRegistration] | None = None) -> list[dict[str, Any]]:
+    """The messages leased right now, every queue: task, id, attempt, lease deadline, trace,
+    and the worker running it with when it started (from its registration, rewritten every
+    heartbeat: a task started since is listed without them until then)."""
+    live = app.broker.workers() if live is None else live
+    runners = {(r.queue, r.id): (w.id, r.started_at) for w in live for r in w.running}
     now_ms = app.broker.time_ms()
     out = []
     for queue in queue_names(app):
@@ -78,7 +80,12 @@ def running(app: App) -> list[dict[str, Any]]:
                 "attempt": None,
                 "enqueued_at": None,
                 "trace_id": None,
+                "worker": None,
+                "started_at": None,
             }
+            runner = runners.get((queue, item.id))
+            if runner is not None:
+                row.update(worker=runner[0], started_at=runner[1])
             if item.envelope is not None:
                 try:
                     message = Message.decode(unsealed(item.envelope))
@@ -98,6 +105,7 @@ def running(app: App) -> list[dict[str, Any]]:
 def workers(app: App) -> dict[str, Any]:
     """Live workers (as ``shoal info --workers`` lists them) and what is running now."""
     now = time.time()
+    live = app.broker.workers()
     return {
         "workers": [
             {
@@ -105,9 +113,9 @@ def workers(app: App) -> dict[str, Any]:
                 "queues": list(w.queues),
                 "up_s": round(max(0.0, now - w.started_at), 1) if w.started_at else None,
             }
-            for w in app.broker.workers()
+            for w in live
         ],
-        "running": running(app),
+        "running": running(app, live),
     }
 
 

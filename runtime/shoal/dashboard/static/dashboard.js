@@ -119,8 +119,9 @@
     fill(document.querySelector("#workers tbody"), workers, 8, "No live workers.");
     const running = data.running.map((r) => el("tr", { "data-message": r.id },
       td(r.queue), td(r.task || "-"), el("td", {}, traceCell(r, r.id)),
-      td(r.attempt ?? "-", "num"), td(when(r.enqueued_at), "nowrap"), td(age(r.lease_left_s), "num")));
-    fill(document.querySelector("#running tbody"), running, 6, "Nothing running.");
+      td(r.attempt ?? "-", "num"), el("td", { class: "mono" }, r.worker || "-"),
+      td(when(r.started_at), "nowrap"), td(when(r.enqueued_at), "nowrap"), td(age(r.lease_left_s), "num")));
+    fill(document.querySelector("#running tbody"), running, 8, "Nothing running.");
   }
 
   const live = { queues: ["/api/queues", renderQueues], workers: ["/api/workers", renderWorkers] };

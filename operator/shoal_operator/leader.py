@@ -48,9 +48,9 @@ class LeaseTiming:
 
     @property
     def request_timeout_s(self) -> float:
-        """Each call to the API: one retry period (at least 1 s), so a hung call is one failed
-        attempt, not the end of the renew deadline."""
-        return max(1.0, self.retry_period_s)
+        """Each call to the API: half the renew deadline (at least 1 s), so a slow API server
+        still answers in time, and a hung call leaves time for another attempt."""
+        return max(1.0, self.renew_deadline_s / 2)
 
 
 @dataclass(frozen=True)

@@ -220,6 +220,6 @@ def test_bad_election_settings_say_what_to_set(env: dict[str, str], needle: str)
     assert needle in str(error.value)
 
 
-def test_timing_bounds_each_call_by_a_retry_period() -> None:
-    assert TIMING.request_timeout_s == 2
-    assert dataclasses.replace(TIMING, retry_period_s=0.2).request_timeout_s == 1
+def test_timing_bounds_each_call_by_half_the_renew_deadline() -> None:
+    assert TIMING.request_timeout_s == 5
+    assert dataclasses.replace(TIMING, renew_deadline_s=1.5).request_timeout_s == 1

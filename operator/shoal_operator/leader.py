@@ -267,7 +267,7 @@ class Campaign:
         except Exception as exc:  # an API error, a timeout, a refused connection: one attempt
             error = f"{type(exc).__name__}: {exc}".strip()
             if error != self._last_error:
-                log.warning("cannot reach Lease %s: %s", self._lease, error.splitlines()[0])
+                log.warning("cannot reach Lease %s: %s", self.lease, error.splitlines()[0])
             self._last_error = error
             return False
         self._last_error = ""
@@ -282,7 +282,7 @@ class Campaign:
                 return True
             holder = self.elector.holder
             if holder and holder != waiting_on:
-                log.info("standby: Lease %s is held by %s; waiting", self._lease, holder)
+                log.info("standby: Lease %s is held by %s; waiting", self.lease, holder)
                 waiting_on = holder
             pause = timing.retry_period_s * random.uniform(1.0, JITTER)
             with contextlib.suppress(TimeoutError):
@@ -316,16 +316,16 @@ class Campaign:
                 self.elector.timing.request_timeout_s * 2,
             )
         except Exception as exc:  # a standby takes over after the lease expires instead
-            log.warning("cannot release Lease %s (%s); it expires by itself", self._lease, exc)
+            log.warning("cannot release Lease %s (%s); it expires by itself", self.lease, exc)
             return
         if released:
-            log.info("released Lease %s: a standby takes over now", self._lease)
+            log.info("released Lease %s: a standby takes over now", self.lease)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     @property
-    def _lease(self) -> str:
+    def lease(self) -> str:
         store = self.elector.store
         name = getattr(store, "name", "")
         return f"{getattr(store, 'namespace', '')}/{name}" if name else "(lease)"
@@ -355,7 +355,7 @@ async def lead(
             return
         log.info(
             "became the leader (Lease %s, identity %s): running the operator",
-            campaign._lease,
+            campaign.lease,
             elector.identity,
         )
         await on_role(True)
@@ -366,7 +366,7 @@ async def lead(
             log.error(
                 "lost leadership of Lease %s (%s): exiting, so that Kubernetes restarts this "
                 "replica as a standby",
-                campaign._lease,
+                campaign.lease,
                 keeper.result(),
             )
             on_lost()

@@ -249,7 +249,7 @@ def test_the_standby_takes_over_after_the_leader_is_killed_and_keeps_autoscaling
 
     # And b autoscales: 50 tasks waiting take the Worker to its maximum, 4
     app.remote("t", queue="emails").enqueue_many([(i,) for i in range(50)])
-    wait_for(lambda: scaled_to(kube) == 4, timeout=30, message=f"b scales to 4 ({b.log})")
+    wait_for(lambda: scaled_to(kube) == 4, timeout=60, message=f"b scales to 4 ({b.log})")
     assert b.metric(DECISIONS, direction="up") >= 1
     app.close()
 

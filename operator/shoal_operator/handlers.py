@@ -67,20 +67,23 @@ async def serve_metrics(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """``/metrics`` and ``/readyz`` on ``SHOAL_OPERATOR_METRICS_PORT``, ready from now on
     while the API answers. A port already taken is logged, not fatal: the operator's work
     matters more than its figures (its readiness probe then fails, which shows it)."""
+    metrics.leading(True)  # whoever runs the handlers leads (or runs alone)
     port = memo.settings.operator_metrics_port
-    if not port:
+    server = memo.get("metrics_server")  # shoal-operator's election serves it from standby on
+    if not port and server is None:
         return
-    server = MetricsServer(port)
-    try:
-        await server.start()
-    except OSError as exc:
-        logger.error(
-            "cannot serve /metrics and /readyz on port %d (%s); set SHOAL_OPERATOR_METRICS_PORT "
-            "to a free port",
-            port,
-            exc,
-        )
-        return
+    if server is None:
+        server = MetricsServer(port)
+        try:
+            await server.start()
+        except OSError as exc:
+            logger.error(
+                "cannot serve /metrics and /readyz on port %d (%s); set "
+                "SHOAL_OPERATOR_METRICS_PORT to a free port",
+                port,
+                exc,
+            )
+            return
     namespaces = memo.settings.namespaces
 
     def api_answers() -> None:

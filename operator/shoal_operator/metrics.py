@@ -72,6 +72,16 @@ PROMOTED = Counter(
     ["resource_namespace", "queue"],
     registry=REGISTRY,
 )
+LEADER = Gauge(
+    "shoal_operator_leader",
+    "1 while this replica leads (runs the handlers), 0 while it stands by for the Lease",
+    registry=REGISTRY,
+)
+
+
+def leading(yes: bool) -> None:
+    """This replica became the leader (or runs alone), or stands by."""
+    LEADER.set(1 if yes else 0)
 
 
 def reconciled(kind: str, error: BaseException | None = None) -> None:

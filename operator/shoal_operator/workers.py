@@ -205,6 +205,11 @@ class Autoscaling:
             snap = Snapshot(
                 time.monotonic(), 0, 0, replicas, ready, fresh=False, startup_s=startup_s
             )
+        if self.state is None:
+            # A fresh autoscaler (operator start, or a standby taking over) has seen none of
+            # the scale-down window: it starts it at the replicas found, as the HPA does, so
+            # what the last leader needed is held for the window, not dropped on first look.
+            self.state = State(recommendations=((snap.now, replicas),))
         decision = autoscaler.traced_decision(name, policy, snap, self.state)
         self.state = decision.state
         pods = int((live.get("status") or {}).get("replicas") or 0)

@@ -172,6 +172,9 @@ def test_default_install_is_the_operator_its_crds_and_rbac_only() -> None:
         "CustomResourceDefinition/queues.shoal.dev",
         "CustomResourceDefinition/workers.shoal.dev",
         f"Deployment/{RELEASE}-operator",
+        f"PodDisruptionBudget/{RELEASE}-operator",
+        f"Role/{RELEASE}-operator-leader-election",
+        f"RoleBinding/{RELEASE}-operator-leader-election",
         f"ServiceAccount/{RELEASE}-operator",
     ]
 
@@ -193,6 +196,11 @@ def test_default_install_is_the_operator_its_crds_and_rbac_only() -> None:
         ({"image": {"pullPolicy": "Sometimes"}}, "at '/image/pullPolicy'"),
         ({"watchNamespaces": ["Team_A"]}, "at '/watchNamespaces/0'"),
         ({"operator": {"otlpEndpoint": "jaeger:4318"}}, "at '/operator/otlpEndpoint'"),
+        ({"operator": {"replicas": 0}}, "at '/operator/replicas'"),
+        (
+            {"operator": {"leaderElection": {"enable": True}}},
+            "additional properties 'enable' not allowed",
+        ),
     ],
     ids=lambda v: json.dumps(v) if isinstance(v, dict) else "",
 )
@@ -255,11 +263,14 @@ def test_schema_forbids_unknown_keys_in_every_chart_owned_object() -> None:
 # --- the operator Deployment --------------------------------------------------------------------
 
 
-def test_operator_deployment_runs_one_operator_with_probes_on_kopf_liveness() -> None:
+def test_operator_deployment_runs_two_elected_operators_with_probes_on_kopf_liveness() -> None:
     docs = render()
     deployment = one(docs, "Deployment", f"{RELEASE}-operator")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     container = operator_container(docs)
     assert container["command"] == ["shoal-operator"]
     port, _ = container["ports"]  # the metrics port and readiness: see the test below
@@ -296,6 +307,88 @@ def test_poll_seconds_accepts_what_helm_set_gives() -> None:
     (deployment,) = [d for d in yaml.safe_load_all(done.stdout) if d and d["kind"] == "Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert env_of(container)["SHOAL_OPERATOR_POLL"] == "0.5"
+
+
+# --- the operator's high availability -----------------------------------------------------------
+
+
+def test_operator_replicas_elect_their_leader_on_a_lease_in_the_release_namespace() -> None:
+    docs = render()
+    container = operator_container(docs)
+    settings = OperatorSettings.from_env(env_of(container))
+    assert settings.leader_election
+    assert settings.lease_name == f"{RELEASE}-operator"
+    assert settings.lease_namespace == NAMESPACE
+    assert (settings.lease_duration_s, settings.renew_deadline_s) == (15, 10)
+    assert settings.retry_period_s == 2
+    (pod_name,) = [e for e in container["env"] if e["name"] == "SHOAL_OPERATOR_POD_NAME"]
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+    role = one(docs, "Role", f"{RELEASE}-operator-leader-election")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    binding = one(docs, "RoleBinding", f"{RELEASE}-operator-leader-election")
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": f"{RELEASE}-operator", "namespace": NAMESPACE}
+    ]
+
+
+def test_operator_replicas_prefer_different_nodes_and_a_budget_keeps_one() -> None:
+    docs = render()
+    deployment = one(docs, "Deployment", f"{RELEASE}-operator")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    pod = deployment["spec"]["template"]
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    (term,) = pod["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["podAffinityTerm"] == {
+        "topologyKey": "kubernetes.io/hostname",
+        "labelSelector": {"matchLabels": selector},
+    }
+    budget = one(docs, "PodDisruptionBudget", f"{RELEASE}-operator")
+    assert budget["metadata"]["namespace"] == NAMESPACE
+    assert budget["spec"] == {"minAvailable": 1, "selector": {"matchLabels": selector}}
+
+    # A user's affinity replaces the default one
+    mine = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
+    custom = one(render({"operator": {"affinity": mine}}), "Deployment", f"{RELEASE}-operator")
+    assert custom["spec"]["template"]["spec"]["affinity"] == mine
+
+
+def test_one_operator_without_election_is_recreated_with_no_lease_and_no_budget() -> None:
+    docs = render({"operator": {"replicas": 1, "leaderElection": {"enabled": False}}})
+    deployment = one(docs, "Deployment", f"{RELEASE}-operator")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert "affinity" not in deployment["spec"]["template"]["spec"]
+    assert find(docs, "PodDisruptionBudget") == [] and find(docs, "Role") == []
+    env = env_of(operator_container(docs))
+    assert env["SHOAL_OPERATOR_LEADER_ELECTION"] == "false"
+    assert not OperatorSettings.from_env(env).leader_election
+    assert "SHOAL_OPERATOR_LEASE_NAME" not in env
+
+
+@pytest.mark.parametrize(
+    ("values", "error"),
+    [
+        (
+            {"operator": {"leaderElection": {"enabled": False}}},
+            "operator.replicas > 1 needs operator.leaderElection.enabled=true",
+        ),
+        (
+            {"operator": {"leaderElection": {"renewDeadlineSeconds": 15}}},
+            "renewDeadlineSeconds must be less than leaseDurationSeconds",
+        ),
+    ],
+)
+def test_unsafe_operator_ha_values_are_refused_saying_what_to_set(
+    values: dict[str, Any], error: str
+) -> None:
+    done = helm("template", RELEASE, str(CHART), values=values)
+    assert done.returncode != 0
+    assert error in done.stderr
 
 
 def test_image_tag_defaults_to_the_charts_app_version() -> None:
@@ -353,6 +446,8 @@ OPERATOR_NEEDS = {
     ("", "secrets", "get"),
 }
 """What operator/shoal_operator/ calls (kubernetes client and kopf), one triple per grant."""
+LEADER_ELECTION_NEEDS = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
+"""What operator/shoal_operator/leader.py calls, in the release namespace only."""
 
 
 @scenarios
@@ -407,7 +502,7 @@ def test_watch_namespaces_switches_to_roles_in_each_namespace() -> None:
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": f"{RELEASE}-operator", "namespace": NAMESPACE}
         ]
-    assert grants(docs, "Role") == OPERATOR_NEEDS
+    assert grants(docs, "Role") == OPERATOR_NEEDS | LEADER_ELECTION_NEEDS
     # Cluster-scoped reads kopf still does in namespaced mode: CRDs and namespaces, read-only.
     cluster = one(docs, "ClusterRole", f"{RELEASE}-operator-cluster")
     assert {v for rule in cluster["rules"] for v in rule["verbs"]} == {"list", "watch"}
@@ -418,9 +513,12 @@ def test_watch_namespaces_switches_to_roles_in_each_namespace() -> None:
     assert env_of(operator_container(docs))["SHOAL_OPERATOR_NAMESPACES"] == "team-a,team-b"
 
 
-def test_all_namespaces_uses_a_cluster_role_and_no_roles() -> None:
+def test_all_namespaces_uses_a_cluster_role_and_no_roles_but_leader_elections() -> None:
     docs = render()
-    assert find(docs, "Role") == [] and find(docs, "RoleBinding") == []
+    assert [r["metadata"]["name"] for r in find(docs, "Role")] == [
+        f"{RELEASE}-operator-leader-election"
+    ]
+    assert grants(docs, "Role") == LEADER_ELECTION_NEEDS
     binding = one(docs, "ClusterRoleBinding", f"{RELEASE}-operator")
     assert binding["roleRef"]["kind"] == "ClusterRole"
     assert env_of(operator_container(docs))["SHOAL_OPERATOR_NAMESPACES"] == ""

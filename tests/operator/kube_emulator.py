@@ -28,6 +28,9 @@ What the emulator does that kmock 0.8 alone does not:
   ``a notin (x,y)``) and ``fieldSelector`` (``path=value``, ``path!=value``, e.g.
   ``metadata.name=x``); WATCH honours ``resourceVersion`` (replays later events, so nothing is
   lost between a LIST and its WATCH) and ``timeoutSeconds``;
+* ``coordination.k8s.io/v1`` Leases (leader election): create (409 ``AlreadyExists`` when taken),
+  get, and PUT with a stale ``metadata.resourceVersion`` answering 409 ``Conflict``, as the
+  apiserver's optimistic concurrency does (a PUT without one replaces unconditionally);
 * POSTs into a namespace that does not exist answer 404 (``default`` and ``kube-system`` exist).
 
 Deliberately missing: server-side apply, validation against CRD schemas, admission, defaulting,
@@ -154,6 +157,7 @@ QUEUES = ResourceSpec("shoal.dev", "v1alpha1", "queues", "Queue", subresources=(
 WORKERS = ResourceSpec(
     "shoal.dev", "v1alpha1", "workers", "Worker", subresources=("status", "scale")
 )
+LEASES = ResourceSpec("coordination.k8s.io", "v1", "leases", "Lease")
 
 DEFAULT_RESOURCES: tuple[ResourceSpec, ...] = (
     NAMESPACES,
@@ -167,6 +171,7 @@ DEFAULT_RESOURCES: tuple[ResourceSpec, ...] = (
     CRDS,
     QUEUES,
     WORKERS,
+    LEASES,
 )
 DEFAULT_NAMESPACES: tuple[str, ...] = ("default", "kube-system")
 VERBS = ("create", "delete", "get", "list", "patch", "update", "watch")

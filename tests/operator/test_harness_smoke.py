@@ -11,6 +11,7 @@ import pytest
 from kube_emulator import (
     CONFIGMAPS,
     DEPLOYMENTS,
+    LEASES,
     QUEUES,
     WORKERS,
     Kube,
@@ -179,3 +180,34 @@ def test_finalizer_round_trip(
             message="the finalizer removed after the delete handler, the Queue gone",
         )
         assert kube.get(CONFIGMAPS, "jobs-deleted")["data"] == {"queue": "jobs"}
+
+
+def test_leases_are_served_with_optimistic_concurrency(kube: Kube) -> None:
+    # Given a coordination.k8s.io/v1 Lease, as leader election writes it
+    body = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": "op"},
+        "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15},
+    }
+    created = kube.create(LEASES, body)
+    assert created["metadata"]["namespace"] == "default"
+    with pytest.raises(KubeAPIError) as exists:
+        kube.create(LEASES, body)
+    assert exists.value.status == 409
+
+    # When two replace it from the same resourceVersion, then the second is refused (409)
+    path = LEASES.url("default", "op")
+    stale = kube.get(LEASES, "op")
+    taken = kube.request("PUT", path, {**stale, "spec": {"holderIdentity": "b"}})
+    assert taken["spec"]["holderIdentity"] == "b"
+    assert int(taken["metadata"]["resourceVersion"]) > int(stale["metadata"]["resourceVersion"])
+    with pytest.raises(KubeAPIError) as conflict:
+        kube.request("PUT", path, {**stale, "spec": {"holderIdentity": "c"}})
+    assert conflict.value.status == 409
+    assert kube.get(LEASES, "op")["spec"]["holderIdentity"] == "b"
+
+    # And the kubernetes client finds it through discovery-free typed calls too
+    api = kubernetes.client.CoordinationV1Api()
+    lease = api.read_namespaced_lease("op", "default")
+    assert lease.spec.holder_identity == "b"

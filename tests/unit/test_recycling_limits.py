@@ -123,3 +123,20 @@ def test_worker_refuses_a_negative_limit() -> None:
     assert result.exit_code == 2
     assert "--max-tasks-per-process" in result.output
     assert "-1 is not in the range x>=0" in result.output
+
+
+def test_the_worker_crd_takes_the_recycling_limits_and_refuses_negative_ones() -> None:
+    from shoal import manifests
+
+    def worker(**spec: int) -> dict[str, object]:
+        base = {"image": "example/tasks:1", "module": "tasks", "queues": ["tasks"]}
+        return {
+            "apiVersion": "shoal.dev/v1alpha1",
+            "kind": "Worker",
+            "metadata": {"name": "tasks"},
+            "spec": {**base, **spec},
+        }
+
+    assert manifests.check(worker(maxTasksPerProcess=1000, maxMemoryPerProcessMiB=400))[1] == []
+    (error,) = manifests.check(worker(maxMemoryPerProcessMiB=-1))[1]
+    assert "spec.maxMemoryPerProcessMiB" in error

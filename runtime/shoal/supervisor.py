@@ -290,7 +290,7 @@ class Supervisor:
         if self.stop_requested():  # SIGTERM arrived during the pause: no new child
             self.children[i] = None
             return False
-        self.children[i] = self._start_child()
+        self._replace(i)
         return False
 
     def _recycled(self, i: int, child: _Child) -> None:
@@ -307,7 +307,15 @@ class Supervisor:
         )
         if self.metrics is not None:
             self.metrics.recycled(recycled.reason if recycled is not None else "tasks")
-        self.children[i] = self._start_child()
+        self._replace(i)
+
+    def _replace(self, i: int) -> None:
+        """Start child ``i`` anew. SIGTERM may have come while it was forked, after the signal
+        handler told the others: then it is told too, and drains with them."""
+        child = self.children[i] = self._start_child()
+        if self.stop_requested() and child.process.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.process.pid, signal.SIGTERM)
 
     def _start_child(self) -> _Child:
         """Fork a worker process. Stop signals wait until the child has its own handlers; what

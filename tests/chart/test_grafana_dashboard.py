@@ -291,8 +291,8 @@ def test_outcomes_on_the_dashboard_are_those_the_middleware_writes() -> None:
 
 
 def test_every_query_is_filtered_by_the_namespace_and_queue_variables() -> None:
-    """A selector of a worker's metric with a queue label carries both variables;
-    shoal_redis_up and shoal_worker_recycles_total (no queue label) the namespace one. The operator's metrics are scraped in the
+    """A selector of a worker's metric with a queue label carries both variables; those without
+    one (WITHOUT_QUEUE_LABEL) the namespace one. The operator's metrics are scraped in the
     operator's namespace: those of a resource filter on ``resource_namespace`` (and ``queue``
     when they have it); operator-wide ones (reconciles, latencies) need no filter."""
     dashboard = json.loads(DASHBOARD.read_text())

@@ -182,6 +182,7 @@ def _queue_figures(reading: Reading) -> dict[str, Any]:
     return {
         "waiting": s.waiting,
         "inFlight": s.in_flight,
+        "paused": s.paused,
         "delayed": s.delayed,
         "dead": s.dead,
         "completed": s.completed,

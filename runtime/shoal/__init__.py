@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from shoal.schedules import Schedule
     from shoal.settings import Settings
     from shoal.task import Handle, Sender, Task
+    from shoal.task_progress import Progress, progress
+    from shoal.task_status import TaskStatus
 
 _LAZY = {
     # Application
@@ -70,6 +72,10 @@ _LAZY = {
     "Handle": "shoal.task",
     "Sender": "shoal.task",
     "Task": "shoal.task",
+    # Task control
+    "progress": "shoal.task_progress",
+    "Progress": "shoal.task_progress",
+    "TaskStatus": "shoal.task_status",
 }
 """Exported names imported on first use: ``import shoal`` (and so every ``shoal.*`` import, the
 supervisor's too) stays free of Redis, asyncio and the rest until something asks for them."""
@@ -96,6 +102,10 @@ __all__ = [
     "Handle",
     "Sender",
     "Task",
+    # Task control
+    "Progress",
+    "TaskStatus",
+    "progress",
     # Workflows
     "Signature",
     "chain",

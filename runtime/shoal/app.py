@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import socket
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
+
+import orjson
 
 from shoal import queue_defaults
 from shoal.dlq import DeadLetters
@@ -13,6 +18,7 @@ from shoal.errors import ConfigurationError, TaskModuleError
 from shoal.middleware import Middleware, default_middleware
 from shoal.middleware.hooks import Hooks
 from shoal.protocol import Broker, QueueStats
+from shoal.rate_limit import parse_rate
 from shoal.redis_url import mask_url
 from shoal.schedules import Missed, Schedule
 from shoal.schedules import make as make_schedule
@@ -25,7 +31,7 @@ R = TypeVar("R")
 
 log = logging.getLogger("shoal")
 
-CORE_OPTIONS = frozenset({"queue", "name", "store_result", "timeout"})
+CORE_OPTIONS = frozenset({"queue", "name", "store_result", "timeout", "rate_limit"})
 """Task options the App itself owns; middleware declare the rest."""
 
 
@@ -131,7 +137,9 @@ class App:
         """Register a sync or ``async def`` function as a task.
 
         ``queue`` (default ``SHOAL_DEFAULT_QUEUE``), ``timeout`` (seconds), ``store_result`` (keep
-        the return value for ``handle.result()``); middleware options such as ``max_retries``.
+        the return value for ``handle.result()``), ``rate_limit`` (``"20/s"``, ``"100/m"``,
+        ``"5/h"``: starts of this task across every worker); middleware options such as
+        ``max_retries``.
         An unknown option fails here, naming it."""
         unknown = sorted(set(options) - self.task_options)
         if unknown:
@@ -151,6 +159,9 @@ class App:
                 task_options["timeout"] = to_seconds(timeout)
                 if task_options["timeout"] <= 0:
                     raise ConfigurationError(f"task {task_name!r}: timeout must be > 0 seconds")
+            if "rate_limit" in task_options:  # canonical, so every worker keeps the same clock
+                rate = parse_rate(task_options["rate_limit"], f"task {task_name!r}")
+                task_options["rate_limit"] = str(rate)
             task: Task[P, R] = Task(
                 self.producer,
                 func,
@@ -272,6 +283,23 @@ class App:
     def dlq(self, queue: str) -> DeadLetters:
         """The dead-letter queue of ``queue``: list, get, replay, purge."""
         return DeadLetters(self.producer, queue)
+
+    def pause(self, queue: str) -> bool:
+        """Pause ``queue`` on every worker: it accepts enqueues and runs nothing until
+        :meth:`resume` (what runs now finishes). The autoscaler does not scale it up. Returns
+        False when it was paused already. Survives worker and operator restarts (it is in
+        Redis)."""
+        note = orjson.dumps({"at": time.time(), "by": f"{socket.gethostname()}:{os.getpid()}"})
+        return self.broker.pause(queue, note)
+
+    def resume(self, queue: str) -> bool:
+        """Resume a paused ``queue``: idle workers start on it at once. False when it ran."""
+        return self.broker.resume(queue)
+
+    def purge(self, queue: str) -> int:
+        """Delete every message ``queue`` holds waiting or delayed (retries included); what
+        runs now and the dead letters stay. Returns how many were deleted. Cannot be undone."""
+        return self.broker.clear(queue)
 
     def queues(self) -> list[str]:
         """Queues declared by this app's tasks and schedules."""

@@ -17,9 +17,18 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from shoal import cli_control, logs
 from shoal import cli_startup as startup
-from shoal import logs
-from shoal.cli_output import Listing, dump, emit, is_terminal, output_option, plain_cell, rich_table
+from shoal.cli_output import (
+    Listing,
+    dump,
+    emit,
+    is_terminal,
+    output_option,
+    plain_cell,
+    rich_table,
+    when,
+)
 from shoal.errors import ConfigurationError, ShoalError, TaskModuleError
 from shoal.settings import Settings
 from shoal.version import __version__
@@ -321,6 +330,7 @@ def queue_listing(before: list[QueueStats], after: list[QueueStats]) -> Listing:
         "Queues",
         (
             "queue",
+            "state",
             "waiting",
             "in flight",
             "delayed",
@@ -342,6 +352,7 @@ def queue_listing(before: list[QueueStats], after: list[QueueStats]) -> Listing:
         listing.add(
             (
                 b.queue,
+                "paused" if b.paused else "active",
                 str(b.waiting),
                 str(b.in_flight),
                 str(b.delayed),
@@ -396,7 +407,7 @@ def workers_listing(app: App) -> Listing:
                 _age(time.time() - w.started_at),
                 w.version,
                 str(w.pid),
-                _when(w.started_at),
+                when(w.started_at),
             ),
             {**dataclasses.asdict(w), "queues": list(w.queues)},
         )
@@ -564,10 +575,6 @@ def parse_duration(text: str) -> float:
         ) from None
 
 
-def _when(epoch: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "-"
-
-
 @cli.group()
 def dlq() -> None:
     """Inspect, replay and purge a queue's dead letters."""
@@ -595,7 +602,7 @@ def dlq_list(queue: str, limit: int, output: str | None) -> None:
                 _printable(e.task or "-"),
                 e.reason,
                 str(e.attempts),
-                _when(e.failed_at),
+                when(e.failed_at),
                 error,
             ),
             {
@@ -657,8 +664,8 @@ def dlq_show(queue: str, message_id: str, output: str | None) -> None:
         ("replay", replay),
         ("error", entry.error),
         ("attempts", entry.attempts),
-        ("enqueued at", _when(entry.enqueued_at)),
-        ("failed at", _when(entry.failed_at)),
+        ("enqueued at", when(entry.enqueued_at)),
+        ("failed at", when(entry.failed_at)),
         ("trace id", entry.trace_id),
         (
             "workflow",
@@ -793,6 +800,10 @@ def redis_acl(user: str, prefix: str | None, aclfile: bool) -> None:
         if aclfile
         else line
     )
+
+
+cli.add_command(cli_control.queue)
+cli.add_command(cli_control.task)
 
 
 @cli.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -133,3 +134,8 @@ def emit(listings: Sequence[Listing], fmt: str | None, console: Console | None =
 
 def key_of(listing: Listing) -> str:
     return listing.title.split()[0].lower()
+
+
+def when(epoch: float | None) -> str:
+    """A Unix time as local ``YYYY-MM-DD HH:MM:SS``; ``-`` for none."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "-"

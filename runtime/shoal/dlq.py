@@ -40,6 +40,10 @@ __all__ = [
 ]
 
 
+_NOT_REPLAYED = frozenset({"last_error", "expires_at"})
+"""Envelope options a replay drops."""
+
+
 @dataclass(frozen=True, slots=True)
 class ReplayReport:
     """What a replay did: ids back in the queue, and ids left in the DLQ with why (those
@@ -163,7 +167,8 @@ class DeadLetters:
                     ),
                 )
                 continue
-            options = {k: v for k, v in message.options.items() if k != "last_error"}
+            # a replay runs it now: its last error and its expiry (if it expired) are history
+            options = {k: v for k, v in message.options.items() if k not in _NOT_REPLAYED}
             try:
                 fresh = replace(message, attempt=0, options=options).encode()
             except TypeError as exc:

@@ -1,6 +1,9 @@
 """Measuring a fleet's queues for the autoscaler: one round trip for all its queues, plus
 arrival and completion rates from the previous tick's counters. Used by the operator and by
-``shoal dev``; the deciding is ``shoal.autoscale``'s."""
+``shoal dev``; the deciding is ``shoal.autoscale``'s.
+
+A paused queue's backlog and arrivals are left out (nothing of it can run, so no replica is
+added for it); what it still has in flight counts until it finishes."""
 
 from __future__ import annotations
 
@@ -30,17 +33,19 @@ class FleetMeter:
             prev = self.last.get(s.queue)
             if prev is not None and s.measured_at_ms > prev[0]:
                 span_s = (s.measured_at_ms - prev[0]) / 1000
-                arrival += max(0, s.enqueued - prev[1]) / span_s
+                if not s.paused:
+                    arrival += max(0, s.enqueued - prev[1]) / span_s
                 completion += max(0, s.completed - prev[2]) / span_s
             self.last[s.queue] = (s.measured_at_ms, s.enqueued, s.completed)
+        runnable = [s for s in stats if not s.paused]
         return Snapshot(
             now=time.monotonic(),
-            waiting=sum(s.waiting for s in stats),
+            waiting=sum(s.waiting for s in runnable),
             in_flight=sum(s.in_flight for s in stats),
             current_replicas=replicas,
             ready_replicas=ready,
-            delayed_due_soon=sum(s.due_soon for s in stats),
-            oldest_wait_s=max((s.oldest_age_s for s in stats), default=0.0),
+            delayed_due_soon=sum(s.due_soon for s in runnable),
+            oldest_wait_s=max((s.oldest_age_s for s in runnable), default=0.0),
             arrival_rate=arrival,
             completion_rate=completion,
         )

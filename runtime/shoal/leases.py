@@ -43,6 +43,14 @@ class Lease:
     is fenced in Redis by the owner token; it is never stopped any more."""
     lost: bool = False
     """Set when the lease was lost while the task ran: the task is being stopped."""
+    cancel_requested: bool = False
+    """``handle.cancel()`` was asked while this worker held it: it is stopped (or never
+    started) and finished as cancelled."""
+    task_name: str = ""
+    attempt: int = 0
+    """1 for the first run (set when it starts, with ``task_name`` and ``started_at``)."""
+    started_at: float = 0.0
+    """Unix time it started; 0 while it waits for a slot."""
 
 
 def safety_margin_s(lease_s: float) -> float:
@@ -110,6 +118,15 @@ class Leases:
             if lease.task is not None
             and not (lease.lost or lease.deciding)
             and lease.sure_until <= now
+        ]
+
+    def started(self) -> list[tuple[str, str, Lease]]:
+        """(queue, id, lease) of every message started here and not yet decided."""
+        return [
+            (queue, mid, lease)
+            for queue, held in self._held.items()
+            for mid, lease in held.items()
+            if lease.started_at
         ]
 
     def count(self) -> int:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from shoal.errors import ConfigurationError
+from shoal.rate_limit import parse_rate
 
 log = logging.getLogger("shoal.queue_defaults")
 
@@ -22,9 +23,15 @@ FIELDS: dict[str, type] = {
     "timeout": float,
     "dlq_max_entries": int,
     "dlq_max_age": float,
+    "rate_limit": str,
 }
-"""Every default a queue may carry, with its type. Durations are seconds."""
+"""Every default a queue may carry, with its type. Durations are seconds. ``rate_limit``
+(``"20/s"``) limits the starts of the whole queue; ``fetch.lua`` reads it (see
+:mod:`shoal.rate_limit`)."""
 
+
+TOP_LEVEL = {"rateLimit": "rate_limit"}
+"""``Queue.spec`` fields outside a section → the runtime's default names."""
 
 SPEC_NAMES = {
     ("defaults", "maxRetries"): "max_retries",
@@ -39,11 +46,13 @@ SPEC_NAMES = {
 
 def from_queue_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The defaults a ``Queue`` resource's spec sets, in the runtime's names."""
-    return {
+    found = {
         name: (spec.get(section) or {})[field]
         for (section, field), name in SPEC_NAMES.items()
         if field in (spec.get(section) or {})
     }
+    found.update({name: spec[field] for field, name in TOP_LEVEL.items() if spec.get(field)})
+    return found
 
 
 def validate(queue: str, values: Mapping[str, Any]) -> dict[str, str]:
@@ -55,6 +64,9 @@ def validate(queue: str, values: Mapping[str, Any]) -> dict[str, str]:
             raise ConfigurationError(
                 f"queue {queue!r}: unknown default {name!r}; accepted: {', '.join(FIELDS)}"
             )
+        if name == "rate_limit":
+            out[name] = str(parse_rate(value, f"queue {queue!r}"))
+            continue
         try:
             number = kind(value)
         except (TypeError, ValueError):

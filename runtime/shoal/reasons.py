@@ -25,6 +25,7 @@ Reason = Literal[
     "workflow_error",
     "internal_error",
     "unreadable",
+    "expired",
 ]
 """Every machine-readable DLQ reason."""
 
@@ -46,6 +47,8 @@ REASONS: dict[Reason, str] = {
     "workflow_error": "its result could not be carried on to the next workflow step",
     "internal_error": "its handling failed outside the task (a malformed option, a middleware bug)",
     "unreadable": "its DLQ entry was not written by Shoal (edited or corrupted in Redis)",
+    "expired": "it was not started before its expiry (with_options(expires=...)); replaying it "
+    "runs it now",
 }
 """Every DLQ reason, with what it means."""
 

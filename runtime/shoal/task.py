@@ -21,19 +21,24 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import orjson
 
-from shoal.errors import EnqueueError, ResultTimeout, TaskFailed, TaskNotFound
+from shoal.errors import DecodeError, EnqueueError, ResultTimeout, TaskFailed, TaskNotFound
 from shoal.message import Message, encode_envelope, message_id_at, new_message_id
 from shoal.middleware.hooks import Hooks
 from shoal.protocol import AsyncBroker, Broker, Guard, Outgoing
-from shoal.protocol.results import decode_result
+from shoal.protocol.results import decode_result, encode_cancelled
 from shoal.settings import Seconds, Settings, to_seconds
-from shoal.signing import Signer
+from shoal.signing import BadSignature, Signer
+from shoal.task_progress import Progress
 
 if TYPE_CHECKING:
     from shoal.canvas import Signature
+    from shoal.task_status import TaskStatus
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+EXPIRES_AT = "expires_at"
+"""The envelope option a message with ``expires`` carries: the Unix time it must start by."""
 
 WORKFLOW_KINDS = frozenset({"chain", "group", "chord", "task"})
 """The ``task_name`` of a workflow's handle (see :mod:`shoal.canvas`)."""
@@ -76,6 +81,25 @@ class Handle(Generic[R]):
         value: R = stored.value
         return value
 
+    def status(self) -> TaskStatus:
+        """Where the message is now: ``waiting``, ``delayed``, ``running``, ``retrying``,
+        ``succeeded``, ``failed``, ``dead``, ``cancelled`` or ``unknown`` (see
+        :mod:`shoal.task_status`), with the attempt, the worker running it and its progress."""
+        return self.producer.status(self.queue, self.id)
+
+    def cancel(self) -> str:
+        """Make sure the message never runs (again): a waiting or delayed one is removed at
+        once; a running one is stopped by its worker within a heartbeat (an async task is
+        cancelled, a sync one gets the soft-timeout exception). Its outcome is ``cancelled``,
+        never retried. Returns what it was: ``waiting``, ``delayed``, ``running`` or ``gone``
+        (already finished: nothing to cancel)."""
+        return self.producer.cancel(self.queue, self.id)
+
+    def progress(self) -> Progress | None:
+        """The task's last ``shoal.progress()`` report, or None."""
+        raw = self.producer.broker.progress(self.queue, self.id)
+        return None if raw is None else Progress.from_json(raw)
+
 
 @dataclass(frozen=True, slots=True)
 class SendOptions:
@@ -84,6 +108,7 @@ class SendOptions:
     delay_s: float = 0.0
     timeout_s: float | None = None
     dedupe_key: str | None = None
+    expires_s: float | None = None
 
     @property
     def delay_ms(self) -> int:
@@ -96,6 +121,8 @@ class SendOptions:
             options["timeout"] = self.timeout_s
         if self.dedupe_key is not None:
             options["dedupe_key"] = self.dedupe_key
+        if self.expires_s is not None:  # from now: the delay is part of the time allowed
+            options[EXPIRES_AT] = round(time.time() + self.expires_s, 3)
         return options
 
 
@@ -191,20 +218,29 @@ class Task(Generic[P, R]):
         eta: datetime | None = None,
         timeout: Seconds | None = None,
         dedupe_key: str | None = None,
+        expires: Seconds | None = None,
     ) -> Sender[P, R]:
         """Per-message options: ``task.with_options(delay=60).enqueue(...)``.
 
         ``delay`` (seconds) or ``eta`` (an aware datetime) hold the message in Redis until due;
         ``timeout`` overrides the task's timeout for these messages; while a message with the
         same ``dedupe_key`` is waiting, delayed or running, enqueueing returns its handle
-        instead of a duplicate."""
+        instead of a duplicate; a message not started within ``expires`` seconds of its enqueue
+        never runs: it goes to the dead-letter queue as ``expired`` (retries of a message that
+        started are not affected)."""
         delay_s = to_seconds(delay)
         if eta is not None:
             if eta.tzinfo is None:
                 raise EnqueueError(f"task {self.name!r}: eta must be timezone-aware, got {eta!r}")
             delay_s = max(delay_s, (eta - datetime.now(eta.tzinfo)) / timedelta(seconds=1))
         timeout_s = None if timeout is None else to_seconds(timeout)
-        return Sender(self, SendOptions(max(0.0, delay_s), timeout_s, dedupe_key or None))
+        expires_s = None if expires is None else to_seconds(expires)
+        if expires_s is not None and expires_s <= 0:
+            raise EnqueueError(
+                f"task {self.name!r}: expires must be a positive number of seconds, got {expires!r}"
+            )
+        send = SendOptions(max(0.0, delay_s), timeout_s, dedupe_key or None, expires_s)
+        return Sender(self, send)
 
 
 class Sender(Generic[P, R]):
@@ -235,10 +271,11 @@ class Sender(Generic[P, R]):
     ) -> Signature:
         from shoal.canvas import Signature
 
-        if self.send.delay_s or self.send.dedupe_key:
+        if self.send.delay_s or self.send.dedupe_key or self.send.expires_s is not None:
             raise EnqueueError(
-                f"task {self.task.name!r}: a workflow step takes timeout= only; delay, eta and "
-                "dedupe_key apply to a whole enqueue (delay the workflow's producer instead)"
+                f"task {self.task.name!r}: a workflow step takes timeout= only; delay, eta, "
+                "expires and dedupe_key apply to a whole enqueue (delay the workflow's producer "
+                "instead)"
             )
         options = {} if self.send.timeout_s is None else {"timeout": self.send.timeout_s}
         return Signature(self.task, args, kwargs, immutable=immutable, options=options)
@@ -318,6 +355,25 @@ class Producer:
         if task is None:
             return self.remote(name, queue)
         return task if task.queue == queue else task.on_queue(queue)
+
+    # --- task control ---------------------------------------------------------------------
+
+    def status(self, queue: str, message_id: str) -> TaskStatus:
+        """One message's status (see :mod:`shoal.task_status`)."""
+        from shoal.task_status import read_status
+
+        where = self.broker.status(queue, message_id)
+        return read_status(queue, message_id, where, self._open, self.broker.workers)
+
+    def _open(self, data: bytes) -> Message | None:
+        try:
+            return Message.decode(self.signer.open(data))
+        except (BadSignature, DecodeError):
+            return None
+
+    def cancel(self, queue: str, message_id: str) -> str:
+        """Cancel one message (see :meth:`Handle.cancel`)."""
+        return self.broker.cancel(queue, message_id, encode_cancelled("before it ran"))
 
     # --- sending ------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import collections
 import concurrent.futures
 import contextlib
 import contextvars
+import functools
 import logging
 import math
 import os
@@ -54,17 +55,23 @@ from shoal.protocol import (
     Leased,
 )
 from shoal.protocol.async_broker import Notifications
-from shoal.protocol.registry import WorkerRegistration
-from shoal.protocol.results import encode_failure, encode_success
+from shoal.protocol.registry import MAX_RUNNING_LISTED, RunningTask, WorkerRegistration
+from shoal.protocol.results import encode_cancelled, encode_failure, encode_success
+from shoal.rate_limit import parse_rate
 from shoal.reasons import Reason
 from shoal.recycling import Recycled, RecycleLimits, Recycler
 from shoal.scheduler import Scheduler
 from shoal.signing import BadSignature
-from shoal.task import Task
+from shoal.task import EXPIRES_AT, Task
+from shoal.task_progress import ProgressSink
+from shoal.task_progress import install as install_progress
 from shoal.version import __version__
 from shoal.workflow_steps import Steps
 
 log = logging.getLogger("shoal.worker")
+
+Admitted = tuple[Message | None, Task[Any, Any] | None, tuple[Reason, Exception] | None]
+"""What :meth:`Worker._admit` found: the message, its task, and a rejection (DLQ reason, error)."""
 
 
 class Worker:
@@ -159,6 +166,7 @@ class Worker:
             self.app,
         )
         self.app.hooks.emit("before_worker_boot", self)
+        install_progress(ProgressSink(self._loop, self.broker.report_progress))
         self.hooks = Hooks([m for m in self.app.middleware if m.active_in_worker()])
         self.steps = Steps(self.app.producer, self.broker, self.hooks)
         background = [
@@ -184,6 +192,7 @@ class Worker:
             for t in late:
                 t.cancel()
             await self._deregister()
+            install_progress(None)
             await self.broker.close()
             if self._slots is not None:
                 self._slots.close()
@@ -409,23 +418,67 @@ class Worker:
 
     def _launch(self, queue: str, leased: Leased, lease: Lease | None) -> None:
         if lease is None or leased.body is None:  # poison, not a message to run
-            running = asyncio.ensure_future(self._reject_unreadable(queue, leased))
-        else:
-            try:
-                admitted = self._admit(leased.id, leased.body, leased.deliveries)
-            except Exception as exc:  # a bug, not the message's fault: still never held forever
-                log.exception("worker %s: internal error admitting %s", self.id, leased.id)
-                admitted = None, None, ("internal_error", exc)
-            message, task, rejection = admitted
-            if rejection is None and task is not None and not task.is_async:
-                assert message is not None
-                lease.task = self._run_in_slot(queue, task, message, lease, leased.body)
+            self._keep(asyncio.ensure_future(self._reject_unreadable(queue, leased)))
+            return
+        try:
+            admitted = self._admit(leased.id, leased.body, leased.deliveries)
+        except Exception as exc:  # a bug, not the message's fault: still never held forever
+            log.exception("worker %s: internal error admitting %s", self.id, leased.id)
+            admitted = None, None, ("internal_error", exc)
+        task, rejection = admitted[1], admitted[2]
+        if rejection is None and task is not None and "rate_limit" in task.options:
+            self._keep(asyncio.ensure_future(self._throttled(queue, leased, lease, admitted)))
+            return
+        self._run_admitted(queue, leased, lease, admitted)
+
+    def _run_admitted(self, queue: str, leased: Leased, lease: Lease, admitted: Admitted) -> None:
+        """Start an admitted message: a sync task in a slot thread, the rest on the loop."""
+        assert leased.body is not None
+        message, task, rejection = admitted
+        if message is not None and task is not None:
+            lease.task_name, lease.attempt = task.name, message.attempt + 1
+            lease.started_at = time.time()
+            if lease.cancel_requested and rejection is None:  # asked while it waited here
+                self._cancelled(queue, task, message, lease, on_loop=True)
+                self._finished(1)
                 return
-            running = lease.task = asyncio.ensure_future(
-                self._process(queue, leased.id, leased.body, lease, admitted)
-            )
+        if rejection is None and task is not None and not task.is_async:
+            assert message is not None
+            lease.task = self._run_in_slot(queue, task, message, lease, leased.body)
+            return
+        running = lease.task = asyncio.ensure_future(
+            self._process(queue, leased.id, leased.body, lease, admitted)
+        )
+        self._keep(running)
+
+    def _keep(self, running: asyncio.Future[None]) -> None:
         self._running.add(running)  # the loop keeps only weak references to tasks
         running.add_done_callback(self._running.discard)
+
+    async def _throttled(
+        self, queue: str, leased: Leased, lease: Lease, admitted: Admitted
+    ) -> None:
+        """A message of a rate-limited task starts when the task's clock in Redis allows;
+        otherwise Redis has put it back as delayed until the start slot reserved for it: it
+        waits there, not in this worker's slot."""
+        task = admitted[1]
+        assert task is not None
+        interval_ms = _interval_ms(task.options["rate_limit"])
+        try:
+            slot = await self._retrying(
+                lambda: self.broker.throttle(queue, task.name, interval_ms, leased.id, lease.owner)
+            )
+        except Exception as exc:  # Redis gone for good (stopping): its lease lapses, it returns
+            log.warning("worker %s: rate check of %s failed (%s)", self.id, leased.id, exc)
+            slot = -1
+        if slot == 0 and not lease.lost:
+            self._run_admitted(queue, leased, lease, admitted)
+            return
+        self.leases.release(queue, leased.id, lease.owner)
+        self.running -= 1  # (not a task processed: it runs later, here or elsewhere)
+        self.busy -= 1
+        self._capacity.set()
+        self._start_ready()
 
     async def _reject_unreadable(self, queue: str, leased: Leased) -> None:
         """Dead-letter what is not even addressable as a message: a waiting token that is not
@@ -454,7 +507,7 @@ class Worker:
         message_id: str,
         body: bytes,
         lease: Lease,
-        admitted: tuple[Message | None, Task[Any, Any] | None, tuple[Reason, Exception] | None],
+        admitted: Admitted,
     ) -> None:
         """Handle an admitted message on the loop: an async task, or a rejection."""
         owner = lease.owner
@@ -487,9 +540,7 @@ class Worker:
         finally:
             self._finished(1)
 
-    def _admit(
-        self, message_id: str, data: bytes, deliveries: int
-    ) -> tuple[Message | None, Task[Any, Any] | None, tuple[Reason, Exception] | None]:
+    def _admit(self, message_id: str, data: bytes, deliveries: int) -> Admitted:
         """Check a fetched message before it runs; a rejection is (DLQ reason, error).
 
         A message is only returned when it can be trusted to act on its own behalf (its
@@ -518,6 +569,16 @@ class Worker:
         if task is None:
             missing = LookupError(f"task {message.task!r} is not defined by this worker's app")
             return message, None, ("unknown_task", missing)
+        expires_at = message.options.get(EXPIRES_AT) if message.options else None
+        if expires_at is not None and message.attempt == 0:
+            late = _late_by(expires_at)
+            if late is None or late > 0:
+                why = "an expiry that is not a Unix time" if late is None else f"{late:.3g}s"
+                return (
+                    message,
+                    task,
+                    ("expired", TimeoutError(f"not started by its expiry: late by {why}")),
+                )
         lost = deliveries - 1 - message.attempt
         if lost > self.settings.max_lost_deliveries:
             gone = RuntimeError(
@@ -552,7 +613,13 @@ class Worker:
             result = await run_async(task.fn, message.args, message.kwargs, timeout_s)
             self._ran_for(time.monotonic() - started)
             stored = encode_success(result) if task.store_result else None
-        except asyncio.CancelledError:  # its lease was lost, or the shutdown grace ended
+        except asyncio.CancelledError:  # its lease was lost, a cancel, or the grace ended
+            if lease.cancel_requested and not lease.lost:
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+                self._cancelled(queue, task, message, lease, on_loop=True)
+                return
             why = "its lease was lost" if lease.lost else "shutdown"
             stopped = TaskStopped(f"stopped by the worker: {why}")
             hooks.emit("after_process", task, message, result=None, exception=stopped)
@@ -586,6 +653,22 @@ class Worker:
         if on_loop:
             self._ack_ready.set()
 
+    def _cancelled(
+        self, queue: str, task: Task[Any, Any], message: Message, lease: Lease, *, on_loop: bool
+    ) -> None:
+        """A cancel was asked while this worker held the message: finished, never retried, its
+        result says cancelled (stored whatever ``store_result`` says: a handle waits on it)."""
+        lease.deciding = True
+        stopped = TaskStopped("cancelled (handle.cancel() or shoal task cancel)")
+        self.hooks.emit("after_process", task, message, result=None, exception=stopped)
+        log.info("task %s %s on %s cancelled", task.name, message.id, queue)
+        result = encode_cancelled("while it ran" if lease.started_at else "before it ran")
+        dedupe = message.options.get("dedupe_key")
+        with self._acks_lock:
+            self.acks[queue].append((message.id, lease.owner, result, dedupe))
+        if on_loop:
+            self._ack_ready.set()
+
     async def _verdict(
         self,
         queue: str,
@@ -613,6 +696,9 @@ class Worker:
                 return
         if error is None:
             self._succeeded(queue, task, message, result, stored, lease, on_loop=True)
+            return
+        if lease.cancel_requested and not isinstance(error, HardTimeout):
+            self._cancelled(queue, task, message, lease, on_loop=True)  # not a failure to retry
             return
         if isinstance(error, HardTimeout):
             log.error(
@@ -674,6 +760,9 @@ class Worker:
                 return
             if not job.stopped_by_worker:
                 error = exc  # the task's own TaskStopped: a failure like any other
+            elif lease.cancel_requested and not lease.lost:
+                self._cancelled(queue, task, message, lease, on_loop=False)
+                return
             else:
                 why = "its lease was lost" if lease.lost else "shutdown"
                 stopped = TaskStopped(f"stopped by the worker: {why}")
@@ -933,12 +1022,21 @@ class Worker:
                     leases_lost=self.leases.lost,
                     started_at=self.started_at,
                     version=__version__,
+                    running=self._running_now(),
                 )
                 await self.broker.register_worker(info, self.settings.worker_ttl_s)
             except REDIS_ERRORS as exc:
                 log.warning("worker %s: heartbeat failed (%s)", self.id, exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), self.settings.heartbeat_s)
+
+    def _running_now(self) -> tuple[RunningTask, ...]:
+        """What runs here now, for the registration (the dashboard, ``shoal task status``)."""
+        started = self.leases.started()[:MAX_RUNNING_LISTED]
+        return tuple(
+            RunningTask(queue, mid, lease.task_name, lease.attempt, lease.started_at)
+            for queue, mid, lease in started
+        )
 
     async def _renew(self, queue: str) -> None:
         """Renew every lease held on ``queue``; stop the tasks whose lease is gone."""
@@ -949,11 +1047,25 @@ class Worker:
         if not held:
             return
         sent_at = time.monotonic()
-        lost = await self.broker.renew(queue, held)
+        renewed = await self.broker.renew(queue, held)
         self.leases.renewed(queue, held, sent_at)
         owners = dict(held)
-        for message_id in lost:
+        for message_id in renewed.lost:
             self._lose(queue, message_id, owners[message_id], "another delivery owns it now")
+        for message_id in renewed.cancelled:
+            self._cancel(queue, message_id, owners[message_id])
+
+    def _cancel(self, queue: str, message_id: str, owner: int) -> None:
+        """A cancel was asked of a message this worker holds: stop its task (an async one is
+        cancelled, a sync one gets TaskStopped in its thread); one waiting for a slot here is
+        finished as cancelled when its turn comes."""
+        lease = self.leases.get(queue, message_id)
+        if lease is None or lease.owner != owner or lease.lost or lease.cancel_requested:
+            return
+        lease.cancel_requested = True
+        if lease.task is not None and not lease.deciding and not lease.task.done():
+            log.info("worker %s: cancelling %s on %s (asked)", self.id, message_id, queue)
+            lease.task.cancel()
 
     def _lose(self, queue: str, message_id: str, owner: int, why: str) -> None:
         """A lease this worker held is (or may be) another's: stop its task, never decide it.
@@ -1125,6 +1237,19 @@ def _log_context(queue: str, message: Message) -> TaskLogContext:
     return TaskLogContext(
         message.id, message.task, queue, message.attempt + 1, trace_id_of(traceparent)
     )
+
+
+@functools.cache
+def _interval_ms(rate_limit: str) -> float:
+    """Milliseconds between two starts of a task's (validated) ``rate_limit``."""
+    return parse_rate(rate_limit, "rate_limit").interval_ms
+
+
+def _late_by(expires_at: Any) -> float | None:
+    """Seconds past an ``expires_at`` (negative: still in time); None when it is no time."""
+    if isinstance(expires_at, bool) or not isinstance(expires_at, int | float):
+        return None
+    return time.time() - expires_at
 
 
 def _may_be_too_deep(data: bytes) -> bool:

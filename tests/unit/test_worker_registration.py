@@ -3,10 +3,12 @@ versions (fields missing or added) still read."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import orjson
 import pytest
 
-from shoal.protocol.registry import WorkerRegistration
+from shoal.protocol.registry import RunningTask, WorkerRegistration
 
 FULL = WorkerRegistration(
     id="w1",
@@ -38,8 +40,19 @@ def test_the_json_keeps_the_keys_and_order_workers_always_wrote() -> None:
         "leases_lost",
         "started_at",
         "version",
+        "running",
     ]
     assert orjson.loads(FULL.to_json())["queues"] == ["emails", "billing"]
+
+
+def test_what_a_worker_runs_reads_back_and_junk_entries_are_dropped() -> None:
+    running = (RunningTask("emails", "m1", "send", 2, 1700000000.5),)
+    data = orjson.loads(dataclasses.replace(FULL, running=running).to_json())
+    assert WorkerRegistration.from_json(orjson.dumps(data)).running == running
+    data["running"] = [{"queue": "emails"}, 7, {"queue": "q", "id": "m2", "attempt": "x"}]
+    assert WorkerRegistration.from_json(orjson.dumps(data)).running == ()
+    data["running"] = "not a list"
+    assert WorkerRegistration.from_json(orjson.dumps(data)).running == ()
 
 
 def test_an_older_worker_without_leases_lost_reads_as_zero() -> None:

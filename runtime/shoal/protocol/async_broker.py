@@ -32,6 +32,7 @@ from shoal.protocol.scripts import (
     KeyedClient,
     Outgoing,
     QueueStats,
+    Renewed,
     ack_call,
     dead_call,
     enqueue_call,
@@ -44,10 +45,12 @@ from shoal.protocol.scripts import (
     measure_call,
     parse_ack,
     parse_fetch,
+    parse_renew,
     renew_call,
     retry_call,
     schedule_publish_call,
     script_source,
+    throttle_call,
     workflow_failed_call,
 )
 from shoal.settings import Settings
@@ -141,14 +144,27 @@ class AsyncBroker(KeyedClient):
             return 0
         return int(await self._run(handback_call(self.keys(queue), held)))
 
-    async def renew(self, queue: str, held: Sequence[Held]) -> list[str]:
+    async def renew(self, queue: str, held: Sequence[Held]) -> Renewed:
         """Extend the (id, owner token) leases this worker holds; returns the ids it no longer
-        owns (recovered or re-delivered elsewhere, or finished): it must stop running them."""
+        owns (recovered or re-delivered elsewhere, or finished: it must stop running them), and
+        the ids it still owns whose cancel was asked (it must stop them as cancelled)."""
         if not held:
-            return []
+            return Renewed([], [])
         lease_ms = int(self.settings.lease_s * 1000)
-        lost = await self._run(renew_call(self.keys(queue), lease_ms, held))
-        return [i.decode("utf-8", "backslashreplace") for i in lost]
+        return parse_renew(await self._run(renew_call(self.keys(queue), lease_ms, held)))
+
+    async def throttle(
+        self, queue: str, task: str, interval_ms: float, message_id: str, owner: int
+    ) -> int:
+        """May this leased message of a rate-limited task start now? 0: yes; -1: the lease is
+        not this worker's any more; else it was put back as delayed until that time (ms)."""
+        call = throttle_call(self.keys(queue), task, interval_ms, message_id, owner)
+        return int(await self._run(call))
+
+    async def report_progress(self, queue: str, message_id: str, report: bytes) -> None:
+        """Store a running message's progress report, kept for the result TTL."""
+        key = self.keys(queue).progress(message_id)
+        await self.redis.set(key, report, px=self._result_ttl_ms)
 
     async def start_group(self, queue: str, group_id: str, size: int, then: bytes) -> None:
         """Write a workflow group's record (what follows it, its size) in ``queue``'s slot."""

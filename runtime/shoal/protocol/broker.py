@@ -41,16 +41,21 @@ from shoal.protocol.scripts import (
     Promoted,
     QueueStats,
     ScheduleRecords,
+    Whereabouts,
+    cancel_call,
+    clear_call,
     enqueue_call,
     enqueued_ids,
     group_start_call,
     measure_call,
     parse_promote,
+    parse_status,
     promote_call,
     purge_call,
     readable_id,
     replay_call,
     script_source,
+    status_call,
 )
 from shoal.settings import Settings
 
@@ -408,6 +413,52 @@ class Broker(KeyedClient):
                 for key in (k.schedules, k.schedule_runs, k.schedules_seen):
                     pipe.hdel(key, *names)
                 pipe.execute()
+
+    # --- flow and task control ------------------------------------------------------------
+
+    def pause(self, queue: str, note: bytes) -> bool:
+        """Pause ``queue`` (``note``: who and when, JSON); False when it was paused already.
+        Workers lease nothing from it; enqueues go on."""
+        self._remember_queue(queue)
+        return bool(self.redis.set(self.keys(queue).paused, note, nx=True))
+
+    def resume(self, queue: str) -> bool:
+        """Resume ``queue``; False when it was not paused. Idle workers are woken at once."""
+        k = self.keys(queue)
+        if not self.redis.delete(k.paused):
+            return False
+        self.redis.publish(k.notify, 1)
+        return True
+
+    def paused(self, queue: str) -> bytes | None:
+        """The pause note of ``queue`` (who, when), or None when it runs."""
+        note: bytes | None = self.redis.get(self.keys(queue).paused)  # type: ignore[assignment]
+        return note
+
+    def clear(self, queue: str, batch: int = 1000) -> int:
+        """Delete every message ``queue`` holds waiting or delayed, in batches; running
+        messages and dead letters stay. Returns how many were deleted."""
+        total = 0
+        while True:
+            removed, popped = self._run(clear_call(self.keys(queue), batch))
+            total += int(removed)
+            if not int(popped):
+                return total
+
+    def cancel(self, queue: str, message_id: str, result: bytes) -> str:
+        """Cancel a message: ``waiting`` or ``delayed`` (removed, ``result`` stored),
+        ``running`` (its worker stops it at its next lease renewal) or ``gone``."""
+        call = cancel_call(self.keys(queue), message_id, result, self._result_ttl_ms)
+        return bytes(self._run(call)).decode()
+
+    def status(self, queue: str, message_id: str) -> Whereabouts:
+        """Every record of one message, read at once (see ``status.lua``)."""
+        return parse_status(self._run(status_call(self.keys(queue), message_id)))
+
+    def progress(self, queue: str, message_id: str) -> bytes | None:
+        """The last progress report of a message (JSON), or None."""
+        raw: bytes | None = self.redis.get(self.keys(queue).progress(message_id))  # type: ignore[assignment]
+        return raw
 
     def whereabouts(self, queue: str, message_id: str) -> str | None:
         """Where a message is: ``"stored"`` (waiting, delayed or running), ``"dead"``, or None

@@ -42,6 +42,19 @@ key                                    type    meaning
                                                ``size``, member index → result JSON; TTL
 ``{p}:{q}:group:<gid>:done``           STRING  what follows that group has started (the
                                                group's record is gone then); TTL
+``{p}:{q}:paused``                     STRING  present while the queue is paused (JSON: when,
+                                               by whom): fetch leases nothing, enqueue goes on
+``{p}:{q}:cancels``                    ZSET    id → when a cancel was asked of a running
+                                               message (ms); its worker reads it when it renews
+                                               the lease; entries older than the result TTL
+                                               are pruned by the next cancel
+``{p}:{q}:rate``                       HASH    rate clocks (GCRA: when the next start is due,
+                                               ms): ``queue`` for the queue's ``rate_limit``,
+                                               ``task:<name>`` for a task's
+``{p}:{q}:rate:reserved``              HASH    id → the start slot reserved for a message a
+                                               task's rate limit put back as delayed
+``{p}:{q}:progress:<id>``              STRING  a running task's last ``shoal.progress`` report
+                                               (JSON), with the result TTL
 ``{p}:{q}:notify``                     pubsub  published when waiting goes from empty to not
 ``{p}:queues``                         SET     every queue name ever enqueued to
 ``{p}:workers``                        ZSET    worker id → last heartbeat (ms, the worker's
@@ -81,10 +94,18 @@ class QueueKeys:
     schedule_runs: str
     schedules_seen: str
     schedules_declared: str
+    paused: str
+    cancels: str
+    rate: str
+    rate_reserved: str
 
     def result(self, message_id: str) -> str:
         """Key of the stored result of one message."""
         return self.result_prefix + message_id
+
+    def progress(self, message_id: str) -> str:
+        """Key of a running message's last progress report."""
+        return self.base + "progress:" + message_id
 
     def workflow(self, workflow_id: str) -> str:
         """Guards of the workflow steps started into this queue."""
@@ -123,6 +144,10 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
         schedule_runs=base + "schedule:runs",
         schedules_seen=base + "schedules:seen",
         schedules_declared=base + "schedules:declared",
+        paused=base + "paused",
+        cancels=base + "cancels",
+        rate=base + "rate",
+        rate_reserved=base + "rate:reserved",
     )
 
 

@@ -17,6 +17,38 @@ UNREADABLE = "(unreadable registration)"
 """The ``version`` of a registration that could not be read (written by something else)."""
 
 
+MAX_RUNNING_LISTED = 100
+"""At most this many running tasks are listed in a registration (it is rewritten every beat)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunningTask:
+    """One task a worker runs now, as its registration lists it."""
+
+    queue: str
+    id: str
+    task: str
+    attempt: int
+    """1 for the first run."""
+    started_at: float
+    """Unix time it started."""
+
+    @classmethod
+    def from_json(cls, data: Any) -> RunningTask | None:
+        if not isinstance(data, dict):
+            return None
+        try:
+            return cls(
+                str(data["queue"]),
+                str(data["id"]),
+                str(data.get("task") or ""),
+                _int(data.get("attempt")),
+                float(data.get("started_at") or 0.0),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerRegistration:
     """One worker process, as it last described itself."""
@@ -34,6 +66,8 @@ class WorkerRegistration:
     started_at: float = 0.0
     """Unix time the worker started."""
     version: str = ""
+    running: tuple[RunningTask, ...] = ()
+    """What it runs now (at most MAX_RUNNING_LISTED); absent from older workers."""
 
     def to_json(self) -> bytes:
         return orjson.dumps(dataclasses.asdict(self))
@@ -53,6 +87,7 @@ class WorkerRegistration:
         data = orjson.loads(raw)
         if not isinstance(data, dict) or not isinstance(data.get("id"), str):
             raise ValueError(f"not a worker registration: {raw[:200]!r}")
+        running = data.get("running")
         return cls(
             id=data["id"],
             host=str(data.get("host") or ""),
@@ -64,6 +99,11 @@ class WorkerRegistration:
             leases_lost=_int(data.get("leases_lost")),
             started_at=float(data.get("started_at") or 0.0),
             version=str(data.get("version") or ""),
+            running=tuple(
+                r
+                for r in map(RunningTask.from_json, running if isinstance(running, list) else ())
+                if r is not None
+            ),
         )
 
 

@@ -55,6 +55,15 @@ def encode_failure(error: str, *, member: str | None = None, reason: str | None 
     return orjson.dumps(data)
 
 
+CANCELLED = "cancelled"
+"""The ``reason`` of a cancelled message's result (``handle.cancel()``)."""
+
+
+def encode_cancelled(detail: str) -> bytes:
+    """The result of a cancelled message: a failure whose reason is :data:`CANCELLED`."""
+    return encode_failure(f"cancelled {detail}", reason=CANCELLED)
+
+
 def decode_result(raw: bytes | str) -> StoredResult:
     """A stored result; fields it does not know are ignored. Bytes that are not a result (edited
     in Redis) read as a failure that says so, never as a success."""

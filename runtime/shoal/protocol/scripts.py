@@ -35,7 +35,15 @@ SCRIPT_NAMES = (
     "workflow_failed",
     "schedule_publish",
     "promote",
+    "cancel",
+    "clear",
+    "status",
+    "throttle",
 )
+RATE_WINDOW_MS = 100
+"""A rate-limited start may be taken this long before its slot: one fetch leases a few starts
+of a fast limit (1000/s) instead of one per round trip; a slow one (20/s) still starts one at a
+time after the first few."""
 MOVE_LIMIT = 500
 """Delayed or expired entries moved per fetch: bounds one script's run time on a huge backlog."""
 
@@ -109,6 +117,10 @@ class QueueStats:
     measured_at_ms: int
     due_soon: int = 0
     """Delayed messages due within the next few seconds (``DUE_SOON_MS``)."""
+    paused: bool = False
+    """The queue is paused (``app.pause``): it accepts messages and runs none."""
+    cancelled: int = 0
+    """Messages cancelled before they ran (counter since creation)."""
 
     @classmethod
     def from_reply(cls, queue: str, reply: Sequence[Any]) -> QueueStats:
@@ -133,6 +145,8 @@ class QueueStats:
             recovered,
             int(now),
             int(reply[11]) if len(reply) > 11 else 0,
+            bool(int(reply[12])) if len(reply) > 12 else False,
+            int(reply[13]) if len(reply) > 13 else 0,
         )
 
 
@@ -183,7 +197,13 @@ def enqueued_ids(reply: Sequence[bytes] | None) -> list[str] | None:
 
 def fetch_call(k: QueueKeys, lease_ms: int, count: int) -> Call:
     keys = [k.waiting, k.messages, k.inflight, k.delayed, k.stats, k.deliveries, k.owners]
-    return "fetch", keys, [lease_ms, count, MOVE_LIMIT]
+    keys += (k.paused, k.config, k.rate)
+    return "fetch", keys, [lease_ms, count, MOVE_LIMIT, RATE_WINDOW_MS]
+
+
+def throttle_call(k: QueueKeys, task: str, interval_ms: float, message_id: str, owner: int) -> Call:
+    keys = [k.rate, k.rate_reserved, k.inflight, k.delayed, k.owners, k.deliveries, k.stats]
+    return "throttle", keys, [f"task:{task}", interval_ms, message_id, owner, RATE_WINDOW_MS]
 
 
 def ack_call(k: QueueKeys, done: Sequence[Finished], ttl_ms: int) -> Call:
@@ -251,7 +271,80 @@ def renew_call(k: QueueKeys, lease_ms: int, held: Sequence[Held]) -> Call:
     argv: list[Any] = [lease_ms]
     for message_id, owner in held:
         argv += (message_id, owner)
-    return "renew", [k.inflight, k.owners], argv
+    return "renew", [k.inflight, k.owners, k.cancels], argv
+
+
+class Renewed(NamedTuple):
+    """What a renewal found: leases lost to another delivery, and cancels asked of the rest."""
+
+    lost: list[str]
+    cancelled: list[str]
+
+
+def parse_renew(reply: Sequence[Any]) -> Renewed:
+    lost, cancelled = reply
+    return Renewed(
+        [i.decode("utf-8", "backslashreplace") for i in lost],
+        [i.decode("utf-8", "backslashreplace") for i in cancelled],
+    )
+
+
+def cancel_call(k: QueueKeys, message_id: str, result: bytes, ttl_ms: int) -> Call:
+    keys = [
+        k.messages,
+        k.inflight,
+        k.delayed,
+        k.stats,
+        k.deliveries,
+        k.cancels,
+        k.result(message_id),
+    ]
+    return "cancel", keys, [message_id, result, ttl_ms]
+
+
+def status_call(k: QueueKeys, message_id: str) -> Call:
+    keys = [
+        k.messages,
+        k.inflight,
+        k.delayed,
+        k.dead_entries,
+        k.result(message_id),
+        k.progress(message_id),
+        k.cancels,
+    ]
+    return "status", keys, [message_id]
+
+
+class Whereabouts(NamedTuple):
+    """One message's records, as ``status.lua`` read them at once (None where absent)."""
+
+    now_ms: int
+    envelope: bytes | None
+    lease_deadline_ms: float | None
+    due_ms: float | None
+    dead_entry: bytes | None
+    result: bytes | None
+    progress: bytes | None
+    cancel_asked_ms: float | None
+
+
+def parse_status(reply: Sequence[Any]) -> Whereabouts:
+    now, envelope, lease, due, dead, result, progress, cancel = (x or None for x in reply)
+    return Whereabouts(
+        int(now or 0),
+        envelope,
+        None if lease is None else float(lease),
+        None if due is None else float(due),
+        dead,
+        result,
+        progress,
+        None if cancel is None else float(cancel),
+    )
+
+
+def clear_call(k: QueueKeys, batch: int) -> Call:
+    keys = [k.waiting, k.messages, k.delayed, k.stats, k.deliveries, k.inflight]
+    return "clear", keys, [batch]
 
 
 def replay_call(k: QueueKeys, fresh: Sequence[tuple[str, bytes, str | None]]) -> Call:
@@ -328,7 +421,8 @@ def parse_promote(reply: Sequence[Any]) -> Promoted:
 
 
 def measure_call(k: QueueKeys) -> Call:
-    return "measure", [k.waiting, k.inflight, k.delayed, k.dead, k.stats], [DUE_SOON_MS]
+    keys = [k.waiting, k.inflight, k.delayed, k.dead, k.stats, k.paused]
+    return "measure", keys, [DUE_SOON_MS]
 
 
 MAX_ID_BYTES = 128

@@ -10,9 +10,16 @@
 -- KEYS[7] owners      HASH  id -> the owner token of the current lease: a number never given
 --                           out twice (the "leases" counter in stats); every later transition
 --                           checks it, and a recovered lease has none until leased again
+-- KEYS[8] paused      STRING present while the queue is paused: due and lapsed messages are
+--                           still moved to waiting (its length stays true), none is leased
+-- KEYS[9] config      HASH  the queue's defaults: "rate_limit" ("N/s", "N/m", "N/h") limits the
+--                           starts of the whole queue (shoal.rate_limit)
+-- KEYS[10] rate       HASH  rate clocks; "queue" is the theoretical arrival time of the next
+--                           start (ms): GCRA, evenly spaced, no burst after an idle spell
 -- ARGV[1] lease length (ms)
 -- ARGV[2] max messages to lease
 -- ARGV[3] max delayed / expired entries to move per call (bounds the script's run time)
+-- ARGV[4] rate window (ms): starts of a limited queue may be leased this much before their slot
 -- Returns { next_due_ms or -1, now_ms, id1, envelope1, deliveries1, owner1, id2, ... }.
 -- A token whose message is gone (acked by a worker whose lease had expired) is dropped.
 -- A token that is not "<ms>:<id>" is returned whole with a false envelope and owner 0, for the
@@ -31,6 +38,25 @@ local nxt = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
 if #nxt > 0 then out[1] = tonumber(nxt[2]) end
 
 local want = tonumber(ARGV[2])
+if redis.call('EXISTS', KEYS[8]) == 1 then want = 0 end
+local interval, tat
+local rate_text = want > 0 and redis.call('HGET', KEYS[9], 'rate_limit')
+if rate_text then
+  local n, unit = string.match(rate_text, '^([%d.]+)/([smh])$')
+  local per = ({ s = 1000, m = 60000, h = 3600000 })[unit]
+  n = tonumber(n)
+  if per and n and n > 0 then
+    interval = per / n
+    tat = math.max(tonumber(redis.call('HGET', KEYS[10], 'queue')) or 0, now)
+    local allowed = math.max(0, math.floor((now + tonumber(ARGV[4]) - tat) / interval) + 1)
+    if allowed < want then
+      want = allowed
+      if out[1] < 0 or out[1] > tat + allowed * interval then
+        out[1] = math.floor(tat + allowed * interval)  -- wake the worker for the next start
+      end
+    end
+  end
+end
 local deadline = now + tonumber(ARGV[1])
 local got = 0
 while got < want do
@@ -61,4 +87,5 @@ while got < want do
     end
   end
 end
+if interval and got > 0 then redis.call('HSET', KEYS[10], 'queue', tat + got * interval) end
 return out

@@ -5,9 +5,11 @@
 -- KEYS[3] delayed   ZSET  ZCARD = delayed and retrying messages
 -- KEYS[4] dead      ZSET  ZCARD = dead letters
 -- KEYS[5] stats     HASH  counters
+-- KEYS[6] paused    STRING present while the queue is paused
 -- ARGV[1] horizon (ms): delayed messages due within it are counted as "due soon" (ZCOUNT, log n)
 -- Returns { now_ms, waiting, inflight, delayed, dead, oldest token or false,
---           enqueued, completed, retried, dead_total, recovered, due_soon }.
+--           enqueued, completed, retried, dead_total, recovered, due_soon, paused (0/1),
+--           cancelled }.
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local out = {
@@ -18,7 +20,9 @@ local out = {
   redis.call('ZCARD', KEYS[4]),
   redis.call('LINDEX', KEYS[1], -1),
 }
-local counters = redis.call('HMGET', KEYS[5], 'enqueued', 'completed', 'retried', 'dead', 'recovered')
+local counters = redis.call('HMGET', KEYS[5], 'enqueued', 'completed', 'retried', 'dead', 'recovered', 'cancelled')
 for i = 1, 5 do out[#out + 1] = tonumber(counters[i]) or 0 end
 out[#out + 1] = redis.call('ZCOUNT', KEYS[3], '-inf', now + tonumber(ARGV[1] or 0))
+out[#out + 1] = KEYS[6] and redis.call('EXISTS', KEYS[6]) or 0
+out[#out + 1] = tonumber(counters[6]) or 0
 return out

@@ -19,7 +19,7 @@ COPY operator ./operator
 COPY crds ./crds
 # Wheels only at run time (hiredis, orjson ship binary wheels): no compiler in either stage.
 RUN python -m venv /opt/shoal \
- && /opt/shoal/bin/pip install --no-cache-dir '.[operator]' \
+ && /opt/shoal/bin/pip install --no-cache-dir '.[operator,dashboard]' \
  && /opt/shoal/bin/shoal version
 
 # --- runtime: the venv, a non-root user, nothing else -----------------------------------------

@@ -14,9 +14,10 @@ import orjson
 
 from shoal import queue_defaults
 from shoal.dlq import DeadLetters
-from shoal.errors import ConfigurationError, TaskModuleError
+from shoal.errors import ConfigurationError, EnqueueError, TaskModuleError
 from shoal.middleware import Middleware, default_middleware
 from shoal.middleware.hooks import Hooks
+from shoal.priority import checked as checked_priority
 from shoal.protocol import Broker, QueueStats
 from shoal.rate_limit import parse_rate
 from shoal.redis_url import mask_url
@@ -31,7 +32,7 @@ R = TypeVar("R")
 
 log = logging.getLogger("shoal")
 
-CORE_OPTIONS = frozenset({"queue", "name", "store_result", "timeout", "rate_limit"})
+CORE_OPTIONS = frozenset({"queue", "name", "store_result", "timeout", "rate_limit", "priority"})
 """Task options the App itself owns; middleware declare the rest."""
 
 
@@ -138,8 +139,8 @@ class App:
 
         ``queue`` (default ``SHOAL_DEFAULT_QUEUE``), ``timeout`` (seconds), ``store_result`` (keep
         the return value for ``handle.result()``), ``rate_limit`` (``"20/s"``, ``"100/m"``,
-        ``"5/h"``: starts of this task across every worker); middleware options such as
-        ``max_retries``.
+        ``"5/h"``: starts of this task across every worker), ``priority`` (0-9, lower runs first;
+        default 5); middleware options such as ``max_retries``.
         An unknown option fails here, naming it."""
         unknown = sorted(set(options) - self.task_options)
         if unknown:
@@ -159,6 +160,11 @@ class App:
                 task_options["timeout"] = to_seconds(timeout)
                 if task_options["timeout"] <= 0:
                     raise ConfigurationError(f"task {task_name!r}: timeout must be > 0 seconds")
+            if "priority" in task_options:
+                try:
+                    checked_priority(task_options["priority"], f"task {task_name!r}")
+                except EnqueueError as exc:
+                    raise ConfigurationError(str(exc)) from None
             if "rate_limit" in task_options:  # canonical, so every worker keeps the same clock
                 rate = parse_rate(task_options["rate_limit"], f"task {task_name!r}")
                 task_options["rate_limit"] = str(rate)

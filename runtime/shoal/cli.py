@@ -1,4 +1,4 @@
-"""The ``shoal`` command: worker, enqueue, info, schedules, dlq, demo, dev, version.
+"""The ``shoal`` command: worker, enqueue, info, schedules, dlq, dashboard, demo, dev, version.
 
 Each command imports what it uses when it runs: ``rich`` only to print tables, the App and the
 Redis client only to talk to Redis, so ``shoal worker`` hands a lean process to its supervisor.
@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -345,10 +345,11 @@ def queue_listing(before: list[QueueStats], after: list[QueueStats]) -> Listing:
         ),
         wide=frozenset({"enqueued", "retried", "dead total"}),
     )
+    from shoal.fleet import per_second
+
     for a, b in zip(before, after, strict=True):
-        span = max(0.001, (b.measured_at_ms - a.measured_at_ms) / 1000)
-        done_rate = (b.completed - a.completed) / span
-        enqueue_rate = (b.enqueued - a.enqueued) / span
+        rates = per_second(a, b)
+        done_rate, enqueue_rate = rates["completed"], rates["enqueued"]
         listing.add(
             (
                 b.queue,
@@ -497,6 +498,7 @@ def schedules(queue_names: tuple[str, ...], prune: bool, output: str | None) -> 
     """Periodic schedules (code and Queue resources): next run, last run and its outcome.
 
     A schedule whose ticks never ran (new, skipped, suspended) shows no last run."""
+    from shoal.schedule_plan import last_ran, schedule_record
     from shoal.scheduler import prune_stale, stored
     from shoal.schedules import describe_time
 
@@ -512,21 +514,11 @@ def schedules(queue_names: tuple[str, ...], prune: bool, output: str | None) -> 
         empty=f"No schedules on {app!r}.",
     )
     for row in (row for q in queues for row in stored(app.broker, q)):
-        s = row.schedule
-        ran = row.last if row.last is not None and row.last.message_id is not None else None
+        s, ran, record = row.schedule, last_ran(row), schedule_record(row)
         last = describe_time(ran.tick_ms if ran else None, s.zone if s else None)
-        record: dict[str, Any] = {
-            "queue": row.queue,
-            "name": row.name,
-            "next_run_ms": row.next_ms,
-            "last_run_ms": ran.tick_ms if ran else None,
-            "last_message_id": ran.message_id if ran else None,
-            "outcome": row.outcome,
-            "stale": row.stale,
-        }
         if s is None:
             cells = (row.queue, row.name, "-", "-", "-", "-", "-", last, f"invalid: {row.error}")
-            listing.add(cells, {**record, "error": row.error})
+            listing.add(cells, record)
             continue
         source = f"{s.source} (stale: no worker declares it; --prune)" if row.stale else s.source
         listing.add(
@@ -541,14 +533,7 @@ def schedules(queue_names: tuple[str, ...], prune: bool, output: str | None) -> 
                 last,
                 row.outcome,
             ),
-            {
-                **record,
-                "cron": s.cron,
-                "timezone": s.timezone,
-                "task": s.task,
-                "source": s.source,
-                "suspended": s.suspend,
-            },
+            record,
         )
     emit([listing], output, console())
 
@@ -587,6 +572,8 @@ def dlq() -> None:
 def dlq_list(queue: str, limit: int, output: str | None) -> None:
     """The newest dead letters of QUEUE (the error cut to 80 characters in a terminal table;
     whole with -o wide, json, yaml, or when piped)."""
+    from shoal.dlq import summary_record
+
     dead = _app().dlq(queue)
     listing = Listing(
         f"Dead letters of {queue} ({len(dead)} in all)",
@@ -605,14 +592,7 @@ def dlq_list(queue: str, limit: int, output: str | None) -> None:
                 when(e.failed_at),
                 error,
             ),
-            {
-                "id": e.id,
-                "task": e.task,
-                "reason": e.reason,
-                "attempts": e.attempts,
-                "failed_at": e.failed_at,
-                "error": e.error,
-            },
+            summary_record(e),
         )
     emit([listing], output, console())
 
@@ -676,26 +656,9 @@ def dlq_show(queue: str, message_id: str, output: str | None) -> None:
         ("traceback", entry.traceback or None),
     ]
     if output in ("json", "yaml"):
-        record = {
-            "id": entry.id,
-            "queue": queue,
-            "task": entry.task,
-            "reason": entry.reason,
-            "meaning": meaning(entry.reason),
-            "replayable": entry.refusal is None,
-            "refusal": entry.refusal,
-            "error": entry.error,
-            "exception_type": entry.exception_type,
-            "attempts": entry.attempts,
-            "enqueued_at": entry.enqueued_at,
-            "failed_at": entry.failed_at,
-            "trace_id": entry.trace_id,
-            "workflow": entry.workflow,
-            "size": entry.size,
-            "stored": entry.stored,
-            "message": entry.message,
-            "traceback": entry.traceback,
-        }
+        from shoal.dlq import entry_record
+
+        record = entry_record(queue, entry)
         click.echo(dump(record, output))
         return
     if not is_terminal():
@@ -779,6 +742,80 @@ def dev(files: tuple[Path, ...], redis_url: str | None, duration: float | None) 
     from_env = settings.redis_url if settings.redis_url_source == "SHOAL_REDIS_URL" else None
     url = redis_url or from_env
     DevRunner(manifests, url, console()).run(duration)
+
+
+DASHBOARD_HELP = """Serve a web dashboard: queues (with rates over time), workers and what
+runs now, dead letters (show, replay, purge), schedules, workflows in flight.
+
+\b
+Read-only unless writes are enabled: SHOAL_DASHBOARD_TOKEN set (or
+--allow-writes, which then requires it) lets replay and purge run, each
+with that token. SHOAL_TRACE_URL_TEMPLATE (e.g.
+http://localhost:16686/trace/{trace_id}) links every message with a trace
+id to it. JSON under /api/; /healthz for probes. Needs the dashboard extra:
+pip install 'shoal[dashboard]'."""
+
+
+@cli.command(help=DASHBOARD_HELP)
+@click.option("--port", type=click.IntRange(1, 65535), default=8787, show_default=True)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (0.0.0.0 in a container).",
+)
+@click.option("--redis-url", help="Redis to read (default: SHOAL_REDIS_URL).")
+@click.option(
+    "--allow-writes",
+    is_flag=True,
+    help="Enable replay and purge (each needs SHOAL_DASHBOARD_TOKEN, which must be set).",
+)
+@click.option("--token", envvar="SHOAL_DASHBOARD_TOKEN", hidden=True)
+@click.option(
+    "--trace-url-template",
+    envvar="SHOAL_TRACE_URL_TEMPLATE",
+    show_envvar=True,
+    help="Where a trace opens, with {trace_id}; no trace links when unset.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.2, max=3600),
+    default=5.0,
+    show_default=True,
+    help="Seconds between the samples the rates and sparklines are drawn from.",
+)
+@click.option("--log-level", default="INFO", show_default=True)
+def dashboard(
+    port: int,
+    host: str,
+    redis_url: str | None,
+    allow_writes: bool,
+    token: str | None,
+    trace_url_template: str | None,
+    interval: float,
+    log_level: str,
+) -> None:
+    try:
+        import aiohttp  # noqa: F401
+        import jinja2  # noqa: F401
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"shoal dashboard needs its extra ({exc.name} is missing): "
+            "pip install 'shoal[dashboard]'"
+        ) from None
+    from shoal.app import App
+    from shoal.dashboard.access import Access
+    from shoal.dashboard.links import check_template
+    from shoal.dashboard.server import build, serve
+
+    access = Access.of(allow_writes, token)
+    template = check_template(trace_url_template)
+    logs.setup(logging.getLevelName(log_level.upper()), Settings.from_env().log_format)
+    app = App(redis_url) if redis_url else App()
+    startup.check_port_free("--port", port)
+    mode = "writes enabled (token required)" if access.writes else "read-only"
+    click.echo(f"shoal dashboard on http://{host}:{port}/ ({mode}), reading {app!r}", err=True)
+    serve(build(app, access, template, interval), host, port)
 
 
 @cli.command("redis-acl")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shoal.dead_letter import (
     EXCERPT_BYTES,
@@ -21,7 +21,7 @@ from shoal.dead_letter import (
 )
 from shoal.errors import DecodeError
 from shoal.message import Message
-from shoal.reasons import REASONS, UNREPLAYABLE, Reason
+from shoal.reasons import REASONS, UNREPLAYABLE, Reason, meaning
 from shoal.signing import BadSignature
 
 if TYPE_CHECKING:
@@ -37,6 +37,8 @@ __all__ = [
     "ReplayReport",
     "dead_letter_entry",
     "describe",
+    "entry_record",
+    "summary_record",
 ]
 
 
@@ -51,6 +53,42 @@ class ReplayReport:
 
     replayed: list[str]
     skipped: dict[str, str]
+
+
+def summary_record(entry: DeadLetter) -> dict[str, Any]:
+    """One dead letter's summary as data (``shoal dlq list -o json``, the dashboard)."""
+    return {
+        "id": entry.id,
+        "task": entry.task,
+        "reason": entry.reason,
+        "attempts": entry.attempts,
+        "failed_at": entry.failed_at,
+        "error": entry.error,
+    }
+
+
+def entry_record(queue: str, entry: DeadLetter) -> dict[str, Any]:
+    """Everything about one dead letter as data (``shoal dlq show -o json``, the dashboard)."""
+    return {
+        "id": entry.id,
+        "queue": queue,
+        "task": entry.task,
+        "reason": entry.reason,
+        "meaning": meaning(entry.reason),
+        "replayable": entry.refusal is None,
+        "refusal": entry.refusal,
+        "error": entry.error,
+        "exception_type": entry.exception_type,
+        "attempts": entry.attempts,
+        "enqueued_at": entry.enqueued_at,
+        "failed_at": entry.failed_at,
+        "trace_id": entry.trace_id,
+        "workflow": entry.workflow,
+        "size": entry.size,
+        "stored": entry.stored,
+        "message": entry.message,
+        "traceback": entry.traceback,
+    }
 
 
 class DeadLetters:

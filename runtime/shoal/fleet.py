@@ -51,6 +51,19 @@ class FleetMeter:
         )
 
 
+def per_second(before: QueueStats, after: QueueStats) -> dict[str, float]:
+    """One queue's counter rates between two measurements (per second): ``enqueued``,
+    ``completed``, ``retried`` and ``dead`` (new dead letters). A counter that went down (the
+    queue's keys were deleted) counts as 0."""
+    span_s = max(0.001, (after.measured_at_ms - before.measured_at_ms) / 1000)
+    return {
+        "enqueued": max(0, after.enqueued - before.enqueued) / span_s,
+        "completed": max(0, after.completed - before.completed) / span_s,
+        "retried": max(0, after.retried - before.retried) / span_s,
+        "dead": max(0, after.dead_total - before.dead_total) / span_s,
+    }
+
+
 def in_flight_by_instance(broker: Broker) -> dict[str, int]:
     """Tasks in flight per worker instance (pod), from the live registrations."""
     out: dict[str, int] = {}

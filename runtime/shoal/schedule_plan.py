@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from shoal.autoscale import ScheduledTick
 from shoal.errors import ShoalError
@@ -107,6 +108,36 @@ class Listed:
     last: Run | None
     outcome: str
     stale: bool
+
+
+def last_ran(row: Listed) -> Run | None:
+    """The row's last claimed tick, when it ran (a skipped or refused tick shows no last run)."""
+    return row.last if row.last is not None and row.last.message_id is not None else None
+
+
+def schedule_record(row: Listed) -> dict[str, Any]:
+    """One row of ``shoal schedules`` as data (``-o json``, the dashboard)."""
+    ran = last_ran(row)
+    record: dict[str, Any] = {
+        "queue": row.queue,
+        "name": row.name,
+        "next_run_ms": row.next_ms,
+        "last_run_ms": ran.tick_ms if ran else None,
+        "last_message_id": ran.message_id if ran else None,
+        "outcome": row.outcome,
+        "stale": row.stale,
+    }
+    s = row.schedule
+    if s is None:
+        return {**record, "error": row.error}
+    return {
+        **record,
+        "cron": s.cron,
+        "timezone": s.timezone,
+        "task": s.task,
+        "source": s.source,
+        "suspended": s.suspend,
+    }
 
 
 def claimed_messages(records: ScheduleRecords) -> list[str]:

@@ -138,6 +138,11 @@ class Settings:
     dlq_max_age_s: float = 7 * 24 * 3600.0
     """Age after which dead letters are dropped (``SHOAL_DLQ_MAX_AGE``, seconds; 7 days)."""
 
+    priority_aging_s: float = 10.0
+    """What one priority level is worth in waiting time (``SHOAL_PRIORITY_AGING``, seconds; read
+    where messages are enqueued): a priority-9 message waits at most 9 x this longer than a
+    priority-0 one enqueued with it, so no priority starves under steady load."""
+
     worker_ttl_s: float = 30.0
     """How long a worker's registration outlives its last heartbeat (``SHOAL_WORKER_TTL``)."""
 
@@ -216,6 +221,7 @@ class Settings:
             "default_timeout_s",
             "idle_poll_s",
             "workflow_ttl_s",
+            "priority_aging_s",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(
@@ -314,6 +320,7 @@ _ENV_NAMES = {
     "idle_poll_s": "SHOAL_IDLE_POLL",
     "dlq_max_entries": "SHOAL_DLQ_MAX_ENTRIES",
     "dlq_max_age_s": "SHOAL_DLQ_MAX_AGE",
+    "priority_aging_s": "SHOAL_PRIORITY_AGING",
     "worker_ttl_s": "SHOAL_WORKER_TTL",
     "hard_timeout_grace_s": "SHOAL_HARD_TIMEOUT_GRACE",
     "max_lost_deliveries": "SHOAL_MAX_LOST_DELIVERIES",

@@ -24,6 +24,9 @@ import orjson
 from shoal.errors import DecodeError, EnqueueError, ResultTimeout, TaskFailed, TaskNotFound
 from shoal.message import Message, encode_envelope, message_id_at, new_message_id
 from shoal.middleware.hooks import Hooks
+from shoal.priority import DEFAULT_PRIORITY
+from shoal.priority import checked as checked_priority
+from shoal.priority import offset_ms as priority_offset_ms
 from shoal.protocol import AsyncBroker, Broker, Guard, Outgoing
 from shoal.protocol.results import decode_result, encode_cancelled
 from shoal.settings import Seconds, Settings, to_seconds
@@ -109,6 +112,8 @@ class SendOptions:
     timeout_s: float | None = None
     dedupe_key: str | None = None
     expires_s: float | None = None
+    priority: int | None = None
+    """None: the task's ``priority`` option, else the default."""
 
     @property
     def delay_ms(self) -> int:
@@ -219,6 +224,7 @@ class Task(Generic[P, R]):
         timeout: Seconds | None = None,
         dedupe_key: str | None = None,
         expires: Seconds | None = None,
+        priority: int | None = None,
     ) -> Sender[P, R]:
         """Per-message options: ``task.with_options(delay=60).enqueue(...)``.
 
@@ -227,7 +233,8 @@ class Task(Generic[P, R]):
         same ``dedupe_key`` is waiting, delayed or running, enqueueing returns its handle
         instead of a duplicate; a message not started within ``expires`` seconds of its enqueue
         never runs: it goes to the dead-letter queue as ``expired`` (retries of a message that
-        started are not affected)."""
+        started are not affected); ``priority`` (0-9, lower runs first, default 5: see
+        :mod:`shoal.priority`) orders it among the waiting messages of its queue."""
         delay_s = to_seconds(delay)
         if eta is not None:
             if eta.tzinfo is None:
@@ -239,7 +246,9 @@ class Task(Generic[P, R]):
             raise EnqueueError(
                 f"task {self.name!r}: expires must be a positive number of seconds, got {expires!r}"
             )
-        send = SendOptions(max(0.0, delay_s), timeout_s, dedupe_key or None, expires_s)
+        if priority is not None:
+            checked_priority(priority, f"task {self.name!r}")
+        send = SendOptions(max(0.0, delay_s), timeout_s, dedupe_key or None, expires_s, priority)
         return Sender(self, send)
 
 
@@ -271,11 +280,17 @@ class Sender(Generic[P, R]):
     ) -> Signature:
         from shoal.canvas import Signature
 
-        if self.send.delay_s or self.send.dedupe_key or self.send.expires_s is not None:
+        send = self.send
+        if (
+            send.delay_s
+            or send.dedupe_key
+            or send.expires_s is not None
+            or send.priority is not None
+        ):
             raise EnqueueError(
                 f"task {self.task.name!r}: a workflow step takes timeout= only; delay, eta, "
-                "expires and dedupe_key apply to a whole enqueue (delay the workflow's producer "
-                "instead)"
+                "expires, priority and dedupe_key apply to a whole enqueue (delay the workflow's "
+                "producer instead)"
             )
         options = {} if self.send.timeout_s is None else {"timeout": self.send.timeout_s}
         return Signature(self.task, args, kwargs, immutable=immutable, options=options)
@@ -303,7 +318,13 @@ class Sender(Generic[P, R]):
             for args, kwargs in batch
         ]
         producer = task.producer
-        ids = producer.send(task, messages, delay_ms=send.delay_ms, dedupe_key=send.dedupe_key)
+        ids = producer.send(
+            task,
+            messages,
+            delay_ms=send.delay_ms,
+            dedupe_key=send.dedupe_key,
+            priority=send.priority,
+        )
         return [Handle(producer, task.queue, task.name, mid) for mid in ids]
 
 
@@ -393,7 +414,13 @@ class Producer:
                 time.time(),
                 options=send.message_options(),
             )
-            return self.send(task, [message], delay_ms=send.delay_ms, dedupe_key=send.dedupe_key)[0]
+            return self.send(
+                task,
+                [message],
+                delay_ms=send.delay_ms,
+                dedupe_key=send.dedupe_key,
+                priority=send.priority,
+            )[0]
         if send is _NOW:
             options, delay_ms, dedupe_key = _EMPTY, 0, None
         else:
@@ -412,7 +439,16 @@ class Producer:
             message = Message(message_id, task.name, task.queue, list(args), kwargs, enqueued_at)
             raise self._too_big(task, message, body)
         item = (message_id, delay_ms, self.signer.seal(body), dedupe_key)
-        return self.broker.enqueue(task.queue, [item], task=task.name)[0]
+        priority_ms = self._priority_ms(task, send.priority)
+        return self.broker.enqueue(task.queue, [item], task=task.name, priority_ms=priority_ms)[0]
+
+    def _priority_ms(self, task: Task[..., Any], priority: int | None) -> int | None:
+        """The score offset of a message of ``task`` sent with ``priority`` (None: default)."""
+        if priority is None:
+            priority = task.options.get("priority", DEFAULT_PRIORITY)
+            if priority == DEFAULT_PRIORITY:
+                return None
+        return priority_offset_ms(priority, self.settings.priority_aging_s)
 
     def send(
         self,
@@ -421,17 +457,19 @@ class Producer:
         *,
         delay_ms: int = 0,
         dedupe_key: str | None = None,
+        priority: int | None = None,
     ) -> list[str]:
         """Send a batch of ``task``'s messages to its queue in one round trip; returns each
         one's id (for a deduplicated message, the live one's). See ``Broker.enqueue`` for the
         errors."""
         hooks = self.hooks
+        priority_ms = self._priority_ms(task, priority)
         if not hooks.sending():
             items = self.encode(task, messages, delay_ms, dedupe_key)
-            return self.broker.enqueue(task.queue, items, task=task.name)
+            return self.broker.enqueue(task.queue, items, task=task.name, priority_ms=priority_ms)
         with hooks.context("enqueue_context", task, messages):
             items = self.encode(task, messages, delay_ms, dedupe_key)
-            ids = self.broker.enqueue(task.queue, items, task=task.name)
+            ids = self.broker.enqueue(task.queue, items, task=task.name, priority_ms=priority_ms)
         hooks.emit("after_enqueue", task, messages)
         return ids
 

@@ -43,6 +43,7 @@ ALL_TOGGLES: dict[str, Any] = {
     "jaeger": {"enabled": True},
     "examples": {"enabled": True},
     "podMonitor": {"enabled": True},
+    "dashboard": {"enabled": True},
 }
 NAMESPACED: dict[str, Any] = {**ALL_TOGGLES, "watchNamespaces": ["team-a", "team-b"]}
 SCENARIOS = {"defaults": {}, "all-toggles": ALL_TOGGLES, "namespaced": NAMESPACED}

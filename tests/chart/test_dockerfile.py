@@ -103,7 +103,8 @@ def test_dockerfile_copies_what_the_build_needs() -> None:
     # the package's CRDs (for `shoal dev`) link outside runtime/: their target must be copied too
     packaged = (ROOT / "runtime/shoal/crds").resolve().relative_to(ROOT)
     assert packaged.parts[0] in sources
-    assert any("'.[operator]'" in line for line in build)  # one image: worker and operator
+    # one image: worker, operator and dashboard (the chart's dashboard runs it too)
+    assert any("'.[operator,dashboard]'" in line for line in build)
 
 
 def test_console_scripts_the_image_and_chart_call_are_declared_and_importable() -> None:

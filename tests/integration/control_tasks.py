@@ -69,3 +69,8 @@ def unlimited(task_id: str) -> None:
 @app.task(queue="metered", name="metered")
 def metered(task_id: str) -> None:
     _started(task_id)
+
+
+@app.task(queue="ranked", name="ranked")
+def ranked(task_id: str) -> None:
+    _ran(task_id)

@@ -90,7 +90,12 @@ class Broker(KeyedClient):
             self._known_queues.add(queue)
 
     def enqueue(
-        self, queue: str, items: Sequence[Outgoing], *, task: str | None = None
+        self,
+        queue: str,
+        items: Sequence[Outgoing],
+        *,
+        task: str | None = None,
+        priority_ms: int | None = None,
     ) -> list[str]:
         """Store messages in one round trip; returns each one's id (for a deduplicated message,
         the id of the live message that holds its dedupe key). ``task`` names them in errors.
@@ -98,7 +103,7 @@ class Broker(KeyedClient):
         Raises RedisFull when Redis is at its maxmemory (nothing stored), EnqueueOutcomeUnknown
         when the connection failed after the messages were sent (they may have been stored),
         and BrokerError when Redis could not be reached (nothing stored)."""
-        ids = self.enqueue_guarded(queue, items, None, task=task)
+        ids = self.enqueue_guarded(queue, items, None, task=task, priority_ms=priority_ms)
         assert ids is not None  # only a guard refuses
         return ids
 
@@ -109,10 +114,12 @@ class Broker(KeyedClient):
         guard: Guard | None,
         *,
         task: str | None = None,
+        priority_ms: int | None = None,
     ) -> list[str] | None:
         """Like :meth:`enqueue`, but nothing is stored and None is returned when ``guard``
-        refuses (the step was already enqueued, the tick already claimed)."""
-        call = enqueue_call(self.keys(queue), items, guard)
+        refuses (the step was already enqueued, the tick already claimed). ``priority_ms``:
+        the messages' priority offset (:func:`shoal.priority.offset_ms`), None for default."""
+        call = enqueue_call(self.keys(queue), items, guard, priority_ms)
         for pause_s in _PAUSES:
             sent = False
             try:

@@ -9,6 +9,11 @@ key                                    type    meaning
 =====================================  ======  ===================================================
 ``{p}:{q}:waiting``                    LIST    tokens ``<ready_ms>:<id>`` of ready messages;
                                                LPUSH at enqueue, RPOP at fetch (FIFO)
+``{p}:{q}:ready``                      ZSET    tokens of waiting messages enqueued with a
+                                               priority → score (ready ms + the priority's
+                                               offset); their tokens stay in waiting
+``{p}:{q}:stale``                      SET     tokens still in waiting of messages already
+                                               leased by priority: dropped when fetched
 ``{p}:{q}:messages``                   HASH    id → envelope JSON, for every live message
 ``{p}:{q}:inflight``                   ZSET    id → lease deadline (ms, Redis clock)
 ``{p}:{q}:delayed``                    ZSET    id → due time (ms, Redis clock)
@@ -98,6 +103,8 @@ class QueueKeys:
     cancels: str
     rate: str
     rate_reserved: str
+    ready: str
+    stale: str
 
     def result(self, message_id: str) -> str:
         """Key of the stored result of one message."""
@@ -148,6 +155,8 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
         cancels=base + "cancels",
         rate=base + "rate",
         rate_reserved=base + "rate:reserved",
+        ready=base + "ready",
+        stale=base + "stale",
     )
 
 

@@ -44,6 +44,10 @@ RATE_WINDOW_MS = 100
 """A rate-limited start may be taken this long before its slot: one fetch leases a few starts
 of a fast limit (1000/s) instead of one per round trip; a slow one (20/s) still starts one at a
 time after the first few."""
+PRIORITY_LOOKAHEAD = 200
+"""Prioritized tokens a fetch moves aside, at most, to find a plain token behind them: the bound
+on one fetch's work when many prioritized messages wait among plain ones (past it, the best
+prioritized message is leased)."""
 MOVE_LIMIT = 500
 """Delayed or expired entries moved per fetch: bounds one script's run time on a huge backlog."""
 
@@ -179,13 +183,21 @@ class Fetched:
 # --- call builders: the one place that knows each script's KEYS/ARGV layout --------------------
 
 
-def enqueue_call(k: QueueKeys, items: Iterable[Outgoing], guard: Guard | None = None) -> Call:
-    keys = [k.waiting, k.messages, k.delayed, k.stats, k.dedupe]
+def enqueue_call(
+    k: QueueKeys,
+    items: Iterable[Outgoing],
+    guard: Guard | None = None,
+    priority_ms: int | None = None,
+) -> Call:
+    """``priority_ms``: the score offset of the messages' priority (see
+    :func:`shoal.priority.offset_ms`); None for the default priority."""
+    keys = [k.waiting, k.messages, k.delayed, k.stats, k.dedupe, k.ready]
     if guard is None:
         argv: list[Any] = [k.notify, "", "", "", 0]
     else:
         keys.append(guard.key)
         argv = [k.notify, guard.mode, guard.field, guard.value, guard.ttl_ms]
+    argv.append("" if priority_ms is None else priority_ms)
     for message_id, delay_ms, body, dedupe in items:
         argv += (message_id, delay_ms, body, dedupe or "")
     return "enqueue", keys, argv
@@ -197,8 +209,8 @@ def enqueued_ids(reply: Sequence[bytes] | None) -> list[str] | None:
 
 def fetch_call(k: QueueKeys, lease_ms: int, count: int) -> Call:
     keys = [k.waiting, k.messages, k.inflight, k.delayed, k.stats, k.deliveries, k.owners]
-    keys += (k.paused, k.config, k.rate)
-    return "fetch", keys, [lease_ms, count, MOVE_LIMIT, RATE_WINDOW_MS]
+    keys += (k.paused, k.config, k.rate, k.ready, k.stale)
+    return "fetch", keys, [lease_ms, count, MOVE_LIMIT, RATE_WINDOW_MS, PRIORITY_LOOKAHEAD]
 
 
 def throttle_call(k: QueueKeys, task: str, interval_ms: float, message_id: str, owner: int) -> Call:
@@ -343,7 +355,7 @@ def parse_status(reply: Sequence[Any]) -> Whereabouts:
 
 
 def clear_call(k: QueueKeys, batch: int) -> Call:
-    keys = [k.waiting, k.messages, k.delayed, k.stats, k.deliveries, k.inflight]
+    keys = [k.waiting, k.messages, k.delayed, k.stats, k.deliveries, k.inflight, k.ready, k.stale]
     return "clear", keys, [batch]
 
 
@@ -421,7 +433,7 @@ def parse_promote(reply: Sequence[Any]) -> Promoted:
 
 
 def measure_call(k: QueueKeys) -> Call:
-    keys = [k.waiting, k.inflight, k.delayed, k.dead, k.stats, k.paused]
+    keys = [k.waiting, k.inflight, k.delayed, k.dead, k.stats, k.paused, k.stale]
     return "measure", keys, [DUE_SOON_MS]
 
 

@@ -7,7 +7,9 @@
 -- KEYS[3] delayed     ZSET  id -> due time; popped
 -- KEYS[4] stats       HASH  counters; "purged" counts the messages removed
 -- KEYS[5] deliveries  HASH  id -> delivery count; removed
--- KEYS[6] inflight    ZSET  a token of a running message (never expected) leaves it alone
+-- KEYS[6] inflight    ZSET  a running message is left alone (its token may be a stale one)
+-- KEYS[7] ready       ZSET  a popped token's priority entry goes with it
+-- KEYS[8] stale       SET   a popped stale token is forgotten
 -- ARGV[1] batch size (of each of waiting and delayed)
 -- Returns { messages removed, entries popped }.
 local batch = tonumber(ARGV[1])
@@ -21,6 +23,8 @@ end
 local tokens = redis.call('RPOP', KEYS[1], batch)
 if tokens then
   for _, token in ipairs(tokens) do
+    redis.call('ZREM', KEYS[7], token)
+    redis.call('SREM', KEYS[8], token)
     drop(string.match(token, '^%d+:(.+)$'))
     popped = popped + 1
   end

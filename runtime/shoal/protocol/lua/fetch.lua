@@ -20,6 +20,9 @@
 -- ARGV[2] max messages to lease
 -- ARGV[3] max delayed / expired entries to move per call (bounds the script's run time)
 -- ARGV[4] rate window (ms): starts of a limited queue may be leased this much before their slot
+-- ARGV[5] most prioritized tokens moved aside per call to find a plain one behind them
+-- KEYS[11] ready      ZSET  tokens of waiting prioritized messages -> score (enqueue.lua)
+-- KEYS[12] stale      SET   tokens in waiting whose messages were leased by priority
 -- Returns { next_due_ms or -1, now_ms, id1, envelope1, deliveries1, owner1, id2, ... }.
 -- A token whose message is gone (acked by a worker whose lease had expired) is dropped.
 -- A token that is not "<ms>:<id>" is returned whole with a false envelope and owner 0, for the
@@ -59,31 +62,91 @@ if rate_text then
 end
 local deadline = now + tonumber(ARGV[1])
 local got = 0
-while got < want do
-  local tokens = redis.call('RPOP', KEYS[1], want - got)
-  if not tokens then break end
-  for _, token in ipairs(tokens) do
-    local ready, id = string.match(token, '^(%d+):(.+)$')
-    local sep = ready ~= nil
-    id = id or token
-    local body = sep and redis.call('HGET', KEYS[2], id) or nil
-    if body then
-      local delivery = (tonumber(redis.call('HGET', KEYS[6], id)) or 0) + 1
-      local owner = redis.call('HINCRBY', KEYS[5], 'leases', 1)
-      redis.call('HSET', KEYS[6], id, delivery)
-      redis.call('HSET', KEYS[7], id, owner)
-      redis.call('ZADD', KEYS[3], deadline, id)
-      out[#out + 1] = id
-      out[#out + 1] = body
-      out[#out + 1] = delivery
-      out[#out + 1] = owner
-      got = got + 1
-    elseif not sep then
-      out[#out + 1] = token
-      out[#out + 1] = false
-      out[#out + 1] = 1
-      out[#out + 1] = 0
-      got = got + 1
+
+-- Lease one popped token: its message, or (a token that is not "<ms>:<id>") the token itself
+-- for the dead-letter queue; a token whose message is gone is dropped.
+local function take(token)
+  local ready, id = string.match(token, '^(%d+):(.+)$')
+  local sep = ready ~= nil
+  id = id or token
+  local body = sep and redis.call('HGET', KEYS[2], id) or nil
+  if body then
+    local delivery = (tonumber(redis.call('HGET', KEYS[6], id)) or 0) + 1
+    local owner = redis.call('HINCRBY', KEYS[5], 'leases', 1)
+    redis.call('HSET', KEYS[6], id, delivery)
+    redis.call('HSET', KEYS[7], id, owner)
+    redis.call('ZADD', KEYS[3], deadline, id)
+    out[#out + 1] = id
+    out[#out + 1] = body
+    out[#out + 1] = delivery
+    out[#out + 1] = owner
+    got = got + 1
+  elseif not sep then
+    out[#out + 1] = token
+    out[#out + 1] = false
+    out[#out + 1] = 1
+    out[#out + 1] = 0
+    got = got + 1
+  end
+end
+
+local ready_z, stale = KEYS[11], KEYS[12]
+if redis.call('ZCARD', ready_z) == 0 and redis.call('SCARD', stale) == 0 then
+  -- No priorities in play: FIFO, in batches.
+  while got < want do
+    local tokens = redis.call('RPOP', KEYS[1], want - got)
+    if not tokens then break end
+    for _, token in ipairs(tokens) do take(token) end
+  end
+else
+  -- Priorities: the next message is the lower score of the best prioritized one (ready) and
+  -- the oldest plain token (its score is its ready time). A prioritized message leased ahead
+  -- of its token leaves that token in waiting, marked stale, so waiting's length never counts
+  -- less than what is ready; a stale token is dropped when it reaches the fetch end.
+  local function early(token)  -- lease a prioritized message whose token is elsewhere in waiting
+    redis.call('ZREM', ready_z, token)
+    local id = string.match(token, '^%d+:(.+)$')
+    if id and redis.call('HEXISTS', KEYS[2], id) == 1 and not redis.call('ZSCORE', KEYS[3], id)
+        and not redis.call('ZSCORE', KEYS[4], id) then
+      redis.call('SADD', stale, token)
+      take(token)
+    end  -- else cancelled, or taken by its token meanwhile: nothing to lease
+  end
+  local cycles = 0
+  while got < want do
+    local tail = redis.call('LINDEX', KEYS[1], -1)
+    local best = redis.call('ZRANGE', ready_z, 0, 0, 'WITHSCORES')
+    if tail and redis.call('SREM', stale, tail) == 1 then
+      redis.call('RPOP', KEYS[1])  -- its message was leased by priority already
+    elseif #best == 0 then
+      if not tail then break end
+      take(redis.call('RPOP', KEYS[1]))
+    elseif tail and redis.call('ZSCORE', ready_z, tail) then
+      -- a prioritized token is next. Plain tokens behind it score their (later) ready times:
+      -- when it is the best and scores no later than its own ready time, none can beat it;
+      -- else look past it (bounded), unless only prioritized ones wait.
+      local score = tonumber(redis.call('ZSCORE', ready_z, tail))
+      local urgent = score <= (tonumber(string.match(tail, '^(%d+):')) or 0)
+      local plain = redis.call('LLEN', KEYS[1]) - redis.call('ZCARD', ready_z)
+        - redis.call('SCARD', stale)
+      local look = plain > 0 and cycles < tonumber(ARGV[5])
+      if tail == best[1] and (urgent or not look) then  -- take it from both
+        redis.call('RPOP', KEYS[1])
+        redis.call('ZREM', ready_z, tail)
+        take(tail)
+      elseif look then
+        redis.call('LMOVE', KEYS[1], KEYS[1], 'RIGHT', 'LEFT')
+        cycles = cycles + 1
+      else
+        early(best[1])
+      end
+    else
+      local ready_ms = tail and tonumber(string.match(tail, '^(%d+):'))
+      if not tail or (ready_ms and tonumber(best[2]) < ready_ms) then
+        early(best[1])
+      else
+        take(redis.call('RPOP', KEYS[1]))
+      end
     end
   end
 end

@@ -6,6 +6,9 @@
 -- KEYS[4] dead      ZSET  ZCARD = dead letters
 -- KEYS[5] stats     HASH  counters
 -- KEYS[6] paused    STRING present while the queue is paused
+-- KEYS[7] stale     SET   tokens in waiting of messages already leased by priority: not
+--                         counted as waiting (a KEDA scaler reading LLEN counts them until a
+--                         fetch drops them)
 -- ARGV[1] horizon (ms): delayed messages due within it are counted as "due soon" (ZCOUNT, log n)
 -- Returns { now_ms, waiting, inflight, delayed, dead, oldest token or false,
 --           enqueued, completed, retried, dead_total, recovered, due_soon, paused (0/1),
@@ -14,7 +17,7 @@ local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local out = {
   now,
-  redis.call('LLEN', KEYS[1]),
+  redis.call('LLEN', KEYS[1]) - (KEYS[7] and redis.call('SCARD', KEYS[7]) or 0),
   redis.call('ZCARD', KEYS[2]),
   redis.call('ZCARD', KEYS[3]),
   redis.call('ZCARD', KEYS[4]),

@@ -60,6 +60,22 @@ def termination_grace_s(shutdown_grace: int) -> int:
     return shutdown_grace + HARD_TIMEOUT_GRACE_S + KILL_MARGIN_S
 
 
+RECYCLING_ENV = {
+    "maxTasksPerProcess": "SHOAL_WORKER_MAX_TASKS_PER_PROCESS",
+    "maxMemoryPerProcessMiB": "SHOAL_WORKER_MAX_MEMORY_PER_PROCESS_MIB",
+}
+"""Worker spec field → the runtime setting that recycles worker processes (0: off)."""
+
+
+def recycling_env(spec: dict[str, Any]) -> list[dict[str, str]]:
+    """The recycling limits the Worker sets (``shoal worker --max-*-per-process``), as env."""
+    return [
+        {"name": variable, "value": str(int(spec[field]))}
+        for field, variable in RECYCLING_ENV.items()
+        if spec.get(field)
+    ]
+
+
 def build(
     name: str,
     namespace: str,
@@ -82,6 +98,7 @@ def build(
     ]
     if settings.otlp_endpoint:
         env.append({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": settings.otlp_endpoint})
+    env += recycling_env(spec)
     env += spec.get("env") or []  # the user's env last: it may override any of the above
     health = {"name": "health", "containerPort": settings.health_port}
     metrics = {"name": "metrics", "containerPort": settings.metrics_port}

@@ -181,6 +181,24 @@ it reconnects with backoff and loses nothing."""
     show_default=True,
     help="Seconds to wait at start-up for Redis to answer (0: fail at once; inf: for ever).",
 )
+@click.option(
+    "--max-tasks-per-process",
+    "max_tasks",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Replace a worker process once it has finished N tasks, for task code that leaks: it "
+    "finishes its running tasks and hands back the rest first; nothing is lost (0: never; "
+    "default SHOAL_WORKER_MAX_TASKS_PER_PROCESS, else 0).",
+)
+@click.option(
+    "--max-memory-per-process",
+    "max_memory_mib",
+    type=click.IntRange(min=0),
+    metavar="MiB",
+    help="Replace a worker process, between tasks, once its resident memory exceeds this "
+    "many MiB; keep it under the container's memory limit divided by --processes (0: never; "
+    "default SHOAL_WORKER_MAX_MEMORY_PER_PROCESS_MIB, else 0).",
+)
 def worker(
     app_spec: str,
     queues: str | None,
@@ -192,6 +210,8 @@ def worker(
     log_level: str,
     log_format: str | None,
     wait_s: float,
+    max_tasks: int | None,
+    max_memory_mib: int | None,
 ) -> None:
     from shoal.supervisor import Supervisor, WorkerSpec, handover
 
@@ -204,7 +224,18 @@ def worker(
         if port is not None:
             startup.check_port_free(option, port)
     startup.wait_for_redis(app, wait_s)
-    spec = WorkerSpec(spec_name, _queues(queues), concurrency, burst, metrics_port is not None, fmt)
+    spec = WorkerSpec(
+        spec_name,
+        _queues(queues),
+        concurrency,
+        burst,
+        metrics_port is not None,
+        fmt,
+        app.settings.worker_max_tasks_per_process if max_tasks is None else max_tasks,
+        app.settings.worker_max_memory_per_process_mib
+        if max_memory_mib is None
+        else max_memory_mib,
+    )
     handover(  # this process, its task module and Redis client, become a lean supervisor
         Supervisor(
             spec,

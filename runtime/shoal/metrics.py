@@ -80,6 +80,7 @@ class MetricsServer:
         self.settings = settings
         self.queues = queues
         self._server: Any = None
+        self._recycles: Any = None
 
     def start(self) -> int:
         from prometheus_client import CollectorRegistry, multiprocess, start_http_server
@@ -87,6 +88,7 @@ class MetricsServer:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=self.dir)  # type: ignore[no-untyped-call]
         registry.register(QueueCollector(self.settings, self.queues))
+        self._recycles = _recycles_counter()
         self._server, _ = start_http_server(self.port, registry=registry)
         self.port = self._server.server_address[1]
         return self.port
@@ -102,7 +104,30 @@ class MetricsServer:
 
         multiprocess.mark_process_dead(pid, self.dir)  # type: ignore[no-untyped-call]
 
+    def recycled(self, reason: str) -> None:
+        """Count a worker process replaced at a recycling limit (``tasks`` or ``memory``)."""
+        if self._recycles is not None:
+            self._recycles.labels(reason).inc()
+
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _recycles_counter() -> Any:
+    """``shoal_worker_recycles_total{reason}``, counted by the supervisor (in the multiprocess
+    directory, merged like the workers' metrics); both reasons start at 0."""
+    from prometheus_client import Counter
+
+    from shoal.recycling import REASONS
+
+    counter = Counter(
+        "shoal_worker_recycles",
+        "Worker processes replaced at --max-tasks-per-process or --max-memory-per-process",
+        ["reason"],
+        registry=None,
+    )
+    for reason in REASONS:
+        counter.labels(reason)
+    return counter

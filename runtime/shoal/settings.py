@@ -156,6 +156,19 @@ class Settings:
     before it is dead-lettered as ``worker_lost`` (``SHOAL_MAX_LOST_DELIVERIES``). Protects the
     queue from a message that crashes every worker that runs it."""
 
+    worker_max_tasks_per_process: int = 0
+    """Finished tasks (any outcome) after which ``shoal worker`` replaces a worker process
+    (``SHOAL_WORKER_MAX_TASKS_PER_PROCESS``; ``--max-tasks-per-process``). 0: never. For task
+    code that leaks: the process finishes what it runs, hands back what it leased ahead, and a
+    fresh one takes its place; nothing is lost. Celery's ``max_tasks_per_child``."""
+
+    worker_max_memory_per_process_mib: int = 0
+    """Resident memory in MiB past which ``shoal worker`` replaces a worker process once its
+    running tasks finish (``SHOAL_WORKER_MAX_MEMORY_PER_PROCESS_MIB``;
+    ``--max-memory-per-process``). 0: never. Checked after each task (at most every 50 ms);
+    keep it well under the container's memory limit divided by the processes per pod, so the
+    process is recycled before the kernel's OOM killer ends the whole pod mid-task."""
+
     instance: str = field(default_factory=socket.gethostname)
     """Name of this worker instance in the registry (``SHOAL_INSTANCE``; default the host name,
     which in Kubernetes is the pod name). The autoscaler maps in-flight counts to pods by it."""
@@ -214,6 +227,12 @@ class Settings:
                 raise ConfigurationError(
                     f"setting {name} ({_ENV_NAMES[name]}) must be > 0 seconds, "
                     f"got {getattr(self, name)}"
+                )
+        for name in ("worker_max_tasks_per_process", "worker_max_memory_per_process_mib"):
+            if getattr(self, name) < 0:
+                raise ConfigurationError(
+                    f"setting {name} ({_ENV_NAMES[name]}) must be 0 (off) or a positive "
+                    f"number, got {getattr(self, name)}"
                 )
         if self.log_format not in {"text", "json"}:
             raise ConfigurationError(
@@ -305,6 +324,8 @@ _ENV_NAMES = {
     "worker_ttl_s": "SHOAL_WORKER_TTL",
     "hard_timeout_grace_s": "SHOAL_HARD_TIMEOUT_GRACE",
     "max_lost_deliveries": "SHOAL_MAX_LOST_DELIVERIES",
+    "worker_max_tasks_per_process": "SHOAL_WORKER_MAX_TASKS_PER_PROCESS",
+    "worker_max_memory_per_process_mib": "SHOAL_WORKER_MAX_MEMORY_PER_PROCESS_MIB",
     "signing_keys": "SHOAL_SIGNING_KEYS",
     "log_format": "SHOAL_LOG_FORMAT",
     "instance": "SHOAL_INSTANCE",

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from shoal import logs
 from shoal.errors import ShoalError, TaskModuleError
+from shoal.recycling import EXIT_RECYCLED, RecycleLimits, RecycleNote
 from shoal.settings import Settings
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ class WorkerSpec:
     burst: bool = False
     metrics: bool = False
     log_format: str = "text"
+    max_tasks_per_process: int = 0
+    max_memory_per_process_mib: int = 0
 
 
 class Tick:
@@ -80,7 +83,11 @@ class Tick:
 
 
 def _child_main(
-    spec: WorkerSpec, tick: Tick, log_level: int, inherited: Sequence[socket.socket]
+    spec: WorkerSpec,
+    tick: Tick,
+    note: RecycleNote,
+    log_level: int,
+    inherited: Sequence[socket.socket],
 ) -> None:
     """Entry point of a worker process, just forked from the supervisor (signals blocked)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the supervisor's handlers are not ours
@@ -112,19 +119,31 @@ def _child_main(
     def beat() -> None:
         tick.value = time.monotonic()
 
-    async def main() -> bool:
+    recycle = RecycleLimits(spec.max_tasks_per_process, spec.max_memory_per_process_mib)
+
+    async def main() -> int:
         worker = Worker(
-            app, spec.queues or None, concurrency=spec.concurrency, burst=spec.burst, on_tick=beat
+            app,
+            spec.queues or None,
+            concurrency=spec.concurrency,
+            burst=spec.burst,
+            on_tick=beat,
+            recycle=recycle,
         )
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, worker.stop)
         await worker.run()
-        return worker.replace_requested
+        if worker.replace_requested:
+            return EXIT_REPLACE_ME
+        if worker.recycled is not None:
+            note.write(worker.recycled)
+            return EXIT_RECYCLED
+        return 0
 
     code = 1
     try:
-        code = EXIT_REPLACE_ME if asyncio.run(main()) else 0
+        code = asyncio.run(main())
     finally:
         logging.shutdown()
         # os._exit: never wait for task threads abandoned after a hard timeout or the grace
@@ -149,9 +168,10 @@ class _Child:
         self, ctx: Any, spec: WorkerSpec, log_level: int, inherited: Sequence[socket.socket]
     ) -> None:
         self.tick = Tick()
+        self.note = RecycleNote()
         self.process = ctx.Process(
             target=_child_main,
-            args=(spec, self.tick, log_level, inherited),
+            args=(spec, self.tick, self.note, log_level, inherited),
             name=WORKER_NAME,
             daemon=False,
         )
@@ -187,6 +207,9 @@ class Supervisor:
         self.children: list[_Child | None] = []
         self.stopping = False
         self.restarts = 0
+        """Worker processes replaced after a crash (a recycle is not one)."""
+        self.recycles = 0
+        """Worker processes replaced at a recycling limit."""
         self._health: ThreadingHTTPServer | None = None
         self._fork_lock = threading.Lock()
         """Held while forking, and by a health thread while it imports: a child forked then
@@ -223,27 +246,8 @@ class Supervisor:
                     continue
                 if child.process.is_alive():
                     self._kill_if_hung(child)
-                    continue
-                code = child.process.exitcode
-                if self.metrics is not None and child.process.pid:
-                    self.metrics.process_exited(child.process.pid)
-                if self.stopping or (self.spec.burst and code == 0):
-                    self.children[i] = None
-                    failed |= code not in (0, -signal.SIGTERM)
-                    continue
-                self.restarts += 1
-                log.log(
-                    logging.WARNING if code == EXIT_REPLACE_ME else logging.ERROR,
-                    "worker process %d exited with %s; starting a replacement",
-                    child.process.pid,
-                    code,
-                )
-                if time.monotonic() - child.started < 1:
-                    time.sleep(1)  # a crash loop: don't spin
-                if self.stop_requested():  # SIGTERM arrived during the pause: no new child
-                    self.children[i] = None
-                    continue
-                self.children[i] = self._start_child()
+                else:
+                    failed |= self._exited(i, child)
             if stop_deadline is not None and time.monotonic() > stop_deadline:
                 for child in self.children:
                     if child is not None and child.process.is_alive() and child.process.pid:
@@ -261,6 +265,57 @@ class Supervisor:
         if self.metrics is not None:
             self.metrics.stop()
         return 1 if failed else 0
+
+    def _exited(self, i: int, child: _Child) -> bool:
+        """Child ``i`` has exited: replace it, unless the worker stops (or drained, in burst
+        mode). True when its exit counts as a failure of the whole run."""
+        code = child.process.exitcode
+        if self.metrics is not None and child.process.pid:
+            self.metrics.process_exited(child.process.pid)
+        if self.stopping or (self.spec.burst and code == 0):
+            self.children[i] = None
+            return code not in (0, -signal.SIGTERM, EXIT_RECYCLED)
+        if code == EXIT_RECYCLED:
+            self._recycled(i, child)
+            return False
+        self.restarts += 1
+        log.log(
+            logging.WARNING if code == EXIT_REPLACE_ME else logging.ERROR,
+            "worker process %d exited with %s; starting a replacement",
+            child.process.pid,
+            code,
+        )
+        if time.monotonic() - child.started < 1:
+            time.sleep(1)  # a crash loop: don't spin
+        if self.stop_requested():  # SIGTERM arrived during the pause: no new child
+            self.children[i] = None
+            return False
+        self._replace(i)
+        return False
+
+    def _recycled(self, i: int, child: _Child) -> None:
+        """A child reached a recycling limit and drained: a replacement starts at once (no
+        crash pause, nothing counted as a restart)."""
+        self.recycles += 1
+        recycled = child.note.read()
+        log.info(
+            "worker process %d (process %d of %d) recycled %s; starting a replacement",
+            child.process.pid,
+            i + 1,
+            self.processes,
+            recycled.describe() if recycled is not None else "at a limit",
+        )
+        if self.metrics is not None:
+            self.metrics.recycled(recycled.reason if recycled is not None else "tasks")
+        self._replace(i)
+
+    def _replace(self, i: int) -> None:
+        """Start child ``i`` anew. SIGTERM may have come while it was forked, after the signal
+        handler told the others: then it is told too, and drains with them."""
+        child = self.children[i] = self._start_child()
+        if self.stop_requested() and child.process.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.process.pid, signal.SIGTERM)
 
     def _start_child(self) -> _Child:
         """Fork a worker process. Stop signals wait until the child has its own handlers; what

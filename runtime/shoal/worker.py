@@ -59,6 +59,7 @@ from shoal.protocol.registry import MAX_RUNNING_LISTED, RunningTask, WorkerRegis
 from shoal.protocol.results import encode_cancelled, encode_failure, encode_success
 from shoal.rate_limit import parse_rate
 from shoal.reasons import Reason
+from shoal.recycling import Recycled, RecycleLimits, Recycler
 from shoal.scheduler import Scheduler
 from shoal.signing import BadSignature
 from shoal.task import EXPIRES_AT, Task
@@ -79,6 +80,10 @@ class Worker:
     ``burst=True`` drains the queues (nothing waiting, delayed or in flight anywhere) and
     returns: for tests and scripts."""
 
+    recycled: Recycled | None = None
+    """Set when this process reached a recycling limit (``recycle=``): it drains, to be
+    replaced by the supervisor."""
+
     def __init__(
         self,
         app: App,
@@ -87,6 +92,7 @@ class Worker:
         concurrency: int = 16,
         burst: bool = False,
         on_tick: Callable[[], None] | None = None,
+        recycle: RecycleLimits | None = None,
     ) -> None:
         self.app = app
         self.settings = app.settings
@@ -114,7 +120,7 @@ class Worker:
         """Of those, the ones started (at most ``concurrency``)."""
         self.in_slots = 0
         """Of the started, the sync ones handed to slot threads and not yet counted back."""
-        self.processed = 0
+        self.processed, self.recycler = 0, Recycler(recycle) if recycle else None
         self._ready: collections.deque[tuple[str, Leased, Lease | None]] = collections.deque()
         """Leased ahead, waiting for a free slot (see _lease_ahead)."""
         self._avg_run_s = math.inf
@@ -371,6 +377,9 @@ class Worker:
         self._start_ready()
 
     def _start_ready(self) -> None:
+        if self.recycled is not None:  # being replaced: what waits here goes back at once
+            self._hand_back_ready()
+            return
         while self._ready and self.running < self.concurrency and not self._grace_over:
             queue, leased, lease = self._ready.popleft()
             if lease is not None and (lease.lost or lease.sure_until <= time.monotonic()):
@@ -402,6 +411,8 @@ class Worker:
         self.running -= count
         self.busy -= count
         self.processed += count
+        if self.recycler is not None and self.recycled is None and not self._stopping:
+            self._recycle_if_due()
         self._capacity.set()
         self._start_ready()
 
@@ -1131,6 +1142,52 @@ class Worker:
                 log.warning("worker %s: Redis error (%s); retrying in %.1fs", self.id, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    # --- recycling (see shoal.recycling) --------------------------------------------------------
+
+    def _recycle_if_due(self) -> None:
+        """After a finished task: past a limit, stop fetching (as on SIGTERM), hand back what
+        was leased ahead, and drain. Not in the finished task's context: not its log lines."""
+        assert self.recycler is not None
+        self.recycled = self.recycler.check(self.processed)
+        if self.recycled is not None:
+            contextvars.Context().run(self._recycle, self.recycled)
+
+    def _recycle(self, recycled: Recycled) -> None:
+        log.info(
+            "worker %s: recycling this process %s; letting %d running task(s) finish",
+            self.id,
+            recycled.describe(),
+            self.running,
+        )
+        self.stop()
+        self._hand_back_ready()
+
+    def _hand_back_ready(self) -> None:
+        """Messages leased ahead go back to waiting now, to run on another process (or this
+        one's replacement) instead of behind this one's drain or its lapsed lease."""
+        held: dict[str, list[Held]] = {}
+        while self._ready:
+            queue, leased, lease = self._ready.popleft()
+            if lease is None:  # an unreadable message, not a task: dead-letter it here
+                self.running += 1
+                self._launch(queue, leased, lease)
+                continue
+            self.busy -= 1
+            self.leases.release(queue, leased.id, lease.owner)
+            held.setdefault(queue, []).append((leased.id, lease.owner))
+        for queue, back in held.items():
+            log.info(
+                "worker %s: handing back %d message(s) leased ahead on %s",
+                self.id,
+                len(back),
+                queue,
+            )
+            handback = partial(self.broker.handback, queue, back)
+            running = asyncio.ensure_future(self._retrying(handback, attempts=5))
+            self._running.add(running)
+            running.add_done_callback(self._running.discard)
+        self._capacity.set()
 
 
 _NOT_RENEWED = "not renewed in time: Redis unreachable or slow"

@@ -291,8 +291,8 @@ def test_outcomes_on_the_dashboard_are_those_the_middleware_writes() -> None:
 
 
 def test_every_query_is_filtered_by_the_namespace_and_queue_variables() -> None:
-    """A selector of a worker's metric with a queue label carries both variables;
-    shoal_redis_up (no queue label) the namespace one. The operator's metrics are scraped in the
+    """A selector of a worker's metric with a queue label carries both variables; those without
+    one (WITHOUT_QUEUE_LABEL) the namespace one. The operator's metrics are scraped in the
     operator's namespace: those of a resource filter on ``resource_namespace`` (and ``queue``
     when they have it); operator-wide ones (reconciles, latencies) need no filter."""
     dashboard = json.loads(DASHBOARD.read_text())
@@ -315,9 +315,12 @@ def test_every_query_is_filtered_by_the_namespace_and_queue_variables() -> None:
             assert len(selectors) == len(re.findall(rf"\b{metric}\b", expr)), where
             for matchers in selectors:
                 assert 'namespace=~"$namespace"' in matchers, f"{where}: {metric} unfiltered"
-                if metric != "shoal_redis_up":
+                if metric not in WITHOUT_QUEUE_LABEL:
                     assert 'queue=~"$queue"' in matchers, f"{where}: {metric} not by queue"
 
+
+WITHOUT_QUEUE_LABEL = ("shoal_redis_up", "shoal_worker_recycles_total")
+"""Worker metrics of a whole process or pod, not of a queue."""
 
 OPERATOR_PER_RESOURCE = (
     "shoal_operator_worker_",

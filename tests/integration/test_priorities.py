@@ -122,36 +122,47 @@ def test_a_low_priority_message_is_not_starved_by_a_steady_urgent_stream(
 ) -> None:
     # Given a producer whose priority levels are worth 50 ms of waiting each (SHOAL_PRIORITY_AGING)
     app = make_app(priority_aging_s=0.05)
-    order: list[str] = []
+    started: dict[str, float] = {}
+    stored: dict[str, float] = {}
+    """name -> when its enqueue had returned (it was in Redis by then)"""
 
     @app.task(queue="steady")
     def work(name: str) -> None:
-        order.append(name)
+        started[name] = time.monotonic()
         time.sleep(0.01)
 
-    # And a worker slot kept busy by a stream of urgent messages (more than it can run)
-    running = worker(app, ["steady"], concurrency=1, burst=False)
-    work.with_options(priority=0).enqueue_many([(f"u-first{i}",) for i in range(20)])
+    def urgent(names: list[str]) -> None:
+        work.with_options(priority=0).enqueue_many([(n,) for n in names])
+        now = time.monotonic()
+        stored.update(dict.fromkeys(names, now))
+
+    # And a backlog of urgent work (a second of it), one low message, and urgent ones arriving
+    # steadily; one worker slot
+    urgent([f"first{i}" for i in range(100)])
     work.with_options(priority=9).enqueue("low")
     stop = threading.Event()
 
     def stream() -> None:
-        i = 0
-        while not stop.is_set():
-            work.with_options(priority=0).enqueue_many([(f"u{i}-{j}",) for j in range(4)])
-            i += 1
-            time.sleep(0.02)
+        for i in range(10_000):
+            if stop.wait(0.02):
+                return
+            urgent([f"u{i}-{j}" for j in range(4)])
 
     producer = threading.Thread(target=stream)
     producer.start()
+    running = worker(app, ["steady"], concurrency=1, burst=False)
     try:
-        # Then the low one starts while urgent ones are still waiting: its age outranks them
-        wait_for(lambda: "low" in order, timeout=15, message="the low-priority message to start")
-        assert app.measure("steady").waiting > 0, "it only ran once the urgent stream was drained"
+        wait_for(lambda: "low" in started, timeout=30, message="the low message to start")
     finally:
         stop.set()
         producer.join()
         running.stop()
+
+    # Then it overtook urgent messages that were already waiting when it started: its age
+    # outranked their priority (without aging it would wait for the stream to dry up)
+    low = started["low"]
+    overtaken = [n for n, at in stored.items() if at < low and started.get(n, float("inf")) > low]
+    assert overtaken, "the low-priority message ran only once no urgent one was waiting"
 
 
 def test_a_priority_outside_0_to_9_is_refused_naming_the_task(app: App) -> None:

@@ -95,7 +95,8 @@ class AsyncBroker(KeyedClient):
 
     async def fetch(self, queue: str, count: int) -> Fetched:
         lease_ms = int(self.settings.lease_s * 1000)
-        return parse_fetch(await self._run(fetch_call(self.keys(queue), lease_ms, count)))
+        call = fetch_call(self.keys(queue), lease_ms, count, self._result_ttl_ms)
+        return parse_fetch(await self._run(call))
 
     async def ack(self, queue: str, done: Sequence[Finished]) -> tuple[int, list[str]]:
         """Finish messages; returns how many were removed, and the ids whose lease this worker

@@ -351,7 +351,9 @@ class Broker(KeyedClient):
         """Dead-letter ids, newest first (``limit`` None: all of them)."""
         stop = -1 if limit is None else offset + limit - 1
         ids: list[bytes] = self.redis.zrevrange(self.keys(queue).dead, offset, stop)  # type: ignore[assignment]
-        return [i.decode() for i in ids]
+        # Shoal files every entry under a text id; one written by something else is listed
+        # escaped (and reads as unreadable) rather than failing the whole listing
+        return [i.decode("utf-8", "backslashreplace") for i in ids]
 
     def dead_summaries(self, queue: str, ids: Sequence[str]) -> list[bytes | None]:
         """The stored summaries of these dead letters (None where there is none)."""

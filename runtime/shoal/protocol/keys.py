@@ -56,8 +56,8 @@ key                                    type    meaning
 ``{p}:{q}:rate``                       HASH    rate clocks (GCRA: when the next start is due,
                                                ms): ``queue`` for the queue's ``rate_limit``,
                                                ``task:<name>`` for a task's
-``{p}:{q}:rate:reserved``              HASH    id → the start slot reserved for a message a
-                                               task's rate limit put back as delayed
+``{p}:{q}:rate:reserved:<task>``       ZSET    id → the start slot reserved for a message
+                                               the task's rate limit put back as delayed
 ``{p}:{q}:progress:<id>``              STRING  a running task's last ``shoal.progress`` report
                                                (JSON), with the result TTL
 ``{p}:{q}:notify``                     pubsub  published when waiting goes from empty to not
@@ -102,13 +102,16 @@ class QueueKeys:
     paused: str
     cancels: str
     rate: str
-    rate_reserved: str
     ready: str
     stale: str
 
     def result(self, message_id: str) -> str:
         """Key of the stored result of one message."""
         return self.result_prefix + message_id
+
+    def rate_reserved(self, task: str) -> str:
+        """Start slots reserved for the messages of ``task`` its rate limit put back."""
+        return self.base + "rate:reserved:" + task
 
     def progress(self, message_id: str) -> str:
         """Key of a running message's last progress report."""
@@ -154,7 +157,6 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
         paused=base + "paused",
         cancels=base + "cancels",
         rate=base + "rate",
-        rate_reserved=base + "rate:reserved",
         ready=base + "ready",
         stale=base + "stale",
     )

@@ -178,6 +178,9 @@ class Fetched:
     messages: list[Leased]
     next_due_ms: int
     now_ms: int
+    cancelled: frozenset[str] = frozenset()
+    """Ids among ``messages`` whose cancel was asked while an earlier delivery ran: they must
+    be finished as cancelled, never run."""
 
 
 # --- call builders: the one place that knows each script's KEYS/ARGV layout --------------------
@@ -207,14 +210,16 @@ def enqueued_ids(reply: Sequence[bytes] | None) -> list[str] | None:
     return None if reply is None else [i.decode() for i in reply]
 
 
-def fetch_call(k: QueueKeys, lease_ms: int, count: int) -> Call:
+def fetch_call(k: QueueKeys, lease_ms: int, count: int, result_ttl_ms: int = 3_600_000) -> Call:
     keys = [k.waiting, k.messages, k.inflight, k.delayed, k.stats, k.deliveries, k.owners]
-    keys += (k.paused, k.config, k.rate, k.ready, k.stale)
-    return "fetch", keys, [lease_ms, count, MOVE_LIMIT, RATE_WINDOW_MS, PRIORITY_LOOKAHEAD]
+    keys += (k.paused, k.config, k.rate, k.ready, k.stale, k.cancels)
+    argv = [lease_ms, count, MOVE_LIMIT, RATE_WINDOW_MS, PRIORITY_LOOKAHEAD, result_ttl_ms]
+    return "fetch", keys, argv
 
 
 def throttle_call(k: QueueKeys, task: str, interval_ms: float, message_id: str, owner: int) -> Call:
-    keys = [k.rate, k.rate_reserved, k.inflight, k.delayed, k.owners, k.deliveries, k.stats]
+    keys = [k.rate, k.rate_reserved(task), k.inflight, k.delayed, k.owners, k.deliveries]
+    keys += (k.stats, k.messages)
     return "throttle", keys, [f"task:{task}", interval_ms, message_id, owner, RATE_WINDOW_MS]
 
 
@@ -444,7 +449,7 @@ more): a longer key, or one that is not printable UTF-8 text, is poison."""
 
 def parse_fetch(reply: Sequence[Any]) -> Fetched:
     leased = []
-    for i in range(2, len(reply), 4):
+    for i in range(3, len(reply), 4):
         raw: bytes = reply[i]
         body, deliveries, owner = reply[i + 1], int(reply[i + 2]), int(reply[i + 3])
         text = valid_id(raw)
@@ -452,7 +457,8 @@ def parse_fetch(reply: Sequence[Any]) -> Fetched:
             leased.append(Leased(text, body, deliveries, owner))
         else:  # poison: the raw key is kept, so it can still be dead-lettered under a safe name
             leased.append(Leased(readable_id(raw), body, deliveries, owner, raw))
-    return Fetched(leased, int(reply[0]), int(reply[1]))
+    cancelled = frozenset(i.decode("utf-8", "backslashreplace") for i in reply[2])
+    return Fetched(leased, int(reply[0]), int(reply[1]), cancelled)
 
 
 def valid_id(raw: bytes) -> str | None:

@@ -21,9 +21,13 @@
 -- ARGV[3] max delayed / expired entries to move per call (bounds the script's run time)
 -- ARGV[4] rate window (ms): starts of a limited queue may be leased this much before their slot
 -- ARGV[5] most prioritized tokens moved aside per call to find a plain one behind them
+-- ARGV[6] result TTL (ms): cancels asked longer ago than this are pruned
+-- KEYS[13] cancels    ZSET  id -> when a cancel was asked while it ran: a message leased again
+--                           (retried, handed back, recovered) is flagged, never run
 -- KEYS[11] ready      ZSET  tokens of waiting prioritized messages -> score (enqueue.lua)
 -- KEYS[12] stale      SET   tokens in waiting whose messages were leased by priority
--- Returns { next_due_ms or -1, now_ms, id1, envelope1, deliveries1, owner1, id2, ... }.
+-- Returns { next_due_ms or -1, now_ms, { ids leased whose cancel was asked }, id1, envelope1,
+--           deliveries1, owner1, id2, ... }.
 -- A token whose message is gone (acked by a worker whose lease had expired) is dropped.
 -- A token that is not "<ms>:<id>" is returned whole with a false envelope and owner 0, for the
 -- dead-letter queue; nothing else is touched for it (it may even name a live message).
@@ -36,7 +40,9 @@ local waiting, messages, inflight, delayed, stats, owners =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[7]
 --#include promote_due
 
-local out = { -1, now }
+local out = { -1, now, {} }
+local cancels = redis.call('ZCARD', KEYS[13]) > 0
+if cancels then redis.call('ZREMRANGEBYSCORE', KEYS[13], '-inf', now - tonumber(ARGV[6])) end
 local nxt = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
 if #nxt > 0 then out[1] = tonumber(nxt[2]) end
 
@@ -50,12 +56,17 @@ if rate_text then
   n = tonumber(n)
   if per and n and n > 0 then
     interval = per / n
-    tat = math.max(tonumber(redis.call('HGET', KEYS[10], 'queue')) or 0, now)
-    local allowed = math.max(0, math.floor((now + tonumber(ARGV[4]) - tat) / interval) + 1)
+    local window = tonumber(ARGV[4])
+    -- a fetch moves the clock at most one interval past the window: one further ahead is
+    -- stale (the limit was raised) and waits one new interval, not the old one
+    local stored = tonumber(redis.call('HGET', KEYS[10], 'queue')) or 0
+    tat = math.max(math.min(stored, now + window + interval), now)
+    local allowed = math.max(0, math.floor((now + window - tat) / interval) + 1)
     if allowed < want then
       want = allowed
-      if out[1] < 0 or out[1] > tat + allowed * interval then
-        out[1] = math.floor(tat + allowed * interval)  -- wake the worker for the next start
+      local slot = tat + allowed * interval
+      if (out[1] < 0 or out[1] > slot) and redis.call('LLEN', KEYS[1]) > 0 then
+        out[1] = math.floor(slot)  -- messages wait: wake the worker for the next start
       end
     end
   end
@@ -76,6 +87,7 @@ local function take(token)
     redis.call('HSET', KEYS[6], id, delivery)
     redis.call('HSET', KEYS[7], id, owner)
     redis.call('ZADD', KEYS[3], deadline, id)
+    if cancels and redis.call('ZSCORE', KEYS[13], id) then table.insert(out[3], id) end
     out[#out + 1] = id
     out[#out + 1] = body
     out[#out + 1] = delivery

@@ -103,6 +103,10 @@ class Snapshot:
     startup_s: float | None = None
     """Measured pod start-up (created → ready), recent median; None until one was seen. The
     lead before a scheduled tick is taken from it rather than a constant."""
+    rate_cap: float | None = None
+    """Starts per second the rate limits of the fleet's queues allow in all, when every queue
+    with work has one (None otherwise): a fleet completing that much is held by its limits, and
+    another replica would only idle."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,6 +434,10 @@ def _seconds(s: float) -> str:
     return f"{whole}s" if whole < 60 else f"{whole // 60}m {whole % 60}s"
 
 
+RATE_BOUND = 0.9
+"""A fleet completing this share of its queues' rate limits is held by them (see rate_cap)."""
+
+
 def _needed(policy: Policy, snap: Snapshot, state: State) -> tuple[int, str]:
     """Replicas the work needs: by backlog per replica, and by throughput for the latency
     target. The larger wins."""
@@ -452,6 +460,10 @@ def _needed(policy: Policy, snap: Snapshot, state: State) -> tuple[int, str]:
             if snap.oldest_wait_s > policy.target_wait_s:
                 parts.append(f"oldest waited {snap.oldest_wait_s:.1f}s > {policy.target_wait_s:g}s")
                 wanted = max(wanted, snap.current_replicas + 1)
+    cap = snap.rate_cap
+    if cap and wanted > snap.current_replicas > 0 and snap.completion_rate >= RATE_BOUND * cap:
+        parts.append(f"held by the queues' rate limits ({cap:g}/s): more replicas would idle")
+        wanted = snap.current_replicas
     return wanted, ", ".join(parts)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from shoal.autoscale import Snapshot
 from shoal.protocol import Broker, QueueStats
+from shoal.rate_limit import parse_rate
 
 
 @dataclass
@@ -39,6 +40,7 @@ class FleetMeter:
             self.last[s.queue] = (s.measured_at_ms, s.enqueued, s.completed)
         runnable = [s for s in stats if not s.paused]
         return Snapshot(
+            rate_cap=_rate_cap(runnable),
             now=time.monotonic(),
             waiting=sum(s.waiting for s in runnable),
             in_flight=sum(s.in_flight for s in stats),
@@ -62,6 +64,14 @@ def per_second(before: QueueStats, after: QueueStats) -> dict[str, float]:
         "retried": max(0, after.retried - before.retried) / span_s,
         "dead": max(0, after.dead_total - before.dead_total) / span_s,
     }
+
+
+def _rate_cap(stats: Sequence[QueueStats]) -> float | None:
+    """The starts per second the queues with work allow in all, when each has a rate limit."""
+    busy = [s for s in stats if s.waiting or s.due_soon or s.in_flight]
+    if not busy or any(s.rate_limit is None for s in busy):
+        return None
+    return sum(parse_rate(s.rate_limit, f"queue {s.queue!r}").per_second for s in busy)
 
 
 def in_flight_by_instance(broker: Broker) -> dict[str, int]:

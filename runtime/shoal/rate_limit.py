@@ -29,6 +29,10 @@ class Rate:
     unit: str
 
     @property
+    def per_second(self) -> float:
+        return self.count / UNITS[self.unit]
+
+    @property
     def interval_ms(self) -> float:
         """Milliseconds between two starts."""
         return UNITS[self.unit] * 1000 / self.count

@@ -80,7 +80,11 @@ def test_the_autoscaler_adds_no_replica_for_a_paused_queue(app: App) -> None:
     snap = FleetMeter().snapshot(app.broker, ["busy", "held"], 1, 1)
 
     # Then only the runnable backlog counts
-    assert snap.waiting == 7
+    assert snap.waiting == 7 and snap.rate_cap is None
+
+    # And once the queue with work has a rate limit, the fleet knows what the limit allows
+    app.configure_queue("busy", rate_limit="1200/m")
+    assert FleetMeter().snapshot(app.broker, ["busy", "held"], 1, 1).rate_cap == 20.0
 
 
 def test_purge_deletes_waiting_and_delayed_messages_only(app: App) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -587,3 +588,17 @@ def test_following_the_schedules_still_steps_down_by_max_scale_down_step() -> No
     idle = Snapshot(16, 0, 0, 10, 10, completion_rate=10, upcoming_ticks=far, startup_s=10)
     d = decide(stepped, idle, d.state)
     assert d.replicas == 8, d.reason
+
+
+def test_a_fleet_held_by_its_queues_rate_limits_gets_no_more_replicas() -> None:
+    # Given 2 replicas completing 19/s of a queue limited to 20/s, with a backlog that would
+    # otherwise ask for many more
+    busy = Snapshot(0, 5_000, 8, 2, 2, completion_rate=19.0, arrival_rate=25.0, rate_cap=20.0)
+
+    # Then it holds: more replicas would only idle, and the reason says so
+    held = decide(POLICY, busy)
+    assert held.replicas == 2 and "rate limits (20/s)" in held.reason
+
+    # While one below its limit (or with no limit) still scales out
+    assert decide(POLICY, replace(busy, completion_rate=10.0)).replicas > 2
+    assert decide(POLICY, replace(busy, rate_cap=None)).replicas > 2

@@ -125,6 +125,8 @@ class QueueStats:
     """The queue is paused (``app.pause``): it accepts messages and runs none."""
     cancelled: int = 0
     """Messages cancelled before they ran (counter since creation)."""
+    rate_limit: str | None = None
+    """The queue's own rate limit (``"20/s"``), if it has one."""
 
     @classmethod
     def from_reply(cls, queue: str, reply: Sequence[Any]) -> QueueStats:
@@ -151,6 +153,7 @@ class QueueStats:
             int(reply[11]) if len(reply) > 11 else 0,
             bool(int(reply[12])) if len(reply) > 12 else False,
             int(reply[13]) if len(reply) > 13 else 0,
+            reply[14].decode() if len(reply) > 14 and reply[14] else None,
         )
 
 
@@ -438,7 +441,7 @@ def parse_promote(reply: Sequence[Any]) -> Promoted:
 
 
 def measure_call(k: QueueKeys) -> Call:
-    keys = [k.waiting, k.inflight, k.delayed, k.dead, k.stats, k.paused, k.stale]
+    keys = [k.waiting, k.inflight, k.delayed, k.dead, k.stats, k.paused, k.stale, k.config]
     return "measure", keys, [DUE_SOON_MS]
 
 

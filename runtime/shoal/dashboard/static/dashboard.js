@@ -101,10 +101,10 @@
       const throughput = sparkline([
         { label: "completed/s", values: h.map((p) => p.completed_per_s), cls: "ok", fill: "area" },
         { label: "failed/s", values: h.map((p) => p.failed_per_s), cls: "bad" },
-      ], 160, 30);
+      ], 114, 30);
       const backlog = sparkline([
         { label: "waiting", values: h.map((p) => p.waiting), cls: "backlog", fill: "backlog-area" },
-      ], 110, 30);
+      ], 84, 30);
       const name = el("td", { class: "queue" }, el("b", {}, q.queue));
       if (q.paused) name.append(" ", el("span", { class: "pill paused", title: "Accepts messages, starts none until resumed" }, "paused"));
       const row = el("tr", { "data-queue": q.queue, "data-state": q.paused ? "paused" : "active" },
@@ -142,7 +142,7 @@
       td(r.queue), td(r.task || "-"),
       el("td", { class: "nowrap" }, el("a", { href: taskPath(r.queue, r.id), class: "mono task-link", title: "Status, progress, cancel" }, r.id),
         ...(r.trace_url ? [" ", traceCell(r, "trace")] : [])),
-      td(r.attempt ?? "-", "num"), el("td", { class: "mono" }, r.worker || "-"),
+      td(r.attempt ?? "-", "num"), el("td", { class: "mono nowrap" }, r.worker || "-"),
       td(when(r.started_at), "nowrap"), td(when(r.enqueued_at), "nowrap"), td(age(r.lease_left_s), "num")));
     fill(document.querySelector("#running tbody"), running, 8, "Nothing running.");
   }
@@ -173,6 +173,8 @@
       const value = shown[node.dataset.field];
       if (value !== undefined) node.textContent = String(value);
     }
+    const error = document.querySelector("[data-field=error]");
+    if (error) error.classList.toggle("error", Boolean(t.error));
     const pill = document.getElementById("state");
     if (pill) pill.className = "pill state-" + t.state;
     setProgress(t.progress);

@@ -4,8 +4,9 @@
 
 Starts its own redis-server, two `shoal worker` processes of the tasks below, and `shoal
 dashboard`; sends a mix of work (fast emails, a chord of reports, long billing runs, a few
-failures for the DLQ, delayed messages, two schedules) for about half a minute so the sparklines
-have a shape; then opens each page in Debian's headless chromium through Playwright.
+failures for the DLQ, delayed messages, two schedules, a catalog import reporting progress, a
+paused queue) for about half a minute so the sparklines have a shape; then opens each page in
+Debian's headless chromium through Playwright.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from opentelemetry.sdk.trace import TracerProvider
 
-from shoal import App, chord, group
+from shoal import App, chord, group, progress
 from shoal.middleware import Retries, Tracing
 
 HERE = Path(__file__).resolve().parent
@@ -78,6 +79,21 @@ def resize(image_id: int, size: int) -> str:
     return f"{image_id}@{size}"
 
 
+@app.task(name="imports.import_catalog", queue="imports", timeout=900, store_result=True)
+def import_catalog(supplier: str, rows: int) -> int:
+    """A long import that says how far it got: what the Task page shows."""
+    for row in range(rows):
+        if row % 25 == 0:
+            progress(row, rows, note=f"importing {supplier} price list")
+        time.sleep(0.02)
+    return rows
+
+
+@app.task(name="exports.build_csv", queue="exports")
+def build_csv(report: str) -> str:
+    return report
+
+
 @app.periodic("0 6 * * *", queue="reports", name="nightly-digest", timezone="Europe/Berlin")
 def nightly_digest() -> None:
     """Sends the morning digest."""
@@ -101,8 +117,13 @@ def wait_http(url: str, timeout_s: float = 30) -> None:
 
 
 def send_traffic(seconds: float) -> None:
-    """Waves of work, so each queue's rates rise and fall over the sampled history."""
+    """Waves of work, so each queue's rates rise and fall over the sampled history; ``exports``
+    is paused (its backlog grows), ``emails`` and ``thumbnails`` carry rate limits."""
     random.seed(17)
+    app.configure_queue("emails", rate_limit="200/s")
+    app.configure_queue("thumbnails", rate_limit="20/s")
+    build_csv.enqueue("warm-up")
+    app.pause("exports")
     for n in range(5):
         charge_invoice.enqueue(f"INV-2024-{1040 + n}", 12900 + 100 * n)
     charge_invoice.enqueue("INV-2024-1039", -4200)
@@ -122,10 +143,11 @@ def send_traffic(seconds: float) -> None:
         group(resize.s(wave, size) for size in (64, 256, 1024)).enqueue()
         if wave % 4 == 0:
             send_welcome.enqueue(wave, f"bounced-{wave}")
+        build_csv.enqueue_many([(f"report-{wave}-{n}",) for n in range(random.randint(2, 9))])
         time.sleep(1.5)
 
 
-def shoot(base: str, out: Path) -> None:
+def shoot(base: str, out: Path, importing: str) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -135,6 +157,9 @@ def shoot(base: str, out: Path) -> None:
             page.goto(base + path)
             page.wait_for_selector("body[data-loaded='1']")
             page.screenshot(path=str(out / f"{name}.png"))
+        page.goto(f"{base}/task/imports/{importing}")
+        page.wait_for_selector("body[data-loaded='1']")
+        page.screenshot(path=str(out / "task.png"))
         page.goto(base + "/dlq/emails")
         page.screenshot(path=str(out / "dead-letters.png"))
         page.click("#dead-letters tbody tr:first-child td:first-child a")
@@ -194,9 +219,10 @@ def main() -> None:
             wait_http(base + "/healthz")
             traffic = threading.Thread(target=send_traffic, args=(options.seconds + 20,))
             traffic.start()  # pages are shot while work flows: rates and groups in progress
+            importing = import_catalog.enqueue("acme-wholesale", 4000).id
             time.sleep(options.seconds)
             chord([render_report.s(i) for i in range(300)], combine_digests.s()).enqueue()
-            shoot(base, options.out)
+            shoot(base, options.out, importing)
             traffic.join()
         finally:
             for proc in procs:  # each started in a session of its own: its workers go too

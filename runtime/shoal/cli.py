@@ -34,6 +34,8 @@ from shoal.settings import Settings
 from shoal.version import __version__
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from rich.console import Console
 
     from shoal.app import App
@@ -324,8 +326,14 @@ def _age(seconds: float) -> str:
     return f"{seconds / 60:.0f}m" if seconds < 7200 else f"{seconds / 3600:.1f}h"
 
 
-def queue_listing(before: list[QueueStats], after: list[QueueStats]) -> Listing:
-    """Per-queue figures; rates from two measurements."""
+def queue_listing(
+    before: list[QueueStats],
+    after: list[QueueStats],
+    rate_limits: Mapping[str, str | None] | None = None,
+) -> Listing:
+    """Per-queue figures; rates from two measurements. ``rate_limits``: each queue's stored
+    default (``20/s``), a wide column (configuration beside the live figures) kept last, so
+    the piped columns before it keep their places for ``cut``."""
     listing = Listing(
         "Queues",
         (
@@ -342,13 +350,16 @@ def queue_listing(before: list[QueueStats], after: list[QueueStats]) -> Listing:
             "enqueued",
             "retried",
             "dead total",
+            "rate limit",
         ),
-        wide=frozenset({"enqueued", "retried", "dead total"}),
+        wide=frozenset({"enqueued", "retried", "dead total", "rate limit"}),
     )
     from shoal.fleet import per_second
 
+    limits = rate_limits or {}
     for a, b in zip(before, after, strict=True):
         rates = per_second(a, b)
+        limit = limits.get(b.queue)
         done_rate, enqueue_rate = rates["completed"], rates["enqueued"]
         listing.add(
             (
@@ -365,11 +376,13 @@ def queue_listing(before: list[QueueStats], after: list[QueueStats]) -> Listing:
                 str(b.enqueued),
                 str(b.retried),
                 str(b.dead_total),
+                limit or "-",
             ),
             {
                 **dataclasses.asdict(b),
                 "completed_per_s": round(done_rate, 3),
                 "enqueued_per_s": round(enqueue_rate, 3),
+                "rate_limit": limit,
             },
         )
     return listing
@@ -462,7 +475,9 @@ def info(
         else:
             before = app.broker.measure_many(queues)
             time.sleep(wait)
-            listings = [queue_listing(before, app.broker.measure_many(queues))]
+            after = app.broker.measure_many(queues)
+            limits = {q: app.queue_defaults(q).get("rate_limit") for q in queues}
+            listings = [queue_listing(before, after, limits)]
         return [*listings, workers_listing(app)] if show_workers else listings
 
     if not watch:

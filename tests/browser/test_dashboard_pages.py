@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
+from playwright.sync_api import expect
 
 from helpers import wait_for
 from shoal import App
@@ -96,3 +97,34 @@ def test_show_then_replay_a_dead_letter_with_confirmation(
     assert "Replayed 1 message(s)." in page.locator(".notice").inner_text()
     wait_for(lambda: producer.broker.whereabouts("emails", message_id) is None, timeout=30)
     assert producer.broker.dead_count("emails") == 0
+
+
+def test_a_running_task_page_shows_progress_and_cancels(
+    stack: Stack, producer: App, page: Any
+) -> None:
+    # Given a long task running and reporting progress, found from the Workers page
+    handle = producer.remote("import_catalog", queue="imports").enqueue(5000)
+    page.goto(stack.base + "/workers")
+    page.click(f"#running tr[data-message='{handle.id}'] a.task-link")
+
+    # Then its page shows it running, with a progress bar and note that move on
+    expect(page.locator("#state")).to_have_text("running", timeout=15_000)
+    assert page.locator("h1").inner_text().startswith("import_catalog")
+    page.wait_for_function(
+        "document.querySelector('[data-field=progress]').textContent.includes('%')"
+    )
+    assert "importing rows" in page.locator("#progress").inner_text()
+    assert page.locator("#progress .bar").is_visible()
+    assert page.locator("#trace-link").get_attribute("href").startswith("http://localhost:16686/")
+
+    # When cancelled through the confirmation step, with the token
+    page.click("#cancel")
+    assert "runs now" in page.locator("#what").inner_text()
+    page.fill("#token", stack.token)
+    page.click("#confirm")
+
+    # Then its worker stops it, and the page (refreshing itself) says so
+    assert "Cancel asked" in page.locator(".notice").inner_text()
+    expect(page.locator("#state")).to_have_text("cancelled", timeout=15_000)
+    assert producer.producer.status("imports", handle.id).state == "cancelled"
+    assert not page.locator("#cancel").is_visible()

@@ -84,6 +84,28 @@ def test_info_piped_prints_whole_tab_separated_rows(app: App, env: dict[str, str
     assert all(len(r) == len(header) for r in rows)
 
 
+def test_info_shows_each_queue_state_and_rate_limit(app: App, env: dict[str, str]) -> None:
+    # Given a paused queue with a rate limit, and a queue with neither
+    for q in ("limited", "free"):
+        app.remote("a.task", queue=q).enqueue()
+    app.configure_queue("limited", rate_limit="20/s")
+    app.pause("limited")
+
+    # Then piped rows end with the rate limit ("-": none), after the columns scripts cut by
+    header, *rows = _rows(shoal(env, "info", "--interval", "0").stdout)
+    assert header[-1] == "RATE_LIMIT" and header[1] == "STATE"
+    by_queue = {r[0]: r for r in rows}
+    assert (by_queue["limited"][1], by_queue["limited"][-1]) == ("paused", "20/s")
+    assert (by_queue["free"][1], by_queue["free"][-1]) == ("active", "-")
+
+    # And the records carry both, the limit null when none
+    data = json.loads(shoal(env, "info", "--interval", "0", "-o", "json").stdout)
+    assert {q["queue"]: (q["paused"], q["rate_limit"]) for q in data} == {
+        "limited": (True, "20/s"),
+        "free": (False, None),
+    }
+
+
 def test_info_queue_option_takes_commas_as_well_as_repeats(app: App, env: dict[str, str]) -> None:
     for q in ("a", "b", "c"):
         app.remote("a.task", queue=q).enqueue()
@@ -134,6 +156,7 @@ def test_info_wide_adds_columns_on_a_terminal(app: App, env: dict[str, str]) -> 
     wide = on_a_terminal(env, ["info", "--interval", "0", "-o", "wide"])
 
     assert "dead total" not in narrow and "dead total" in wide
+    assert "rate limit" not in narrow and "rate limit" in wide
     assert "┃" in narrow  # a drawn table, not rows
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -16,8 +17,9 @@ import pytest
 from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
 
-from shoal import App, group
+from shoal import App, group, progress
 from shoal.dashboard.access import HEADER, Access
+from shoal.dashboard.routes import segment
 from shoal.dashboard.server import build
 from shoal.middleware import Retries, Tracing
 from shoal.protocol.server import free_port
@@ -255,7 +257,8 @@ def test_pages_render_and_carry_no_inline_script(
     traced_app.tasks["send"].enqueue("nobody")
     worker(traced_app, ["emails"])
     server = dashboard(traced_app, Access.of(False, None))
-    for path in ("/queues", "/workers", "/dlq", "/dlq/emails", "/schedules", "/workflows"):
+    pages = ("/queues", "/workers", "/dlq", "/dlq/emails", "/schedules", "/workflows", "/task")
+    for path in pages:
         with urllib.request.urlopen(server.url + path, timeout=10) as resp:
             html = resp.read().decode()
             assert resp.status == 200
@@ -264,3 +267,188 @@ def test_pages_render_and_carry_no_inline_script(
         assets = re.findall(r'(?:src|rel="stylesheet" href)="([^"]*)"', html)
         assert assets and all(a.startswith("/static/") for a in assets)  # works offline
     assert server.request("GET", "/healthz") == (200, "ok\n")
+
+
+# --- flow and task control ------------------------------------------------------------------
+
+
+@pytest.fixture
+def ran() -> list[Any]:
+    """What the control app's tasks ran, in order."""
+    return []
+
+
+@pytest.fixture
+def control_app(make_app: Callable[..., App], ran: list[Any]) -> App:
+    """Tasks on ``jobs`` (each run recorded), a long one reporting progress on ``long`` (store
+    results: its cancelled outcome is kept), and a marker task on ``other``."""
+    app = make_app(middleware=[Tracing(tracer_provider=TracerProvider()), Retries()])
+
+    @app.task(queue="jobs", name="job")
+    def job(n: int) -> None:
+        ran.append(n)
+
+    @app.task(queue="other", name="marker")
+    def marker() -> None:
+        ran.append("marker")
+
+    @app.task(queue="long", name="crunch", store_result=True, timeout=60)
+    def crunch(steps: int) -> None:
+        for step in range(steps):
+            progress(step, steps, note=f"chunk {step}")
+            time.sleep(0.05)
+
+    return app
+
+
+def test_pause_stops_starts_resume_drains_and_purge_deletes(
+    control_app: App,
+    ran: list[Any],
+    worker: Any,
+    dashboard: Callable[[App, Access], Dashboard],
+) -> None:
+    from helpers import wait_for
+
+    app = control_app
+    server = dashboard(app, Access.of(True, TOKEN))
+    job, marker = app.tasks["job"], app.tasks["marker"]
+    job.enqueue(0)  # the queue exists (listed) before it is paused
+    app.configure_queue("jobs", rate_limit="50/s")
+    running = worker(app, ["jobs", "other"], burst=False)
+    wait_for(lambda: ran == [0], message="the first job to run")
+
+    # When jobs is paused through the API, then three jobs and a marker on another queue come
+    status, done = server.request("POST", "/api/queues/jobs/pause", {}, {HEADER: TOKEN})
+    assert (status, done) == (200, {"queue": "jobs", "paused": True, "changed": True})
+    job.enqueue_many([(1,), (2,), (3,)])
+    marker.enqueue()
+
+    # Then the worker, busy enough to run the marker, starts none of the jobs
+    wait_for(lambda: "marker" in ran, message="the marker on the running queue")
+    assert ran == [0, "marker"]
+    rows = {q["queue"]: q for q in server.request("GET", "/api/queues")[1]}
+    assert (rows["jobs"]["paused"], rows["jobs"]["waiting"], rows["jobs"]["rate_limit"]) == (
+        True,
+        3,
+        "50/s",
+    )
+    assert (rows["other"]["paused"], rows["other"]["rate_limit"]) == (False, None)
+
+    # When resumed, the jobs run
+    status, done = server.request("POST", "/api/queues/jobs/resume", {"token": TOKEN})
+    assert (status, done["paused"], done["changed"]) == (200, False, True)
+    wait_for(lambda: sorted(x for x in ran if x != "marker") == [0, 1, 2, 3], message="drained")
+    running.stop()
+
+    # And purge deletes what waits and what is delayed, and says how many
+    job.enqueue_many([(4,), (5,)])
+    job.with_options(delay=600).enqueue(6)
+    confirm = _page(server, "/queues/jobs/confirm/purge")
+    assert "Purge 3 message(s) of jobs?" in confirm and "<b>2</b> waiting" in confirm
+    status, done = server.request("POST", "/api/queues/jobs/purge", {}, {HEADER: TOKEN})
+    assert (status, done) == (200, {"queue": "jobs", "purged": 3})
+    stats = app.measure("jobs")
+    assert (stats.waiting, stats.delayed) == (0, 0)
+
+
+def test_the_task_api_shows_a_running_task_with_progress_and_cancels_it(
+    control_app: App, worker: Any, dashboard: Callable[[App, Access], Dashboard]
+) -> None:
+    from helpers import wait_for
+
+    app = control_app
+    server = dashboard(app, Access.of(True, TOKEN))
+    running = worker(app, ["long"], burst=False)
+    handle = app.tasks["crunch"].enqueue(2000)
+    path = f"/api/task/long/{handle.id}"
+
+    # Given the task running, having reported progress, listed by its worker
+    shown = wait_for(
+        lambda: (
+            (t := server.request("GET", path)[1])["state"] == "running"
+            and t["progress"]
+            and t["worker"]
+            and t
+        ),
+        message="the task running with progress",
+    )
+    assert (shown["task"], shown["attempt"], shown["worker"]) == ("crunch", 1, running.worker.id)
+    assert 0 <= shown["progress"]["fraction"] < 1 and shown["progress"]["total"] == 2000
+    assert shown["progress"]["note"].startswith("chunk ") and "%" in shown["progress"]["text"]
+    assert shown["cancellable"] and shown["trace_url"].endswith(shown["trace_id"])
+
+    # When cancelled through the API, its worker stops it; it reads cancelled
+    status, done = server.request("POST", path + "/cancel", {}, {HEADER: TOKEN})
+    assert (status, done["was"]) == (200, "running")
+    final = wait_for(
+        lambda: (t := server.request("GET", path)[1])["state"] == "cancelled" and t,
+        message="the task to be cancelled",
+    )
+    assert (final["reason"], final["cancellable"]) == ("cancelled", False)
+    status, gone = server.request("POST", path + "/cancel", {}, {HEADER: TOKEN})
+    assert (status, gone["was"]) == (409, "gone") and "nothing to cancel" in gone["error"]
+    running.stop()
+
+
+def test_cancel_a_delayed_message_and_route_any_queue_name(
+    control_app: App, dashboard: Callable[[App, Access], Dashboard]
+) -> None:
+    # Given a delayed message on a queue whose name holds /, ?, # and markup
+    queue = "<img src=x onerror=alert(1)>/q?#"
+    handle = control_app.tasks["job"].on_queue(queue).with_options(delay=600).enqueue(1)
+    server = dashboard(control_app, Access.of(True, TOKEN))
+    path = f"/api/task/{segment(queue)}/{segment(handle.id)}"
+
+    status, shown = server.request("GET", path)
+    assert (status, shown["queue"], shown["state"], shown["task"]) == (200, queue, "delayed", "job")
+    assert shown["due_at"] > time.time() + 500 and shown["cancellable"]
+
+    # Its page shows the name as text, never as markup
+    html = _page(server, f"/task/{segment(queue)}/{segment(handle.id)}")
+    assert "&lt;img src=x onerror=alert(1)&gt;/q?#" in html and "<img src=x" not in html
+    assert _page(server, f"/task?queue={segment(queue)}&id={handle.id}") == html  # the form
+
+    # When cancelled, it reads cancelled and never runs
+    status, done = server.request("POST", path + "/cancel", {"token": TOKEN})
+    assert (status, done["was"], done["queue"]) == (200, "delayed", queue)
+    assert server.request("GET", path)[1]["state"] == "cancelled"
+    assert control_app.measure(queue).delayed == 0
+    status, paused = server.request(
+        "POST", f"/api/queues/{segment(queue)}/pause", {}, {HEADER: TOKEN}
+    )
+    assert (status, paused["queue"]) == (200, queue) and control_app.measure(queue).paused
+
+
+def test_control_writes_need_the_token_and_a_read_only_dashboard_refuses_them(
+    control_app: App, dashboard: Callable[[App, Access], Dashboard]
+) -> None:
+    handle = control_app.tasks["job"].with_options(delay=600).enqueue(1)
+    writes = [f"/api/task/jobs/{handle.id}/cancel"] + [
+        f"/api/queues/jobs/{a}" for a in ("pause", "resume", "purge")
+    ]
+    server = dashboard(control_app, Access.of(True, TOKEN))
+    for path in writes:
+        assert server.request("POST", path, {})[0] == 403, path
+        assert server.request("POST", path, {}, {HEADER: "wrong"})[0] == 403, path
+        assert server.request("POST", path, {}, {"Cookie": f"token={TOKEN}"})[0] == 403, path
+        assert server.request("GET", path)[0] in (404, 405), path  # writes are POST only
+    assert server.request("POST", "/api/queues/jobs/drop", {}, {HEADER: TOKEN})[0] == 404
+
+    read_only = dashboard(control_app, Access.of(False, None))
+    for path in writes:
+        status, text = read_only.request("POST", path, {}, {HEADER: "anything"})
+        assert status == 403 and "read-only" in text, path
+    # nothing changed, and the read-only pages offer no control
+    stats = control_app.measure("jobs")
+    assert (stats.paused, stats.delayed) == (False, 1)
+    assert read_only.request("GET", f"/api/task/jobs/{handle.id}")[1]["state"] == "delayed"
+    for html in (_page(read_only, "/queues"), _page(read_only, f"/task/jobs/{handle.id}")):
+        assert 'id="cancel"' not in html and "<th>Actions</th>" not in html
+    assert 'data-writes="0"' in _page(read_only, "/queues")  # the script draws no buttons
+    assert 'id="cancel"' in _page(server, f"/task/jobs/{handle.id}")
+
+
+def _page(server: Dashboard, path: str) -> str:
+    with urllib.request.urlopen(server.url + path, timeout=10) as resp:
+        assert resp.status == 200
+        return str(resp.read().decode())

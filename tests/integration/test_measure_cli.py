@@ -134,9 +134,11 @@ def test_info_table_shows_the_figures(
     assert done.returncode == 0, done.stderr
     row = next(line for line in done.stdout.splitlines() if "emails" in line)
     cells = row.split("\t")  # piped: plain tab-separated rows
-    # queue, state, waiting, in flight, delayed, dead, oldest, done/s, enqueued/s, completed, …
+    # queue, state, waiting, in flight, delayed, dead, oldest, done/s, enqueued/s, completed, …,
+    # rate limit (last)
     assert cells[:6] == ["emails", "active", "7", "0", "0", "1"], row
-    assert cells[8] == "0"
+    assert cells[9] == "0"  # completed: the one that ran failed
+    assert cells[-1] == "-"  # no rate limit on the queue
 
 
 def test_info_with_no_queues_says_so(shoal_env: dict[str, str], redis_url: str) -> None:

@@ -133,3 +133,55 @@ def test_allow_writes_without_a_token_refuses_to_start(monkeypatch: pytest.Monke
     monkeypatch.delenv("SHOAL_DASHBOARD_TOKEN", raising=False)
     status, err = run_cli(monkeypatch, "--allow-writes")
     assert status == 2 and "SHOAL_DASHBOARD_TOKEN" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_queue_name_or_id_is_one_path_segment_whatever_it_holds() -> None:
+    from urllib.parse import unquote
+
+    from shoal.dashboard.routes import segment
+
+    for text in ("emails", "a/b", "../x", "q?x=1#y", "sp ace", "ünï"):
+        encoded = segment(text)
+        assert "/" not in encoded and "?" not in encoded and "#" not in encoded
+        assert unquote(encoded) == text
+
+
+def test_the_task_page_shows_what_redis_holds_as_text_never_markup() -> None:
+    from shoal.dashboard.server import templates
+
+    evil = "<script>alert(1)</script>"
+    task = {
+        "id": evil,
+        "queue": "q/<b>",
+        "state": "running",
+        "task": evil,
+        "attempt": 1,
+        "worker": evil,
+        "due_at": None,
+        "reason": None,
+        "error": evil,
+        "progress": {"fraction": 0.5, "text": "1/2 (50%) " + evil},
+        "cancel_requested": False,
+        "cancellable": True,
+        "trace_id": None,
+        "trace_url": None,
+        "dead_letter": True,
+    }
+    html = (
+        templates()
+        .get_template("task.html")
+        .render(
+            active="task",
+            writes=True,
+            version="0",
+            redis="redis://x",
+            interval_s=5.0,
+            trace_links=False,
+            task=task,
+            path="/task/q%2F%3Cb%3E/x",
+            api_path="/api/task/q%2F%3Cb%3E/x",
+            notice=evil,
+        )
+    )
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert 'href="/dlq/q%2F%3Cb%3E/%3Cscript%3Ealert%281%29%3C%2Fscript%3E"' in html

@@ -1,5 +1,6 @@
-"""The dashboard's routes: HTML pages, the JSON API under ``/api/`` they use, and the two
-writes (replay, purge), which are POST only and need the token.
+"""The dashboard's routes: HTML pages, the JSON API under ``/api/`` they use, and the dead
+letters' writes (replay, purge), which are POST only and need the token. Flow and task control
+(pause, resume, purge a queue; a message's page; cancel) is in :mod:`.control_routes`.
 
 Every Redis read runs in a thread (the client blocks); every page is rendered with
 autoescaping, so a poison message's text is shown, never run.
@@ -76,6 +77,12 @@ def page(request: web.Request, template: str, **context: Any) -> web.Response:
     return web.Response(text=html, content_type="text/html")
 
 
+def segment(text: str) -> str:
+    """``text`` as one path segment: queue names and ids may hold any character, ``/`` too
+    (aiohttp matches the raw path, so ``%2F`` stays inside its segment)."""
+    return quote(text, safe="")
+
+
 def api(request: web.Request, data: Any) -> web.Response:
     return web.json_response(add_trace_urls(data, state_of(request).trace_template))
 
@@ -96,7 +103,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/queues")
 async def queues_page(request: web.Request) -> web.Response:
-    return page(request, "queues.html")
+    return page(request, "queues.html", notice=request.query.get("notice"))
 
 
 @routes.get("/workers")
@@ -245,12 +252,13 @@ async def _parse_write(request: web.Request) -> WriteRequest:
     return WriteRequest(token if isinstance(token, str) else None, ids)
 
 
-def _check(request: web.Request, given: str | None) -> None:
+def check_write(request: web.Request, given: str | None) -> None:
+    """Refuse (403, saying why) a write on a read-only dashboard or without the token."""
     access = state_of(request).access
     if not access.writes:
         raise web.HTTPForbidden(
             text="This dashboard is read-only: start it with SHOAL_DASHBOARD_TOKEN set "
-            "(and --allow-writes) to replay or purge."
+            "(and --allow-writes) to replay, purge, pause, resume or cancel."
         )
     if not access.allows(given):
         raise web.HTTPForbidden(text="Wrong or missing token: nothing was changed.")
@@ -262,7 +270,7 @@ def _write(
     async def handler(request: web.Request) -> web.StreamResponse:
         queue = request.match_info["queue"]
         wanted = await _parse_write(request)
-        _check(request, wanted.token)
+        check_write(request, wanted.token)
         if action == "replay" and wanted.ids is None:
             raise web.HTTPBadRequest(text="Name the dead letters to replay.")
         if action == "replay":
@@ -272,7 +280,7 @@ def _write(
         if request.path.startswith("/api/"):
             return web.json_response(result)
         raise web.HTTPSeeOther(
-            f"/dlq/{quote(queue, safe='')}?" + urlencode({"notice": _said(action, result)})
+            f"/dlq/{segment(queue)}?" + urlencode({"notice": _said(action, result)})
         )
 
     return handler

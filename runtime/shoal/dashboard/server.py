@@ -16,8 +16,9 @@ from aiohttp import web
 
 from shoal.app import App
 from shoal.dashboard.access import Access
+from shoal.dashboard.control_routes import control_routes
 from shoal.dashboard.history import DEFAULT_INTERVAL_S, History, sample_forever
-from shoal.dashboard.routes import STATE, State, routes
+from shoal.dashboard.routes import STATE, State, routes, segment
 from shoal.protocol import QueueStats
 
 HERE = Path(__file__).parent
@@ -40,6 +41,7 @@ def templates() -> jinja2.Environment:
     )
     env.filters["when"] = _when
     env.filters["age"] = _age
+    env.filters["segment"] = segment  # not urlencode: it leaves "/" as is
     return env
 
 
@@ -74,6 +76,7 @@ def build(
     state = State(app, history or History(), access, trace_template, templates(), interval_s)
     web_app[STATE] = state
     web_app.add_routes(routes)
+    web_app.add_routes(control_routes)
     web_app.router.add_static("/static/", HERE / "static")
 
     async def measure() -> list[QueueStats]:

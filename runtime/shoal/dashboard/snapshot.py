@@ -37,8 +37,9 @@ def queue_names(app: App) -> list[str]:
 
 
 def queues(app: App, history: History) -> list[dict[str, Any]]:
-    """Per queue: the figures of one fresh measurement, rates from the sampler's last two
-    samples, and the sampled series for the sparklines."""
+    """Per queue: the figures of one fresh measurement (``paused`` among them), its rate limit
+    (the stored queue default, None when none), rates from the sampler's last two samples, and
+    the sampled series for the sparklines."""
     names = queue_names(app)
     rows = []
     for stats in app.broker.measure_many(names) if names else []:
@@ -47,6 +48,7 @@ def queues(app: App, history: History) -> list[dict[str, Any]]:
         rows.append(
             {
                 **dataclasses.asdict(stats),
+                "rate_limit": app.queue_defaults(stats.queue).get("rate_limit"),
                 "completed_per_s": latest.completed_per_s if latest else 0.0,
                 "failed_per_s": latest.failed_per_s if latest else 0.0,
                 "enqueued_per_s": latest.enqueued_per_s if latest else 0.0,

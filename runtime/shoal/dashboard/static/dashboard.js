@@ -5,6 +5,7 @@
 (function () {
   const SVG = "http://www.w3.org/2000/svg";
   const page = document.body.dataset.page;
+  const writes = document.body.dataset.writes === "1";
   const intervalMs = Math.max(1000, 1000 * parseFloat(document.body.dataset.interval || "5"));
 
   function el(tag, attrs, ...children) {
@@ -75,6 +76,19 @@
     return el("span", { class: "mono" }, text);
   }
 
+  // One path segment: queue names and ids may hold any character, "/" included.
+  function taskPath(queue, id) {
+    return "/task/" + encodeURIComponent(queue) + "/" + encodeURIComponent(id);
+  }
+
+  function queueActions(q) {
+    const base = "/queues/" + encodeURIComponent(q.queue) + "/confirm/";
+    const toggle = q.paused ? "resume" : "pause";
+    return el("span", { class: "row-actions" },
+      el("a", { class: "button small secondary", href: base + toggle, "data-action": toggle }, q.paused ? "Resume…" : "Pause…"),
+      el("a", { class: "button small danger", href: base + "purge", "data-action": "purge" }, "Purge…"));
+  }
+
   function fill(tbody, rows, columns, empty) {
     tbody.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: columns, class: "empty" }, empty))]));
   }
@@ -87,19 +101,26 @@
       const throughput = sparkline([
         { label: "completed/s", values: h.map((p) => p.completed_per_s), cls: "ok", fill: "area" },
         { label: "failed/s", values: h.map((p) => p.failed_per_s), cls: "bad" },
-      ], 160, 30);
+      ], 114, 30);
       const backlog = sparkline([
         { label: "waiting", values: h.map((p) => p.waiting), cls: "backlog", fill: "backlog-area" },
-      ], 110, 30);
-      return el("tr", { "data-queue": q.queue },
-        el("td", {}, el("b", {}, q.queue)),
+      ], 84, 30);
+      const name = el("td", { class: "queue" }, el("b", {}, q.queue));
+      if (q.paused) name.append(" ", el("span", { class: "pill paused", title: "Accepts messages, starts none until resumed" }, "paused"));
+      const row = el("tr", { "data-queue": q.queue, "data-state": q.paused ? "paused" : "active" },
+        name,
         td(q.waiting, "num"), td(q.in_flight, "num"), td(q.delayed, "num"),
         el("td", { class: "num" }, q.dead ? el("a", { href: "/dlq/" + encodeURIComponent(q.queue), class: "pill bad" }, q.dead) : "0"),
         td(q.waiting ? age(q.oldest_age_s) : "-", "num"),
         td(rate(q.completed_per_s), "num"), td(rate(q.failed_per_s), "num"),
+        td(q.rate_limit || "-", "num rate-limit"),
         el("td", {}, throughput), el("td", {}, backlog));
+      if (writes) row.append(el("td", {}, queueActions(q)));
+      return row;
     });
-    fill(document.querySelector("#queues tbody"), rows, 10, "No queues yet: enqueue a task and it shows here.");
+    fill(document.querySelector("#queues tbody"), rows, writes ? 12 : 11, "No queues yet: enqueue a task and it shows here.");
+    const names = document.getElementById("queue-names");
+    if (names) names.replaceChildren(...data.map((q) => el("option", { value: q.queue })));
     for (const [k, v] of Object.entries(totals)) {
       const node = document.querySelector(`[data-total="${k}"]`);
       if (node) node.textContent = k.endsWith("_per_s") ? rate(v) : v.toLocaleString();
@@ -118,13 +139,55 @@
     });
     fill(document.querySelector("#workers tbody"), workers, 8, "No live workers.");
     const running = data.running.map((r) => el("tr", { "data-message": r.id },
-      td(r.queue), td(r.task || "-"), el("td", {}, traceCell(r, r.id)),
-      td(r.attempt ?? "-", "num"), el("td", { class: "mono" }, r.worker || "-"),
+      td(r.queue), td(r.task || "-"),
+      el("td", { class: "nowrap" }, el("a", { href: taskPath(r.queue, r.id), class: "mono task-link", title: "Status, progress, cancel" }, r.id),
+        ...(r.trace_url ? [" ", traceCell(r, "trace")] : [])),
+      td(r.attempt ?? "-", "num"), el("td", { class: "mono nowrap" }, r.worker || "-"),
       td(when(r.started_at), "nowrap"), td(when(r.enqueued_at), "nowrap"), td(age(r.lease_left_s), "num")));
     fill(document.querySelector("#running tbody"), running, 8, "Nothing running.");
   }
 
-  const live = { queues: ["/api/queues", renderQueues], workers: ["/api/workers", renderWorkers] };
+  // The task page: server-rendered, then its fields refreshed from /api/task/QUEUE/ID.
+  function setProgress(progress) {
+    const bar = document.querySelector("#progress .bar");
+    const fraction = progress && progress.fraction !== null && progress.fraction !== undefined ? progress.fraction : null;
+    if (bar) {
+      bar.hidden = fraction === null;
+      bar.firstElementChild.style.width = (100 * (fraction || 0)).toFixed(0) + "%";
+    }
+  }
+
+  function renderTask(t) {
+    const shown = {
+      task: t.task || "(task unknown)",
+      state: t.state,
+      attempt: t.attempt ?? "-",
+      worker: t.worker || "-",
+      due_at: t.due_at ? when(t.due_at) : "-",
+      progress: t.progress ? t.progress.text : "-",
+      cancel_requested: t.cancel_requested ? "asked: its worker stops it at its next heartbeat" : "-",
+      reason: t.reason || "-",
+      error: t.error || "-",
+    };
+    for (const node of document.querySelectorAll("[data-field]")) {
+      const value = shown[node.dataset.field];
+      if (value !== undefined) node.textContent = String(value);
+    }
+    const error = document.querySelector("[data-field=error]");
+    if (error) error.classList.toggle("error", Boolean(t.error));
+    const pill = document.getElementById("state");
+    if (pill) pill.className = "pill state-" + t.state;
+    setProgress(t.progress);
+    const cancel = document.getElementById("cancel");
+    if (cancel) cancel.hidden = !t.cancellable;
+  }
+
+  const taskBox = document.getElementById("task");
+  const live = {
+    queues: ["/api/queues", renderQueues],
+    workers: ["/api/workers", renderWorkers],
+    task: taskBox ? [taskBox.dataset.api, renderTask] : null,
+  };
 
   async function refresh() {
     const [url, render] = live[page];
@@ -140,7 +203,7 @@
     }
   }
 
-  // group progress bars on the server-rendered workflows page
+  // progress bars on the server-rendered pages (workflow groups, a task)
   for (const bar of document.querySelectorAll(".fill[data-fraction]")) {
     bar.style.width = (100 * parseFloat(bar.dataset.fraction)).toFixed(0) + "%";
   }

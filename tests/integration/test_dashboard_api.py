@@ -452,3 +452,38 @@ def _page(server: Dashboard, path: str) -> str:
     with urllib.request.urlopen(server.url + path, timeout=10) as resp:
         assert resp.status == 200
         return str(resp.read().decode())
+
+
+def test_a_bad_limit_is_a_400_and_the_workflow_walk_is_bounded(
+    make_app: Callable[..., App], dashboard: Callable[[App, Access], Dashboard]
+) -> None:
+    from shoal.protocol import browse
+
+    app = make_app()
+    app.remote("x", queue="walked").enqueue(1)
+    server = dashboard(app, Access.of(False, None))
+    assert server.request("GET", "/api/dlq/walked?limit=abc")[0] == 400
+
+    # Given many keys that are not workflows, and one workflow record in the queue's slot
+    redis = app.broker.redis
+    with redis.pipeline(transaction=False) as pipe:
+        for i in range(30_000):
+            pipe.set(f"noise:{i}", 1)
+        pipe.execute()
+    redis.hset(app.broker.keys("walked").workflow("w1"), "step", "1")
+
+    # Then a listing walks at most SCAN_CALLS calls of SCAN_COUNT keys, whatever it finds
+    calls: list[int] = []
+    node = app.broker._primary_of(app.broker.keys("walked").waiting)
+    scan = node.scan
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return scan(*args, **kwargs)
+
+    node.scan = counted  # type: ignore[method-assign]
+    try:
+        browse.workflow_records(app.broker, "walked")
+    finally:
+        node.scan = scan  # type: ignore[method-assign]
+    assert 0 < len(calls) <= browse.SCAN_CALLS

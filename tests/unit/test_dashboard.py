@@ -185,3 +185,23 @@ def test_the_task_page_shows_what_redis_holds_as_text_never_markup() -> None:
     )
     assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert 'href="/dlq/q%2F%3Cb%3E/%3Cscript%3Ealert%281%29%3C%2Fscript%3E"' in html
+
+
+@pytest.mark.parametrize(
+    "template", ["javascript:alert(1)//{trace_id}", "data:text/html,{trace_id}", "{trace_id}"]
+)
+def test_a_trace_template_that_is_not_http_is_refused(template: str) -> None:
+    with pytest.raises(ConfigurationError, match="not an http"):
+        check_template(template)
+
+
+def test_only_a_notice_this_dashboard_wrote_is_shown() -> None:
+    from urllib.parse import parse_qs
+
+    from shoal.dashboard import notices
+
+    carried = {k: v[0] for k, v in parse_qs(notices.query("Replayed 3 messages.")).items()}
+    assert notices.verified(carried) == "Replayed 3 messages."
+    forged = {**carried, "notice": "Session expired: paste your token at https://evil.example"}
+    assert notices.verified(forged) is None
+    assert notices.verified({"notice": "unsigned"}) is None

@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from shoal.dashboard import control, snapshot
+from shoal.dashboard import control, notices, snapshot
 from shoal.dashboard.access import FIELD, HEADER
 from shoal.dashboard.links import add_trace_urls
 from shoal.dashboard.routes import api, check_write, page, read, segment, state_of
@@ -74,7 +74,7 @@ async def task_page(request: web.Request) -> web.Response:
         task=status,
         path=_task_path(queue, message_id),
         api_path=f"/api{_task_path(queue, message_id)}",
-        notice=request.query.get("notice"),
+        notice=notices.verified(request.query),
     )
 
 
@@ -121,7 +121,7 @@ async def form_cancel(request: web.Request) -> web.Response:
         "gone": "Nothing to cancel: it is not waiting, delayed or running.",
     }.get(done["was"], f"Cancelled ({done['was']}): it will not run.")
     path = _task_path(done["queue"], done["id"])
-    raise web.HTTPSeeOther(f"{path}?" + urlencode({"notice": said}))
+    raise web.HTTPSeeOther(f"{path}?" + notices.query(said))
 
 
 # --- queue control --------------------------------------------------------------------------
@@ -156,4 +156,4 @@ async def form_queue_action(request: web.Request) -> web.Response:
         said = f"Paused {queue}." if done["changed"] else f"{queue} was paused already."
     else:
         said = f"Resumed {queue}." if done["changed"] else f"{queue} was not paused."
-    raise web.HTTPSeeOther("/queues?" + urlencode({"notice": said}))
+    raise web.HTTPSeeOther("/queues?" + notices.query(said))

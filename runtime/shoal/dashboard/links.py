@@ -15,6 +15,11 @@ def check_template(template: str | None) -> str | None:
     """The template, or None when unset; a template without ``{trace_id}`` is refused."""
     if not template:
         return None
+    if not template.lower().startswith(("http://", "https://")):
+        raise ConfigurationError(
+            f"SHOAL_TRACE_URL_TEMPLATE {template!r} is not an http(s) URL: write where a trace "
+            "opens, e.g. http://localhost:16686/trace/{trace_id} for Jaeger"
+        )
     if PLACEHOLDER not in template:
         raise ConfigurationError(
             f"SHOAL_TRACE_URL_TEMPLATE {template!r} has no {PLACEHOLDER}: write where a trace "

@@ -18,7 +18,7 @@ import jinja2
 from aiohttp import web
 
 from shoal.app import App
-from shoal.dashboard import snapshot
+from shoal.dashboard import notices, snapshot
 from shoal.dashboard.access import FIELD, HEADER, Access
 from shoal.dashboard.history import History
 from shoal.dashboard.links import add_trace_urls
@@ -103,7 +103,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/queues")
 async def queues_page(request: web.Request) -> web.Response:
-    return page(request, "queues.html", notice=request.query.get("notice"))
+    return page(request, "queues.html", notice=notices.verified(request.query))
 
 
 @routes.get("/workers")
@@ -123,7 +123,7 @@ async def dlq_queue_page(request: web.Request) -> web.Response:
     data = add_trace_urls(
         await read(request, snapshot.dead_letters, queue), state_of(request).trace_template
     )
-    return page(request, "dlq_queue.html", dlq=data, notice=request.query.get("notice"))
+    return page(request, "dlq_queue.html", dlq=data, notice=notices.verified(request.query))
 
 
 @routes.get("/dlq/{queue}/{id}")
@@ -195,7 +195,10 @@ async def api_dlq_index(request: web.Request) -> web.Response:
 
 @routes.get("/api/dlq/{queue}")
 async def api_dlq_queue(request: web.Request) -> web.Response:
-    limit = min(500, max(1, int(request.query.get("limit", "50"))))
+    text = request.query.get("limit", "50")
+    if not text.isdigit():
+        raise web.HTTPBadRequest(text=f"limit must be a whole number from 1 to 500, got {text!r}")
+    limit = min(500, max(1, int(text)))
     return api(
         request, await read(request, snapshot.dead_letters, request.match_info["queue"], limit)
     )
@@ -280,7 +283,7 @@ def _write(
         if request.path.startswith("/api/"):
             return web.json_response(result)
         raise web.HTTPSeeOther(
-            f"/dlq/{segment(queue)}?" + urlencode({"notice": _said(action, result)})
+            f"/dlq/{segment(queue)}?" + notices.query(_said(action, result))
         )
 
     return handler

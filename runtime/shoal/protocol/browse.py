@@ -9,6 +9,7 @@ queue's hash tag, so on a Cluster only that slot's node holds matches). A listin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from shoal.protocol.broker import Broker
 
@@ -60,21 +61,32 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
+SCAN_CALLS = 20
+"""SCAN calls (of ``SCAN_COUNT`` keys each) one listing may spend per queue. A pattern does not
+narrow SCAN on a single Redis: every key is walked, so the walk is bounded, never the whole of
+a big keyspace on each page view."""
+SCAN_COUNT = 1000
+
+
 def workflow_records(broker: Broker, queue: str, limit: int = 100) -> list[WorkflowRecord]:
-    """The workflow guards and group records held in ``queue``'s slot (at most ``limit`` keys;
-    a group's ``:done`` marker is skipped: that group is over)."""
+    """The workflow guards and group records held in ``queue``'s slot (at most ``limit`` keys,
+    found within SCAN_CALLS calls; a group's ``:done`` marker is skipped: that group is over)."""
     k = broker.keys(queue)
     base = k.base.encode()
     names: list[bytes] = []
-    for kind in ("workflow:", "group:"):
-        pattern = _glob_escape(k.base + kind) + "*"
-        for name in broker.redis.scan_iter(match=pattern, count=500):
+    pattern = _glob_escape(k.base) + "[wg][or]*"  # workflow:* and group:*, in one walk
+    node = broker._primary_of(k.waiting)  # on a Cluster, the node that holds the queue's slot
+    cursor: Any = 0
+    for _ in range(SCAN_CALLS):
+        cursor, found = node.scan(cursor, match=pattern, count=SCAN_COUNT)
+        for name in found:
             key = name if isinstance(name, bytes) else str(name).encode()
-            if key.endswith(b":done"):
-                continue
-            names.append(key)
-            if len(names) >= limit:
-                break
+            rest = key[len(base) :]
+            if rest.startswith((b"workflow:", b"group:")) and not key.endswith(b":done"):
+                names.append(key)
+        if not cursor or len(names) >= limit:
+            break
+    names = names[:limit]
     if not names:
         return []
     pipe = broker.redis.pipeline(transaction=False)

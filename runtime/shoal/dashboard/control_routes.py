@@ -10,7 +10,6 @@ single segments (``/`` encoded), so any characters route.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
 
 from aiohttp import web
 

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import jinja2
 from aiohttp import web
@@ -282,9 +282,7 @@ def _write(
             result = await read(request, snapshot.purge, queue, wanted.ids)
         if request.path.startswith("/api/"):
             return web.json_response(result)
-        raise web.HTTPSeeOther(
-            f"/dlq/{segment(queue)}?" + notices.query(_said(action, result))
-        )
+        raise web.HTTPSeeOther(f"/dlq/{segment(queue)}?" + notices.query(_said(action, result)))
 
     return handler
 

@@ -81,8 +81,8 @@ def workflow_records(broker: Broker, queue: str, limit: int = 100) -> list[Workf
         cursor, found = node.scan(cursor, match=pattern, count=SCAN_COUNT)
         for name in found:
             key = name if isinstance(name, bytes) else str(name).encode()
-            rest = key[len(base) :]
-            if rest.startswith((b"workflow:", b"group:")) and not key.endswith(b":done"):
+            tail = key[len(base) :]
+            if tail.startswith((b"workflow:", b"group:")) and not key.endswith(b":done"):
                 names.append(key)
         if not cursor or len(names) >= limit:
             break

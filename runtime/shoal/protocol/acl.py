@@ -49,6 +49,7 @@ COMMANDS = (
     "llen",
     "lindex",
     "blmove",
+    "lmove",  # a priority fetch moves a low-priority token aside
     # sorted sets: in flight, delayed, dead, the worker registry
     "zadd",
     "zrem",
@@ -59,9 +60,15 @@ COMMANDS = (
     "zrevrange",
     "zrangebyscore",
     "zpopmin",
-    # sets: the queues registry
+    "zremrangebyscore",  # old cancel requests are pruned
+    # sets: the queues registry, stale priority tokens
     "sadd",
+    "srem",
+    "scard",
     "smembers",
+    # the dashboard's bounded walk over one queue's workflow records, and their TTLs
+    "scan",
+    "pttl",
     # transactions (schedule and queue-default writes, all keys in one slot)
     "multi",
     "exec",

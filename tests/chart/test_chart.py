@@ -538,7 +538,11 @@ def test_rbac_has_no_wildcards(values: dict[str, Any]) -> None:
     for where, rule in rbac_rules(render(values)):
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], (where, rule)
-        assert "nonResourceURLs" not in rule and "resourceNames" not in rule, (where, rule)
+        assert "nonResourceURLs" not in rule, (where, rule)
+        # resourceNames only narrows a rule: the Lease rule names the operator's own Lease
+        if "resourceNames" in rule:
+            assert rule["resources"] == ["leases"], (where, rule)
+            assert rule["resourceNames"] and "*" not in rule["resourceNames"], (where, rule)
 
 
 def test_rbac_grants_exactly_what_the_operator_calls() -> None:

@@ -5,8 +5,11 @@ retry period; a standby takes it over only when it has seen no change of the Lea
 lease's duration *by its own clock* (``time.monotonic``), never by the ``renewTime`` another node
 wrote; every write carries the ``resourceVersion`` it read, so two replicas racing for the Lease
 cannot both win (the loser gets a 409). A leader that could not renew for the renew deadline
-(shorter than the lease) has lost: it stops before any standby may take over. The wall-clock
-times written in the Lease are for people reading it, never for deciding.
+(shorter than the lease) has lost: it stops before any standby may take over. Its deadline
+counts from when the winning request was sent (before the standby can have seen it), and is
+watched from a thread of its own, so neither the operator's start-up nor a busy event loop can
+stretch it. The wall-clock times written in the Lease are for people reading it, never for
+deciding.
 
 :class:`Elector` is the state machine (one attempt at a time, clock injected); :func:`lead`
 runs it: wait as a standby, run the operator while leading, release the Lease when the
@@ -20,6 +23,7 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import logging
+import math
 import random
 import signal
 import threading
@@ -104,6 +108,9 @@ class Elector:
         """When (by :attr:`clock`) the record last changed in our eyes."""
         self.attempted_at: float | None = None
         """When the last attempt ended, whatever its outcome (a standby's liveness)."""
+        self.won_at: float | None = None
+        """When the last attempt that won (acquired or renewed) started: its requests went out
+        after, so a standby saw that write after it too. The renew deadline counts from it."""
         self._lock = threading.Lock()
 
     @property
@@ -114,10 +121,14 @@ class Elector:
     def try_acquire_or_renew(self) -> bool:
         """One attempt: True when this replica holds the Lease now (acquired or renewed)."""
         with self._lock:
+            started = self.clock()
             try:
-                return self._attempt()
+                won = self._attempt()
             finally:
                 self.attempted_at = self.clock()
+            if won:
+                self.won_at = started
+            return won
 
     def _attempt(self) -> bool:
         now_text = micro_time()
@@ -230,7 +241,9 @@ class KubeLeaseStore:
 def _spec(record: LeaseRecord) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "holderIdentity": record.holder,
-        "leaseDurationSeconds": max(1, round(record.lease_duration_s)),
+        # An integer in the API: rounded up, so a standby never waits less than the leader's
+        # renew deadline (10.5 with a 10.2 deadline is 11, not 10)
+        "leaseDurationSeconds": max(1, math.ceil(record.lease_duration_s)),
         "leaseTransitions": record.transitions,
     }
     if record.acquire_time:
@@ -250,28 +263,54 @@ def _text(when: dt.datetime | str | None) -> str:
 
 
 class Campaign:
-    """Runs an :class:`Elector`'s attempts in a thread of its own, so the operator's own
-    blocking work (which fills the loop's default executor) never delays a renewal."""
+    """Runs an :class:`Elector`'s attempts in a thread of their own, so the operator's own
+    blocking work (which fills the loop's default executor) never delays a renewal, and keeps
+    the Lease from another thread, so a busy event loop (kopf starting up on a slow CPU) never
+    delays a renewal nor the stop at the renew deadline."""
 
     def __init__(self, elector: Elector) -> None:
         self.elector = elector
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shoal-lease")
+        self._keeper = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shoal-keep")
+        self._pending: concurrent.futures.Future[bool] | None = None
         self._last_error = ""
+
+    def _submit(self) -> concurrent.futures.Future[bool]:
+        """The attempt under way, or a new one: an attempt still hung on the API when the next
+        is due is waited for, not queued behind."""
+        if self._pending is None or self._pending.done():
+            self._pending = self._pool.submit(self.elector.try_acquire_or_renew)
+        return self._pending
+
+    def _failed(self, exc: BaseException, timeout_s: float) -> bool:
+        if isinstance(exc, TimeoutError):
+            error = f"no answer within {timeout_s:.3g}s"
+        else:
+            error = f"{type(exc).__name__}: {exc}".strip()
+        if error != self._last_error:
+            log.warning("cannot reach Lease %s: %s", self.lease, error.splitlines()[0])
+        self._last_error = error
+        return False
+
+    def _won(self, won: bool) -> bool:
+        self._last_error = ""
+        return won
 
     async def attempt(self, timeout_s: float) -> bool:
         """One attempt, False when it failed or took longer than ``timeout_s``."""
-        loop = asyncio.get_running_loop()
-        call = loop.run_in_executor(self._pool, self.elector.try_acquire_or_renew)
         try:
-            won = await asyncio.wait_for(call, timeout_s)
+            won = await asyncio.wait_for(asyncio.wrap_future(self._submit()), timeout_s)
         except Exception as exc:  # an API error, a timeout, a refused connection: one attempt
-            error = f"{type(exc).__name__}: {exc}".strip()
-            if error != self._last_error:
-                log.warning("cannot reach Lease %s: %s", self.lease, error.splitlines()[0])
-            self._last_error = error
-            return False
-        self._last_error = ""
-        return bool(won)
+            return self._failed(exc, timeout_s)
+        return self._won(won)
+
+    def attempt_blocking(self, timeout_s: float) -> bool:
+        """:meth:`attempt`, for a thread."""
+        try:
+            won = self._submit().result(timeout_s)
+        except Exception as exc:
+            return self._failed(exc, timeout_s)
+        return self._won(won)
 
     async def acquire(self, stopping: asyncio.Event) -> bool:
         """Try every retry period until this replica holds the Lease (True), or ``stopping``
@@ -289,24 +328,39 @@ class Campaign:
                 await asyncio.wait_for(stopping.wait(), pause)
         return False
 
-    async def keep(self) -> str:
-        """Renew every retry period while leading; return why leadership was lost."""
-        timing, clock = self.elector.timing, self.elector.clock
-        renewed_at = clock()
+    async def keep(self, on_lost: Callable[[str], None]) -> str:
+        """Renew every retry period while leading, from a thread of its own; when leadership
+        is lost, call ``on_lost(why)`` at once from that thread, then return why. Cancelled
+        (the operator stopped first): the thread ends at its next wake-up."""
+        stop = threading.Event()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._keeper, self._keep, on_lost, stop)
+        finally:
+            stop.set()
+
+    def _keep(self, on_lost: Callable[[str], None], stop: threading.Event) -> str:
+        timing, clock, elector = self.elector.timing, self.elector.clock, self.elector
+        deadline = timing.renew_deadline_s
+        renewed_at = elector.won_at if elector.won_at is not None else clock()
         while True:
-            await asyncio.sleep(timing.retry_period_s)
-            started = clock()
-            left = renewed_at + timing.renew_deadline_s - started
+            # Wake at the next renewal, or at the deadline if that comes first
+            if stop.wait(max(0.0, min(timing.retry_period_s, renewed_at + deadline - clock()))):
+                return ""
+            left = renewed_at + deadline - clock()
             if left <= 0:
-                return f"not renewed for {timing.renew_deadline_s:g}s"
-            if await self.attempt(left):
-                renewed_at = started  # conservative: the time before the request went out
+                why = f"not renewed for {deadline:g}s"
+                break
+            if self.attempt_blocking(left):
+                renewed_at = elector.won_at if elector.won_at is not None else renewed_at
                 continue
-            holder = self.elector.holder
-            if holder and holder != self.elector.identity:
-                return f"the Lease is held by {holder}"
-            if clock() - renewed_at >= timing.renew_deadline_s:
-                return f"not renewed for {timing.renew_deadline_s:g}s"
+            holder = elector.holder
+            if holder and holder != elector.identity:
+                why = f"the Lease is held by {holder}"
+                break
+        if not stop.is_set():
+            on_lost(why)
+        return why
 
     async def release(self) -> None:
         loop = asyncio.get_running_loop()
@@ -323,6 +377,7 @@ class Campaign:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._keeper.shutdown(wait=False, cancel_futures=True)
 
     @property
     def lease(self) -> str:
@@ -338,38 +393,47 @@ async def lead(
     on_role: Callable[[bool], Awaitable[None]],
     on_lost: Callable[[], NoReturn],
 ) -> None:
-    """Stand by until this replica holds the Lease, then ``run(stopping)`` (the operator) while
-    renewing it. SIGTERM or SIGINT set ``stopping``; when ``run`` returns, the Lease is
-    released. Leadership lost calls ``on_lost`` at once, ``run`` still running: the operator's
-    handlers may be mid-call in threads no one can stop, so the process must end there."""
+    """Stand by until this replica holds the Lease, then ``on_role(True)`` and ``run(stopping)``
+    (the operator) while renewing it. SIGTERM or SIGINT set ``stopping``; when ``run`` returns,
+    the Lease is released. The renewals start the moment the Lease is won, whatever
+    ``on_role`` and ``run`` take. Leadership lost calls ``on_lost`` at once, from the renewals'
+    thread, ``run`` still running: the operator's handlers may be mid-call in threads no one
+    can stop, and the event loop may be busy, so the process must end there."""
     elector = campaign.elector
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
+
+    def lost(why: str) -> None:
+        log.error(
+            "lost leadership of Lease %s (%s): exiting, so that Kubernetes restarts this "
+            "replica as a standby",
+            campaign.lease,
+            why,
+        )
+        on_lost()
+
     await on_role(False)
     try:
         if not await campaign.acquire(stopping):
             log.info("stopped while standing by")
             return
+        keeper = asyncio.create_task(campaign.keep(lost), name="lease renewal")
         log.info(
             "became the leader (Lease %s, identity %s): running the operator",
             campaign.lease,
             elector.identity,
         )
-        await on_role(True)
-        keeper = asyncio.create_task(campaign.keep(), name="lease renewal")
-        operator = asyncio.create_task(_run(run, stopping), name="operator")
+        operator = asyncio.create_task(_run(on_role, run, stopping), name="operator")
         await asyncio.wait({keeper, operator}, return_when=asyncio.FIRST_COMPLETED)
-        if keeper.done() and not operator.done():
-            log.error(
-                "lost leadership of Lease %s (%s): exiting, so that Kubernetes restarts this "
-                "replica as a standby",
-                campaign.lease,
-                keeper.result(),
-            )
-            on_lost()
+        if keeper.done() and not operator.done():  # on_lost returned or raised: a test's
+            operator.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await operator
+            keeper.result()
+            return
         keeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await keeper
@@ -382,5 +446,10 @@ async def lead(
         campaign.close()
 
 
-async def _run(run: Callable[[asyncio.Event], Awaitable[None]], stopping: asyncio.Event) -> None:
+async def _run(
+    on_role: Callable[[bool], Awaitable[None]],
+    run: Callable[[asyncio.Event], Awaitable[None]],
+    stopping: asyncio.Event,
+) -> None:
+    await on_role(True)
     await run(stopping)

@@ -86,7 +86,7 @@ async def _elected(settings: OperatorSettings) -> None:
 
     async def on_role(leading: bool) -> None:
         metrics.leading(leading)
-        if leading:
+        if leading:  # the Lease is renewed meanwhile: this cannot outlast leadership
             await health.stop()  # kopf's liveness endpoint takes the port
 
     async def operate(stopping: asyncio.Event) -> None:
@@ -126,6 +126,11 @@ async def _standby_metrics(
     return server
 
 
+STANDBY_SHUTDOWN_S = 1.0
+"""How long the standby's ``/healthz`` waits for a request in flight when this replica starts
+leading (its renewals run meanwhile: this only delays kopf's start)."""
+
+
 class StandbyHealth:
     """``/healthz`` on the liveness port while standing by: alive while the election loop
     attempts (an attempt ended within a lease duration), so a wedged standby is restarted."""
@@ -137,7 +142,9 @@ class StandbyHealth:
     async def start(self, port: int) -> None:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
-        runner = web.AppRunner(app, access_log=None)
+        # Stopping frees the port at once; a probe still in flight gets a second, not
+        # aiohttp's default minute, before kopf (which waits for it) takes the port over
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=STANDBY_SHUTDOWN_S)
         await runner.setup()
         try:
             await web.TCPSite(runner, "0.0.0.0", port).start()

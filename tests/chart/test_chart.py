@@ -334,6 +334,89 @@ def test_operator_replicas_elect_their_leader_on_a_lease_in_the_release_namespac
     ]
 
 
+def test_the_lease_role_reaches_only_the_operators_own_lease() -> None:
+    # get and update name the Lease; create cannot be limited by name (RBAC knows no name
+    # before the object exists), so it is a rule of its own; nothing else (no list, watch,
+    # patch, delete)
+    docs = render()
+    lease_name = env_of(operator_container(docs))["SHOAL_OPERATOR_LEASE_NAME"]
+    rules = one(docs, "Role", f"{RELEASE}-operator-leader-election")["rules"]
+    granted = {
+        (verb, name)
+        for rule in rules
+        for verb in rule["verbs"]
+        for name in rule.get("resourceNames", ["*"])
+    }
+    assert granted == {("get", lease_name), ("update", lease_name), ("create", "*")}
+    assert all(
+        rule["apiGroups"] == ["coordination.k8s.io"] and rule["resources"] == ["leases"]
+        for rule in rules
+    )
+
+    # A fullnameOverride renames the Lease and the rule alike
+    docs = render({"fullnameOverride": "ops"})
+    (deployment,) = find(docs, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    lease_name = env_of(container)["SHOAL_OPERATOR_LEASE_NAME"]
+    assert lease_name == "ops-operator"
+    (role,) = find(docs, "Role")
+    assert {n for r in role["rules"] for n in r.get("resourceNames", [])} == {lease_name}
+
+
+ELECTION_TIMINGS = [
+    # (leaseDurationSeconds, renewDeadlineSeconds, retryPeriodSeconds)
+    (15, 10, 2),
+    (15, 10, 9),  # renew deadline not above 1.2 retry periods
+    (15, 12, 10),  # exactly 1.2: refused
+    (10, 3, 2.5),  # exactly 1.2 again, with a fraction
+    (10, 3.1, 2.5),
+    (1, 0.5, 0.4),
+    (3, 2.4, 1.9),
+    (15, 15, 2),  # renew deadline not below the lease
+    (15, 16, 2),
+]
+
+
+@pytest.mark.parametrize(("lease", "renew", "retry"), ELECTION_TIMINGS)
+def test_the_chart_refuses_exactly_the_election_timings_the_operator_refuses(
+    lease: float, renew: float, retry: float
+) -> None:
+    env = {
+        "SHOAL_OPERATOR_LEADER_ELECTION": "true",
+        "SHOAL_OPERATOR_LEASE_DURATION": str(lease),
+        "SHOAL_OPERATOR_LEASE_RENEW_DEADLINE": str(renew),
+        "SHOAL_OPERATOR_LEASE_RETRY_PERIOD": str(retry),
+    }
+    try:
+        OperatorSettings.from_env(env)
+        accepted = True
+    except ValueError:
+        accepted = False
+    timings = {
+        "leaseDurationSeconds": lease,
+        "renewDeadlineSeconds": renew,
+        "retryPeriodSeconds": retry,
+    }
+    done = helm("template", RELEASE, str(CHART), values={"operator": {"leaderElection": timings}})
+    if accepted:
+        assert done.returncode == 0, done.stderr
+        docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+        OperatorSettings.from_env(env_of(operator_container(docs)))  # what the pod reads
+    else:
+        assert done.returncode != 0, f"the chart renders {timings}, which the operator refuses"
+        assert "operator.leaderElection" in done.stderr
+        assert "(e.g. 15, 10 and 2)" in done.stderr or "(e.g. 10 and 15)" in done.stderr
+
+
+def test_a_retry_period_set_on_the_command_line_is_checked_too() -> None:
+    done = helm(
+        "template", RELEASE, str(CHART), "--set", "operator.leaderElection.retryPeriodSeconds=9"
+    )
+    assert done.returncode != 0
+    assert "renewDeadlineSeconds (10) must be more than 1.2 x" in done.stderr
+    assert "retryPeriodSeconds (9)" in done.stderr
+
+
 def test_operator_replicas_prefer_different_nodes_and_a_budget_keeps_one() -> None:
     docs = render()
     deployment = one(docs, "Deployment", f"{RELEASE}-operator")
@@ -455,7 +538,11 @@ def test_rbac_has_no_wildcards(values: dict[str, Any]) -> None:
     for where, rule in rbac_rules(render(values)):
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], (where, rule)
-        assert "nonResourceURLs" not in rule and "resourceNames" not in rule, (where, rule)
+        assert "nonResourceURLs" not in rule, (where, rule)
+        # resourceNames only narrows a rule: the Lease rule names the operator's own Lease
+        if "resourceNames" in rule:
+            assert rule["resources"] == ["leases"], (where, rule)
+            assert rule["resourceNames"] and "*" not in rule["resourceNames"], (where, rule)
 
 
 def test_rbac_grants_exactly_what_the_operator_calls() -> None:

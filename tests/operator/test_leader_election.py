@@ -3,11 +3,23 @@ clock the test moves: who may take the Lease, when, and what each write carries.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import threading
+from types import SimpleNamespace
+from typing import Any, NoReturn
 
 import pytest
 
-from shoal_operator.leader import Elector, LeaseConflict, LeaseRecord, LeaseTiming
+from shoal_operator.leader import (
+    Campaign,
+    Elector,
+    KubeLeaseStore,
+    LeaseConflict,
+    LeaseRecord,
+    LeaseTiming,
+    lead,
+)
 from shoal_operator.settings import OperatorSettings
 
 TIMING = LeaseTiming(lease_duration_s=15, renew_deadline_s=10, retry_period_s=2)
@@ -20,6 +32,7 @@ class MemoryLease:
         self.record: LeaseRecord | None = None
         self.version = 0
         self.writes: list[LeaseRecord] = []
+        self.lock = threading.Lock()  # two replicas' threads share it in the race tests
 
     def get(self) -> tuple[LeaseRecord, str] | None:
         return None if self.record is None else (self.record, str(self.version))
@@ -30,9 +43,10 @@ class MemoryLease:
         return self._write(record)
 
     def update(self, record: LeaseRecord, resource_version: str) -> str:
-        if self.record is None or resource_version != str(self.version):
-            raise LeaseConflict("stale")
-        return self._write(record)
+        with self.lock:
+            if self.record is None or resource_version != str(self.version):
+                raise LeaseConflict("stale")
+            return self._write(record)
 
     def _write(self, record: LeaseRecord) -> str:
         self.record, self.version = record, self.version + 1
@@ -220,6 +234,135 @@ def test_bad_election_settings_say_what_to_set(env: dict[str, str], needle: str)
     assert needle in str(error.value)
 
 
+class CapturingLeaseApi:
+    """Stands in for ``CoordinationV1Api``: keeps the bodies written."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+
+    def create_namespaced_lease(self, namespace: str, body: dict[str, Any], **_: Any) -> Any:
+        self.bodies.append(body)
+        return SimpleNamespace(metadata=SimpleNamespace(resource_version="1"))
+
+
+@pytest.mark.parametrize(("duration", "written"), [(10.5, 11), (10.2, 11), (15, 15), (0.2, 1)])
+def test_a_fractional_lease_duration_is_written_rounded_up(duration: float, written: int) -> None:
+    # leaseDurationSeconds is an integer: rounded down (10.5 -> 10 half-even), a standby
+    # could wait less than the leader's renew deadline (10.2 is allowed with 10.5)
+    settings = OperatorSettings.from_env(
+        {
+            "SHOAL_OPERATOR_LEADER_ELECTION": "true",
+            "SHOAL_OPERATOR_LEASE_DURATION": str(duration),
+            "SHOAL_OPERATOR_LEASE_RENEW_DEADLINE": str(duration * 0.9),
+            "SHOAL_OPERATOR_LEASE_RETRY_PERIOD": str(duration * 0.1),
+        }
+    )
+    api = CapturingLeaseApi()
+    store = KubeLeaseStore(api, "ops", "default", 1.0)  # type: ignore[arg-type]
+    store.create(LeaseRecord("a", settings.lease_duration_s))
+    (body,) = api.bodies
+    assert body["spec"]["leaseDurationSeconds"] == written
+    assert body["spec"]["leaseDurationSeconds"] >= settings.lease_duration_s
+
+
 def test_timing_bounds_each_call_by_half_the_renew_deadline() -> None:
     assert TIMING.request_timeout_s == 5
     assert dataclasses.replace(TIMING, renew_deadline_s=1.5).request_timeout_s == 1
+
+
+# --- two replicas racing in real time (Campaign and lead, as the operator runs them) --------
+
+
+class Partitioned:
+    """One replica's way to a shared :class:`MemoryLease`; once ``cut``, every call fails as
+    it would for a replica cut off from the API server."""
+
+    def __init__(self, lease: MemoryLease) -> None:
+        self.lease, self.cut = lease, False
+
+    def _reach(self) -> None:
+        if self.cut:
+            raise OSError("cut off from the API server")
+
+    def get(self) -> tuple[LeaseRecord, str] | None:
+        self._reach()
+        return self.lease.get()
+
+    def create(self, record: LeaseRecord) -> str:
+        self._reach()
+        with self.lease.lock:
+            return self.lease.create(record)
+
+    def update(self, record: LeaseRecord, resource_version: str) -> str:
+        self._reach()
+        return self.lease.update(record, resource_version)
+
+
+class Lost(Exception):
+    """What the test's ``on_lost`` raises where the operator's ends the process."""
+
+
+async def race(timing: LeaseTiming, on_role_s: float) -> list[str]:
+    """a acquires the Lease and is cut off from the API at once, its ``on_role(True)`` taking
+    ``on_role_s``; b stands by (retrying every 0.1 s). The events, in order, until b leads."""
+    lease, events = MemoryLease(), list[str]()
+    to_a = Partitioned(lease)
+    b_leads = asyncio.Event()
+
+    async def on_role_a(leading: bool) -> None:
+        if leading:
+            to_a.cut = True
+            await asyncio.sleep(on_role_s)  # e.g. the standby's health server closing slowly
+
+    async def run_a(stopping: asyncio.Event) -> None:
+        events.append("a operates")
+        await asyncio.Event().wait()
+
+    def lost_a() -> NoReturn:
+        events.append("a stops")
+        raise Lost
+
+    async def on_role_b(leading: bool) -> None:
+        if leading:
+            events.append("b leads")
+            b_leads.set()
+
+    async def run_b(stopping: asyncio.Event) -> None:
+        await asyncio.Event().wait()
+
+    def lost_b() -> NoReturn:
+        raise AssertionError("b lost the Lease")
+
+    a = Campaign(Elector(to_a, "a", timing))
+    b = Campaign(Elector(Partitioned(lease), "b", dataclasses.replace(timing, retry_period_s=0.1)))
+    tasks = [asyncio.create_task(lead(a, run_a, on_role=on_role_a, on_lost=lost_a))]
+    while lease.record is None:
+        await asyncio.sleep(0.01)
+    tasks.append(asyncio.create_task(lead(b, run_b, on_role=on_role_b, on_lost=lost_b)))
+    try:
+        await asyncio.wait_for(b_leads.wait(), 30)
+    finally:
+        for task in tasks:
+            task.cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert not [o for o in outcomes if not isinstance(o, Lost | asyncio.CancelledError | None)]
+    return events
+
+
+def test_the_renew_deadline_counts_from_the_winning_request_not_from_the_leaders_start() -> None:
+    # Given a leader whose start-up (on_role) outlasts lease - renew deadline, cut off from
+    # the API as soon as it won: its deadline ran out during that start-up
+    timing = LeaseTiming(lease_duration_s=1.5, renew_deadline_s=0.5, retry_period_s=0.1)
+
+    # Then it stops before the standby may take over (one lease after it saw a's write),
+    # and never runs the operator
+    assert asyncio.run(race(timing, on_role_s=2.0)) == ["a stops", "b leads"]
+
+
+def test_a_leader_stops_at_its_renew_deadline_not_at_the_next_retry_after_it() -> None:
+    # Given a retry period close to the renew deadline, and a lease little longer: after a
+    # failed renewal the next try would come after the deadline, even after the lease
+    timing = LeaseTiming(lease_duration_s=2.5, renew_deadline_s=2.0, retry_period_s=1.6)
+
+    # Then the leader stops at its deadline, before the standby takes over
+    assert asyncio.run(race(timing, on_role_s=0)) == ["a operates", "a stops", "b leads"]

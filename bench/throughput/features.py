@@ -127,11 +127,15 @@ def expected_proof(feature: str, n: int) -> dict[str, Any]:
 
 # ---- the report ----------------------------------------------------------------------------
 
-COLUMNS = [("noop_rate", "tasks/s", ",.0f"), ("cpu_ms_per_task", "CPU ms/task", ".3f")]
+COLUMNS = [
+    ("noop_rate", "tasks/s", ",.0f"),
+    ("cpu_ms_per_task", "CPU ms/task", ".3f"),
+    ("redis_cpu_ms_per_task", "Redis CPU ms/task", ".3f"),
+]
 
 
 def spread(runs: list[dict[str, Any]], key: str) -> float | None:
-    """½ (max − min) / median of one row's runs: a ratio closer to 1 than this is noise."""
+    """½ (max - min) / median of one row's runs: a ratio closer to 1 than this is noise."""
     values = [r[key] for r in runs if r.get(key) is not None]
     if len(values) < 2:
         return None
@@ -265,10 +269,8 @@ def markdown(data: dict[str, Any], runs: int, baseline_rev: str) -> str:
     ]
     for label, cells, faults in _table_rows(data, baseline_rev):
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {faults} |")
-    spread_cells = [
-        fmt(None if v is None else 100 * v, ".0f").replace("n/a", "-")
-        for v in (data["spread"].get(f"{k}:{key}") for k in ("sync", "async") for key, _, _ in COLUMNS)
-    ]
+    spreads = [data["spread"].get(f"{k}:{key}") for k in ("sync", "async") for key, _, _ in COLUMNS]
+    spread_cells = [fmt(None if v is None else 100 * v, ".0f").replace("n/a", "-") for v in spreads]
     lines.append(
         "| *run-to-run spread (± half the range)* | "
         + " | ".join(f"±{c} %" if c != "-" else c for c in spread_cells)

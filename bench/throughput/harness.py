@@ -20,9 +20,9 @@ from rich.console import Console
 import features
 import report
 from common import median_or_none, redis_server
+from features import FEATURE_SPECS
 from otlp import Receiver
 from scenarios import HERE, PeerRun, Settings
-from features import FEATURE_SPECS
 from specs import COMMON_PACKAGES, REPO, SPECS, VENVS, PeerSpec
 
 RESULTS = REPO / "bench" / "results"
@@ -35,6 +35,7 @@ METRICS = [
     "io_drain_s",
     "cpu_ms_per_task",
     "queue_cpu_ms_per_task",
+    "redis_cpu_ms_per_task",
     "body_cpu_ms",
     "peak_rss_mb",
 ]
@@ -120,6 +121,23 @@ def snapshot_shoal(rev: str | None, slot: str = "tree") -> tuple[Path, str]:
     return dest / "runtime", f"working tree @ {head or 'no commit'}{' + edits' if dirty else ''}"
 
 
+def shoal_sources(
+    specs: dict[str, PeerSpec], args: argparse.Namespace
+) -> dict[bool, tuple[Path, str]]:
+    """Snapshot the runtime(s) the Shoal rows import (``--shoal-rev`` or the tree, and
+    ``--baseline-rev`` for baseline rows) and point those rows at them, in place. Returns
+    baseline? -> (the copy, its description)."""
+    sources: dict[bool, tuple[Path, str]] = {}
+    for name, spec in specs.items():
+        if spec.venv != "shoal":
+            continue
+        if spec.baseline not in sources:
+            rev = args.baseline_rev if spec.baseline else args.shoal_rev
+            sources[spec.baseline] = snapshot_shoal(rev, "baseline" if spec.baseline else "tree")
+        specs[name] = replace(spec, extra_pythonpath=[sources[spec.baseline][0]])
+    return sources
+
+
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     agg: dict[str, Any] = {m: median_or_none([r.get(m) for r in runs]) for m in METRICS}
     agg["lost"] = sum(r.get("lost", 0) for r in runs)
@@ -175,14 +193,7 @@ def run_bench(args: argparse.Namespace, ensure_venv: Callable[..., None]) -> int
 
     table = FEATURE_SPECS if args.features else SPECS
     specs = {name: table[name] for name in names}
-    sources: dict[bool, tuple[Path, str]] = {}  # baseline? -> (runtime copy, its description)
-    for name, spec in specs.items():
-        if spec.venv != "shoal":
-            continue
-        if spec.baseline not in sources:
-            rev = args.baseline_rev if spec.baseline else args.shoal_rev
-            sources[spec.baseline] = snapshot_shoal(rev, "baseline" if spec.baseline else "tree")
-        specs[name] = replace(spec, extra_pythonpath=[sources[spec.baseline][0]])
+    sources = shoal_sources(specs, args)
     peers: dict[str, dict[str, Any]] = {}
     for name in names:
         with console.status(f"preparing {name} venv"):
@@ -245,12 +256,16 @@ def report_features(
 ) -> int:
     """The features step's table, its Markdown and the JSON (see :mod:`features`)."""
     data = features.summary(peers)
-    console.print(features.render(data, args.runs, args.baseline_rev))
-    bad = [n for n, e in peers.items() if e.get("median", {}).get("lost") or
-           e.get("median", {}).get("duplicated")]
+    runs = min((len(e["runs"]) for e in peers.values() if "runs" in e), default=0)
+    console.print(features.render(data, runs, args.baseline_rev))
+    bad = [
+        n
+        for n, e in peers.items()
+        if e.get("median", {}).get("lost") or e.get("median", {}).get("duplicated")
+    ]
     if bad:
         console.print(f"[red]exactly-once check failed for: {', '.join(bad)}")
-    table_md = features.markdown(data, args.runs, args.baseline_rev)
+    table_md = features.markdown(data, runs, args.baseline_rev)
     console.print("\nMarkdown for bench/README.md:\n", markup=False, highlight=False)
     print(table_md, flush=True)
     info = meta(args, settings, stamp, interrupted)

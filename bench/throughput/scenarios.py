@@ -16,8 +16,9 @@ E. call the task body alone (its bookkeeping round trip) N times in one process 
    minus it: what the queue itself costs per task, the body every peer runs taken out (an async
    body awaited one at a time costs more than the same body among many: no figure for those).
 F. (features rows only, instead of A-E) pre-fill N tasks with the row's feature
-   (``BENCH_FEATURE``, see :mod:`features`), drain them -> ``noop_rate``, ``cpu_ms_per_task``;
-   exactly-once check; ``feature_proof``: what Redis shows that the feature was on.
+   (``BENCH_FEATURE``, see :mod:`features`), drain them -> ``noop_rate``, ``cpu_ms_per_task``,
+   ``redis_cpu_ms_per_task`` (the redis-server's CPU over the drain); exactly-once check;
+   ``feature_proof``: what Redis shows that the feature was on.
 
 Peak RSS is the largest sum of RSS over the worker process trees seen in A, C and D.
 
@@ -357,7 +358,12 @@ class PeerRun:
         enq = self.driver("bulk", run, "--n", str(n), "--batch", str(self.settings.batch))
         self.result["bulk_rate"] = n / enq["elapsed"]
         proof = self.feature_proof(before_drain=True)
+        redis_cpu = self.redis_cpu_s()
         drained = self.drain_noop("F", run, n)
+        # Redis's own CPU (the Lua scripts: fetch.lua's clock and priority paths, throttle.lua)
+        # from the workers' start to the end of the quiet period; the bookkeeping round trips
+        # and the harness's polling are the same in every row.
+        self.result["redis_cpu_ms_per_task"] = 1000 * (self.redis_cpu_s() - redis_cpu) / n
         self.result["noop_rate"] = drained["rate"]
         self.result["noop_tasks"] = n
         self.result["worker_procs"] = drained["worker_procs"]
@@ -365,7 +371,7 @@ class PeerRun:
             self.result["cpu_ms_per_task"] = drained["cpu_ms_per_task"]
         proof.update(self.feature_proof(before_drain=False))
         self.result["feature_proof"] = proof
-        from features import expected_proof  # noqa: PLC0415 (features -> report -> scenarios)
+        from features import expected_proof
 
         assert self.spec.feature is not None
         wanted = expected_proof(self.spec.feature, n)
@@ -374,6 +380,11 @@ class PeerRun:
             self.errors["feature"] = "not as configured: " + ", ".join(
                 f"{k}={got!r} (expected {want!r})" for k, (got, want) in wrong.items()
             )
+
+    def redis_cpu_s(self) -> float:
+        """CPU seconds the redis-server has used (user + system), from ``INFO cpu``."""
+        info = self.book.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
     def feature_proof(self, before_drain: bool) -> dict[str, Any]:
         """What Redis (db 0, Shoal's default key prefix) shows of the row's feature: before the

@@ -44,7 +44,7 @@ def build(asynchronous: bool) -> tuple[App, Any, type]:
     options: dict[str, Any] = {"rate_limit": NEVER_BINDS} if which == "task-rate" else {}
     progress: Any = None
     if which == "progress":
-        from shoal import progress  # noqa: PLC0415 (a runtime without it never gets here)
+        from shoal import progress
 
     if asynchronous:
 

@@ -192,6 +192,9 @@ def main() -> None:
         "first revision only",
     )
     parser.add_argument("--n", type=int, default=1000, help="tasks of the small drain (5x: big)")
+    parser.add_argument(
+        "--keep", type=Path, help="keep callgrind's output files here (for callgrind_annotate)"
+    )
     parser.add_argument("--child", choices=("prefill", "drain"), help=argparse.SUPPRESS)
     parser.add_argument("--feature", default="off", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -217,6 +220,10 @@ def main() -> None:
                     for mode in modes:
                         small = count(runtime, port, feature, mode, args.n, tmp)
                         big = count(runtime, port, feature, mode, 5 * args.n, tmp)
+                        if args.keep is not None:
+                            args.keep.mkdir(parents=True, exist_ok=True)
+                            for out in tmp.glob(f"callgrind-{feature}-{mode}-*.out"):
+                                out.rename(args.keep / f"{rev}-{out.name}")
                         per_task = (big - small) / (4 * args.n)
                         rows.append((rev, feature, mode, per_task))
                         print(

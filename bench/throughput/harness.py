@@ -17,8 +17,10 @@ from typing import Any
 
 from rich.console import Console
 
+import features
 import report
 from common import median_or_none, redis_server
+from features import FEATURE_SPECS
 from otlp import Receiver
 from scenarios import HERE, PeerRun, Settings
 from specs import COMMON_PACKAGES, REPO, SPECS, VENVS, PeerSpec
@@ -33,6 +35,7 @@ METRICS = [
     "io_drain_s",
     "cpu_ms_per_task",
     "queue_cpu_ms_per_task",
+    "redis_cpu_ms_per_task",
     "body_cpu_ms",
     "peak_rss_mb",
 ]
@@ -85,11 +88,12 @@ def prepare(spec: PeerSpec, ensure_venv: Callable[..., None], log_dir: Path) -> 
     return {"versions": versions}
 
 
-def snapshot_shoal(rev: str | None) -> tuple[Path, str]:
+def snapshot_shoal(rev: str | None, slot: str = "tree") -> tuple[Path, str]:
     """Copy ``runtime/`` (the working tree, or ``rev`` via ``git archive``) out of the repo, so
-    that edits made while the bench runs cannot change what it measures. Returns the directory
+    that edits made while the bench runs cannot change what it measures; ``slot`` names the
+    copy (the features step holds two: the tree's and the baseline's). Returns the directory
     to put on PYTHONPATH and a description of the source."""
-    dest = VENVS / "_shoal_src"
+    dest = VENVS / "_shoal_src" / slot
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     git = ["git", "-C", str(REPO)]
@@ -117,6 +121,23 @@ def snapshot_shoal(rev: str | None) -> tuple[Path, str]:
     return dest / "runtime", f"working tree @ {head or 'no commit'}{' + edits' if dirty else ''}"
 
 
+def shoal_sources(
+    specs: dict[str, PeerSpec], args: argparse.Namespace
+) -> dict[bool, tuple[Path, str]]:
+    """Snapshot the runtime(s) the Shoal rows import (``--shoal-rev`` or the tree, and
+    ``--baseline-rev`` for baseline rows) and point those rows at them, in place. Returns
+    baseline? -> (the copy, its description)."""
+    sources: dict[bool, tuple[Path, str]] = {}
+    for name, spec in specs.items():
+        if spec.venv != "shoal":
+            continue
+        if spec.baseline not in sources:
+            rev = args.baseline_rev if spec.baseline else args.shoal_rev
+            sources[spec.baseline] = snapshot_shoal(rev, "baseline" if spec.baseline else "tree")
+        specs[name] = replace(spec, extra_pythonpath=[sources[spec.baseline][0]])
+    return sources
+
+
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     agg: dict[str, Any] = {m: median_or_none([r.get(m) for r in runs]) for m in METRICS}
     agg["lost"] = sum(r.get("lost", 0) for r in runs)
@@ -140,9 +161,13 @@ def run_all(
     settings: Settings,
     log_dir: Path,
     receiver: Receiver | None,
+    rotate: bool = False,
 ) -> None:
     for run in range(runs):
-        for n in ready:  # interleave peers so that drift hits everyone alike
+        # Interleave peers so that drift hits everyone alike; ``rotate`` (the features rows)
+        # also starts each run one row later, so the same row is not always first.
+        start = run % len(ready) if rotate and ready else 0
+        for n in ready[start:] + ready[:start]:
             t0 = time.monotonic()
             with console.status(f"run {run + 1}/{runs}: {n}"):
                 peer_run = PeerRun(specs[n], port, settings, log_dir, f"r{run}", receiver=receiver)
@@ -166,19 +191,15 @@ def run_bench(args: argparse.Namespace, ensure_venv: Callable[..., None]) -> int
     out_path: Path = args.out or RESULTS / f"throughput-{stamp}.json"
     names = args.peers.split(",")
 
-    specs = {name: SPECS[name] for name in names}
-    shoal_source = None
-    if any(spec.venv == "shoal" for spec in specs.values()):
-        path, shoal_source = snapshot_shoal(args.shoal_rev)
-        for name, spec in specs.items():
-            if spec.venv == "shoal":
-                specs[name] = replace(spec, extra_pythonpath=[path])
+    table = FEATURE_SPECS if args.features else SPECS
+    specs = {name: table[name] for name in names}
+    sources = shoal_sources(specs, args)
     peers: dict[str, dict[str, Any]] = {}
     for name in names:
         with console.status(f"preparing {name} venv"):
             peers[name] = prepare(specs[name], ensure_venv, log_dir)
         if specs[name].venv == "shoal" and "versions" in peers[name]:
-            peers[name]["versions"]["shoal"] = shoal_source
+            peers[name]["versions"]["shoal"] = sources[specs[name].baseline][1]
         if "error" in peers[name]:
             console.print(f"[red]{name}: {peers[name]['error']}")
 
@@ -196,12 +217,16 @@ def run_bench(args: argparse.Namespace, ensure_venv: Callable[..., None]) -> int
             console.print(f"redis-server on 127.0.0.1:{port}; logs in {log_dir}")
             if receiver is not None:
                 console.print(f"OTLP/HTTP receiver for the traced rows: {receiver.endpoint}")
-            run_all(specs, args.runs, ready, peers, port, settings, log_dir, receiver)
+            run_all(
+                specs, args.runs, ready, peers, port, settings, log_dir, receiver, args.features
+            )
     except KeyboardInterrupt:
         interrupted = True
         console.print("[red]interrupted: reporting the runs completed so far")
     for n in ready:
         peers[n]["median"] = aggregate(peers[n]["runs"])
+    if args.features:
+        return report_features(args, peers, settings, out_path, stamp, interrupted)
 
     console.print(report.render(peers, settings, args.runs, specs))
     costs = report.tracing_costs(peers, specs)
@@ -213,31 +238,63 @@ def run_bench(args: argparse.Namespace, ensure_venv: Callable[..., None]) -> int
     table_md = report.markdown(peers, settings, specs, costs)
     console.print("\nMarkdown for README.md:\n", markup=False, highlight=False)
     print(table_md, flush=True)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(
-        json.dumps(
-            {
-                "meta": {
-                    "time": stamp,
-                    "interrupted": interrupted,
-                    "runs": args.runs,
-                    "quick": args.quick,
-                    "settings": vars(settings),
-                    "cpus": os.cpu_count(),
-                    "machine": platform.platform(),
-                    "python": platform.python_version(),
-                    "redis": redis_version(),
-                },
-                "peers": peers,
-                "tracing_costs": costs,
-                "markdown": table_md,
-            },
-            indent=2,
-            default=str,
-        )
+    write_json(
+        out_path,
+        meta(args, settings, stamp, interrupted),
+        {"peers": peers, "tracing_costs": costs, "markdown": table_md},
     )
-    console.print(f"results: {out_path}")
     return 0
+
+
+def report_features(
+    args: argparse.Namespace,
+    peers: dict[str, dict[str, Any]],
+    settings: Settings,
+    out_path: Path,
+    stamp: str,
+    interrupted: bool,
+) -> int:
+    """The features step's table, its Markdown and the JSON (see :mod:`features`)."""
+    data = features.summary(peers)
+    runs = min((len(e["runs"]) for e in peers.values() if "runs" in e), default=0)
+    console.print(features.render(data, runs, args.baseline_rev))
+    bad = [
+        n
+        for n, e in peers.items()
+        if e.get("median", {}).get("lost") or e.get("median", {}).get("duplicated")
+    ]
+    if bad:
+        console.print(f"[red]exactly-once check failed for: {', '.join(bad)}")
+    table_md = features.markdown(data, runs, args.baseline_rev)
+    console.print("\nMarkdown for bench/README.md:\n", markup=False, highlight=False)
+    print(table_md, flush=True)
+    info = meta(args, settings, stamp, interrupted)
+    info["baseline_rev"] = args.baseline_rev
+    write_json(out_path, info, {"peers": peers, "features": data, "markdown": table_md})
+    return 0
+
+
+def meta(
+    args: argparse.Namespace, settings: Settings, stamp: str, interrupted: bool
+) -> dict[str, Any]:
+    return {
+        "time": stamp,
+        "interrupted": interrupted,
+        "runs": args.runs,
+        "quick": args.quick,
+        "settings": vars(settings),
+        "cpus": os.cpu_count(),
+        "machine": platform.platform(),
+        "python": platform.python_version(),
+        "redis": redis_version(),
+        "loadavg_at_end": os.getloadavg(),
+    }
+
+
+def write_json(path: Path, info: dict[str, Any], body: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": info, **body}, indent=2, default=str))
+    console.print(f"results: {path}")
 
 
 def redis_version() -> str:

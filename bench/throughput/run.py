@@ -63,14 +63,28 @@ def bootstrap() -> None:
     os.execv(python, [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
 
 
-def parse_args(argv: list[str], peer_names: list[str]) -> argparse.Namespace:
+def parse_args(
+    argv: list[str], peer_names: list[str], feature_names: list[str], baseline_rev: str
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--peers",
-        default=",".join(peer_names),
-        help=f"comma-separated subset of: {','.join(peer_names)}",
+        help=f"comma-separated subset of: {','.join(peer_names)} (default: all); with "
+        f"--features, of: {','.join(feature_names)}",
+    )
+    parser.add_argument(
+        "--features",
+        action="store_true",
+        help="instead of the peers: what each flow and task control feature costs off and "
+        "on (Shoal sync and async no-op drains, the off rows also at --baseline-rev)",
+    )
+    parser.add_argument(
+        "--baseline-rev",
+        default=baseline_rev,
+        help="with --features: the git revision whose runtime the off rows are compared with "
+        f"(default {baseline_rev}, before the features)",
     )
     parser.add_argument("--runs", type=int, default=3, help="runs per peer; medians reported")
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke test")
@@ -95,7 +109,9 @@ def parse_args(argv: list[str], peer_names: list[str]) -> argparse.Namespace:
         "(e.g. HEAD) instead of the working tree's runtime/",
     )
     args = parser.parse_args(argv)
-    unknown = set(args.peers.split(",")) - set(peer_names)
+    names = feature_names if args.features else peer_names
+    args.peers = args.peers or ",".join(names)
+    unknown = set(args.peers.split(",")) - set(names)
     if unknown:
         parser.error(f"unknown peers: {', '.join(sorted(unknown))}")
     return args
@@ -112,10 +128,11 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     sys.path.insert(0, str(HERE))
-    from harness import run_bench  # after bootstrap(): needs the harness venv
+    from features import BASELINE_REV, FEATURE_SPECS  # after bootstrap(): the harness venv
+    from harness import run_bench
     from specs import SPECS
 
-    args = parse_args(sys.argv[1:], list(SPECS))
+    args = parse_args(sys.argv[1:], list(SPECS), list(FEATURE_SPECS), BASELINE_REV)
     return run_bench(args, ensure_venv)
 
 

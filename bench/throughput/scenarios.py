@@ -15,6 +15,10 @@ E. call the task body alone (its bookkeeping round trip) N times in one process 
    venv -> ``body_cpu_ms``; for sync bodies ``queue_cpu_ms_per_task`` is ``cpu_ms_per_task``
    minus it: what the queue itself costs per task, the body every peer runs taken out (an async
    body awaited one at a time costs more than the same body among many: no figure for those).
+F. (features rows only, instead of A-E) pre-fill N tasks with the row's feature
+   (``BENCH_FEATURE``, see :mod:`features`), drain them -> ``noop_rate``, ``cpu_ms_per_task``,
+   ``redis_cpu_ms_per_task`` (the redis-server's CPU over the drain); exactly-once check;
+   ``feature_proof``: what Redis shows that the feature was on.
 
 Peak RSS is the largest sum of RSS over the worker process trees seen in A, C and D.
 
@@ -113,6 +117,8 @@ class PeerRun:
             if not k.startswith(("PYTHON", "VIRTUAL_ENV", "OTEL_", "BENCH_"))
         }
         env.update(self.tracing_env())
+        if self.spec.feature is not None:
+            env["BENCH_FEATURE"] = self.spec.feature
         env.update(
             BENCH_BROKER_URL=broker,
             BENCH_BOOK_URL=f"redis://127.0.0.1:{self.port}/1",
@@ -345,6 +351,61 @@ class PeerRun:
         records = self.verify("D", run, s.io_tasks)
         self.result["io_drain_s"] = max(r[3] for r in records) - min(r[1] for r in records)
 
+    def step_features(self) -> None:
+        n = self.noop_count()
+        run = f"{self.run_id}-F"
+        self.flush()
+        enq = self.driver("bulk", run, "--n", str(n), "--batch", str(self.settings.batch))
+        self.result["bulk_rate"] = n / enq["elapsed"]
+        proof = self.feature_proof(before_drain=True)
+        redis_cpu = self.redis_cpu_s()
+        drained = self.drain_noop("F", run, n)
+        # Redis's own CPU (the Lua scripts: fetch.lua's clock and priority paths, throttle.lua)
+        # from the workers' start to the end of the quiet period; the bookkeeping round trips
+        # and the harness's polling are the same in every row.
+        self.result["redis_cpu_ms_per_task"] = 1000 * (self.redis_cpu_s() - redis_cpu) / n
+        self.result["noop_rate"] = drained["rate"]
+        self.result["noop_tasks"] = n
+        self.result["worker_procs"] = drained["worker_procs"]
+        if "cpu_ms_per_task" in drained:
+            self.result["cpu_ms_per_task"] = drained["cpu_ms_per_task"]
+        proof.update(self.feature_proof(before_drain=False))
+        self.result["feature_proof"] = proof
+        from features import expected_proof
+
+        assert self.spec.feature is not None
+        wanted = expected_proof(self.spec.feature, n)
+        wrong = {k: (proof[k], v) for k, v in wanted.items() if proof[k] != v}
+        if wrong:
+            self.errors["feature"] = "not as configured: " + ", ".join(
+                f"{k}={got!r} (expected {want!r})" for k, (got, want) in wrong.items()
+            )
+
+    def redis_cpu_s(self) -> float:
+        """CPU seconds the redis-server has used (user + system), from ``INFO cpu``."""
+        info = self.book.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    def feature_proof(self, before_drain: bool) -> dict[str, Any]:
+        """What Redis (db 0, Shoal's default key prefix) shows of the row's feature: before the
+        drain the prioritized messages and a sample of envelopes, after it the rate clocks, the
+        queue's config and the progress reports."""
+        r = redis.Redis(port=self.port, db=0)
+        base = "shoal:{bench}:"
+        if before_drain:
+            sample = r.hrandfield(base + "messages", 20, withvalues=True) or []
+            bodies = sample[1::2]
+            return {
+                "ready_before_drain": r.zcard(base + "ready"),
+                "expires_in_sample": bool(bodies) and all(b"expires_at" in b for b in bodies),
+            }
+        return {
+            "queue_rate_config": r.hget(base + "config", "rate_limit") is not None,
+            "queue_clock": r.hexists(base + "rate", "queue"),
+            "task_clock": r.hexists(base + "rate", "task:work"),
+            "progress_reports": sum(1 for _ in r.scan_iter(base + "progress:*", count=1000)),
+        }
+
     def count_spans(self, receiver: Receiver) -> None:
         """What reached the receiver during this run; a traced row that exported nothing, or
         traced only one side, did not measure what it claims to."""
@@ -379,6 +440,8 @@ class PeerRun:
             ("D", self.step_io),
             ("E", self.step_body),
         ]
+        if self.spec.feature is not None:
+            steps = [("F", self.step_features)]
         for name, step in steps:
             try:
                 step()

@@ -48,6 +48,8 @@ class PeerSpec:
     label: str = ""  # the README table's name; ``{v}`` is the first dist's major.minor
     tracing: float | None = None  # fraction of traces sampled; None: no tracing at all
     twin: str | None = None  # the same set-up untraced: a traced row's costs are relative to it
+    feature: str | None = None  # a features row (``--features``): BENCH_FEATURE, see features.py
+    baseline: bool = False  # a features row run on ``--baseline-rev`` instead of the tree
 
     def title(self, versions: dict[str, str]) -> str:
         version = versions.get(self.dists[0], "") if self.dists else ""

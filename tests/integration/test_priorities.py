@@ -87,6 +87,24 @@ def test_order_is_by_priority_then_age_and_waiting_counts_exactly(
     assert app.broker.redis.llen(app.broker.keys("order").waiting) == 0
 
 
+def test_messages_of_one_priority_keep_their_enqueue_order_within_a_millisecond(
+    make_app: Callable[..., App], worker: Any
+) -> None:
+    app = make_app()
+    order: list[int] = []
+
+    @app.task(queue="same")
+    def step(n: int) -> None:
+        order.append(n)
+
+    urgent = step.with_options(priority=1)
+    urgent.enqueue_many([(n,) for n in range(50)])  # one script call: one millisecond
+    for n in range(50, 80):
+        urgent.enqueue(n)
+    worker(app, ["same"], concurrency=1)
+    assert order == list(range(80))
+
+
 def test_a_random_mix_runs_exactly_once_and_leaves_nothing_behind(
     make_app: Callable[..., App], worker: Any
 ) -> None:

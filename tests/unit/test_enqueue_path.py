@@ -125,7 +125,12 @@ class FakeBroker:
         self.sent: list[tuple[str, list[Outgoing]]] = []
 
     def enqueue(
-        self, queue: str, items: Sequence[Outgoing], *, task: str | None = None
+        self,
+        queue: str,
+        items: Sequence[Outgoing],
+        *,
+        task: str | None = None,
+        priority_ms: int | None = None,
     ) -> list[str]:
         self.sent.append((queue, list(items)))
         return [message_id for message_id, *_ in items]

@@ -40,7 +40,12 @@ local was_empty = false
 local stored = 0
 local ids = {}
 local offset = tonumber(ARGV[6])
+-- Scores of one millisecond keep their enqueue order: a per-queue sequence adds thousandths
+-- (a double holds them exactly at today's times); ids are random within a millisecond.
+local count = (#ARGV - 6) / 4
+local seq = offset and redis.call('HINCRBY', KEYS[4], 'ordered', count) - count or 0
 for i = 7, #ARGV, 4 do
+  seq = seq + 1
   local id, delay, dedupe = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 3]
   local holder = dedupe ~= '' and redis.call('HGET', KEYS[5], dedupe)
   if redis.call('HEXISTS', KEYS[2], id) == 1 then
@@ -56,7 +61,7 @@ for i = 7, #ARGV, 4 do
       -- LPUSH returns the new length: 1 on the first push means the list was empty
       local token = now .. ':' .. id
       local length = redis.call('LPUSH', KEYS[1], token)
-      if offset then redis.call('ZADD', KEYS[6], now + offset, token) end
+      if offset then redis.call('ZADD', KEYS[6], now + offset + (seq % 1000) / 1000, token) end
       if pushed == 0 and length == 1 then was_empty = true end
       pushed = pushed + 1
     end

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from processes import WorkerProcess, worker_env
 
+from shoal import App
+
 
 @pytest.fixture
 def worker_process(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
@@ -28,3 +30,14 @@ def worker_process(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     finally:
         for proc in started:
             proc.kill()
+
+
+@pytest.fixture
+def producer(redis_url: str) -> Iterator[App]:
+    """An App that enqueues the tasks of a worker subprocess by name, under the ``shoal``
+    prefix (this process never imports their module)."""
+    app = App(redis_url=redis_url, key_prefix="shoal")
+    try:
+        yield app
+    finally:
+        app.close()

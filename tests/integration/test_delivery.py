@@ -28,16 +28,6 @@ FAST_LEASE = {"SHOAL_LEASE": "2", "SHOAL_HEARTBEAT": "0.5"}
 
 
 @pytest.fixture
-def producer(redis_url: str) -> Iterator[App]:
-    """An App that enqueues the tasks of tasks_for_tests by name (this process never imports it)."""
-    app = App(redis_url=redis_url, key_prefix="shoal")
-    try:
-        yield app
-    finally:
-        app.close()
-
-
-@pytest.fixture
 def private_redis() -> Iterator[LocalRedis]:
     """A redis-server of this test's own, for tests that stop and restart it."""
     server = start_local_redis()

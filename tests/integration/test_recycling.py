@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -24,16 +24,6 @@ from shoal.recycling import RecycleLimits
 from shoal.worker import Worker
 
 APP = "recycling_tasks:app"
-
-
-@pytest.fixture
-def producer(redis_url: str) -> Iterator[App]:
-    """Enqueues recycling_tasks' tasks by name (this process never imports the task module)."""
-    app = App(redis_url=redis_url, key_prefix="shoal")
-    try:
-        yield app
-    finally:
-        app.close()
 
 
 def _executions(client: redis.Redis) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:

@@ -22,13 +22,13 @@ import asyncio
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
+
+from shoal.protocol.server import LocalRedis
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -112,37 +112,6 @@ def snapshot(rev: str, dest: Path) -> Path:
     return dest / "runtime"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def redis_server(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"redis-server did not listen on 127.0.0.1:{port} within 10 s")
-
-
 def child(
     action: str, runtime: Path, url: str, feature: str, mode: str, n: int, out: str | None
 ) -> None:
@@ -208,8 +177,8 @@ def main() -> None:
         parser.error(f"unknown features: {', '.join(sorted(unknown))}")
     revs = args.revs.split(",")
     modes = ("sync", "async") if args.mode == "both" else (args.mode,)
-    port = free_port()
-    server = redis_server(port)
+    server = LocalRedis().start()  # the runtime's own: loopback, no persistence
+    port = server.port
     rows: list[tuple[str, str, str, float]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="shoal-instr-") as tmp_name:
@@ -231,8 +200,7 @@ def main() -> None:
                             flush=True,
                         )
     finally:
-        server.kill()
-        server.wait()
+        server.stop()
     print("\n| revision | feature | tasks | instructions per task |\n| --- | --- | --- | ---: |")
     for rev, feature, mode, per_task in rows:
         print(f"| {rev} | {feature} | {mode} | {per_task / 1000:.1f}k |")

@@ -30,6 +30,7 @@ from shoal.middleware import Retries, Tracing
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CHROMIUM = "/usr/bin/chromium"
+"""Debian's chromium (Playwright never downloads a browser here); tests/browser launches it too."""
 BROWSER_ARGS = [
     "--headless",
     "--no-sandbox",

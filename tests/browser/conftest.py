@@ -17,22 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tools.dashboard_screenshots import BROWSER_ARGS, CHROMIUM  # one launch recipe for both
 
 from helpers import wait_for
 from shoal.protocol.server import LocalRedis, free_port
 
 HERE = Path(__file__).parent
-CHROMIUM = "/usr/bin/chromium"
-BROWSER_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TOKEN = "browser-test-token"
 TRACE_TEMPLATE = "http://localhost:16686/trace/{trace_id}"
 

@@ -138,15 +138,6 @@ def families(port: int) -> list[Metric]:
         return list(text_string_to_metric_families(response.read().decode()))
 
 
-def scrape(port: int) -> dict[str, set[str]]:
-    """Sample names (``_total``, ``_bucket``, … included) → their label names."""
-    exported: dict[str, set[str]] = {}
-    for family in families(port):
-        for sample in family.samples:
-            exported.setdefault(sample.name, set()).update(sample.labels)
-    return exported
-
-
 def samples_by_name(metric_families: list[Metric]) -> dict[str, set[str]]:
     exported: dict[str, set[str]] = {}
     for family in metric_families:
@@ -172,10 +163,10 @@ def operator_exported() -> dict[str, set[str]]:
     return samples_by_name(parsed)
 
 
-def outcomes_seen(port: int) -> set[str]:
+def outcomes_seen(metric_families: list[Metric]) -> set[str]:
     return {
         sample.labels["outcome"]
-        for family in families(port)
+        for family in metric_families
         for sample in family.samples
         if sample.name == "shoal_tasks_total"
     }
@@ -208,11 +199,13 @@ def exported(redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[dict[s
         def scraped() -> dict[str, set[str]] | None:
             if worker.poll() is not None:
                 pytest.fail(f"the worker exited: {log.read_text()}")
-            try:
-                exported = scrape(port)
+            try:  # one scrape decides and is kept: a later one may hold more than it
+                metric_families = families(port)
             except OSError:  # not listening yet
                 return None
-            return exported if verdicts <= outcomes_seen(port) else None
+            if not verdicts <= outcomes_seen(metric_families):
+                return None
+            return samples_by_name(metric_families)
 
         worker_exported = wait_for(
             scraped, timeout=30, message=f"every verdict in /metrics ({log})"

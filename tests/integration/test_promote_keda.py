@@ -49,13 +49,14 @@ def test_due_delayed_retry_and_lapsed_lease_become_visible_to_keda_without_a_wor
     # Given, with no worker running: a delayed message coming due, a retry coming due, a lease
     # that lapsed (its worker died holding it); and, as controls, a message delayed for an
     # hour and a lease still held by a live worker
-    delayed = job.with_options(delay=0.3).enqueue("delayed")
     later = job.with_options(delay=3600).enqueue("later")
     job.enqueue_many([("retried",), ("lapsed",), ("held",)])
 
-    async def scenario() -> None:
-        dead_worker = AsyncBroker(app.settings)
+    async def scenario(dead_worker: AsyncBroker) -> None:
         fetched = (await dead_worker.fetch("q", 3)).messages
+        # (enqueued only now: a fetch also promotes what is due, and on a loaded machine more
+        # than its delay could pass before this fetch)
+        delayed = job.with_options(delay=0.3).enqueue("delayed")
         leases = {_arg(m.body or b""): m for m in fetched}
         retried, lapsed = leases["retried"], leases["lapsed"]
         assert await dead_worker.retry("q", retried.id, 0.3, retried.body or b"", retried.owner)
@@ -89,9 +90,15 @@ def test_due_delayed_retry_and_lapsed_lease_become_visible_to_keda_without_a_wor
         held = leases["held"]
         assert await dead_worker.ack("q", [(held.id, held.owner, None, None)]) == (1, [])
         app.broker.redis.zadd(keys.delayed, {later.id: 0}, xx=True)
-        await dead_worker.close()
 
-    asyncio.run(scenario())
+    async def with_dead_worker() -> None:
+        dead_worker = AsyncBroker(app.settings)
+        try:
+            await scenario(dead_worker)
+        finally:  # a failed assertion must not leave its connections for a later test's GC
+            await dead_worker.close()
+
+    asyncio.run(with_dead_worker())
 
     # When a worker drains the queue, each due task ran exactly once; nothing was lost
     worker(app, ["q"])

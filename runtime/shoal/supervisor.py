@@ -101,6 +101,7 @@ def _child_main(
     import asyncio  # imported here: the supervisor never needs them
 
     from shoal.app import load_app
+    from shoal.middleware.boot_heap import FreezeBootHeap
     from shoal.worker import Worker
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps every stack
@@ -115,6 +116,7 @@ def _child_main(
         from shoal.middleware.prometheus import Prometheus
 
         app.add_middleware(Prometheus())
+    app.add_middleware(FreezeBootHeap())  # last: after every other middleware's boot
 
     def beat() -> None:
         tick.value = time.monotonic()

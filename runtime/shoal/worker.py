@@ -181,6 +181,7 @@ class Worker:
                 self.app.producer, self.app.schedules.values(), self.broker, self.queues
             )
             background.append(asyncio.create_task(scheduler.run(self._closing)))
+        self.hooks.emit("after_worker_boot", self)
         try:
             await self._fetch_loop()
             self.app.hooks.emit("before_worker_shutdown", self)

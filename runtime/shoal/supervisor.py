@@ -101,7 +101,6 @@ def _child_main(
     import asyncio  # imported here: the supervisor never needs them
 
     from shoal.app import load_app
-    from shoal.middleware.boot_heap import FreezeBootHeap
     from shoal.worker import Worker
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps every stack
@@ -116,7 +115,6 @@ def _child_main(
         from shoal.middleware.prometheus import Prometheus
 
         app.add_middleware(Prometheus())
-    app.add_middleware(FreezeBootHeap())  # last: after every other middleware's boot
 
     def beat() -> None:
         tick.value = time.monotonic()
@@ -131,6 +129,7 @@ def _child_main(
             burst=spec.burst,
             on_tick=beat,
             recycle=recycle,
+            on_booted=freeze_boot_heap,
         )
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS:
@@ -151,6 +150,18 @@ def _child_main(
         # os._exit: never wait for task threads abandoned after a hard timeout or the grace
         # period, whether the worker returned or raised
         os._exit(code)
+
+
+def freeze_boot_heap() -> None:
+    """Take what this worker process allocated to boot (the task module and everything it
+    imports, the middleware's set-up) out of the garbage collector's sight: it lives as long as
+    the process, and every full collection walked all of it again, a pause of 25-40 ms with
+    every slot waiting (a task that slept 50 ms ended after 90). Collections then walk only
+    what was made since. The price: a reference cycle made at boot and dropped later is never
+    collected (nor finalized); that is bounded by the boot heap. Only in processes ``shoal
+    worker`` owns: in an application's own process the heap is the application's."""
+    gc.collect()
+    gc.freeze()
 
 
 def import_failure(exc: TaskModuleError) -> str:

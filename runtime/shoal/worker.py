@@ -79,7 +79,8 @@ class Worker:
     """Consumes ``queues`` with up to ``concurrency`` tasks at once in this process.
 
     ``burst=True`` drains the queues (nothing waiting, delayed or in flight anywhere) and
-    returns: for tests and scripts."""
+    returns: for tests and scripts. ``on_tick`` is called at every heartbeat, ``on_booted``
+    once booted (the middleware set up, the loops made), just before the first fetch."""
 
     recycled: Recycled | None = None
     """Set when this process reached a recycling limit (``recycle=``): it drains, to be
@@ -94,13 +95,14 @@ class Worker:
         burst: bool = False,
         on_tick: Callable[[], None] | None = None,
         recycle: RecycleLimits | None = None,
+        on_booted: Callable[[], None] | None = None,
     ) -> None:
         self.app = app
         self.settings = app.settings
         self.queues = queues or app.queues() or [self.settings.default_queue]
         self.concurrency = max(1, concurrency)
         self.burst = burst
-        self.on_tick = on_tick or (lambda: None)
+        self.on_tick, self.on_booted = on_tick or _nothing, on_booted or _nothing
         self.id = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.started_at = time.time()
         self.broker = AsyncBroker(self.settings)
@@ -181,8 +183,8 @@ class Worker:
                 self.app.producer, self.app.schedules.values(), self.broker, self.queues
             )
             background.append(asyncio.create_task(scheduler.run(self._closing)))
-        self.hooks.emit("after_worker_boot", self)
         try:
+            self.on_booted()
             await self._fetch_loop()
             self.app.hooks.emit("before_worker_shutdown", self)
             await self._drain()
@@ -1193,6 +1195,10 @@ class Worker:
             self._running.add(running)
             running.add_done_callback(self._running.discard)
         self._capacity.set()
+
+
+def _nothing() -> None:
+    pass
 
 
 _NOT_RENEWED = "not renewed in time: Redis unreachable or slow"

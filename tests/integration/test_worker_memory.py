@@ -6,10 +6,12 @@ terminal. What each process has loaded is read from ``/proc/PID/maps``, not meas
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -102,6 +104,7 @@ def test_info_draws_its_table_on_a_terminal(app: App, redis_url: str, key_prefix
 BOOT_HEAP_APP = """\
 import gc
 import os
+import weakref
 
 import shoal
 
@@ -109,11 +112,19 @@ app = shoal.App(os.environ["SHOAL_REDIS_URL"])
 BOOTED_WITH = [object()]  # allocated when the worker process imported this module
 
 
+class Node:
+    pass
+
+
 @app.task(queue="heaptest", name="still_collected", store_result=True)
 def still_collected() -> list[bool]:
     seen = gc.get_objects()  # what collections walk: the frozen generation is not in it
-    made_now = [object()]
-    return [any(o is BOOTED_WITH for o in seen), any(o is made_now for o in gc.get_objects())]
+    made_now = Node()
+    made_now.me = made_now  # a cycle: only a collection frees it
+    dropped = weakref.ref(made_now)
+    del made_now
+    gc.collect()
+    return [any(o is BOOTED_WITH for o in seen), dropped() is None]
 """
 
 
@@ -130,5 +141,18 @@ def test_a_worker_process_takes_its_boot_heap_out_of_the_collectors_sight(
     )
     handle = producer.remote("still_collected", queue="heaptest").enqueue()
     # Then what the module made at boot is frozen (full collections no longer walk it, which
-    # paused every slot for tens of ms); what a task makes is still collected
+    # paused every slot for tens of ms); a cycle a task drops is still collected
     assert handle.result(timeout=30) == [False, True], sup.log()
+
+
+def test_a_worker_run_in_the_applications_own_process_leaves_its_heap_alone(
+    app: App, worker: Callable[..., Any]
+) -> None:
+    @app.task(queue="own-heap")
+    def noop() -> None: ...
+
+    noop.enqueue()
+    frozen = gc.get_freeze_count()
+    worker(app, ["own-heap"])
+    assert app.measure("own-heap").completed == 1
+    assert gc.get_freeze_count() == frozen

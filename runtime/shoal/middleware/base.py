@@ -76,10 +76,6 @@ class Middleware:
     def before_worker_boot(self, worker: Any) -> None:
         """In each worker process, before it fetches anything."""
 
-    def after_worker_boot(self, worker: Any) -> None:
-        """In each worker process, once booted (this process's middleware set up, the
-        worker's loops started), just before its first fetch."""
-
     def process_context(
         self, task: Task[Any, Any] | None, message: Message, queue: str
     ) -> contextlib.AbstractContextManager[None]:

@@ -161,6 +161,7 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{server.server_address[1]}"
     env["OTEL_BSP_MAX_QUEUE_SIZE"] = str(args.n + 1000)  # nothing dropped in a tight loop
+    env["PYTHONHASHSEED"] = "0"  # the two runs of a step import and hash alike
     print(f"instructions per span, callgrind, n={args.n}")
     for step in args.steps:
         step_env = dict(env)

@@ -135,7 +135,7 @@ class Tracing(Middleware):
     ) -> contextlib.AbstractContextManager[Any]:
         owned = self._owned
         if owned is not None:
-            lean = owned.process_spans
+            lean = getattr(owned.provider, "shoal_spans", None)  # None once a processor is added
             if lean is not None:
                 return lean.start(message, queue)
         if not self._enabled():

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from shoal.message import Message
     from shoal.task import Task
+    from shoal.telemetry.spans import ProcessSpans
 
 _ATTRIBUTES_KEPT = 1024
 
@@ -135,7 +136,7 @@ class Tracing(Middleware):
     ) -> contextlib.AbstractContextManager[Any]:
         owned = self._owned
         if owned is not None:
-            lean = getattr(owned.provider, "shoal_spans", None)  # None once a processor is added
+            lean: ProcessSpans | None = getattr(owned.provider, "shoal_spans", None)
             if lean is not None:
                 return lean.start(message, queue)
         if not self._enabled():

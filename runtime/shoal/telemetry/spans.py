@@ -146,7 +146,7 @@ class _Current:
     context), that variable is set directly: what ``context.attach(set_span_in_context(span))``
     and ``context.detach`` do, without their five calls per message."""
 
-    __slots__ = ()
+    __slots__ = ("_token",)
     _token: object
 
     def __enter__(self) -> Any:
@@ -155,7 +155,8 @@ class _Current:
             if var is not None:
                 self._token = var.set(Context({**var.get(), _SPAN_KEY: self}))
             else:
-                self._token = otel_context.attach(trace.set_span_in_context(self))  # type: ignore[arg-type]
+                span: Any = self  # a Span: every subclass is one
+                self._token = otel_context.attach(trace.set_span_in_context(span))
         return self
 
     def __exit__(
@@ -187,7 +188,7 @@ class UnsampledSpan(_Current, Span):
     rule); never recorded, never exported. Its span id is drawn on the first
     :meth:`get_span_context`: a task that makes no span and sends nothing never needs one."""
 
-    __slots__ = ("_context", "_factory", "_token", "otel_state", "trace_flags", "trace_id")
+    __slots__ = ("_context", "_factory", "otel_state", "trace_flags", "trace_id")
 
     def __init__(self, factory: ProcessSpans, trace_id: int, flags: int, trace_state: Any) -> None:
         self._factory = factory
@@ -209,7 +210,7 @@ class UnsampledSpan(_Current, Span):
             )
             if self._context is None:  # no call in between: another thread's, if any, wins
                 self._context = context
-        return self._context
+        return self._context or context
 
     def __exit__(
         self,
@@ -264,7 +265,6 @@ class ProcessSpan(_Current, Span):
     __slots__ = (
         "_context",
         "_factory",
-        "_token",
         "all_attributes",
         "attempt",
         "dropped_events",

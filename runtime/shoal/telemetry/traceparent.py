@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
+    from opentelemetry.propagators.textmap import TextMapPropagator
     from opentelemetry.trace import SpanContext, TraceState
 
 _fullmatch = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}").fullmatch
@@ -41,7 +42,7 @@ class _Textmap:
 
     textmap: object = None
     w3c: bool = False
-    get: Callable[[], object] | None = None
+    get: Callable[[], TextMapPropagator] | None = None
 
 
 def _w3c_textmap() -> bool:

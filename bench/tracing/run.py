@@ -8,8 +8,9 @@ a ``traceparent`` that is not sampled): what the README's throughput bench does.
 
 Each configuration drains the same pre-filled queue with ``shoal worker --processes 2
 --concurrency 64 --burst``; throughput is counted from the first to the last completion seen in
-Redis (start-up excluded). The worker's CPU per task (its processes' user + system time,
-start-up included) is far less disturbed by other jobs on a shared machine than tasks/s. The
+Redis (start-up excluded). The worker's CPU per task (its processes' user + system time, less
+what the same worker spends starting and stopping on an empty queue, measured right after) is
+far less disturbed by other jobs on a shared machine than tasks/s. The
 receiver counts the spans it got, so a configuration that dropped spans shows it. Not part of
 the test suite."""
 
@@ -49,19 +50,15 @@ def traced_producer(url: str) -> App:
     return App(url, middleware=[Retries(), Tracing(tracer_provider=provider)])
 
 
-def drain(url: str, tasks: int, env: dict[str, str], sync: bool) -> tuple[float, float]:
-    """Tasks per second, and the worker's CPU seconds (its processes, start-up included)."""
+def _children_cpu_s() -> float:
+    """CPU of every process this one waited for (the supervisor waits for its workers)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def start_worker(url: str, env: dict[str, str], sync: bool) -> subprocess.Popen[bytes]:
     pythonpath = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
-    env = dict(env)
-    traced = env.pop(PRODUCER_TRACED, None)
-    producer = traced_producer(url) if traced else App(url)
-    noop = producer.remote("noop-sync" if sync else "noop", queue=QUEUE)
-    producer.broker.redis.flushall()
-    batch = 100 if traced else 1000
-    for start in range(0, tasks, batch):
-        noop.enqueue_many([(i,) for i in range(start, min(tasks, start + batch))])
-    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    worker = subprocess.Popen(
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -80,6 +77,31 @@ def drain(url: str, tasks: int, env: dict[str, str], sync: bool) -> tuple[float,
         ],
         env={**os.environ, "SHOAL_REDIS_URL": url, "PYTHONPATH": pythonpath, **env},
     )
+
+
+def idle_cpu_s(url: str, env: dict[str, str], sync: bool) -> float:
+    """The worker's CPU for start-up and shutdown alone: a burst on an empty queue."""
+    app = App(url)
+    app.broker.redis.flushall()
+    app.close()
+    env = {k: v for k, v in env.items() if k != PRODUCER_TRACED}
+    before = _children_cpu_s()
+    start_worker(url, env, sync).wait(60)
+    return _children_cpu_s() - before
+
+
+def drain(url: str, tasks: int, env: dict[str, str], sync: bool) -> tuple[float, float]:
+    """Tasks per second, and the worker's CPU seconds (its processes, start-up included)."""
+    env = dict(env)
+    traced = env.pop(PRODUCER_TRACED, None)
+    producer = traced_producer(url) if traced else App(url)
+    noop = producer.remote("noop-sync" if sync else "noop", queue=QUEUE)
+    producer.broker.redis.flushall()
+    batch = 100 if traced else 1000
+    for start in range(0, tasks, batch):
+        noop.enqueue_many([(i,) for i in range(start, min(tasks, start + batch))])
+    cpu_before = _children_cpu_s()
+    worker = start_worker(url, env, sync)
     first = last = None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -92,8 +114,7 @@ def drain(url: str, tasks: int, env: dict[str, str], sync: bool) -> tuple[float,
             break
         time.sleep(0.005)
     worker.wait(60)
-    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the supervisor reaps its children
-    cpu_s = cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
+    cpu_s = _children_cpu_s() - cpu_before
     producer.close()
     if first is None or last is None:
         raise SystemExit(f"the worker did not drain the queue (env {env})")
@@ -136,8 +157,9 @@ def main() -> None:
             for name, env in configs.items():  # interleaved, so drift hits all alike
                 before = Receiver.spans
                 rate, cpu_s = drain(redis_server.url, args.tasks, env, args.sync)
+                idle_s = idle_cpu_s(redis_server.url, env, args.sync)
                 results[name].append(rate)
-                cpu[name].append(cpu_s / args.tasks * 1e6)
+                cpu[name].append((cpu_s - idle_s) / args.tasks * 1e6)
                 spans[name].append(Receiver.spans - before)  # flushed before the worker exits
     base = statistics.median(results["no tracing middleware"])
     base_cpu = statistics.median(cpu["no tracing middleware"])

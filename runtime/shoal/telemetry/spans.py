@@ -20,6 +20,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Mapping
+from random import getrandbits
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -27,6 +28,7 @@ from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import Span, SpanContext, Status, StatusCode, TraceFlags
 
 from shoal.telemetry import otlp
@@ -81,6 +83,8 @@ class ProcessSpans:
         self.decider = decider
         self.ids = ids
         self.limits = limits
+        self.random_ids = type(ids) is RandomIdGenerator
+        """The SDK's default: its ids are ``random.getrandbits``, called here without it."""
         is_random = getattr(ids, "is_trace_id_random", None)  # OpenTelemetry >= 1.39
         self.random_root_flag = 2 if is_random is not None and is_random() else 0
         self.value_limit = limits.max_span_attribute_length
@@ -114,30 +118,21 @@ class ProcessSpans:
                 bound = decider.sampled_parent if flags & 1 else decider.unsampled_parent
                 if bound and (bound == ALWAYS or trace_id & 0xFFFFFFFFFFFFFFFF < bound):
                     parent_id = int(value[36:52], 16)  # type: ignore[index]
-                    return self._sampled(message, queue, trace_id, parent_id, 1 | flags & 2, None)
+                    flags = 1 | flags & 2
+                    return ProcessSpan(self, queue, trace_id, parent_id, flags, None, message)
                 return UnsampledSpan(self, trace_id, flags & 2, None)
             parent = remote_parent(headers)
             if parent is not None:
                 trace_id, flags, state = parent.trace_id, parent.flags & 2, parent.trace_state
                 if decider.sample(trace_id, parent.flags):
-                    return self._sampled(message, queue, trace_id, parent.span_id, 1 | flags, state)
+                    parent_id = parent.span_id
+                    return ProcessSpan(self, queue, trace_id, parent_id, 1 | flags, state, message)
                 return UnsampledSpan(self, trace_id, flags, state)
-        trace_id = self.ids.generate_trace_id()
+        trace_id = (getrandbits(128) if self.random_ids else 0) or self.ids.generate_trace_id()
         if decider.sample(trace_id, None):
-            return self._sampled(message, queue, trace_id, 0, 1 | self.random_root_flag, None)
+            flags = 1 | self.random_root_flag
+            return ProcessSpan(self, queue, trace_id, 0, flags, None, message)
         return UnsampledSpan(self, trace_id, self.random_root_flag, None)
-
-    def _sampled(
-        self,
-        message: Message,
-        queue: str,
-        trace_id: int,
-        parent_id: int,
-        flags: int,
-        trace_state: Any,
-    ) -> ProcessSpan:
-        shape = self._shapes.get((queue, message.task)) or self.shape(queue, message.task)
-        return ProcessSpan(self, shape, trace_id, parent_id, flags, trace_state, message)
 
 
 class _Current:
@@ -288,7 +283,7 @@ class ProcessSpan(_Current, Span):
     def __init__(
         self,
         factory: ProcessSpans,
-        shape: otlp.Shape,
+        queue: str,
         trace_id: int,
         parent_id: int,
         flags: int,
@@ -297,12 +292,15 @@ class ProcessSpan(_Current, Span):
     ) -> None:
         self._factory = factory
         self.trace_id = trace_id
-        self.span_id = factory.ids.generate_span_id()
+        span_id = getrandbits(64) if factory.random_ids else 0
+        self.span_id = span_id or factory.ids.generate_span_id()
         self.parent_id = parent_id
         self.trace_flags = flags
         self.recording = True  # only a sampled message gets one (else an UnsampledSpan)
         self.otel_state = trace_state
-        self.shape = shape
+        self.shape = factory._shapes.get((queue, message.task)) or factory.shape(
+            queue, message.task
+        )
         self.message_id = message.id[: factory.value_limit]
         self.attempt = message.attempt + 1
         self.start_time = time.time_ns()

@@ -8,7 +8,8 @@ events. With no tracer provider configured every hook returns at once, and OpenT
 imported.
 
 A worker whose tracing Shoal set up from ``OTEL_*`` builds its consumer spans on a lean path
-(:mod:`shoal.telemetry.spans`); otherwise (the app's own provider) they go through the SDK.
+(:mod:`shoal.telemetry.spans`; a message that is not sampled gets a bare span that only carries
+the trace on); otherwise (the app's own provider) they go through the SDK.
 """
 
 from __future__ import annotations

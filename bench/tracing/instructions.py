@@ -29,8 +29,10 @@ STEPS = {
     "end": "span.end(): the batch processor's on_end (the span queued)",
     "encode": "the exporter's encoding of the span into the OTLP protobuf request",
     "post": "the HTTP POST of the encoded request, per span (batches of 512)",
-    "task": "the worker's whole path (process_context, hooks), export included",
+    "off": "the worker's hooks around a task with no tracer provider (tracing not active)",
+    "task": "the worker's whole tracing path (the hooks around a task), export included",
     "task-10%": "the same with parentbased_traceidratio at 0.1 (root spans, no parent)",
+    "task-unsampled": "the whole path, parentbased_always_on, a parent that was not sampled",
 }
 
 
@@ -46,6 +48,7 @@ def child(step: str, n: int, measured: bool) -> None:  # noqa: PLR0915
 
     from shoal import App
     from shoal.message import Message, new_message_id
+    from shoal.middleware.hooks import Hooks
     from shoal.middleware.tracing import Tracing
     from shoal.settings import Settings
 
@@ -53,25 +56,28 @@ def child(step: str, n: int, measured: bool) -> None:  # noqa: PLR0915
     task = app.task(queue="q", name="noop")(lambda i: None)
     mw = Tracing()
     mw.before_worker_boot(SimpleNamespace(settings=Settings.from_env()))
+    hooks = Hooks([m for m in (mw,) if m.active_in_worker()])  # as the worker builds them
     provider = trace.get_tracer_provider()
     tracer = trace.get_tracer("bench")
 
-    def message(i: int, parent: bool) -> Message:
+    def message(i: int, parent: bool, flags: str = "01") -> Message:
         headers = {}
         if parent:
             tid, sid = random.getrandbits(128), random.getrandbits(64)
-            headers["traceparent"] = f"00-{tid:032x}-{sid:016x}-01"
+            headers["traceparent"] = f"00-{tid:032x}-{sid:016x}-{flags}"
         return Message(new_message_id(), "noop", "q", [i], {}, time.time(), 0, headers)
 
-    def run_task(m: Message) -> None:
-        with mw.process_context(task, m, "q"):
-            mw.before_process(task, m)
-            mw.after_process(task, m, result=None, exception=None)
+    def run_task(m: Message) -> None:  # the hooks a worker runs around a no-op task
+        with hooks.context("process_context", task, m, "q"):
+            hooks.emit("before_process", task, m)
+            hooks.emit("after_process", task, m, result=None, exception=None)
 
+    flush = getattr(provider, "force_flush", lambda: None)  # none when tracing is off
     for i in range(600):  # warm caches, lazily built state, the HTTP connection
         run_task(message(i, parent=True))
-    provider.force_flush()  # type: ignore[attr-defined]
-    msgs = [message(i, parent=step != "task-10%") for i in range(n)]
+    flush()
+    flags = "00" if step == "task-unsampled" else "01"
+    msgs = [message(i, parent=step != "task-10%", flags=flags) for i in range(n)]
     attrs = {"messaging.system": "shoal", "messaging.destination.name": "q"}
     attrs |= {"messaging.message.id": new_message_id(), "shoal.task.name": "noop"}
     attrs |= {"shoal.attempt": 1}
@@ -80,11 +86,11 @@ def child(step: str, n: int, measured: bool) -> None:  # noqa: PLR0915
         for m in msgs:
             if measured:
                 propagate.extract(m.headers)
-    elif step.startswith("task"):
+    elif step.startswith("task") or step == "off":
         for m in msgs:
             if measured:
                 run_task(m)
-        provider.force_flush()  # type: ignore[attr-defined]
+        flush()
     else:
         spans = []
         for parent in parents:
@@ -155,12 +161,15 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{server.server_address[1]}"
     env["OTEL_BSP_MAX_QUEUE_SIZE"] = str(args.n + 1000)  # nothing dropped in a tight loop
+    env["PYTHONHASHSEED"] = "0"  # the two runs of a step import and hash alike
     print(f"instructions per span, callgrind, n={args.n}")
     for step in args.steps:
         step_env = dict(env)
         if step == "end":  # queued only: never exported while counted
             step_env |= {"OTEL_BSP_SCHEDULE_DELAY": "600000"}
             step_env |= {"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": str(args.n + 1000)}
+        if step == "off":
+            step_env.pop("OTEL_EXPORTER_OTLP_ENDPOINT")
         if step == "task-10%":
             step_env |= {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio"}
             step_env |= {"OTEL_TRACES_SAMPLER_ARG": "0.1"}

@@ -13,3 +13,9 @@ app = App(middleware=[Retries()]) if os.environ.get("BENCH_WITHOUT_TRACING") els
 @app.task(queue="trace-bench", name="noop")
 async def noop(i: int) -> None:
     return None
+
+
+@app.task(queue="trace-bench", name="noop-sync")
+def noop_sync(i: int) -> None:
+    """The same in a slot thread (``run.py --sync``)."""
+    return None

@@ -418,3 +418,41 @@ def test_an_ended_span_ignores_everything(paths: Paths) -> None:
     span.add_event("late")
     assert span.end_time == 5 and span.all_attributes is None and span.events is None
     assert not span.is_recording()
+
+
+@pytest.mark.parametrize(
+    ("message_id", "attempt"),
+    [("m", 0), ("é✓" * 40, 31), ("x" * 300, 32), ("y" * 20_000, 1000)],
+    ids=["short", "non-ascii", "long", "huge"],
+)
+def test_message_ids_and_attempts_of_every_size(
+    paths: Paths, message_id: str, attempt: int
+) -> None:
+    headers = {"traceparent": f"00-{TID:032x}-{SID:016x}-01"}
+    paths.run(Message(message_id, "charge", "billing", [1], {}, 1.0, attempt, headers))
+    paths.run(Message(message_id, "charge", "billing", [1], {}, 1.0, attempt, {}))
+    root, child = sorted(paths.compare(), key=lambda s: s["parent"])
+    assert child["attributes"]["messaging.message.id"] == message_id
+    assert root["attributes"]["shoal.attempt"] == attempt + 1
+
+
+def test_the_batch_encoder_writes_what_the_general_one_writes() -> None:
+    capture = Capture()
+    env = {"OTEL_BSP_SCHEDULE_DELAY": "600000"}
+    pipeline = Pipeline(RESOURCE, capture, env=env)  # type: ignore[arg-type]
+    decider = decider_for(ALWAYS_ON)
+    assert decider is not None
+    lean = ProcessSpans(pipeline, decider, FixedIds(), SpanLimits())
+    parent = {"traceparent": f"00-{TID:032x}-{SID:016x}-01"}
+    batch = []
+    for n, (message_id, attempt) in enumerate(
+        [("m", 0), ("é✓" * 40, 31), ("x" * 300, 32), ("y" * 20_000, 1000), ("z" * 60, 5)]
+    ):
+        for headers in (parent, {}):
+            msg = Message(message_id, "charge", f"q{n}", [], {}, 1.0, attempt, headers)
+            with lean.start(msg, f"q{n}") as span:
+                if n == 4 and headers:
+                    span.set_attribute("own", 1)  # not the common shape: the general encoder
+            batch.append(span)
+    pipeline.shutdown()
+    assert otlp.spans(batch) == b"".join(otlp.span(s) for s in batch)

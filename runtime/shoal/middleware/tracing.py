@@ -8,7 +8,8 @@ events. With no tracer provider configured every hook returns at once, and OpenT
 imported.
 
 A worker whose tracing Shoal set up from ``OTEL_*`` builds its consumer spans on a lean path
-(:mod:`shoal.telemetry.spans`); otherwise (the app's own provider) they go through the SDK.
+(:mod:`shoal.telemetry.spans`; a message that is not sampled gets a bare span that only carries
+the trace on); otherwise (the app's own provider) they go through the SDK.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
     from shoal.message import Message
     from shoal.task import Task
+    from shoal.telemetry.spans import ProcessSpans
 
 _ATTRIBUTES_KEPT = 1024
 
@@ -135,7 +137,7 @@ class Tracing(Middleware):
     ) -> contextlib.AbstractContextManager[Any]:
         owned = self._owned
         if owned is not None:
-            lean = owned.process_spans
+            lean: ProcessSpans | None = getattr(owned.provider, "shoal_spans", None)
             if lean is not None:
                 return lean.start(message, queue)
         if not self._enabled():

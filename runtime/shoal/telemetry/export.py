@@ -266,8 +266,8 @@ class Pipeline(SpanProcessor):
                 log.exception("tracing: could not export %d spans", len(spans))
 
     def _export(self, spans: list[ProcessSpan | ReadableSpan]) -> None:
-        own = [otlp.span(s) for s in spans if type(s) is ProcessSpan]
-        body = otlp.request(self._resource, self._scope, own) if own else b""
+        own = [s for s in spans if type(s) is ProcessSpan]
+        body = otlp.request(self._resource, self._scope, otlp.spans(own)) if own else b""
         if len(own) < len(spans):
             body += self._encode_sdk_spans([s for s in spans if type(s) is not ProcessSpan])
         if self.sender.send(body):

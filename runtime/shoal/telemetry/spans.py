@@ -9,28 +9,39 @@ the provider's id generator, the decision from the provider's (standard) sampler
 the task runs: the task's own spans nest under it, and ``trace.get_current_span()`` in a task
 sets attributes, adds events and records exceptions on it, as on an SDK span.
 
+A message that is not sampled (a parent that was not, or the ratio's decision) gets an
+:class:`UnsampledSpan` instead: what propagation needs and nothing else, so that most messages
+at 10 % cost little more than reading their ``traceparent``.
+
 Safe to use from any thread: a span is entered and left in one context (the worker's ``with``),
 ended once, and queued for export through a thread-safe deque.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 from collections import deque
 from collections.abc import Mapping
+from random import getrandbits
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.context import Context
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import Span, SpanContext, Status, StatusCode, TraceFlags
 
 from shoal.telemetry import otlp
 from shoal.telemetry.conventions import process_attributes
-from shoal.telemetry.traceparent import remote_parent
+from shoal.telemetry.sampling import ALWAYS
+from shoal.telemetry.traceparent import remote_parent, simple
 
 if TYPE_CHECKING:
+    from contextvars import ContextVar
     from types import TracebackType
 
     from opentelemetry.sdk.trace import SpanLimits
@@ -40,6 +51,23 @@ if TYPE_CHECKING:
     from shoal.message import Message
     from shoal.telemetry.export import Pipeline
     from shoal.telemetry.sampling import Decider
+
+log = logging.getLogger("shoal.telemetry")
+
+_SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, Context())))
+"""The key OpenTelemetry keeps the current span under (made per process, read once)."""
+_RUNTIME = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+_CONTEXT_VAR: ContextVar[Context] | None = (
+    getattr(_RUNTIME, "_current_context", None)
+    if type(_RUNTIME) is ContextVarsRuntimeContext
+    else None
+)
+"""OpenTelemetry's current context, when it is its default ContextVar (else None: the public
+attach and detach are used). Chosen when OpenTelemetry is imported (``OTEL_PYTHON_CONTEXT``),
+so read once here."""
+
+_FLAGS = {f"{n:02x}": n for n in range(256)}
+"""Trace flags by their two hex digits (a dict look-up, not a parse)."""
 
 _SHAPES_KEPT = 1024
 """Shapes cached per (queue, task); a flood of unknown task names cannot grow it further."""
@@ -59,6 +87,8 @@ class ProcessSpans:
         self.decider = decider
         self.ids = ids
         self.limits = limits
+        self.random_ids = type(ids) is RandomIdGenerator
+        """The SDK's default: its ids are ``random.getrandbits``, called here without it."""
         is_random = getattr(ids, "is_trace_id_random", None)  # OpenTelemetry >= 1.39
         self.random_root_flag = 2 if is_random is not None and is_random() else 0
         self.value_limit = limits.max_span_attribute_length
@@ -77,29 +107,163 @@ class ProcessSpans:
             self._shapes[queue, task] = shape
         return shape
 
-    def start(self, message: Message, queue: str) -> ProcessSpan:
-        """The consumer span of ``message``; ``with`` it to make it current and end it."""
-        parent = remote_parent(message.headers)
-        if parent is None:
-            trace_id = self.ids.generate_trace_id()
-            sampled = self.decider.sample(trace_id, None)
-            flags = sampled | self.random_root_flag
-            return ProcessSpan(self, trace_id, 0, flags, None, message, queue)
-        sampled = self.decider.sample(parent.trace_id, parent.flags)
-        flags = sampled | (parent.flags & 2)
-        state = parent.trace_state
-        return ProcessSpan(self, parent.trace_id, parent.span_id, flags, state, message, queue)
+    def start(self, message: Message, queue: str) -> ProcessSpan | UnsampledSpan:
+        """The consumer span of ``message``; ``with`` it to make it current and end it.
+
+        A message that is not sampled gets an :class:`UnsampledSpan`: only what the task's own
+        spans and the messages it sends need (the trace id and flags; a span id when asked)."""
+        decider = self.decider
+        headers = message.headers
+        if headers:
+            value = simple(headers)
+            trace_id = int(value[3:35], 16) if value is not None else 0
+            if trace_id:  # the common case: a W3C traceparent alone, parsed in place
+                flags = _FLAGS[value[53:55]]  # type: ignore[index]
+                bound = decider.sampled_parent if flags & 1 else decider.unsampled_parent
+                if bound and (bound == ALWAYS or trace_id & 0xFFFFFFFFFFFFFFFF < bound):
+                    parent_id = int(value[36:52], 16)  # type: ignore[index]
+                    flags = 1 | flags & 2
+                    return ProcessSpan(self, queue, trace_id, parent_id, flags, None, message)
+                return UnsampledSpan(self, trace_id, flags & 2, None)
+            parent = remote_parent(headers)
+            if parent is not None:
+                trace_id, flags, state = parent.trace_id, parent.flags & 2, parent.trace_state
+                if decider.sample(trace_id, parent.flags):
+                    parent_id = parent.span_id
+                    return ProcessSpan(self, queue, trace_id, parent_id, 1 | flags, state, message)
+                return UnsampledSpan(self, trace_id, flags, state)
+        trace_id = (getrandbits(128) if self.random_ids else 0) or self.ids.generate_trace_id()
+        if decider.sample(trace_id, None):
+            flags = 1 | self.random_root_flag
+            return ProcessSpan(self, queue, trace_id, 0, flags, None, message)
+        return UnsampledSpan(self, trace_id, self.random_root_flag, None)
 
 
-class ProcessSpan(Span):
+class _Current:
+    """Makes a span current for the ``with`` (the worker's scope) and restores the context
+    after. When OpenTelemetry keeps its context in a ``ContextVar`` (its default runtime
+    context), that variable is set directly: what ``context.attach(set_span_in_context(span))``
+    and ``context.detach`` do, without their five calls per message."""
+
+    __slots__ = ("_token",)
+    _token: object
+
+    def __enter__(self) -> Any:
+        if self._token is None:
+            var = _CONTEXT_VAR
+            if var is not None:
+                self._token = var.set(Context({**var.get(), _SPAN_KEY: self}))
+            else:
+                span: Any = self  # a Span: every subclass is one
+                self._token = otel_context.attach(trace.set_span_in_context(span))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        token, self._token = self._token, None
+        if token is not None:
+            _restore(token)
+        self.end()  # type: ignore[attr-defined]
+
+
+def _restore(token: Any) -> None:
+    """Undo a :meth:`_Current.__enter__`."""
+    if _CONTEXT_VAR is not None:
+        try:
+            _CONTEXT_VAR.reset(token)
+        except (ValueError, RuntimeError):  # left in another context: logged, as OTel does
+            log.exception("Failed to detach context")
+    else:
+        otel_context.detach(token)
+
+
+class UnsampledSpan(_Current, Span):
+    """The consumer span of a message that is not sampled: current while the task runs, so
+    the task's own spans and the messages it sends carry its trace, not sampled (the W3C
+    rule); never recorded, never exported. Its span id is drawn on the first
+    :meth:`get_span_context`: a task that makes no span and sends nothing never needs one."""
+
+    __slots__ = ("_context", "_factory", "otel_state", "trace_flags", "trace_id")
+
+    def __init__(self, factory: ProcessSpans, trace_id: int, flags: int, trace_state: Any) -> None:
+        self._factory = factory
+        self.trace_id = trace_id
+        self.trace_flags = flags
+        self.otel_state = trace_state
+        self._context: SpanContext | None = None
+        self._token: object = None
+
+    def get_span_context(self) -> SpanContext:
+        context = self._context
+        if context is None:
+            context = SpanContext(
+                self.trace_id,
+                self._factory.ids.generate_span_id(),
+                is_remote=False,
+                trace_flags=TraceFlags(self.trace_flags),
+                trace_state=self.otel_state,
+            )
+            if self._context is None:  # no call in between: another thread's, if any, wins
+                self._context = context
+        return self._context or context
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        token, self._token = self._token, None
+        if token is not None:
+            _restore(token)
+
+    def is_recording(self) -> bool:
+        return False
+
+    def end(self, end_time: int | None = None) -> None:
+        pass
+
+    def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
+        pass
+
+    def set_attribute(self, key: str, value: types.AnyValue) -> None:
+        pass
+
+    def add_event(
+        self, name: str, attributes: types.Attributes = None, timestamp: int | None = None
+    ) -> None:
+        pass
+
+    def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
+        pass
+
+    def update_name(self, name: str) -> None:
+        pass
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        pass
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: types.Attributes = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        pass
+
+
+class ProcessSpan(_Current, Span):
     """A consumer span, recording (and exported) when sampled; the attribute and event API of
     an SDK span, applying the same limits."""
 
     __slots__ = (
         "_context",
         "_factory",
-        "_otel_state",
-        "_token",
         "all_attributes",
         "attempt",
         "dropped_events",
@@ -108,6 +272,7 @@ class ProcessSpan(Span):
         "links",
         "message_id",
         "name",
+        "otel_state",
         "parent_id",
         "recording",
         "shape",
@@ -122,21 +287,24 @@ class ProcessSpan(Span):
     def __init__(
         self,
         factory: ProcessSpans,
+        queue: str,
         trace_id: int,
         parent_id: int,
         flags: int,
         trace_state: Any,
         message: Message,
-        queue: str,
     ) -> None:
         self._factory = factory
         self.trace_id = trace_id
-        self.span_id = factory.ids.generate_span_id()
+        span_id = getrandbits(64) if factory.random_ids else 0
+        self.span_id = span_id or factory.ids.generate_span_id()
         self.parent_id = parent_id
         self.trace_flags = flags
-        self.recording = bool(flags & 1)
-        self._otel_state = trace_state
-        self.shape = factory.shape(queue, message.task)
+        self.recording = True  # only a sampled message gets one (else an UnsampledSpan)
+        self.otel_state = trace_state
+        self.shape = factory._shapes.get((queue, message.task)) or factory.shape(
+            queue, message.task
+        )
         self.message_id = message.id[: factory.value_limit]
         self.attempt = message.attempt + 1
         self.start_time = time.time_ns()
@@ -152,29 +320,11 @@ class ProcessSpan(Span):
         self._context: SpanContext | None = None
         self._token: object = None
 
-    # --- the worker's scope ----------------------------------------------------------------
-
-    def __enter__(self) -> ProcessSpan:
-        if self._token is None:
-            self._token = otel_context.attach(trace.set_span_in_context(self))
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        token, self._token = self._token, None
-        if token is not None:
-            otel_context.detach(token)  # type: ignore[arg-type]
-        self.end()
-
     # --- opentelemetry.trace.Span ------------------------------------------------------------
 
     @property
     def trace_state(self) -> str:
-        return self._otel_state.to_header() if self._otel_state is not None else ""
+        return self.otel_state.to_header() if self.otel_state is not None else ""
 
     def get_span_context(self) -> SpanContext:
         if self._context is None:
@@ -183,7 +333,7 @@ class ProcessSpan(Span):
                 self.span_id,
                 is_remote=False,
                 trace_flags=TraceFlags(self.trace_flags),
-                trace_state=self._otel_state,
+                trace_state=self.otel_state,
             )
         return self._context
 

@@ -11,14 +11,17 @@ the answer is always the one the SDK gives. Imports no OpenTelemetry until that 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
+    from opentelemetry.propagators.textmap import TextMapPropagator
     from opentelemetry.trace import SpanContext, TraceState
 
-_STRICT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_fullmatch = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}").fullmatch
 _W3C_FIELDS = frozenset({"traceparent", "tracestate", "baggage"})
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
 
 class Parent(NamedTuple):
@@ -39,15 +42,20 @@ class _Textmap:
 
     textmap: object = None
     w3c: bool = False
+    get: Callable[[], TextMapPropagator] | None = None
 
 
 def _w3c_textmap() -> bool:
-    from opentelemetry import propagate
-    from opentelemetry.propagators.composite import CompositePropagator
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+    get_textmap = _Textmap.get
+    if get_textmap is None:  # imported once: an import statement per message costs as much
+        from opentelemetry import propagate  # as the rest of an unsampled message
 
-    textmap = propagate.get_global_textmap()
+        get_textmap = _Textmap.get = propagate.get_global_textmap
+    textmap = get_textmap()
     if textmap is not _Textmap.textmap:
+        from opentelemetry.propagators.composite import CompositePropagator
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
         fields = set(textmap.fields)
         _Textmap.w3c = (
             type(textmap) in (CompositePropagator, TraceContextTextMapPropagator)
@@ -58,18 +66,34 @@ def _w3c_textmap() -> bool:
     return _Textmap.w3c
 
 
+def simple(headers: Any) -> str | None:
+    """The ``traceparent`` of ``headers`` when it is alone there, in the strict form, with a
+    valid span id, and the global propagator is W3C's; else None (then :func:`remote_parent`
+    reads the headers). The caller checks that the trace id is not zero. The lean path parses
+    only the parts it needs."""
+    if len(headers) != 1:
+        return None
+    value = headers.get("traceparent")
+    if (
+        type(value) is not str
+        or len(value) != 55
+        or _fullmatch(value) is None
+        or value[36:52] == _ZERO_SPAN
+    ):
+        return None
+    get_textmap = _Textmap.get
+    if get_textmap is not None and get_textmap() is _Textmap.textmap:
+        return value if _Textmap.w3c else None
+    return value if _w3c_textmap() else None
+
+
 def remote_parent(headers: Any) -> Parent | None:
     """The valid span context ``headers`` carry, or None (no parent: the span is a root)."""
     if not headers:
         return None
-    if len(headers) == 1:
-        value = headers.get("traceparent")
-        if type(value) is str and len(value) == 55:
-            match = _STRICT.fullmatch(value)
-            if match is not None and _w3c_textmap():
-                trace_id, span_id, flags = match.groups()
-                parent = Parent(int(trace_id, 16), int(span_id, 16), int(flags, 16))
-                return parent if parent.trace_id and parent.span_id else None
+    value = simple(headers)
+    if value is not None and value[3:35] != _ZERO_TRACE:
+        return Parent(int(value[3:35], 16), int(value[36:52], 16), int(value[53:55], 16))
     return _extract(headers)
 
 

@@ -211,16 +211,6 @@ class UnsampledSpan(_Current, Span):
                 self._context = context
         return self._context or context
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        token, self._token = self._token, None
-        if token is not None:
-            _restore(token)
-
     def is_recording(self) -> bool:
         return False
 

@@ -37,7 +37,6 @@ from opentelemetry.trace import Span, SpanContext, Status, StatusCode, TraceFlag
 
 from shoal.telemetry import otlp
 from shoal.telemetry.conventions import process_attributes
-from shoal.telemetry.sampling import ALWAYS
 from shoal.telemetry.traceparent import remote_parent, simple
 
 if TYPE_CHECKING:
@@ -119,8 +118,7 @@ class ProcessSpans:
             trace_id = int(value[3:35], 16) if value is not None else 0
             if trace_id:  # the common case: a W3C traceparent alone, parsed in place
                 flags = _FLAGS[value[53:55]]  # type: ignore[index]
-                bound = decider.sampled_parent if flags & 1 else decider.unsampled_parent
-                if bound and (bound == ALWAYS or trace_id & 0xFFFFFFFFFFFFFFFF < bound):
+                if decider.sample(trace_id, flags):
                     parent_id = int(value[36:52], 16)  # type: ignore[index]
                     flags = 1 | flags & 2
                     return ProcessSpan(self, queue, trace_id, parent_id, flags, None, message)
@@ -248,8 +246,8 @@ class UnsampledSpan(_Current, Span):
 
 
 class ProcessSpan(_Current, Span):
-    """A consumer span, recording (and exported) when sampled; the attribute and event API of
-    an SDK span, applying the same limits."""
+    """The consumer span of a sampled message: recording until it ends, then exported; the
+    attribute and event API of an SDK span, applying the same limits."""
 
     __slots__ = (
         "_context",
@@ -264,7 +262,6 @@ class ProcessSpan(_Current, Span):
         "name",
         "otel_state",
         "parent_id",
-        "recording",
         "shape",
         "span_id",
         "start_time",
@@ -290,8 +287,8 @@ class ProcessSpan(_Current, Span):
         self.span_id = span_id or factory.ids.generate_span_id()
         self.parent_id = parent_id
         self.trace_flags = flags
-        self.recording = True  # only a sampled message gets one (else an UnsampledSpan)
         self.otel_state = trace_state
+        # (the cache read inline: a call to factory.shape per sampled message costs more)
         self.shape = factory._shapes.get((queue, message.task)) or factory.shape(
             queue, message.task
         )
@@ -328,14 +325,13 @@ class ProcessSpan(_Current, Span):
         return self._context
 
     def is_recording(self) -> bool:
-        return self.recording and self.end_time is None
+        return self.end_time is None  # only a sampled message gets one (else UnsampledSpan)
 
     def end(self, end_time: int | None = None) -> None:
         if self.end_time is not None:
             return
         self.end_time = end_time if end_time is not None else time.time_ns()
-        if self.recording:
-            self._factory.pipeline.submit(self)
+        self._factory.pipeline.submit(self)
 
     @property
     def dropped_attributes(self) -> int:

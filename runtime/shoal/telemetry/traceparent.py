@@ -81,7 +81,7 @@ def simple(headers: Any) -> str | None:
         or value[36:52] == _ZERO_SPAN
     ):
         return None
-    get_textmap = _Textmap.get
+    get_textmap = _Textmap.get  # _w3c_textmap's cache read inline: this runs per message
     if get_textmap is not None and get_textmap() is _Textmap.textmap:
         return value if _Textmap.w3c else None
     return value if _w3c_textmap() else None

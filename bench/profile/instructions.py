@@ -25,6 +25,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,20 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 QUEUE = "instr"
 NEVER_BINDS = "100000/s"  # as the throughput bench's features rows
-FEATURES = ("off", "queue-rate", "task-rate", "prio0", "prio-mixed", "progress", "expires")
+FEATURES = (
+    "off",
+    "queue-rate",
+    "task-rate",
+    "prio0",
+    "prio-mixed",
+    "progress",
+    "expires",
+    "traced",
+    "traced-10",
+)
+TRACED = {"traced": "1.0", "traced-10": "0.1"}
+"""Tracing features: the worker exports over OTLP/HTTP to a receiver in this process (not
+counted), ``parentbased_traceidratio`` at this ratio; the messages are roots (producer untraced)."""
 CHUNK = 1000
 
 
@@ -121,6 +136,10 @@ def child(
         "PYTHONHASHSEED": "0",
         "SHOAL_REDIS_URL": url,
     }
+    if action == "drain" and feature in TRACED:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = _receiver()
+        env["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
+        env["OTEL_TRACES_SAMPLER_ARG"] = TRACED[feature]
     cmd = [sys.executable, __file__, "--child", action, "--feature", feature, "--mode", mode]
     cmd += ["--n", str(n)]
     if out is not None:
@@ -129,6 +148,21 @@ def child(
     if done.returncode != 0:
         tail = done.stderr.decode(errors="replace").strip().splitlines()[-5:]
         raise SystemExit(f"{action} {feature} {mode} n={n} failed: {' | '.join(tail)}")
+
+
+_RECEIVER: list[str] = []
+
+
+def _receiver() -> str:
+    """The endpoint of an OTLP/HTTP receiver in this process, started on first use."""
+    if not _RECEIVER:
+        sys.path.insert(0, str(REPO / "bench" / "tracing"))
+        from receiver import Receiver
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        _RECEIVER.append(f"http://127.0.0.1:{server.server_address[1]}")
+    return _RECEIVER[0]
 
 
 def flush(port: int) -> None:

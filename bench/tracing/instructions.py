@@ -70,7 +70,7 @@ def child(step: str, n: int, measured: bool) -> None:  # noqa: PLR0915
     def run_task(m: Message) -> None:  # the hooks a worker runs around a no-op task
         with hooks.context("process_context", task, m, "q"):
             hooks.emit("before_process", task, m)
-            hooks.emit("after_process", task, m, result=None, exception=None)
+            hooks.after_success(task, m, None)
 
     flush = getattr(provider, "force_flush", lambda: None)  # none when tracing is off
     for i in range(600):  # warm caches, lazily built state, the HTTP connection

@@ -653,7 +653,7 @@ class Worker:
         """The common verdict, from the loop or a slot thread: queue the ack (and result).
 
         A slot thread's ack is flushed once the loop counts the task done (_slot_finished)."""
-        self.hooks.emit("after_process", task, message, result=result, exception=None)
+        self.hooks.after_success(task, message, result)
         dedupe = message.options.get("dedupe_key")
         with self._acks_lock:
             self.acks[queue].append((message.id, lease.owner, stored, dedupe))

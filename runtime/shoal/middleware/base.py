@@ -5,13 +5,28 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from shoal.reasons import Reason
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from shoal.message import Message
     from shoal.task import Task
+
+Hook = TypeVar("Hook", bound="Callable[..., None]")
+
+FAILURES_ONLY = "shoal_failures_only"
+"""The attribute :func:`failures_only` sets on a hook."""
+
+
+def failures_only(hook: Hook) -> Hook:
+    """Mark an ``after_process`` that does nothing when the task returned: the worker then
+    calls it only for failures and stops, not once per successful task. A subclass that
+    overrides the method without the mark is called for every task again."""
+    setattr(hook, FAILURES_ONLY, True)
+    return hook
 
 
 @dataclass(slots=True)
@@ -95,7 +110,8 @@ class Middleware:
         result: Any,
         exception: BaseException | None,
     ) -> None:
-        """After the task function returned (``exception`` None) or raised."""
+        """After the task function returned (``exception`` None) or raised, or the worker
+        stopped it; mark it :func:`failures_only` when it has nothing to do on success."""
 
     def after_failure(
         self, task: Task[Any, Any] | None, message: Message, outcome: Outcome

@@ -11,9 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shoal.middleware.base import Middleware
+from shoal.middleware.base import FAILURES_ONLY, Middleware
+
+if TYPE_CHECKING:
+    from shoal.message import Message
+    from shoal.task import Task
 
 log = logging.getLogger("shoal.middleware")
 
@@ -40,6 +44,11 @@ class Hooks:
                 continue
             users = [m for m in self.middleware if getattr(type(m), name) is not base]
             self._by_hook[name] = users[::-1] if name in AFTER_HOOKS else users
+        self._after_success = [
+            m
+            for m in self._by_hook["after_process"]
+            if not getattr(type(m).after_process, FAILURES_ONLY, False)
+        ]
         senders = {id(m): m for name in ENQUEUE_HOOKS for m in self._by_hook[name]}
         self._senders = list(senders.values())
         self.on_enqueue = bool(self._senders)
@@ -61,6 +70,15 @@ class Hooks:
                 getattr(mw, hook)(*args, **kwargs)
             except Exception:
                 log.exception("middleware %s.%s failed; continuing", type(mw).__name__, hook)
+
+    def after_success(self, task: Task[Any, Any], message: Message, result: Any) -> None:
+        """``after_process`` for a task that returned, to the middleware that want successes
+        (not those whose hook is marked :func:`~shoal.middleware.base.failures_only`)."""
+        for mw in self._after_success:
+            try:
+                mw.after_process(task, message, result=result, exception=None)
+            except Exception:
+                log.exception("middleware %s.after_process failed; continuing", type(mw).__name__)
 
     def context(self, hook: str, *args: Any) -> contextlib.AbstractContextManager[Any]:
         """Enter every ``*_context`` hook, outermost first (a nullcontext when none)."""

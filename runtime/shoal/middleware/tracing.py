@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from shoal import telemetry
-from shoal.middleware.base import Middleware
+from shoal.middleware.base import Middleware, failures_only
 from shoal.telemetry.conventions import SYSTEM, process_attributes, send_attributes
 from shoal.telemetry.traceparent import parent_context, remote_parent, span_context
 from shoal.version import __version__
@@ -155,6 +155,7 @@ class Tracing(Middleware):
         }
         return _ProcessScope(self._tracer(), f"process {queue}", attributes, message)
 
+    @failures_only  # a task that returned leaves its span as it is: no call per success
     def after_process(
         self,
         task: Task[Any, Any],

@@ -436,7 +436,7 @@ def test_message_ids_and_attempts_of_every_size(
     assert root["attributes"]["shoal.attempt"] == attempt + 1
 
 
-def test_the_batch_encoder_writes_what_the_general_one_writes() -> None:
+def test_the_common_span_encoder_writes_what_the_general_one_writes() -> None:
     capture = Capture()
     env = {"OTEL_BSP_SCHEDULE_DELAY": "600000"}
     pipeline = Pipeline(RESOURCE, capture, env=env)  # type: ignore[arg-type]
@@ -455,4 +455,4 @@ def test_the_batch_encoder_writes_what_the_general_one_writes() -> None:
                     span.set_attribute("own", 1)  # not the common shape: the general encoder
             batch.append(span)
     pipeline.shutdown()
-    assert otlp.spans(batch) == b"".join(otlp.span(s) for s in batch)
+    assert [otlp.encode(s) for s in batch] == [otlp.span(s) for s in batch]

@@ -1,10 +1,10 @@
 """The span pipeline of a worker whose tracing Shoal set up: one batching thread, OTLP/HTTP.
 
 It replaces the SDK's ``BatchSpanProcessor`` + ``OTLPSpanExporter`` pair and takes both kinds
-of span: Shoal's lean consumer spans (:meth:`Pipeline.submit`, encoded by
-:mod:`shoal.telemetry.otlp`) and the SDK spans a task makes itself (``on_end``, encoded by the
-SDK's own encoder, imported on the first one). Both land in one request. Configured only by the
-standard variables: ``OTEL_BSP_SCHEDULE_DELAY``, ``OTEL_BSP_MAX_QUEUE_SIZE``,
+of span: Shoal's lean consumer spans (:meth:`Pipeline.submit`, already encoded by
+:mod:`shoal.telemetry.otlp` as they ended) and the SDK spans a task makes itself (``on_end``,
+encoded by the SDK's own encoder, imported on the first one). Both land in one request.
+Configured only by the standard variables: ``OTEL_BSP_SCHEDULE_DELAY``, ``OTEL_BSP_MAX_QUEUE_SIZE``,
 ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``, ``OTEL_BSP_EXPORT_TIMEOUT``, and for the request
 ``OTEL_EXPORTER_OTLP[_TRACES]_ENDPOINT``, ``_HEADERS``, ``_TIMEOUT`` (seconds, as the Python
 SDK reads it), ``_COMPRESSION``, ``_CERTIFICATE``, ``_CLIENT_KEY``, ``_CLIENT_CERTIFICATE``.
@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 from shoal.telemetry import otlp
-from shoal.telemetry.spans import ProcessSpan
 from shoal.version import __version__
 
 if TYPE_CHECKING:
@@ -203,7 +202,7 @@ class Pipeline(SpanProcessor):
         self.export_timeout_s = _number(env, "OTEL_BSP_EXPORT_TIMEOUT", 30000) / 1000
         self._resource = otlp.resource(resource.attributes, resource.schema_url)
         self._scope = otlp.scope("shoal", __version__)
-        self._queue: deque[ProcessSpan | ReadableSpan] = deque()
+        self._queue: deque[bytes | ReadableSpan] = deque()
         self._wake = threading.Event()
         self._flushed = threading.Condition()
         self._flush_requests = 0
@@ -217,7 +216,8 @@ class Pipeline(SpanProcessor):
 
     # --- intake (any thread) ---------------------------------------------------------------
 
-    def submit(self, span: ProcessSpan | ReadableSpan) -> None:
+    def submit(self, span: bytes | ReadableSpan) -> None:
+        """Queue a lean span's encoding (:func:`shoal.telemetry.otlp.encode`) or an SDK span."""
         queue = self._queue
         if len(queue) >= self.max_queue:
             self.dropped += 1
@@ -265,11 +265,11 @@ class Pipeline(SpanProcessor):
             except Exception:  # a bad span or an encoder bug must not stop the thread
                 log.exception("tracing: could not export %d spans", len(spans))
 
-    def _export(self, spans: list[ProcessSpan | ReadableSpan]) -> None:
-        own = [s for s in spans if type(s) is ProcessSpan]
-        body = otlp.request(self._resource, self._scope, otlp.spans(own)) if own else b""
+    def _export(self, spans: list[bytes | ReadableSpan]) -> None:
+        own = [s for s in spans if type(s) is bytes]
+        body = otlp.request(self._resource, self._scope, b"".join(own)) if own else b""
         if len(own) < len(spans):
-            body += self._encode_sdk_spans([s for s in spans if type(s) is not ProcessSpan])
+            body += self._encode_sdk_spans([s for s in spans if type(s) is not bytes])
         if self.sender.send(body):
             self.exported += len(spans)
 

@@ -13,7 +13,7 @@ output with ``opentelemetry-proto`` and compare it with the SDK exporter's.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -143,52 +143,59 @@ def _size_prefix(size: int) -> bytes:
     return prefix
 
 
-def spans(batch: Iterable[ProcessSpan]) -> bytes:
-    """Consumer spans, each as field 2 (``spans``) of a ``ScopeSpans``, one after another.
+def encode(s: ProcessSpan) -> bytes:
+    """One ended consumer span, as field 2 (``spans``) of a ``ScopeSpans``.
 
     The common span (a task added nothing to it but through its own spans) is a few packs of
     its ids and times around the bytes its :class:`Shape` encoded once, its size summed, not
     measured; any other goes through :func:`span`. Both decode to the same message."""
-    out: list[bytes] = []
-    add = out.append
-    for s in batch:
-        if (
-            s.all_attributes is not None
-            or s.name is not None
-            or s.events is not None
-            or s.links is not None
-            or s.status_code
-            or s.otel_state is not None
-        ):
-            add(span(s))
-            continue
-        trace_id, parent, shape = s.trace_id, s.parent_id, s.shape
-        high, low = trace_id >> 64, trace_id & _M64
-        raw = s.message_id.encode("utf-8", "replace")
-        id_prefix = _ID_PREFIXES.get(len(raw)) or _id_prefix(len(raw))
-        attempt = s.attempt
-        attempt_kv = _ATTEMPTS[attempt] if 0 <= attempt < 32 else _attempt(attempt)
-        size = shape.size + len(id_prefix) + len(raw) + len(attempt_kv)
-        if parent:
-            size += _FIXED_PARENTED
-            add(_SIZE_PREFIXES.get(size) or _size_prefix(size))
-            add(_IDS_PARENT.pack(0x0A10, high, low, 0x1208, s.span_id, 0x2208, parent))
-        else:
-            size += _FIXED_ROOT
-            add(_SIZE_PREFIXES.get(size) or _size_prefix(size))
-            add(_IDS.pack(0x0A10, high, low, 0x1208, s.span_id))
-        add(shape.head)
-        add(_TIMES.pack(0x39, s.start_time, 0x41, s.end_time or s.start_time))
-        add(shape.attributes)
-        add(id_prefix)
-        add(raw)
-        add(attempt_kv)
-        if parent:
-            add(_LINK.pack(_LINK_HEAD, high, low, 0x1208, parent))
-            add(_LINK_TAIL)
-        else:
-            add(_FLAGS_ROOT)
-    return b"".join(out)
+    if (
+        s.all_attributes is not None
+        or s.name is not None
+        or s.events is not None
+        or s.links is not None
+        or s.status_code
+        or s.otel_state is not None
+    ):
+        return span(s)
+    trace_id, parent, shape = s.trace_id, s.parent_id, s.shape
+    high, low = trace_id >> 64, trace_id & _M64
+    raw = s.message_id.encode("utf-8", "replace")
+    id_prefix = _ID_PREFIXES.get(len(raw)) or _id_prefix(len(raw))
+    attempt = s.attempt
+    attempt_kv = _ATTEMPTS[attempt] if 0 <= attempt < 32 else _attempt(attempt)
+    size = shape.size + len(id_prefix) + len(raw) + len(attempt_kv)
+    times = _TIMES.pack(0x39, s.start_time, 0x41, s.end_time or s.start_time)
+    if parent:
+        size += _FIXED_PARENTED
+        return b"".join(
+            (
+                _SIZE_PREFIXES.get(size) or _size_prefix(size),
+                _IDS_PARENT.pack(0x0A10, high, low, 0x1208, s.span_id, 0x2208, parent),
+                shape.head,
+                times,
+                shape.attributes,
+                id_prefix,
+                raw,
+                attempt_kv,
+                _LINK.pack(_LINK_HEAD, high, low, 0x1208, parent),
+                _LINK_TAIL,
+            )
+        )
+    size += _FIXED_ROOT
+    return b"".join(
+        (
+            _SIZE_PREFIXES.get(size) or _size_prefix(size),
+            _IDS.pack(0x0A10, high, low, 0x1208, s.span_id),
+            shape.head,
+            times,
+            shape.attributes,
+            id_prefix,
+            raw,
+            attempt_kv,
+            _FLAGS_ROOT,
+        )
+    )
 
 
 def span(s: ProcessSpan) -> bytes:
@@ -248,7 +255,7 @@ def resource(items: Mapping[str, Any], schema_url: str | None) -> tuple[bytes, b
 
 
 def request(resource_part: tuple[bytes, bytes], scope_part: bytes, encoded: bytes) -> bytes:
-    """An ``ExportTraceServiceRequest`` holding spans already encoded by :func:`spans`."""
+    """An ``ExportTraceServiceRequest`` holding spans already encoded by :func:`encode`."""
     scope_spans = field(2, scope_part + encoded)
     head, schema = resource_part
     return field(1, head + scope_spans + schema)

@@ -14,7 +14,9 @@ A message that is not sampled (a parent that was not, or the ratio's decision) g
 at 10 % cost little more than reading their ``traceparent``.
 
 Safe to use from any thread: a span is entered and left in one context (the worker's ``with``),
-ended once, and queued for export through a thread-safe deque.
+ended once, encoded as it ends and queued for export as bytes through a thread-safe deque
+(bytes are no work for the garbage collector; hundreds of live spans waiting for their
+batch were).
 """
 
 from __future__ import annotations
@@ -331,7 +333,12 @@ class ProcessSpan(_Current, Span):
         if self.end_time is not None:
             return
         self.end_time = end_time if end_time is not None else time.time_ns()
-        self._factory.pipeline.submit(self)
+        try:  # encoded now (ended, it cannot change): the queue holds bytes, not live objects
+            encoded = otlp.encode(self)
+        except Exception:  # an encoder bug costs this span, never the task
+            log.exception("tracing: could not encode the span of message %s", self.message_id)
+            return
+        self._factory.pipeline.submit(encoded)
 
     @property
     def dropped_attributes(self) -> int:

@@ -10,6 +10,9 @@ run and side by side:
   middleware present, no tracer provider, no signing);
 - ``no_mw``: the same with ``App(middleware=[])`` (what the default Tracing costs when off);
 - ``signed``: the same as ``enqueue`` with ``signing_keys`` set;
+- ``traced``: the same as ``enqueue`` with ``Tracing(tracer_provider=...)``: an OpenTelemetry SDK
+  provider as an application sets one up (``BatchSpanProcessor``, the OTLP/HTTP exporter) sending
+  to a sink in this process that reads each request and answers 200 (its thread counts too);
 - ``async_evalsha`` / ``async_send``: the asyncio floor, and ``Producer.send_async`` (the
   worker's enqueue of workflow steps and schedule ticks) through an ``AsyncBroker``;
 - ``many``: ``task.enqueue_many`` in batches of ``--batch`` (messages/s).
@@ -35,8 +38,10 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import redis
@@ -44,8 +49,9 @@ import redis.asyncio as aioredis
 
 from shoal import App
 from shoal.message import Message, new_message_id
+from shoal.middleware import Retries, Tracing
 from shoal.protocol import AsyncBroker
-from shoal.protocol.scripts import script_source
+from shoal.protocol.scripts import enqueue_call, script_source
 from shoal.protocol.server import LocalRedis
 
 PHASES = (
@@ -54,11 +60,12 @@ PHASES = (
     "enqueue",
     "no_mw",
     "signed",
+    "traced",
     "async_evalsha",
     "async_send",
     "many",
 )
-FLOORS = {"enqueue": "evalsha", "no_mw": "evalsha", "signed": "evalsha"}
+FLOORS = {"enqueue": "evalsha", "no_mw": "evalsha", "signed": "evalsha", "traced": "evalsha"}
 FLOORS["async_send"] = "async_evalsha"
 
 
@@ -71,14 +78,43 @@ def _app(url: str, prefix: str, **settings: Any) -> tuple[App, Any]:
     return app, work
 
 
+class _Sink(BaseHTTPRequestHandler):
+    """An OTLP/HTTP endpoint that reads each request and answers 200."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _sdk_provider() -> Any:
+    """An SDK tracer provider exporting over OTLP/HTTP to a :class:`_Sink` in this process."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{sink.server_address[1]}/v1/traces"
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    return provider
+
+
 def _envelope(i: int) -> bytes:
     m = Message(new_message_id(), "work", "bench", ["run-1", i, time.time(), 0.0], {}, 1.0)
     return m.encode()
 
 
 def _floor_args(app: App) -> tuple[list[str], list[Any]]:
-    k = app.broker.keys("bench")
-    return [k.waiting, k.messages, k.delayed, k.stats, k.dedupe], [k.notify, "", "", "", 0]
+    """The enqueue script's keys and the arguments before the messages, as the runtime builds
+    them (no guard, the default priority)."""
+    _, keys, head = enqueue_call(app.broker.keys("bench"), [])
+    return keys, head
 
 
 def run_phase(phase: str, url: str, n: int, batch: int, prefix: str) -> float:
@@ -100,29 +136,16 @@ def run_phase(phase: str, url: str, n: int, batch: int, prefix: str) -> float:
         r = redis.Redis.from_url(url)
         sha = r.script_load(script_source("enqueue"))
         ids = [f"{i:032x}" for i in range(n + 1)]
-        r.evalsha(sha, 5, *keys, *head, ids[n], 0, body, "")
+        r.evalsha(sha, len(keys), *keys, *head, ids[n], 0, body, "")
         start = time.perf_counter()
         for i in range(n):
-            r.evalsha(sha, 5, *keys, *head, ids[i], 0, body, "")
+            r.evalsha(sha, len(keys), *keys, *head, ids[i], 0, body, "")
         elapsed = time.perf_counter() - start
         r.close()
         app.close()
         return elapsed
-    if phase in ("enqueue", "no_mw", "signed"):
-        extra: dict[str, Any] = {}
-        if phase == "signed":
-            extra["signing_keys"] = ("k" * 32,)
-        if phase == "no_mw":
-            extra["middleware"] = []
-        app, work = _app(url, prefix, **extra)
-        enqueue = work.enqueue
-        enqueue("warm", -1, time.time(), 0.0)
-        start = time.perf_counter()
-        for i in range(n):
-            enqueue("run-1", i, time.time(), 0.0)
-        elapsed = time.perf_counter() - start
-        app.close()
-        return elapsed
+    if phase in ("enqueue", "no_mw", "signed", "traced"):
+        return _run_enqueue(phase, url, n, prefix)
     if phase == "many":
         app, work = _app(url, prefix)
         work.enqueue_many([("warm", -1, time.time(), 0.0)])
@@ -138,6 +161,31 @@ def run_phase(phase: str, url: str, n: int, batch: int, prefix: str) -> float:
     raise SystemExit(f"unknown phase {phase!r}; one of {', '.join(PHASES)}")
 
 
+def _run_enqueue(phase: str, url: str, n: int, prefix: str) -> float:
+    """``task.enqueue()`` one at a time, as ``phase`` sets the App up."""
+    extra: dict[str, Any] = {}
+    if phase == "signed":
+        extra["signing_keys"] = ("k" * 32,)
+    if phase == "no_mw":
+        extra["middleware"] = []
+    provider = _sdk_provider() if phase == "traced" else None
+    if provider is not None:
+        extra["middleware"] = [Tracing(tracer_provider=provider), Retries()]
+    app, work = _app(url, prefix, **extra)
+    enqueue = work.enqueue
+    enqueue("warm", -1, time.time(), 0.0)
+    start = time.perf_counter()
+    for i in range(n):
+        enqueue("run-1", i, time.time(), 0.0)
+    if provider is not None:
+        provider.force_flush()  # the spans' export is part of the cost
+    elapsed = time.perf_counter() - start
+    if provider is not None:
+        provider.shutdown()
+    app.close()
+    return elapsed
+
+
 async def _run_async(phase: str, url: str, n: int, prefix: str) -> float:
     app, work = _app(url, prefix)
     if phase == "async_evalsha":
@@ -146,10 +194,10 @@ async def _run_async(phase: str, url: str, n: int, prefix: str) -> float:
         ar = aioredis.Redis.from_url(url)
         sha = await ar.script_load(script_source("enqueue"))
         ids = [f"{i:032x}" for i in range(n + 1)]
-        await ar.evalsha(sha, 5, *keys, *head, ids[n], 0, body, "")
+        await ar.evalsha(sha, len(keys), *keys, *head, ids[n], 0, body, "")
         start = time.perf_counter()
         for i in range(n):
-            await ar.evalsha(sha, 5, *keys, *head, ids[i], 0, body, "")
+            await ar.evalsha(sha, len(keys), *keys, *head, ids[i], 0, body, "")
         elapsed = time.perf_counter() - start
         await ar.aclose()
     else:

@@ -15,14 +15,15 @@ the trace on); otherwise (the app's own provider) they go through the SDK.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
-from types import TracebackType
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from types import SimpleNamespace, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from shoal import telemetry
 from shoal.middleware.base import Middleware, failures_only
 from shoal.telemetry.conventions import SYSTEM, process_attributes, send_attributes
-from shoal.telemetry.traceparent import parent_context, remote_parent, span_context
+from shoal.telemetry.traceparent import carried, parent_context, remote_parent, span_context
 from shoal.version import __version__
 
 if TYPE_CHECKING:
@@ -33,6 +34,39 @@ if TYPE_CHECKING:
     from shoal.telemetry.spans import ProcessSpans
 
 _ATTRIBUTES_KEPT = 1024
+"""Attribute sets cached per (queue, task); a flood of unknown task names cannot grow them."""
+
+
+def _kept(
+    cache: dict[tuple[str, str], dict[str, Any]],
+    key: tuple[str, str],
+    build: Callable[[str, str], dict[str, Any]],
+) -> dict[str, Any]:
+    """The attributes a span of (queue, task) shares with all others of its kind, built once."""
+    constant = cache.get(key)
+    if constant is None:
+        if len(cache) >= _ATTRIBUTES_KEPT:
+            cache.clear()
+        constant = cache[key] = build(*key)
+    return constant
+
+
+@functools.cache
+def _otel() -> Any:
+    """OpenTelemetry's API, imported on the first traced send or failure: an import statement
+    per send cost as much as the rest of Shoal's part of a producer span."""
+    from opentelemetry import context, trace
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    return SimpleNamespace(
+        attach=context.attach,
+        detach=context.detach,
+        current_span=trace.get_current_span,
+        in_context=trace.set_span_in_context,
+        PRODUCER=SpanKind.PRODUCER,
+        Status=Status,
+        ERROR=StatusCode.ERROR,
+    )
 
 
 class Tracing(Middleware):
@@ -45,6 +79,7 @@ class Tracing(Middleware):
         self._owned: telemetry.OwnedProvider | None = None
         self._cached: trace.Tracer | None = None
         self._process_attributes: dict[tuple[str, str], dict[str, Any]] = {}
+        self._send_attributes: dict[tuple[str, str], dict[str, Any]] = {}
 
     def _enabled(self) -> bool:
         return self._provider is not None or telemetry.tracing_configured()
@@ -70,31 +105,18 @@ class Tracing(Middleware):
 
     # --- producer ----------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _send_span(self, task: Task[Any, Any], messages: Sequence[Message]) -> Iterator[None]:
-        from opentelemetry import propagate
-        from opentelemetry.trace import SpanKind
-
-        attributes = send_attributes(task.queue, task.name)
-        if len(messages) == 1:
-            attributes["messaging.message.id"] = messages[0].id
-        else:
-            attributes["messaging.batch.message_count"] = len(messages)
-        with self._tracer().start_as_current_span(
-            f"send {task.queue}", kind=SpanKind.PRODUCER, attributes=attributes
-        ):
-            carrier: dict[str, str] = {}
-            propagate.inject(carrier)  # once: every message of the batch has the same parent
-            for message in messages:
-                message.headers.update(carrier)
-            yield
-
     def enqueue_context(
         self, task: Task[Any, Any], messages: Sequence[Message]
     ) -> contextlib.AbstractContextManager[None]:
         if not self._enabled():
             return contextlib.nullcontext()
-        return self._send_span(task, messages)
+        queue = task.queue
+        constant = _kept(self._send_attributes, (queue, task.name), send_attributes)
+        if len(messages) == 1:
+            attributes = {**constant, "messaging.message.id": messages[0].id}
+        else:
+            attributes = {**constant, "messaging.batch.message_count": len(messages)}
+        return _SendScope(self._tracer(), f"send {queue}", attributes, messages)
 
     @contextlib.contextmanager
     def _workflow_span(
@@ -142,12 +164,7 @@ class Tracing(Middleware):
                 return lean.start(message, queue)
         if not self._enabled():
             return contextlib.nullcontext()
-        key = (queue, message.task)
-        constant = self._process_attributes.get(key)
-        if constant is None:
-            if len(self._process_attributes) >= _ATTRIBUTES_KEPT:
-                self._process_attributes.clear()
-            constant = self._process_attributes[key] = process_attributes(queue, message.task)
+        constant = _kept(self._process_attributes, (queue, message.task), process_attributes)
         attributes = {
             **constant,
             "messaging.message.id": message.id,
@@ -166,11 +183,7 @@ class Tracing(Middleware):
     ) -> None:
         if exception is None:
             return
-        from opentelemetry.trace import Status, StatusCode, get_current_span
-
-        span = get_current_span()
-        span.record_exception(exception)
-        span.set_status(Status(StatusCode.ERROR, f"{type(exception).__name__}: {exception}"))
+        _failed(_otel().current_span(), exception)
 
     def after_retry(self, task: Task[Any, Any], message: Message, delay_s: float) -> None:
         from opentelemetry.trace import get_current_span
@@ -195,6 +208,53 @@ class Tracing(Middleware):
             },
         )
         span.set_status(Status(StatusCode.ERROR, f"dead-lettered: {reason}"))
+
+
+def _failed(span: trace.Span, error: BaseException) -> None:
+    """Record ``error`` on ``span`` and set its status, as the SDK does for a span's error."""
+    otel = _otel()
+    span.record_exception(error)
+    span.set_status(otel.Status(otel.ERROR, f"{type(error).__name__}: {error}"))
+
+
+class _SendScope:
+    """The producer span of one send: started, current while the batch is stored (a Redis
+    instrumentation's spans nest under it), its context written into every message's
+    headers (:func:`~shoal.telemetry.traceparent.carried`); ended on leaving, with the
+    error if the send failed. A class, not a generator: this runs once per enqueue."""
+
+    __slots__ = ("_messages", "_span", "_token")
+
+    def __init__(
+        self,
+        tracer: trace.Tracer,
+        name: str,
+        attributes: dict[str, Any],
+        messages: Sequence[Message],
+    ) -> None:
+        self._span = tracer.start_span(name, kind=_otel().PRODUCER, attributes=attributes)
+        self._messages = messages
+        self._token: object = None
+
+    def __enter__(self) -> None:
+        otel = _otel()
+        self._token = otel.attach(otel.in_context(self._span))
+        headers = carried(self._span)  # once: every message of the batch has the same parent
+        for message in self._messages:
+            message.headers.update(headers)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        if self._token is not None:
+            _otel().detach(self._token)
+        span = self._span
+        if isinstance(exc_val, Exception) and span.is_recording():
+            _failed(span, exc_val)
+        span.end()
 
 
 class _ProcessScope:

@@ -1,11 +1,13 @@
-"""The producer's span context in a message's headers, read without the propagator machinery.
+"""The producer's span context in a message's headers, read and written without the propagator
+machinery.
 
 A worker reads one ``traceparent`` per task, and the global propagator's ``extract`` costs more
-than the rest of a lean span. A header in the one form every W3C propagator writes
-(``00-<32 hex>-<16 hex>-<2 hex>``, lowercase, alone in the headers) is read here with one regex;
-anything else (``tracestate``, ``baggage``, another version, spaces, an invalid value, or a
-global propagator that is not W3C trace context) goes to ``opentelemetry.propagate.extract``, so
-the answer is always the one the SDK gives. Imports no OpenTelemetry until that fallback.
+than the rest of a lean span; a producer writes one per send (:func:`carried`). A header in
+the one form every W3C propagator writes (``00-<32 hex>-<16 hex>-<2 hex>``, lowercase, alone
+in the headers) is read here with one regex; anything else (``tracestate``, ``baggage``, another
+version, spaces, an invalid value, or a global propagator that is not W3C trace context) goes
+to ``opentelemetry.propagate.extract``, so the answer is always the one the SDK gives. Imports
+no OpenTelemetry until that fallback.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.propagators.textmap import TextMapPropagator
-    from opentelemetry.trace import SpanContext, TraceState
+    from opentelemetry.trace import Span, SpanContext, TraceState
 
 _fullmatch = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}").fullmatch
 _W3C_FIELDS = frozenset({"traceparent", "tracestate", "baggage"})
@@ -85,6 +87,33 @@ def simple(headers: Any) -> str | None:
     if get_textmap is not None and get_textmap() is _Textmap.textmap:
         return value if _Textmap.w3c else None
     return value if _w3c_textmap() else None
+
+
+class _Current:
+    """OpenTelemetry's current context, looked up once (see :func:`carried`)."""
+
+    get: Callable[[], Context] | None = None
+
+
+def carried(span: Span) -> dict[str, str]:
+    """The headers the global propagator writes for the current context, whose span is
+    ``span``: a ``traceparent`` formatted here when that is all it would write (a W3C
+    propagator, no ``tracestate``, nothing but the span in the context: no baggage), else
+    what ``propagate.inject`` writes."""
+    context = span.get_span_context()
+    get_current = _Current.get
+    if get_current is None:  # imported once: an import statement per send costs too much
+        from opentelemetry import context as otel_context
+
+        get_current = _Current.get = otel_context.get_current
+    if _w3c_textmap() and not context.trace_state and len(get_current()) == 1:
+        trace_id, span_id, flags = context.trace_id, context.span_id, context.trace_flags
+        return {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"}
+    from opentelemetry import propagate
+
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    return headers
 
 
 def remote_parent(headers: Any) -> Parent | None:

@@ -26,6 +26,7 @@ from opentelemetry.trace import (
 from shoal import App
 from shoal.message import Message, new_message_id
 from shoal.middleware import Tracing
+from shoal.middleware.tracing import _SendScope
 from shoal.task import Task
 
 
@@ -177,3 +178,13 @@ def test_an_unsampled_send_still_carries_its_trace(
     assert exporter.get_finished_spans() == ()
     assert message.headers["traceparent"].startswith(f"00-{0xABC:032x}-")
     assert message.headers["traceparent"].endswith("-00")
+
+
+def test_a_span_with_no_valid_context_writes_no_headers() -> None:
+    # A provider may hand out the invalid span (the SDK does when instrumentation is suppressed)
+    tracer = trace.NoOpTracerProvider().get_tracer("t")
+    [message] = messages(1)
+    with _SendScope(tracer, "send billing", {}, [message]):
+        expected: dict[str, str] = {}
+        propagate.inject(expected)
+    assert message.headers == expected == {}

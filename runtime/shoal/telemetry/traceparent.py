@@ -101,6 +101,8 @@ def carried(span: Span) -> dict[str, str]:
     propagator, no ``tracestate``, nothing but the span in the context: no baggage), else
     what ``propagate.inject`` writes."""
     context = span.get_span_context()
+    if not context.is_valid:  # (what the W3C propagator writes for it: nothing)
+        return {} if _w3c_textmap() else _injected()
     get_current = _Current.get
     if get_current is None:  # imported once: an import statement per send costs too much
         from opentelemetry import context as otel_context
@@ -109,6 +111,11 @@ def carried(span: Span) -> dict[str, str]:
     if _w3c_textmap() and not context.trace_state and len(get_current()) == 1:
         trace_id, span_id, flags = context.trace_id, context.span_id, context.trace_flags
         return {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"}
+    return _injected()
+
+
+def _injected() -> dict[str, str]:
+    """What the global propagator writes for the current context."""
     from opentelemetry import propagate
 
     headers: dict[str, str] = {}

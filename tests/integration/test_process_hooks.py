@@ -13,7 +13,6 @@ from shoal import App
 from shoal.message import Message
 from shoal.middleware import Middleware, Retries, Tracing
 from shoal.middleware.base import failures_only
-from shoal.middleware.hooks import Hooks
 from shoal.task import Task
 from shoal.worker import Worker
 
@@ -67,10 +66,6 @@ class OverridesUnmarked(FailuresOnly):
         super().after_process(task, message, result=result, exception=exception)
 
 
-def test_tracing_asks_only_for_failures() -> None:
-    assert getattr(Tracing.after_process, "shoal_failures_only", False)
-
-
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["def", "async def"])
 def test_after_process_sees_results_and_failures_unless_it_asked_for_failures_only(
     redis_url: str, key_prefix: str, asynchronous: bool
@@ -115,26 +110,3 @@ def test_after_process_sees_results_and_failures_unless_it_asked_for_failures_on
     assert sorted(overrides.calls, key=str) == sorted(both, key=str)
     assert failures.calls == [("double", None, "ValueError")]
     assert inherits.calls == [("double", None, "ValueError")]
-
-
-def test_a_failing_success_hook_is_logged_and_the_others_still_run(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    class Broken(Middleware):
-        def after_process(
-            self,
-            task: Task[Any, Any],
-            message: Message,
-            *,
-            result: Any,
-            exception: BaseException | None,
-        ) -> None:
-            raise RuntimeError("middleware bug")
-
-    after = Recorder()
-    app = App("redis://127.0.0.1:1/0", middleware=[after, Broken()])
-    task = app.task(queue="q", name="t")(lambda: None)
-    message = Message("m1", "t", "q", [], {}, 0.0)
-    Hooks(app.middleware).after_success(task, message, "done")
-    assert after.calls == [("t", "done", None)]
-    assert "Broken.after_process failed" in caplog.text

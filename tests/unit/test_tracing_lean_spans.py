@@ -416,8 +416,23 @@ def test_an_ended_span_ignores_everything(paths: Paths) -> None:
     span.end(6)
     span.set_attribute("late", 1)
     span.add_event("late")
+    span.set_status(StatusCode.ERROR, "late")
     assert span.end_time == 5 and span.all_attributes is None and span.events is None
-    assert not span.is_recording()
+    assert span.status_code == 0 and not span.is_recording()
+
+
+def test_a_span_the_encoder_fails_on_is_counted_and_logged_once(
+    paths: Paths, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(span: ProcessSpan) -> bytes:
+        raise ValueError("encoder bug")
+
+    monkeypatch.setattr(otlp, "encode", broken)
+    for _ in range(3):
+        with paths.lean.start(message(), "billing"):
+            pass  # the task is untouched: nothing raises here
+    assert paths.lean.encode_failures == 3
+    assert caplog.text.count("could not encode the span") == 1
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 from opentelemetry import baggage, context, propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -22,6 +24,7 @@ from opentelemetry.trace import (
     TraceFlags,
     TraceState,
 )
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from shoal import App
 from shoal.message import Message, new_message_id
@@ -180,11 +183,100 @@ def test_an_unsampled_send_still_carries_its_trace(
     assert message.headers["traceparent"].endswith("-00")
 
 
-def test_a_span_with_no_valid_context_writes_no_headers() -> None:
-    # A provider may hand out the invalid span (the SDK does when instrumentation is suppressed)
+@pytest.mark.parametrize("with_baggage", [False, True], ids=["alone", "with baggage"])
+def test_a_span_with_no_valid_context_writes_what_the_propagator_writes(
+    with_baggage: bool,
+) -> None:
+    # A provider may hand out the invalid span (a no-op tracer, OTEL_SDK_DISABLED)
     tracer = trace.NoOpTracerProvider().get_tracer("t")
-    [message] = messages(1)
-    with _SendScope(tracer, "send billing", {}, [message]):
-        expected: dict[str, str] = {}
-        propagate.inject(expected)
-    assert message.headers == expected == {}
+    token = context.attach(baggage.set_baggage("user", "alice")) if with_baggage else None
+    try:
+        [message] = messages(1)
+        with _SendScope(tracer, "send billing", {}, [message]):
+            expected: dict[str, str] = {}
+            propagate.inject(expected)
+    finally:
+        if token is not None:
+            context.detach(token)
+    assert message.headers == expected
+    assert message.headers == ({"baggage": "user=alice"} if with_baggage else {})
+
+
+def test_a_parents_tracestate_alone_travels_too(
+    traced: tuple[Tracing, InMemorySpanExporter, Task[Any, Any]],
+) -> None:
+    tracing, _exporter, task = traced
+    parent = SpanContext(
+        0xABC,
+        0xDEF,
+        is_remote=True,
+        trace_flags=TraceFlags(1),
+        trace_state=TraceState([("v", "1")]),
+    )
+    token = context.attach(trace.set_span_in_context(NonRecordingSpan(parent)))
+    try:
+        [message] = messages(1)
+        with tracing.enqueue_context(task, [message]):
+            expected: dict[str, str] = {}
+            propagate.inject(expected)
+    finally:
+        context.detach(token)
+    assert message.headers == expected and message.headers["tracestate"] == "v=1"
+
+
+class VendorTraceContext(TraceContextTextMapPropagator):
+    """A W3C propagator of a vendor's that writes one more header."""
+
+    def inject(self, carrier: Any, context: Any = None, setter: Any = None) -> None:
+        super().inject(carrier, context)
+        carrier["tracestate"] = "vendor=1"
+
+
+@pytest.mark.parametrize(
+    "textmap",
+    [VendorTraceContext(), CompositePropagator([VendorTraceContext(), W3CBaggagePropagator()])],
+    ids=["alone", "in a composite"],
+)
+def test_a_subclassed_w3c_propagator_writes_its_own_headers(
+    traced: tuple[Tracing, InMemorySpanExporter, Task[Any, Any]], textmap: TextMapPropagator
+) -> None:
+    tracing, _exporter, task = traced
+    before = propagate.get_global_textmap()
+    propagate.set_global_textmap(textmap)
+    try:
+        [message] = messages(1)
+        with tracing.enqueue_context(task, [message]):
+            pass
+    finally:
+        propagate.set_global_textmap(before)
+    assert message.headers["tracestate"] == "vendor=1"
+
+
+class Failing(TextMapPropagator):
+    """An app's propagator with a bug."""
+
+    def extract(self, carrier: Any, context: Any = None, getter: Any = None) -> Any:
+        return context
+
+    def inject(self, carrier: Any, context: Any = None, setter: Any = None) -> None:
+        raise RuntimeError("propagator bug")
+
+    @property
+    def fields(self) -> set[str]:
+        return {"x-trace"}
+
+
+def test_a_propagator_that_raises_leaves_no_span_current_and_ends_it(
+    traced: tuple[Tracing, InMemorySpanExporter, Task[Any, Any]],
+) -> None:
+    tracing, exporter, task = traced
+    before = propagate.get_global_textmap()
+    propagate.set_global_textmap(CompositePropagator([Failing()]))
+    try:
+        with pytest.raises(RuntimeError, match="propagator bug"):
+            tracing.enqueue_context(task, messages(1)).__enter__()
+    finally:
+        propagate.set_global_textmap(before)
+    assert not trace.get_current_span().get_span_context().is_valid
+    [span] = exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR

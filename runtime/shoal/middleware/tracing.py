@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator, Sequence
-from types import SimpleNamespace, TracebackType
-from typing import TYPE_CHECKING, Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from shoal import telemetry
 from shoal.middleware.base import Middleware, failures_only
@@ -27,7 +27,10 @@ from shoal.telemetry.traceparent import carried, parent_context, remote_parent, 
 from shoal.version import __version__
 
 if TYPE_CHECKING:
-    from opentelemetry import trace
+    from contextvars import Token
+
+    from opentelemetry import context, trace
+    from opentelemetry.trace import StatusCode
 
     from shoal.message import Message
     from shoal.task import Task
@@ -51,21 +54,31 @@ def _kept(
     return constant
 
 
+class _Api(NamedTuple):
+    """The parts of OpenTelemetry's API the hooks use, looked up once (see :func:`_otel`)."""
+
+    attach: Callable[[context.Context], Token[context.Context]]
+    detach: Callable[[Token[context.Context]], None]
+    current_span: Callable[[], trace.Span]
+    in_context: Callable[[trace.Span], context.Context]
+    producer: trace.SpanKind
+    error: StatusCode
+
+
 @functools.cache
-def _otel() -> Any:
+def _otel() -> _Api:
     """OpenTelemetry's API, imported on the first traced send or failure: an import statement
     per send cost as much as the rest of Shoal's part of a producer span."""
     from opentelemetry import context, trace
-    from opentelemetry.trace import SpanKind, Status, StatusCode
+    from opentelemetry.trace import SpanKind, StatusCode
 
-    return SimpleNamespace(
+    return _Api(
         attach=context.attach,
         detach=context.detach,
         current_span=trace.get_current_span,
         in_context=trace.set_span_in_context,
-        PRODUCER=SpanKind.PRODUCER,
-        Status=Status,
-        ERROR=StatusCode.ERROR,
+        producer=SpanKind.PRODUCER,
+        error=StatusCode.ERROR,
     )
 
 
@@ -212,9 +225,8 @@ class Tracing(Middleware):
 
 def _failed(span: trace.Span, error: BaseException) -> None:
     """Record ``error`` on ``span`` and set its status, as the SDK does for a span's error."""
-    otel = _otel()
     span.record_exception(error)
-    span.set_status(otel.Status(otel.ERROR, f"{type(error).__name__}: {error}"))
+    span.set_status(_otel().error, f"{type(error).__name__}: {error}")
 
 
 class _SendScope:
@@ -232,14 +244,18 @@ class _SendScope:
         attributes: dict[str, Any],
         messages: Sequence[Message],
     ) -> None:
-        self._span = tracer.start_span(name, kind=_otel().PRODUCER, attributes=attributes)
+        self._span = tracer.start_span(name, kind=_otel().producer, attributes=attributes)
         self._messages = messages
-        self._token: object = None
+        self._token: Token[context.Context] | None = None
 
     def __enter__(self) -> None:
         otel = _otel()
         self._token = otel.attach(otel.in_context(self._span))
-        headers = carried(self._span)  # once: every message of the batch has the same parent
+        try:
+            headers = carried(self._span)  # once: every message of the batch has this parent
+        except BaseException as exc:  # (an app's propagator): as if it had failed inside
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         for message in self._messages:
             message.headers.update(headers)
 
@@ -249,8 +265,9 @@ class _SendScope:
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> None:
-        if self._token is not None:
-            _otel().detach(self._token)
+        token, self._token = self._token, None
+        if token is not None:
+            _otel().detach(token)
         span = self._span
         if isinstance(exc_val, Exception) and span.is_recording():
             _failed(span, exc_val)

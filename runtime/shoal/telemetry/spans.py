@@ -94,6 +94,18 @@ class ProcessSpans:
         self.random_root_flag = 2 if is_random is not None and is_random() else 0
         self.value_limit = limits.max_span_attribute_length
         self._shapes: dict[tuple[str, str], otlp.Shape] = {}
+        self.encode_failures = 0
+
+    def unencodable(self, span: ProcessSpan) -> None:
+        """Count a span the encoder failed on (inside ``except``); log the first and every
+        10,000th with the traceback: a bug must show, not flood the log once per task."""
+        self.encode_failures += 1
+        if self.encode_failures == 1 or self.encode_failures % 10_000 == 0:
+            log.exception(
+                "tracing: could not encode the span of message %s (%d spans so far)",
+                span.message_id,
+                self.encode_failures,
+            )
 
     def shape(self, queue: str, task: str) -> otlp.Shape:
         shape = self._shapes.get((queue, task))
@@ -336,7 +348,7 @@ class ProcessSpan(_Current, Span):
         try:  # encoded now (ended, it cannot change): the queue holds bytes, not live objects
             encoded = otlp.encode(self)
         except Exception:  # an encoder bug costs this span, never the task
-            log.exception("tracing: could not encode the span of message %s", self.message_id)
+            self._factory.unencodable(self)
             return
         self._factory.pipeline.submit(encoded)
 
@@ -407,8 +419,8 @@ class ProcessSpan(_Current, Span):
             self.name = name
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
-        if self.status_code == StatusCode.OK.value:
-            return  # final, as in the SDK
+        if not self.is_recording() or self.status_code == StatusCode.OK.value:
+            return  # ended (already encoded), or OK: final, as in the SDK
         if isinstance(status, Status):
             code, description = status.status_code, status.description
         else:

@@ -39,15 +39,17 @@ class Parent(NamedTuple):
 
 
 class _Textmap:
-    """Whether the global propagator reads ``traceparent`` the W3C way (re-checked when the
-    app installs another one)."""
+    """What the global propagator is (re-checked when the app installs another one): whether
+    it reads ``traceparent`` the W3C way, and whether it is only OpenTelemetry's own W3C
+    propagators (so what it writes is known exactly)."""
 
     textmap: object = None
     w3c: bool = False
+    plain: bool = False
     get: Callable[[], TextMapPropagator] | None = None
 
 
-def _w3c_textmap() -> bool:
+def _refresh() -> None:
     get_textmap = _Textmap.get
     if get_textmap is None:  # imported once: an import statement per message costs as much
         from opentelemetry import propagate  # as the rest of an unsampled message
@@ -55,6 +57,7 @@ def _w3c_textmap() -> bool:
         get_textmap = _Textmap.get = propagate.get_global_textmap
     textmap = get_textmap()
     if textmap is not _Textmap.textmap:
+        from opentelemetry.baggage.propagation import W3CBaggagePropagator
         from opentelemetry.propagators.composite import CompositePropagator
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -64,7 +67,15 @@ def _w3c_textmap() -> bool:
             and "traceparent" in fields
             and fields <= _W3C_FIELDS
         )
+        members = getattr(textmap, "_propagators", [textmap])
+        _Textmap.plain = _Textmap.w3c and all(
+            type(m) in (TraceContextTextMapPropagator, W3CBaggagePropagator) for m in members
+        )
         _Textmap.textmap = textmap
+
+
+def _w3c_textmap() -> bool:
+    _refresh()
     return _Textmap.w3c
 
 
@@ -97,18 +108,17 @@ class _Current:
 
 def carried(span: Span) -> dict[str, str]:
     """The headers the global propagator writes for the current context, whose span is
-    ``span``: a ``traceparent`` formatted here when that is all it would write (a W3C
-    propagator, no ``tracestate``, nothing but the span in the context: no baggage), else
-    what ``propagate.inject`` writes."""
+    ``span``: a ``traceparent`` formatted here when that is all it would write (only
+    OpenTelemetry's W3C propagators, a valid span context without ``tracestate``, nothing but
+    the span in the context: no baggage), else what ``propagate.inject`` writes."""
     context = span.get_span_context()
-    if not context.is_valid:  # (what the W3C propagator writes for it: nothing)
-        return {} if _w3c_textmap() else _injected()
     get_current = _Current.get
     if get_current is None:  # imported once: an import statement per send costs too much
         from opentelemetry import context as otel_context
 
         get_current = _Current.get = otel_context.get_current
-    if _w3c_textmap() and not context.trace_state and len(get_current()) == 1:
+    _refresh()
+    if _Textmap.plain and context.is_valid and not context.trace_state and len(get_current()) == 1:
         trace_id, span_id, flags = context.trace_id, context.span_id, context.trace_flags
         return {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"}
     return _injected()

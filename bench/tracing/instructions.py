@@ -33,6 +33,7 @@ STEPS = {
     "task": "the worker's whole tracing path (the hooks around a task), export included",
     "task-10%": "the same with parentbased_traceidratio at 0.1 (root spans, no parent)",
     "task-unsampled": "the whole path, parentbased_always_on, a parent that was not sampled",
+    "task-sdk": "the whole path with the app's own SDK provider (batch processor, OTLP/HTTP)",
 }
 
 
@@ -54,6 +55,13 @@ def child(step: str, n: int, measured: bool) -> None:  # noqa: PLR0915
 
     app = App("redis://127.0.0.1:1/0")
     task = app.task(queue="q", name="noop")(lambda i: None)
+    if step == "task-sdk":  # as `opentelemetry-instrument shoal worker` or an app's own set-up
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        own = TracerProvider()
+        own.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        trace.set_tracer_provider(own)
     mw = Tracing()
     mw.before_worker_boot(SimpleNamespace(settings=Settings.from_env()))
     hooks = Hooks([m for m in (mw,) if m.active_in_worker()])  # as the worker builds them

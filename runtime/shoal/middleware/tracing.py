@@ -62,15 +62,17 @@ class _Api(NamedTuple):
     current_span: Callable[[], trace.Span]
     in_context: Callable[[trace.Span], context.Context]
     producer: trace.SpanKind
+    consumer: trace.SpanKind
+    link: type[trace.Link]
     error: StatusCode
 
 
 @functools.cache
 def _otel() -> _Api:
-    """OpenTelemetry's API, imported on the first traced send or failure: an import statement
-    per send cost as much as the rest of Shoal's part of a producer span."""
+    """OpenTelemetry's API, imported on the first span: an import statement per send or task
+    cost as much as the rest of Shoal's part of a span."""
     from opentelemetry import context, trace
-    from opentelemetry.trace import SpanKind, StatusCode
+    from opentelemetry.trace import Link, SpanKind, StatusCode
 
     return _Api(
         attach=context.attach,
@@ -78,6 +80,8 @@ def _otel() -> _Api:
         current_span=trace.get_current_span,
         in_context=trace.set_span_in_context,
         producer=SpanKind.PRODUCER,
+        consumer=SpanKind.CONSUMER,
+        link=Link,
         error=StatusCode.ERROR,
     )
 
@@ -283,25 +287,23 @@ class _ProcessScope:
     def __init__(
         self, tracer: trace.Tracer, name: str, attributes: dict[str, Any], message: Message
     ) -> None:
-        from opentelemetry.trace import Link, SpanKind
-
+        otel = _otel()
         parent = remote_parent(message.headers)
         producer = span_context(parent) if parent is not None else None
         self._span = tracer.start_span(
             name,
             context=parent_context(parent, producer),
-            kind=SpanKind.CONSUMER,
+            kind=otel.consumer,
             attributes=attributes,
-            links=[Link(producer)] if producer is not None else [],
+            links=[otel.link(producer)] if producer is not None else [],
             record_exception=False,  # the worker reports task failures in after_process
             set_status_on_exception=False,
         )
-        self._token: object = None
+        self._token: Token[context.Context] | None = None
 
     def __enter__(self) -> None:
-        from opentelemetry import context, trace
-
-        self._token = context.attach(trace.set_span_in_context(self._span))
+        otel = _otel()
+        self._token = otel.attach(otel.in_context(self._span))
 
     def __exit__(
         self,
@@ -309,8 +311,7 @@ class _ProcessScope:
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> None:
-        from opentelemetry import context
-
-        if self._token is not None:
-            context.detach(self._token)  # type: ignore[arg-type]
+        token, self._token = self._token, None
+        if token is not None:
+            _otel().detach(token)
         self._span.end()

@@ -12,6 +12,7 @@ no OpenTelemetry until that fallback.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.propagators.textmap import TextMapPropagator
-    from opentelemetry.trace import Span, SpanContext, TraceState
+    from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags, TraceState
 
 _fullmatch = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}").fullmatch
 _W3C_FIELDS = frozenset({"traceparent", "tracestate", "baggage"})
@@ -158,26 +159,47 @@ def _extract(headers: Any) -> Parent | None:
     return Parent(context.trace_id, context.span_id, int(context.trace_flags), state, extracted)
 
 
+class _TraceApi(NamedTuple):
+    span_context: type[SpanContext]
+    flags: type[TraceFlags]
+    non_recording: type[NonRecordingSpan]
+    in_context: Callable[[Span, Context], Context]
+    context: type[Context]
+
+
+@functools.cache
+def _trace_api() -> _TraceApi:
+    """What the functions below use of OpenTelemetry, imported once (an import statement per
+    task costs more than what they do)."""
+    from opentelemetry import trace
+    from opentelemetry.context import Context
+
+    return _TraceApi(
+        trace.SpanContext,
+        trace.TraceFlags,
+        trace.NonRecordingSpan,
+        trace.set_span_in_context,
+        Context,
+    )
+
+
 def span_context(parent: Parent) -> SpanContext:
     """The parent as the remote ``SpanContext`` the W3C propagator would have made."""
-    from opentelemetry import trace
-
-    return trace.SpanContext(
+    api = _trace_api()
+    return api.span_context(
         parent.trace_id,
         parent.span_id,
         is_remote=True,
-        trace_flags=trace.TraceFlags(parent.flags),
+        trace_flags=api.flags(parent.flags),
         trace_state=parent.trace_state,
     )
 
 
 def parent_context(parent: Parent | None, span_context: SpanContext | None) -> Context:
     """The context ``propagate.extract`` returns for ``parent``, for ``start_span(context=)``."""
-    from opentelemetry import trace
-    from opentelemetry.context import Context
-
     if parent is not None and parent.extracted is not None:
         return parent.extracted
+    api = _trace_api()
     if span_context is None:
-        return Context()
-    return trace.set_span_in_context(trace.NonRecordingSpan(span_context), Context())
+        return api.context()
+    return api.in_context(api.non_recording(span_context), api.context())

@@ -19,7 +19,10 @@ from typing import Any
 import pytest
 
 from shoal.errors import ShoalError
+from shoal.message import Message
+from shoal.middleware import Middleware
 from shoal.protocol.server import LocalRedis
+from shoal.task import Task
 from shoal.worker import Worker
 
 
@@ -169,3 +172,22 @@ def http_status(url: str) -> int:
         return exc.code
     except (urllib.error.URLError, ConnectionError):
         return 0
+
+
+class AfterProcessRecorder(Middleware):
+    """Middleware that records every ``after_process`` call: (task name, result, exception
+    type name or None)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any, str | None]] = []
+
+    def after_process(
+        self,
+        task: Task[Any, Any],
+        message: Message,
+        *,
+        result: Any,
+        exception: BaseException | None,
+    ) -> None:
+        kind = type(exception).__name__ if exception is not None else None
+        self.calls.append((task.name, result, kind))

@@ -9,33 +9,16 @@ from typing import Any
 
 import pytest
 
+from helpers import AfterProcessRecorder
 from shoal import App
 from shoal.message import Message
-from shoal.middleware import Middleware, Retries, Tracing
+from shoal.middleware import Retries, Tracing
 from shoal.middleware.base import failures_only
 from shoal.task import Task
 from shoal.worker import Worker
 
 
-class Recorder(Middleware):
-    """Records every ``after_process`` call: (task name, result, exception type name)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any, str | None]] = []
-
-    def after_process(
-        self,
-        task: Task[Any, Any],
-        message: Message,
-        *,
-        result: Any,
-        exception: BaseException | None,
-    ) -> None:
-        kind = type(exception).__name__ if exception is not None else None
-        self.calls.append((task.name, result, kind))
-
-
-class FailuresOnly(Recorder):
+class FailuresOnly(AfterProcessRecorder):
     @failures_only
     def after_process(
         self,
@@ -71,7 +54,7 @@ def test_after_process_sees_results_and_failures_unless_it_asked_for_failures_on
     redis_url: str, key_prefix: str, asynchronous: bool
 ) -> None:
     everything, failures, inherits, overrides = (
-        Recorder(),
+        AfterProcessRecorder(),
         FailuresOnly(),
         InheritsTheMark(),
         OverridesUnmarked(),

@@ -7,27 +7,12 @@ from typing import Any
 
 import pytest
 
+from helpers import AfterProcessRecorder
 from shoal import App
 from shoal.message import Message
 from shoal.middleware import Middleware, Tracing
 from shoal.middleware.hooks import Hooks
 from shoal.task import Task
-
-
-class Recorder(Middleware):
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any, str | None]] = []
-
-    def after_process(
-        self,
-        task: Task[Any, Any],
-        message: Message,
-        *,
-        result: Any,
-        exception: BaseException | None,
-    ) -> None:
-        kind = type(exception).__name__ if exception is not None else None
-        self.calls.append((task.name, result, kind))
 
 
 def test_tracing_asks_only_for_failures() -> None:
@@ -48,7 +33,7 @@ def test_a_failing_success_hook_is_logged_and_the_others_still_run(
         ) -> None:
             raise RuntimeError("middleware bug")
 
-    after = Recorder()
+    after = AfterProcessRecorder()
     app = App("redis://127.0.0.1:1/0", middleware=[after, Broken()])
     task = app.task(queue="q", name="t")(lambda: None)
     message = Message("m1", "t", "q", [], {}, 0.0)

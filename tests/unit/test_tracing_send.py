@@ -5,12 +5,15 @@ another propagator go through ``propagate.inject``); a send that fails records i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
 from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace import TracerProvider
@@ -47,6 +50,27 @@ def traced() -> Iterator[tuple[Tracing, InMemorySpanExporter, Task[Any, Any]]]:
 
 def messages(n: int) -> list[Message]:
     return [Message(new_message_id(), "charge", "billing", [i], {}, 1.0) for i in range(n)]
+
+
+@contextlib.contextmanager
+def within(outer: Context) -> Iterator[None]:
+    """``outer`` made the current context for the ``with``."""
+    token = context.attach(outer)
+    try:
+        yield
+    finally:
+        context.detach(token)
+
+
+def sent_within(
+    outer: Context, send: Callable[[list[Message]], contextlib.AbstractContextManager[Any]]
+) -> tuple[Message, dict[str, str]]:
+    """One message sent in ``outer``: it, and what ``propagate.inject`` writes in the send."""
+    [message] = messages(1)
+    expected: dict[str, str] = {}
+    with within(outer), send([message]):
+        propagate.inject(expected)
+    return message, expected
 
 
 def test_one_send_is_a_producer_span_whose_context_the_message_carries(
@@ -104,14 +128,9 @@ def test_baggage_and_a_parents_tracestate_travel_as_the_propagator_writes_them(
         trace_state=TraceState([("vendor", "value")]),
     )
     outer = trace.set_span_in_context(NonRecordingSpan(parent))
-    token = context.attach(baggage.set_baggage("user", "alice", outer))
-    try:
-        [message] = messages(1)
-        with tracing.enqueue_context(task, [message]):
-            expected: dict[str, str] = {}
-            propagate.inject(expected)
-    finally:
-        context.detach(token)
+    message, expected = sent_within(
+        baggage.set_baggage("user", "alice", outer), partial(tracing.enqueue_context, task)
+    )
     assert message.headers == expected
     assert message.headers["baggage"] == "user=alice"
     assert message.headers["tracestate"] == "vendor=value"
@@ -171,13 +190,9 @@ def test_an_unsampled_send_still_carries_its_trace(
 ) -> None:
     tracing, exporter, task = traced
     parent = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(0))
-    token = context.attach(trace.set_span_in_context(NonRecordingSpan(parent)))
-    try:
-        [message] = messages(1)
-        with tracing.enqueue_context(task, [message]):
-            pass
-    finally:
-        context.detach(token)
+    message, _ = sent_within(
+        trace.set_span_in_context(NonRecordingSpan(parent)), partial(tracing.enqueue_context, task)
+    )
     assert exporter.get_finished_spans() == ()
     assert message.headers["traceparent"].startswith(f"00-{0xABC:032x}-")
     assert message.headers["traceparent"].endswith("-00")
@@ -189,15 +204,10 @@ def test_a_span_with_no_valid_context_writes_what_the_propagator_writes(
 ) -> None:
     # A provider may hand out the invalid span (a no-op tracer, OTEL_SDK_DISABLED)
     tracer = trace.NoOpTracerProvider().get_tracer("t")
-    token = context.attach(baggage.set_baggage("user", "alice")) if with_baggage else None
-    try:
-        [message] = messages(1)
-        with _SendScope(tracer, "send billing", {}, [message]):
-            expected: dict[str, str] = {}
-            propagate.inject(expected)
-    finally:
-        if token is not None:
-            context.detach(token)
+    outer = baggage.set_baggage("user", "alice") if with_baggage else Context()
+    message, expected = sent_within(
+        outer, lambda batch: _SendScope(tracer, "send billing", {}, batch)
+    )
     assert message.headers == expected
     assert message.headers == ({"baggage": "user=alice"} if with_baggage else {})
 
@@ -213,14 +223,9 @@ def test_a_parents_tracestate_alone_travels_too(
         trace_flags=TraceFlags(1),
         trace_state=TraceState([("v", "1")]),
     )
-    token = context.attach(trace.set_span_in_context(NonRecordingSpan(parent)))
-    try:
-        [message] = messages(1)
-        with tracing.enqueue_context(task, [message]):
-            expected: dict[str, str] = {}
-            propagate.inject(expected)
-    finally:
-        context.detach(token)
+    message, expected = sent_within(
+        trace.set_span_in_context(NonRecordingSpan(parent)), partial(tracing.enqueue_context, task)
+    )
     assert message.headers == expected and message.headers["tracestate"] == "v=1"
 
 

@@ -233,13 +233,42 @@ def _failed(span: trace.Span, error: BaseException) -> None:
     span.set_status(_otel().error, f"{type(error).__name__}: {error}")
 
 
-class _SendScope:
-    """The producer span of one send: started, current while the batch is stored (a Redis
-    instrumentation's spans nest under it), its context written into every message's
-    headers (:func:`~shoal.telemetry.traceparent.carried`); ended on leaving, with the
-    error if the send failed. A class, not a generator: this runs once per enqueue."""
+class _Scope:
+    """An SDK span, current inside the ``with`` and ended on leaving it. A class, not the SDK's
+    generator context manager: one runs per send and per task."""
 
-    __slots__ = ("_messages", "_span", "_token")
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, span: trace.Span) -> None:
+        self._span = span
+        self._token: Token[context.Context] | None = None
+
+    def __enter__(self) -> None:
+        otel = _otel()
+        self._token = otel.attach(otel.in_context(self._span))
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        token, self._token = self._token, None
+        if token is not None:
+            _otel().detach(token)
+        self._end(exc_val)
+
+    def _end(self, error: BaseException | None) -> None:
+        self._span.end()
+
+
+class _SendScope(_Scope):
+    """The producer span of one send: current while the batch is stored (a Redis
+    instrumentation's spans nest under it), its context written into every message's
+    headers (:func:`~shoal.telemetry.traceparent.carried`); ended with the error, as the
+    SDK's ``use_span`` records one, if the send failed."""
+
+    __slots__ = ("_messages",)
 
     def __init__(
         self,
@@ -248,13 +277,11 @@ class _SendScope:
         attributes: dict[str, Any],
         messages: Sequence[Message],
     ) -> None:
-        self._span = tracer.start_span(name, kind=_otel().producer, attributes=attributes)
+        super().__init__(tracer.start_span(name, kind=_otel().producer, attributes=attributes))
         self._messages = messages
-        self._token: Token[context.Context] | None = None
 
     def __enter__(self) -> None:
-        otel = _otel()
-        self._token = otel.attach(otel.in_context(self._span))
+        super().__enter__()
         try:
             headers = carried(self._span)  # once: every message of the batch has this parent
         except BaseException as exc:  # (an app's propagator): as if it had failed inside
@@ -263,26 +290,18 @@ class _SendScope:
         for message in self._messages:
             message.headers.update(headers)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        token, self._token = self._token, None
-        if token is not None:
-            _otel().detach(token)
+    def _end(self, error: BaseException | None) -> None:
         span = self._span
-        if isinstance(exc_val, Exception) and span.is_recording():
-            _failed(span, exc_val)
+        if isinstance(error, Exception) and span.is_recording():
+            _failed(span, error)
         span.end()
 
 
-class _ProcessScope:
-    """The consumer span through the SDK (an app's own provider): started here, current inside
-    the ``with``, ended on leaving it. A class, not a generator: this runs once per task."""
+class _ProcessScope(_Scope):
+    """The consumer span through the SDK (an app's own provider); the worker reports the
+    task's failure in ``after_process``, not on leaving."""
 
-    __slots__ = ("_span", "_token")
+    __slots__ = ()
 
     def __init__(
         self, tracer: trace.Tracer, name: str, attributes: dict[str, Any], message: Message
@@ -290,28 +309,14 @@ class _ProcessScope:
         otel = _otel()
         parent = remote_parent(message.headers)
         producer = span_context(parent) if parent is not None else None
-        self._span = tracer.start_span(
-            name,
-            context=parent_context(parent, producer),
-            kind=otel.consumer,
-            attributes=attributes,
-            links=[otel.link(producer)] if producer is not None else [],
-            record_exception=False,  # the worker reports task failures in after_process
-            set_status_on_exception=False,
+        super().__init__(
+            tracer.start_span(
+                name,
+                context=parent_context(parent, producer),
+                kind=otel.consumer,
+                attributes=attributes,
+                links=[otel.link(producer)] if producer is not None else [],
+                record_exception=False,
+                set_status_on_exception=False,
+            )
         )
-        self._token: Token[context.Context] | None = None
-
-    def __enter__(self) -> None:
-        otel = _otel()
-        self._token = otel.attach(otel.in_context(self._span))
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        token, self._token = self._token, None
-        if token is not None:
-            _otel().detach(token)
-        self._span.end()

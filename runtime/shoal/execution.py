@@ -14,11 +14,11 @@ replaced: nothing else can free a thread stuck in C code).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import ctypes
 import logging
 import math
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -116,6 +116,12 @@ class SyncCall:
         return self.finished
 
 
+IDLE_LOOK_S = 1.0
+"""How long the timekeeper sleeps with no call running. Waking it per job once the slots were
+idle costs a thread switch (and the GIL) per burst of short tasks: only a call whose soft
+timeout falls before its planned look wakes it."""
+
+
 class SlotThreads:
     """``size`` threads that run sync task code, one job at a time each, from one local queue.
 
@@ -133,7 +139,13 @@ class SlotThreads:
     ) -> None:
         self.hard_grace_s = hard_grace_s
         self._on_abandon = on_abandon
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._jobs: collections.deque[Callable[[], None]] = collections.deque()
+        self._lock = threading.Lock()
+        """Guards the jobs, the idle threads and the searching flag (see :meth:`_serve`)."""
+        self._idle: list[threading.Lock] = []
+        """The wake-up locks of the threads waiting for a job (each held: releasing it wakes)."""
+        self._searching = False
+        """A thread was woken for a job and has not taken one yet: no other is woken meanwhile."""
         self._running: list[SyncCall | None] = [None] * size
         self._local = threading.local()
         self._clock = threading.Condition(threading.Lock())
@@ -150,14 +162,26 @@ class SlotThreads:
             thread.start()
 
     def submit(self, job: Callable[[], None]) -> None:
-        """Queue ``job`` for the next free slot thread (any thread may call this)."""
-        self._jobs.put(job)
+        """Queue ``job`` for the next free slot thread (any thread may call this).
+
+        One idle thread is woken, unless one woken before has not taken its job yet: each
+        thread that takes a job and leaves more behind wakes the next, and a thread that
+        finishes one takes the next itself. A burst of short jobs is run by a few threads
+        in turn instead of waking every one of them (each a futex wake-up and a wait for
+        the GIL); long ones still spread over all the threads, one hand-over apart."""
+        with self._lock:
+            self._jobs.append(job)
+            if not self._searching and self._idle:
+                self._searching = True
+                self._idle.pop().release()
 
     def close(self) -> None:
         """Let the threads end once they are idle (a stuck one is a daemon: it dies with us)."""
-        self._closed = True
-        for _ in range(len(self._running)):
-            self._jobs.put(None)
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for wake in idle:
+            wake.release()
         with self._clock:
             self._clock.notify()
 
@@ -185,8 +209,28 @@ class SlotThreads:
 
     def _serve(self, slot: int) -> None:
         self._local.slot = slot
-        jobs = self._jobs
-        while (job := jobs.get()) is not None:
+        jobs, lock = self._jobs, self._lock
+        wake = threading.Lock()
+        wake.acquire()
+        woken = False
+        while True:
+            with lock:
+                if woken:
+                    self._searching = woken = False
+                if jobs:
+                    job = jobs.popleft()
+                    if jobs and not self._searching and self._idle:  # more left: wake the next
+                        self._searching = True
+                        self._idle.pop().release()
+                elif self._closed:
+                    return
+                else:
+                    self._idle.append(wake)
+                    job = None
+            if job is None:
+                wake.acquire()  # released by submit, by a thread leaving jobs behind, or close
+                woken = True
+                continue
             try:
                 contextvars.Context().run(job)
             except BaseException:  # a job's own bug: the slot must outlive it
@@ -214,8 +258,12 @@ class SlotThreads:
                         nearest = min(nearest, call.hard_at)
                     else:
                         nearest = min(nearest, call.soft_at)
+                if nearest == math.inf:
+                    # Nothing running: look again in a while rather than never, so that the
+                    # next job (due much later) need not wake this thread; one due sooner does.
+                    nearest = now + IDLE_LOOK_S
                 self._next_wake = nearest
-                self._clock.wait(None if nearest == math.inf else nearest - now)
+                self._clock.wait(nearest - now)
 
 
 async def run_async(

@@ -181,3 +181,41 @@ def test_a_job_that_raises_does_not_end_its_slot_thread() -> None:
         assert seen.get(timeout=WAIT_S) == "still here"
     finally:
         pool.close()
+
+
+def test_a_burst_of_blocking_jobs_runs_on_every_thread_at_once() -> None:
+    """Only one idle thread is woken per submit burst; each that takes a job and leaves more
+    wakes the next: jobs that block still all run at once, one per thread."""
+    size = 8
+    pool = SlotThreads(size, hard_grace_s=1, on_abandon=lambda call: None)
+    barrier = threading.Barrier(size, timeout=WAIT_S)
+    passed: queue.SimpleQueue[int] = queue.SimpleQueue()
+    try:
+        for _ in range(3):  # again once the threads went idle
+            for _ in range(size):
+                pool.submit(lambda: passed.put(barrier.wait()))
+            assert sorted(passed.get(timeout=WAIT_S) for _ in range(size)) == list(range(size))
+    finally:
+        pool.close()
+
+
+def test_queued_jobs_still_run_after_close() -> None:
+    pool = SlotThreads(1, hard_grace_s=1, on_abandon=lambda call: None)
+    release = threading.Event()
+    seen: queue.SimpleQueue[str] = queue.SimpleQueue()
+    pool.submit(lambda: release.wait(WAIT_S))
+    pool.submit(lambda: seen.put("ran"))
+    pool.close()
+    release.set()
+    assert seen.get(timeout=WAIT_S) == "ran"
+
+
+def test_an_idle_timekeeper_still_meets_a_short_deadline() -> None:
+    """The idle timekeeper looks again after IDLE_LOOK_S; a job due sooner wakes it."""
+    pool = SlotThreads(1, hard_grace_s=1, on_abandon=lambda call: None)
+    try:
+        time.sleep(0.05)  # the timekeeper now sleeps its idle look
+        out = run_in(pool, SyncCall(spin, [], {}), 0.1).get(timeout=WAIT_S)
+        assert isinstance(out, TaskTimeout)
+    finally:
+        pool.close()

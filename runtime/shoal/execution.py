@@ -172,8 +172,8 @@ class SlotThreads:
         with self._lock:
             self._jobs.append(job)
             if not self._searching and self._idle:
-                self._searching = True
-                self._idle.pop().release()
+                self._idle.pop().release()  # (then the flag: an interruption between the
+                self._searching = True  # two costs a spare wake-up, never every later one)
 
     def close(self) -> None:
         """Let the threads end once they are idle (a stuck one is a daemon: it dies with us)."""
@@ -220,8 +220,8 @@ class SlotThreads:
                 if jobs:
                     job = jobs.popleft()
                     if jobs and not self._searching and self._idle:  # more left: wake the next
-                        self._searching = True
                         self._idle.pop().release()
+                        self._searching = True
                 elif self._closed:
                     return
                 else:
@@ -238,7 +238,9 @@ class SlotThreads:
 
     def _keep_time(self) -> None:
         """Interrupt each call at its soft timeout and abandon it at its hard one; sleep until
-        the nearest deadline (a job starting sooner than that wakes this thread)."""
+        the nearest deadline, or ``IDLE_LOOK_S`` when nothing runs (a job due sooner than that
+        wakes this thread). Ends at :meth:`close`: jobs still queued then run without
+        timeouts (the worker has stopped or handed back what was left before it closes)."""
         with self._clock:
             while not self._closed:
                 now = time.monotonic()

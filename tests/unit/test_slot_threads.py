@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from shoal import execution
 from shoal.execution import SlotThreads, SyncCall, TaskStopped, TaskTimeout
 
 WAIT_S = 10.0  # a bound on waiting, never an assertion about speed
@@ -210,8 +211,9 @@ def test_queued_jobs_still_run_after_close() -> None:
     assert seen.get(timeout=WAIT_S) == "ran"
 
 
-def test_an_idle_timekeeper_still_meets_a_short_deadline() -> None:
+def test_an_idle_timekeeper_still_meets_a_short_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
     """The idle timekeeper looks again after IDLE_LOOK_S; a job due sooner wakes it."""
+    monkeypatch.setattr(execution, "IDLE_LOOK_S", WAIT_S * 2)  # only a wake-up can meet it
     pool = SlotThreads(1, hard_grace_s=1, on_abandon=lambda call: None)
     try:
         time.sleep(0.05)  # the timekeeper now sleeps its idle look
@@ -219,3 +221,15 @@ def test_an_idle_timekeeper_still_meets_a_short_deadline() -> None:
         assert isinstance(out, TaskTimeout)
     finally:
         pool.close()
+
+
+def test_close_ends_every_idle_thread() -> None:
+    pool = SlotThreads(4, hard_grace_s=1, on_abandon=lambda call: None)
+    done: queue.SimpleQueue[int] = queue.SimpleQueue()
+    pool.submit(lambda: done.put(1))
+    assert done.get(timeout=WAIT_S) == 1
+    time.sleep(0.05)  # every slot thread is idle now
+    pool.close()
+    for thread in pool._threads:
+        thread.join(WAIT_S)
+    assert not any(thread.is_alive() for thread in pool._threads)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import math
 import queue
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from helpers import wait_for
 from shoal import execution
 from shoal.execution import SlotThreads, SyncCall, TaskStopped, TaskTimeout
 
@@ -216,7 +218,7 @@ def test_an_idle_timekeeper_still_meets_a_short_deadline(monkeypatch: pytest.Mon
     monkeypatch.setattr(execution, "IDLE_LOOK_S", WAIT_S * 2)  # only a wake-up can meet it
     pool = SlotThreads(1, hard_grace_s=1, on_abandon=lambda call: None)
     try:
-        time.sleep(0.05)  # the timekeeper now sleeps its idle look
+        wait_for(lambda: pool._next_wake != math.inf, message="the timekeeper's idle look")
         out = run_in(pool, SyncCall(spin, [], {}), 0.1).get(timeout=WAIT_S)
         assert isinstance(out, TaskTimeout)
     finally:
@@ -228,7 +230,7 @@ def test_close_ends_every_idle_thread() -> None:
     done: queue.SimpleQueue[int] = queue.SimpleQueue()
     pool.submit(lambda: done.put(1))
     assert done.get(timeout=WAIT_S) == 1
-    time.sleep(0.05)  # every slot thread is idle now
+    wait_for(lambda: len(pool._idle) == 4, message="every slot thread idle")
     pool.close()
     for thread in pool._threads:
         thread.join(WAIT_S)

@@ -15,14 +15,14 @@ the trace on); otherwise (the app's own provider) they go through the SDK.
 from __future__ import annotations
 
 import contextlib
-import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from shoal import telemetry
 from shoal.middleware.base import Middleware, failures_only
-from shoal.telemetry.conventions import SYSTEM, process_attributes, send_attributes
+from shoal.telemetry.api import otel
+from shoal.telemetry.conventions import SYSTEM, kept, process_attributes, send_attributes
 from shoal.telemetry.traceparent import carried, parent_context, remote_parent, span_context
 from shoal.version import __version__
 
@@ -30,60 +30,10 @@ if TYPE_CHECKING:
     from contextvars import Token
 
     from opentelemetry import context, trace
-    from opentelemetry.trace import StatusCode
 
     from shoal.message import Message
     from shoal.task import Task
     from shoal.telemetry.spans import ProcessSpans
-
-_ATTRIBUTES_KEPT = 1024
-"""Attribute sets cached per (queue, task); a flood of unknown task names cannot grow them."""
-
-
-def _kept(
-    cache: dict[tuple[str, str], dict[str, Any]],
-    key: tuple[str, str],
-    build: Callable[[str, str], dict[str, Any]],
-) -> dict[str, Any]:
-    """The attributes a span of (queue, task) shares with all others of its kind, built once."""
-    constant = cache.get(key)
-    if constant is None:
-        if len(cache) >= _ATTRIBUTES_KEPT:
-            cache.clear()
-        constant = cache[key] = build(*key)
-    return constant
-
-
-class _Api(NamedTuple):
-    """The parts of OpenTelemetry's API the hooks use, looked up once (see :func:`_otel`)."""
-
-    attach: Callable[[context.Context], Token[context.Context]]
-    detach: Callable[[Token[context.Context]], None]
-    current_span: Callable[[], trace.Span]
-    in_context: Callable[[trace.Span], context.Context]
-    producer: trace.SpanKind
-    consumer: trace.SpanKind
-    link: type[trace.Link]
-    error: StatusCode
-
-
-@functools.cache
-def _otel() -> _Api:
-    """OpenTelemetry's API, imported on the first span: an import statement per send or task
-    cost as much as the rest of Shoal's part of a span."""
-    from opentelemetry import context, trace
-    from opentelemetry.trace import Link, SpanKind, StatusCode
-
-    return _Api(
-        attach=context.attach,
-        detach=context.detach,
-        current_span=trace.get_current_span,
-        in_context=trace.set_span_in_context,
-        producer=SpanKind.PRODUCER,
-        consumer=SpanKind.CONSUMER,
-        link=Link,
-        error=StatusCode.ERROR,
-    )
 
 
 class Tracing(Middleware):
@@ -128,7 +78,7 @@ class Tracing(Middleware):
         if not self._enabled():
             return contextlib.nullcontext()
         queue = task.queue
-        constant = _kept(self._send_attributes, (queue, task.name), send_attributes)
+        constant = kept(self._send_attributes, (queue, task.name), send_attributes)
         if len(messages) == 1:
             attributes = {**constant, "messaging.message.id": messages[0].id}
         else:
@@ -181,7 +131,7 @@ class Tracing(Middleware):
                 return lean.start(message, queue)
         if not self._enabled():
             return contextlib.nullcontext()
-        constant = _kept(self._process_attributes, (queue, message.task), process_attributes)
+        constant = kept(self._process_attributes, (queue, message.task), process_attributes)
         attributes = {
             **constant,
             "messaging.message.id": message.id,
@@ -200,12 +150,10 @@ class Tracing(Middleware):
     ) -> None:
         if exception is None:
             return
-        _failed(_otel().current_span(), exception)
+        _failed(otel().current_span(), exception)
 
     def after_retry(self, task: Task[Any, Any], message: Message, delay_s: float) -> None:
-        from opentelemetry.trace import get_current_span
-
-        get_current_span().add_event(
+        otel().current_span().add_event(
             "retry scheduled",
             {"shoal.retry.delay_s": delay_s, "shoal.attempt": message.attempt + 1},
         )
@@ -213,9 +161,7 @@ class Tracing(Middleware):
     def after_dead_letter(
         self, queue: str, message: Message | None, reason: str, error: BaseException
     ) -> None:
-        from opentelemetry.trace import Status, StatusCode, get_current_span
-
-        span = get_current_span()
+        span = otel().current_span()
         span.add_event(
             "dead-lettered",
             {
@@ -224,13 +170,13 @@ class Tracing(Middleware):
                 "exception.message": str(error),
             },
         )
-        span.set_status(Status(StatusCode.ERROR, f"dead-lettered: {reason}"))
+        span.set_status(otel().error, f"dead-lettered: {reason}")
 
 
 def _failed(span: trace.Span, error: BaseException) -> None:
     """Record ``error`` on ``span`` and set its status, as the SDK does for a span's error."""
     span.record_exception(error)
-    span.set_status(_otel().error, f"{type(error).__name__}: {error}")
+    span.set_status(otel().error, f"{type(error).__name__}: {error}")
 
 
 class _Scope:
@@ -244,8 +190,8 @@ class _Scope:
         self._token: Token[context.Context] | None = None
 
     def __enter__(self) -> None:
-        otel = _otel()
-        self._token = otel.attach(otel.in_context(self._span))
+        api = otel()
+        self._token = api.attach(api.in_context(self._span))
 
     def __exit__(
         self,
@@ -255,7 +201,7 @@ class _Scope:
     ) -> None:
         token, self._token = self._token, None
         if token is not None:
-            _otel().detach(token)
+            otel().detach(token)
         self._end(exc_val)
 
     def _end(self, error: BaseException | None) -> None:
@@ -277,7 +223,7 @@ class _SendScope(_Scope):
         attributes: dict[str, Any],
         messages: Sequence[Message],
     ) -> None:
-        super().__init__(tracer.start_span(name, kind=_otel().producer, attributes=attributes))
+        super().__init__(tracer.start_span(name, kind=otel().producer, attributes=attributes))
         self._messages = messages
 
     def __enter__(self) -> None:
@@ -306,16 +252,16 @@ class _ProcessScope(_Scope):
     def __init__(
         self, tracer: trace.Tracer, name: str, attributes: dict[str, Any], message: Message
     ) -> None:
-        otel = _otel()
+        api = otel()
         parent = remote_parent(message.headers)
         producer = span_context(parent) if parent is not None else None
         super().__init__(
             tracer.start_span(
                 name,
                 context=parent_context(parent, producer),
-                kind=otel.consumer,
+                kind=api.consumer,
                 attributes=attributes,
-                links=[otel.link(producer)] if producer is not None else [],
+                links=[api.link(producer)] if producer is not None else [],
                 record_exception=False,
                 set_status_on_exception=False,
             )

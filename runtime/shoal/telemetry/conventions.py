@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+V = TypeVar("V")
+
+KEPT = 1024
+"""Entries a per-(queue, task) cache holds; a flood of unknown task names cannot grow it."""
 
 SYSTEM = "shoal"
 """``messaging.system``."""
@@ -29,3 +35,16 @@ def send_attributes(queue: str, task: str) -> dict[str, Any]:
         "messaging.operation.name": "send",
         "shoal.task.name": task,
     }
+
+
+def kept(
+    cache: dict[tuple[str, str], V], key: tuple[str, str], build: Callable[[str, str], V]
+) -> V:
+    """What every span of (queue, task) shares (attributes, an encoded shape), built once and
+    kept in ``cache``, which is emptied when full."""
+    value = cache.get(key)
+    if value is None:
+        if len(cache) >= KEPT:
+            cache.clear()
+        value = cache[key] = build(*key)
+    return value

@@ -38,7 +38,7 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import Span, SpanContext, Status, StatusCode, TraceFlags
 
 from shoal.telemetry import otlp
-from shoal.telemetry.conventions import process_attributes
+from shoal.telemetry.conventions import kept, process_attributes
 from shoal.telemetry.traceparent import remote_parent, simple
 
 if TYPE_CHECKING:
@@ -69,9 +69,6 @@ so read once here."""
 
 _FLAGS = {f"{n:02x}": n for n in range(256)}
 """Trace flags by their two hex digits (a dict look-up, not a parse)."""
-
-_SHAPES_KEPT = 1024
-"""Shapes cached per (queue, task); a flood of unknown task names cannot grow it further."""
 
 
 class ProcessSpans:
@@ -108,17 +105,14 @@ class ProcessSpans:
             )
 
     def shape(self, queue: str, task: str) -> otlp.Shape:
-        shape = self._shapes.get((queue, task))
-        if shape is None:
-            constant = process_attributes(queue, task)
-            limit = self.value_limit
-            if limit is not None:
-                constant = {k: v[:limit] for k, v in constant.items()}
-            shape = otlp.Shape(f"process {queue}", otlp.KIND_CONSUMER, constant)
-            if len(self._shapes) >= _SHAPES_KEPT:
-                self._shapes.clear()
-            self._shapes[queue, task] = shape
-        return shape
+        return kept(self._shapes, (queue, task), self._new_shape)
+
+    def _new_shape(self, queue: str, task: str) -> otlp.Shape:
+        constant = process_attributes(queue, task)
+        limit = self.value_limit
+        if limit is not None:
+            constant = {k: v[:limit] for k, v in constant.items()}
+        return otlp.Shape(f"process {queue}", otlp.KIND_CONSUMER, constant)
 
     def start(self, message: Message, queue: str) -> ProcessSpan | UnsampledSpan:
         """The consumer span of ``message``; ``with`` it to make it current and end it.

@@ -12,15 +12,16 @@ no OpenTelemetry until that fallback.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from shoal.telemetry.api import otel
+
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.propagators.textmap import TextMapPropagator
-    from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags, TraceState
+    from opentelemetry.trace import Span, SpanContext, TraceState
 
 _fullmatch = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}").fullmatch
 _W3C_FIELDS = frozenset({"traceparent", "tracestate", "baggage"})
@@ -101,25 +102,19 @@ def simple(headers: Any) -> str | None:
     return value if _w3c_textmap() else None
 
 
-class _Current:
-    """OpenTelemetry's current context, looked up once (see :func:`carried`)."""
-
-    get: Callable[[], Context] | None = None
-
-
 def carried(span: Span) -> dict[str, str]:
     """The headers the global propagator writes for the current context, whose span is
     ``span``: a ``traceparent`` formatted here when that is all it would write (only
     OpenTelemetry's W3C propagators, a valid span context without ``tracestate``, nothing but
     the span in the context: no baggage), else what ``propagate.inject`` writes."""
     context = span.get_span_context()
-    get_current = _Current.get
-    if get_current is None:  # imported once: an import statement per send costs too much
-        from opentelemetry import context as otel_context
-
-        get_current = _Current.get = otel_context.get_current
     _refresh()
-    if _Textmap.plain and context.is_valid and not context.trace_state and len(get_current()) == 1:
+    if (
+        _Textmap.plain
+        and context.is_valid
+        and not context.trace_state
+        and len(otel().get_current()) == 1
+    ):
         trace_id, span_id, flags = context.trace_id, context.span_id, context.trace_flags
         return {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"}
     return _injected()
@@ -159,33 +154,9 @@ def _extract(headers: Any) -> Parent | None:
     return Parent(context.trace_id, context.span_id, int(context.trace_flags), state, extracted)
 
 
-class _TraceApi(NamedTuple):
-    span_context: type[SpanContext]
-    flags: type[TraceFlags]
-    non_recording: type[NonRecordingSpan]
-    in_context: Callable[[Span, Context], Context]
-    context: type[Context]
-
-
-@functools.cache
-def _trace_api() -> _TraceApi:
-    """What the functions below use of OpenTelemetry, imported once (an import statement per
-    task costs more than what they do)."""
-    from opentelemetry import trace
-    from opentelemetry.context import Context
-
-    return _TraceApi(
-        trace.SpanContext,
-        trace.TraceFlags,
-        trace.NonRecordingSpan,
-        trace.set_span_in_context,
-        Context,
-    )
-
-
 def span_context(parent: Parent) -> SpanContext:
     """The parent as the remote ``SpanContext`` the W3C propagator would have made."""
-    api = _trace_api()
+    api = otel()
     return api.span_context(
         parent.trace_id,
         parent.span_id,
@@ -199,7 +170,7 @@ def parent_context(parent: Parent | None, span_context: SpanContext | None) -> C
     """The context ``propagate.extract`` returns for ``parent``, for ``start_span(context=)``."""
     if parent is not None and parent.extracted is not None:
         return parent.extracted
-    api = _trace_api()
+    api = otel()
     if span_context is None:
         return api.context()
     return api.in_context(api.non_recording(span_context), api.context())

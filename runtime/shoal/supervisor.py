@@ -88,8 +88,10 @@ def _child_main(
     note: RecycleNote,
     log_level: int,
     inherited: Sequence[socket.socket],
+    supervisor: int,
 ) -> None:
-    """Entry point of a worker process, just forked from the supervisor (signals blocked)."""
+    """Entry point of a worker process, just forked from the supervisor (pid ``supervisor``,
+    signals blocked)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the supervisor's handlers are not ours
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
@@ -116,12 +118,15 @@ def _child_main(
 
         app.add_middleware(Prometheus())
 
-    def beat() -> None:
-        tick.value = time.monotonic()
-
     recycle = RecycleLimits(spec.max_tasks_per_process, spec.max_memory_per_process_mib)
 
     async def main() -> int:
+        def beat() -> None:
+            tick.value = time.monotonic()
+            if os.getppid() != supervisor and not worker.stopping:
+                orphaned(worker.id, supervisor)
+                worker.stop()
+
         worker = Worker(
             app,
             spec.queues or None,
@@ -150,6 +155,18 @@ def _child_main(
         # os._exit: never wait for task threads abandoned after a hard timeout or the grace
         # period, whether the worker returned or raised
         os._exit(code)
+
+
+def orphaned(worker_id: str, supervisor: int) -> None:
+    """A worker process whose supervisor died (SIGKILLed, or OOM-killed) is nobody's to stop
+    or replace: it drains as on SIGTERM and exits, rather than serve on unseen (Gunicorn's
+    workers do the same). Checked at every tick, a few times a second: one ``getppid``."""
+    log.warning(
+        "worker %s: its supervisor (pid %d) is gone; finishing the running tasks, handing "
+        "back the rest and exiting. Start `shoal worker` again to serve this queue",
+        worker_id,
+        supervisor,
+    )
 
 
 def freeze_boot_heap() -> None:
@@ -184,7 +201,7 @@ class _Child:
         self.note = RecycleNote()
         self.process = ctx.Process(
             target=_child_main,
-            args=(spec, self.tick, self.note, log_level, inherited),
+            args=(spec, self.tick, self.note, log_level, inherited, os.getpid()),
             name=WORKER_NAME,
             daemon=False,
         )

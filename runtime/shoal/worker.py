@@ -152,6 +152,11 @@ class Worker:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
+    @property
+    def stopping(self) -> bool:
+        """Asked to stop (a signal, a recycle, an orphaned process): draining, or done."""
+        return self._stopping
+
     def stop(self) -> None:
         """Stop fetching and drain (call from the loop's thread, e.g. a signal handler)."""
         self._stopping = True

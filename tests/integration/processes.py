@@ -22,7 +22,8 @@ HERE = Path(__file__).parent
 class WorkerProcess:
     """A ``python -m shoal worker tasks_for_tests:app`` supervisor and its children (another
     app with ``app_spec``). ``wrapper`` runs it through a command that execs it in place
-    (``ip netns exec NS``), so ``pid`` is still the supervisor's."""
+    (``ip netns exec NS``), so ``pid`` is still the supervisor's. It leads a process group
+    of its own, which its worker processes join as they are forked."""
 
     def __init__(
         self,
@@ -39,6 +40,7 @@ class WorkerProcess:
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.pid = self.popen.pid
 
@@ -58,12 +60,16 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def kill(self) -> None:
-        """SIGKILL the supervisor and everything it started, by PID."""
+        """SIGKILL the supervisor and everything it started: its whole process group at once,
+        so a worker process forked as the supervisor dies (a replacement, a recycle) cannot
+        outlive it and take the next test's tasks from the same Redis."""
         try:
             procs = [psutil.Process(self.pid), *psutil.Process(self.pid).children(recursive=True)]
         except psutil.NoSuchProcess:
             procs = []
-        for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        for proc in procs:  # any that left the group
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGKILL)
         if self.popen.poll() is None:

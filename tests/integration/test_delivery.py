@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
+import psutil
 import pytest
 import redis
 from processes import WorkerProcess, runs, worker_env
@@ -127,6 +128,43 @@ def test_sigterm_drains_then_exits_zero_and_loses_nothing(
     assert set(runs(redis_client)) == set(ids)
     final = producer.measure(QUEUE)
     assert (final.completed, final.waiting, final.in_flight, final.dead) == (40, 0, 0, 0)
+
+
+def test_a_worker_process_whose_supervisor_was_sigkilled_drains_and_exits(
+    producer: App,
+    redis_url: str,
+    redis_client: redis.Redis,
+    worker_process: Callable[..., WorkerProcess],
+) -> None:
+    # Given a supervisor whose one worker process is busy with 40 slow tasks, under leases
+    # long enough that a message left to lapse would still be in flight at the end
+    ids = enqueue_slow(producer, 40, 0.3)
+    sup = worker_process(
+        redis_url,
+        "--processes", "1", "--concurrency", "4", "--queues", QUEUE,
+        SHOAL_LEASE="60", SHOAL_HEARTBEAT="2", SHOAL_SHUTDOWN_GRACE="5",
+    )  # fmt: skip
+    (child,) = wait_for(sup.child_pids, message="the worker process to start")
+    wait_for(lambda: len(runs(redis_client)) >= 4, timeout=20, message="a few tasks to finish")
+
+    # When the supervisor alone is SIGKILLed (its worker process is left behind, an orphan)
+    os.kill(sup.pid, signal.SIGKILL)
+    sup.popen.wait(10)
+
+    # Then the orphan notices, finishes what it runs, hands back the rest and exits, instead
+    # of serving on with no supervisor to stop it
+    orphan = psutil.Process(child)
+    wait_for(
+        lambda: not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE,
+        timeout=20,
+        message=f"the orphaned worker process to exit:\n{sup.log()}",
+    )
+    assert "its supervisor" in sup.log() and "is gone" in sup.log(), sup.log()
+    assert started(redis_client) == set(runs(redis_client)), "every started task finished"
+    stats = producer.measure(QUEUE)
+    assert stats.in_flight == 0, "what it held was handed back, not left to its lease"
+    assert stats.completed + stats.waiting == len(ids)
+    assert stats.waiting > 0, "the test killed the supervisor after the end of the backlog"
 
 
 def test_a_busy_worker_does_not_starve_an_idle_one(

@@ -119,7 +119,7 @@ def test_a_recycled_process_hands_back_what_it_leased_ahead_at_once(
     runs, pids, deliveries = _executions(redis_client)
     assert runs == dict.fromkeys(ids, 1)
     assert deliveries == dict.fromkeys(ids, 1)
-    assert max(Counter(pids.values()).values()) == 20
+    assert max(Counter(pids.values()).values()) == 20, (Counter(pids.values()), sup.log())
     log = _whole_log(sup)
     assert "handing back 1 message(s) leased ahead on recycling" in log, log[-3000:]
     assert len(re.findall(r"\(process 1 of 1\) recycled after 20 tasks; starting a", log)) >= 4

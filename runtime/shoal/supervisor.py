@@ -121,11 +121,18 @@ def _child_main(
     recycle = RecycleLimits(spec.max_tasks_per_process, spec.max_memory_per_process_mib)
 
     async def main() -> int:
-        def beat() -> None:
-            tick.value = time.monotonic()
+        def watch_supervisor() -> None:
             if os.getppid() != supervisor and not worker.stopping:
                 orphaned(worker.id, supervisor)
                 worker.stop()
+
+        def beat() -> None:
+            tick.value = time.monotonic()
+            watch_supervisor()
+
+        def booted() -> None:  # before the first fetch: forked as the supervisor died
+            freeze_boot_heap()
+            watch_supervisor()
 
         worker = Worker(
             app,
@@ -134,7 +141,7 @@ def _child_main(
             burst=spec.burst,
             on_tick=beat,
             recycle=recycle,
-            on_booted=freeze_boot_heap,
+            on_booted=booted,
         )
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS:
@@ -160,10 +167,11 @@ def _child_main(
 def orphaned(worker_id: str, supervisor: int) -> None:
     """A worker process whose supervisor died (SIGKILLed, or OOM-killed) is nobody's to stop
     or replace: it drains as on SIGTERM and exits, rather than serve on unseen (Gunicorn's
-    workers do the same). Checked at every tick, a few times a second: one ``getppid``."""
+    workers do the same). Checked before the first fetch and at every tick, a few times a
+    second: one ``getppid``."""
     log.warning(
-        "worker %s: its supervisor (pid %d) is gone; finishing the running tasks, handing "
-        "back the rest and exiting. Start `shoal worker` again to serve this queue",
+        "worker %s: its supervisor (pid %d) is gone; draining as on SIGTERM, then exiting. "
+        "Start `shoal worker` again to serve these queues",
         worker_id,
         supervisor,
     )

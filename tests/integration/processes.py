@@ -63,10 +63,11 @@ class WorkerProcess:
         """SIGKILL the supervisor and everything it started: its whole process group at once,
         so a worker process forked as the supervisor dies (a replacement, a recycle) cannot
         outlive it and take the next test's tasks from the same Redis."""
-        try:
-            procs = [psutil.Process(self.pid), *psutil.Process(self.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            procs = []
+        procs = []
+        if self.popen.poll() is None:  # (once reaped, its pid may be another process's)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                supervisor = psutil.Process(self.pid)
+                procs = [supervisor, *supervisor.children(recursive=True)]
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
         for proc in procs:  # any that left the group

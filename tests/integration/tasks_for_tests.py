@@ -5,12 +5,16 @@ Each execution is recorded in Redis, so the test process can count runs per mess
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 
 from shoal import App
 
 app = App()
+
+if os.environ.get("TEST_WORKER_BOOT_S") and multiprocessing.parent_process() is not None:
+    time.sleep(float(os.environ["TEST_WORKER_BOOT_S"]))  # a worker process's slow import
 
 
 def runs_key(prefix: str) -> str:

@@ -148,12 +148,12 @@ def test_a_worker_process_whose_supervisor_was_sigkilled_drains_and_exits(
     wait_for(lambda: len(runs(redis_client)) >= 4, timeout=20, message="a few tasks to finish")
 
     # When the supervisor alone is SIGKILLed (its worker process is left behind, an orphan)
+    orphan = psutil.Process(child)
     os.kill(sup.pid, signal.SIGKILL)
     sup.popen.wait(10)
 
-    # Then the orphan notices, finishes what it runs, hands back the rest and exits, instead
-    # of serving on with no supervisor to stop it
-    orphan = psutil.Process(child)
+    # Then the orphan notices, drains as on SIGTERM (finishes what it runs, hands back the
+    # rest) and exits, instead of serving on with no supervisor to stop it
     wait_for(
         lambda: not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE,
         timeout=20,
@@ -165,6 +165,34 @@ def test_a_worker_process_whose_supervisor_was_sigkilled_drains_and_exits(
     assert stats.in_flight == 0, "what it held was handed back, not left to its lease"
     assert stats.completed + stats.waiting == len(ids)
     assert stats.waiting > 0, "the test killed the supervisor after the end of the backlog"
+
+
+def test_a_worker_process_forked_as_its_supervisor_died_fetches_nothing(
+    producer: App,
+    redis_url: str,
+    redis_client: redis.Redis,
+    worker_process: Callable[..., WorkerProcess],
+) -> None:
+    # Given tasks waiting, and a worker process still importing its task module (slowly)
+    ids = enqueue_slow(producer, 5, 0.1)
+    sup = worker_process(redis_url, "--processes", "1", "--queues", QUEUE, TEST_WORKER_BOOT_S="2")
+    (child,) = wait_for(sup.child_pids, message="the worker process to start")
+    orphan = psutil.Process(child)
+
+    # When its supervisor is SIGKILLed before it has booted
+    os.kill(sup.pid, signal.SIGKILL)
+    sup.popen.wait(10)
+
+    # Then it boots, sees it is an orphan before its first fetch, and exits having run nothing
+    wait_for(
+        lambda: not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE,
+        timeout=20,
+        message="the orphaned worker process to exit",
+    )
+    assert "is gone" in sup.log(), sup.log()
+    assert runs(redis_client) == {}
+    stats = producer.measure(QUEUE)
+    assert (stats.waiting, stats.in_flight) == (len(ids), 0)
 
 
 def test_a_busy_worker_does_not_starve_an_idle_one(

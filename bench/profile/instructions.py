@@ -12,7 +12,12 @@ burst=True)``, concurrency 16 for ``def`` tasks, 64 for ``async def``: the CLI's
 drains them under ``valgrind --tool=callgrind`` (every thread counted, ``PYTHONHASHSEED=0``).
 The difference over 4 N tasks is the worker's instructions per task: start-up, imports and the
 burst's ending cancel out. Redis's own work (the Lua scripts) is not counted: this is the
-worker's cost only. Not part of the test suite.
+worker's cost only.
+
+``--side redis`` measures Redis's side of the same drains instead (no callgrind): from ``INFO
+commandstats``, reset before each drain, the script calls, the commands the scripts ran and
+Redis's own microseconds in them (its clock: a figure, not a count), per task, over the same
+4 N difference. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import threading
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+import redis
 
 from shoal.protocol.server import LocalRedis
 
@@ -169,17 +176,51 @@ def flush(port: int) -> None:
     subprocess.run(["redis-cli", "-p", str(port), "FLUSHALL"], check=True, capture_output=True)
 
 
-def count(runtime: Path, port: int, feature: str, mode: str, n: int, tmp: Path) -> int:
-    """Instructions of one worker draining ``n`` pre-filled tasks."""
+SCRIPTS = ("evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_ro")
+UNCOUNTED = ("info", "config", "flushall", "client", "hello", "ping", "select", "script")
+"""Not the drain's work: this script's own reads, and a connection's set-up."""
+
+
+def redis_work(port: int) -> tuple[int, int, int]:
+    """Since the last reset: script calls, commands (those the scripts ran, which Redis
+    counts in their own rows, and the worker's own), and the microseconds Redis spent in the
+    scripts."""
+    client = redis.Redis(port=port)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    calls = commands = usec = 0
+    for key, row in stats.items():
+        name = key.removeprefix("cmdstat_").split("|")[0]
+        if name in UNCOUNTED:
+            continue
+        if name in SCRIPTS:
+            calls += int(row["calls"])
+            usec += int(row["usec"])
+        else:
+            commands += int(row["calls"])
+    return calls, commands, usec
+
+
+def count(
+    runtime: Path, port: int, feature: str, mode: str, n: int, tmp: Path, side: str = "worker"
+) -> tuple[int, ...]:
+    """Instructions of one worker draining ``n`` pre-filled tasks (``side="redis"``: Redis's
+    script calls, commands and microseconds in that drain)."""
     url = f"redis://127.0.0.1:{port}/0"
     flush(port)
     child("prefill", runtime, url, feature, mode, n, None)
+    if side == "redis":
+        subprocess.run(["redis-cli", "-p", str(port), "CONFIG", "RESETSTAT"], check=True)
+        child("drain", runtime, url, feature, mode, n, None)
+        return redis_work(port)
     out = tmp / f"callgrind-{feature}-{mode}-{n}.out"
     child("drain", runtime, url, feature, mode, n, str(out))
     found = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M)
     if found is None:
         raise SystemExit(f"no totals in {out}")
-    return int(found.group(1))
+    return (int(found.group(1)),)
 
 
 def main() -> None:
@@ -198,6 +239,12 @@ def main() -> None:
     parser.add_argument(
         "--keep", type=Path, help="keep callgrind's output files here (for callgrind_annotate)"
     )
+    parser.add_argument(
+        "--side",
+        choices=("worker", "redis"),
+        default="worker",
+        help="worker: its instructions (callgrind); redis: Redis's commands and time",
+    )
     parser.add_argument("--child", choices=("prefill", "drain"), help=argparse.SUPPRESS)
     parser.add_argument("--feature", default="off", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -213,7 +260,7 @@ def main() -> None:
     modes = ("sync", "async") if args.mode == "both" else (args.mode,)
     server = LocalRedis().start()  # the runtime's own: loopback, no persistence
     port = server.port
-    rows: list[tuple[str, str, str, float]] = []
+    rows: list[tuple[str, str, str, str]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="shoal-instr-") as tmp_name:
             tmp = Path(tmp_name)
@@ -221,23 +268,31 @@ def main() -> None:
                 runtime = snapshot(rev, tmp / f"rev{r}")
                 for feature in features if r == 0 else ["off"]:
                     for mode in modes:
-                        small = count(runtime, port, feature, mode, args.n, tmp)
-                        big = count(runtime, port, feature, mode, 5 * args.n, tmp)
+                        small = count(runtime, port, feature, mode, args.n, tmp, args.side)
+                        big = count(runtime, port, feature, mode, 5 * args.n, tmp, args.side)
                         if args.keep is not None:
                             args.keep.mkdir(parents=True, exist_ok=True)
                             for out in tmp.glob(f"callgrind-{feature}-{mode}-*.out"):
                                 out.rename(args.keep / f"{rev}-{out.name}")
-                        per_task = (big - small) / (4 * args.n)
-                        rows.append((rev, feature, mode, per_task))
-                        print(
-                            f"{rev} {feature} {mode}: {per_task / 1000:.1f}k instructions/task",
-                            flush=True,
+                        per = [(b - a) / (4 * args.n) for a, b in zip(small, big, strict=True)]
+                        shown = (
+                            f"{per[0]:.3f} | {per[1]:.2f} | {per[2]:.2f}"
+                            if args.side == "redis"
+                            else f"{per[0] / 1000:.1f}k"
                         )
+                        rows.append((rev, feature, mode, shown))
+                        print(f"{rev} {feature} {mode}: {shown}", flush=True)
     finally:
         server.stop()
-    print("\n| revision | feature | tasks | instructions per task |\n| --- | --- | --- | ---: |")
-    for rev, feature, mode, per_task in rows:
-        print(f"| {rev} | {feature} | {mode} | {per_task / 1000:.1f}k |")
+    header = (
+        "script calls | commands | script µs (Redis's clock)"
+        if args.side == "redis"
+        else "instructions"
+    )
+    print(f"\n| revision | feature | tasks | {header} per task |")
+    print("| --- | --- | --- |" + " ---: |" * (3 if args.side == "redis" else 1))
+    for rev, feature, mode, shown in rows:
+        print(f"| {rev} | {feature} | {mode} | {shown} |")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,89 @@ def test_a_lapsed_lease_belongs_to_the_next_delivery(make_app: Callable[..., App
     asyncio.run(scenario())
 
 
+@pytest.mark.every_topology
+def test_one_fetch_and_one_ack_of_thousands_of_messages_keep_every_lease_apart(
+    make_app: Callable[..., App],
+) -> None:
+    # Given more messages than one variadic command of the scripts takes (4,000 arguments)
+    app = make_app()
+    keys = app.broker.keys("q")
+    n = 4100
+    ids = {h.id for h in app.remote("job", queue="q").enqueue_many([()] * n)}
+    before = int(app.broker.redis.hget(keys.stats, "leases") or 0)
+
+    async def scenario() -> None:
+        broker = AsyncBroker(app.settings)
+        try:
+            # When one fetch leases them all
+            leased = (await broker.fetch("q", n)).messages
+            # Then each has a lease of its own, numbered on from the counter, and is in flight
+            assert {m.id for m in leased} == ids
+            assert sorted(m.owner for m in leased) == list(range(before + 1, before + n + 1))
+            assert {m.deliveries for m in leased} == {1}
+            assert int(app.broker.redis.hget(keys.stats, "leases") or 0) == before + n
+            held = owners(app, "q")
+            assert {k.decode(): int(v) for k, v in held.items()} == {m.id: m.owner for m in leased}
+            assert app.broker.redis.zcard(keys.inflight) == n
+
+            # And one ack of them all finishes every one, and leaves nothing behind
+            done = [(m.id, m.owner, None, None) for m in leased]
+            assert await broker.ack("q", done) == (n, [])
+        finally:
+            await broker.close()
+        stats = app.measure("q")
+        assert (stats.completed, stats.in_flight, stats.waiting) == (n, 0, 0)
+        for key in (keys.messages, keys.owners, keys.deliveries):
+            assert app.broker.redis.hlen(key) == 0
+
+    asyncio.run(scenario())
+
+
+def test_an_ack_batch_holding_a_message_twice_finishes_it_once_and_refuses_nothing(
+    make_app: Callable[..., App],
+) -> None:
+    # Given a message leased by A, lapsed, and leased again by B
+    app = make_app()
+    keys = app.broker.keys("q")
+    (handle,) = app.remote("job", queue="q").enqueue_many([()])
+
+    async def scenario() -> None:
+        broker = AsyncBroker(app.settings)
+        try:
+            (first,) = (await broker.fetch("q", 1)).messages
+            app.broker.redis.zadd(keys.inflight, {handle.id: 0})
+            (second,) = (await broker.fetch("q", 1)).messages
+            # When one ack batch holds B's verdict, then A's stale one for the same message
+            done = [(handle.id, second.owner, None, None), (handle.id, first.owner, None, None)]
+            # Then it is finished once, and the stale entry is not a refusal: it is gone
+            assert await broker.ack("q", done) == (1, [])
+        finally:
+            await broker.close()
+        assert app.measure("q").completed == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_delivery_count_that_is_not_an_integer_counts_as_none(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+    keys = app.broker.keys("q")
+    (handle,) = app.remote("job", queue="q").enqueue_many([()])
+    app.broker.redis.hset(keys.deliveries, handle.id, "many")  # written by something else
+
+    async def scenario() -> None:
+        broker = AsyncBroker(app.settings)
+        try:
+            (leased,) = (await broker.fetch("q", 1)).messages
+        finally:
+            await broker.close()
+        assert leased.deliveries == 1
+        assert app.broker.redis.hget(keys.deliveries, handle.id) == b"1"
+
+    asyncio.run(scenario())
+
+
 def test_a_handback_never_gives_a_lease_back_to_an_earlier_owner(
     make_app: Callable[..., App],
 ) -> None:

@@ -82,7 +82,7 @@ class Guard:
 
 INCLUDE = "--#include "
 """A line ``--#include NAME`` in a script is replaced by ``lua/NAME.lua``: logic two scripts
-share (``promote_due``, in fetch and promote) is written once."""
+share (``promote_due``, in fetch and promote; ``variadic``, in fetch and ack) is written once."""
 
 
 @functools.cache

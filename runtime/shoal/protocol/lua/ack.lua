@@ -14,19 +14,20 @@
 -- that is gone already (this ack resent after its reply was lost, or finished by another
 -- delivery) is not a refusal: nothing will run it again.
 -- Returns { completed, id of each ack refused (the message lives on, not ours), ... }.
+--#include variadic
 local ttl = tonumber(ARGV[1])
-local done = 0
 local refused = {}
+local finished = {}  -- ids whose lease is ours: removed from every structure at once below
+local gone = {}  -- the same ids, as a set: a later entry for one is neither done nor refused
 local k = 7
 for i = 2, #ARGV, 4 do
   local id, owner, result, dedupe = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  if redis.call('HGET', KEYS[6], id) ~= owner then
+  if gone[id] then  -- finished earlier in this batch: nothing to do
+  elseif redis.call('HGET', KEYS[6], id) ~= owner then
     if redis.call('HEXISTS', KEYS[2], id) == 1 then refused[#refused + 1] = id end
   else
-    redis.call('ZREM', KEYS[1], id)
-    done = done + redis.call('HDEL', KEYS[2], id)
-    redis.call('HDEL', KEYS[4], id)
-    redis.call('HDEL', KEYS[6], id)
+    gone[id] = true
+    finished[#finished + 1] = id
     if dedupe ~= '' and redis.call('HGET', KEYS[5], dedupe) == id then
       redis.call('HDEL', KEYS[5], dedupe)
     end
@@ -37,6 +38,13 @@ for i = 2, #ARGV, 4 do
     end
   end
   if result ~= '' then k = k + 1 end
+end
+local done = 0
+if #finished > 0 then
+  variadic('ZREM', KEYS[1], finished)
+  done = variadic('HDEL', KEYS[2], finished)
+  variadic('HDEL', KEYS[4], finished)
+  variadic('HDEL', KEYS[6], finished)
 end
 if done > 0 then redis.call('HINCRBY', KEYS[3], 'completed', done) end
 return { done, unpack(refused) }

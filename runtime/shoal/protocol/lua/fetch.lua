@@ -31,7 +31,7 @@
 -- A token whose message is gone (acked by a worker whose lease had expired) is dropped.
 -- A token that is not "<ms>:<id>" is returned whole with a false envelope and owner 0, for the
 -- dead-letter queue; nothing else is touched for it (it may even name a live message).
--- A deliveries value that is not a number (written by something else) counts as 0.
+-- A deliveries value that is not an integer (written by something else) counts as 0.
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local limit = tonumber(ARGV[3])
@@ -39,6 +39,7 @@ local limit = tonumber(ARGV[3])
 local waiting, messages, inflight, delayed, stats, owners =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[7]
 --#include promote_due
+--#include variadic
 
 local out = { -1, now, {} }
 local cancels = redis.call('ZCARD', KEYS[13]) > 0
@@ -74,6 +75,19 @@ end
 local deadline = now + tonumber(ARGV[1])
 local got = 0
 
+-- The leases taken are written once per batch, in variadic commands (`flush`): owner tokens
+-- are numbered from the "leases" counter, which is moved past them once.
+local leases, numbered = nil, 0
+local owned, leased = {}, {}
+
+local function flush()
+  if numbered == 0 then return end
+  redis.call('HINCRBY', KEYS[5], 'leases', numbered)
+  variadic('HSET', KEYS[7], owned)
+  variadic('ZADD', KEYS[3], leased)
+  leases, numbered, owned, leased = leases + numbered, 0, {}, {}
+end
+
 -- Lease one popped token: its message, or (a token that is not "<ms>:<id>") the token itself
 -- for the dead-letter queue; a token whose message is gone is dropped.
 local function take(token)
@@ -82,11 +96,18 @@ local function take(token)
   id = id or token
   local body = sep and redis.call('HGET', KEYS[2], id) or nil
   if body then
-    local delivery = (tonumber(redis.call('HGET', KEYS[6], id)) or 0) + 1
-    local owner = redis.call('HINCRBY', KEYS[5], 'leases', 1)
-    redis.call('HSET', KEYS[6], id, delivery)
-    redis.call('HSET', KEYS[7], id, owner)
-    redis.call('ZADD', KEYS[3], deadline, id)
+    local delivery = redis.pcall('HINCRBY', KEYS[6], id, 1)
+    if type(delivery) ~= 'number' then  -- not an integer (written by something else): 0
+      delivery = 1
+      redis.call('HSET', KEYS[6], id, delivery)
+    end
+    leases = leases or redis.call('HINCRBY', KEYS[5], 'leases', 0)
+    numbered = numbered + 1
+    local owner = leases + numbered
+    owned[#owned + 1] = id
+    owned[#owned + 1] = owner
+    leased[#leased + 1] = deadline
+    leased[#leased + 1] = id
     if cancels and redis.call('ZSCORE', KEYS[13], id) then table.insert(out[3], id) end
     out[#out + 1] = id
     out[#out + 1] = body
@@ -116,6 +137,7 @@ else
   -- of its token leaves that token in waiting, marked stale, so waiting's length never counts
   -- less than what is ready; a stale token is dropped when it reaches the fetch end.
   local function early(token)  -- lease a prioritized message whose token is elsewhere in waiting
+    flush()  -- (what this call leased so far is in inflight, and not leased again)
     redis.call('ZREM', ready_z, token)
     local id = string.match(token, '^%d+:(.+)$')
     if id and redis.call('HEXISTS', KEYS[2], id) == 1 and not redis.call('ZSCORE', KEYS[3], id)
@@ -162,5 +184,6 @@ else
     end
   end
 end
+flush()
 if interval and got > 0 then redis.call('HSET', KEYS[10], 'queue', tat + got * interval) end
 return out

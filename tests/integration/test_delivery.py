@@ -48,6 +48,33 @@ def started(client: redis.Redis) -> set[str]:
     return {k.decode() for k in client.hkeys("shoal:test:started")}
 
 
+def assert_drained(producer: App, client: redis.Redis, count: int) -> None:
+    """A worker stopped mid-backlog finished every task it started and handed back the rest:
+    nothing is left leased, and some of the ``count`` still wait."""
+    assert started(client) == set(runs(client)), "every started task finished"
+    stats = producer.measure(QUEUE)
+    assert stats.in_flight == 0, "what it held was handed back, not left to its lease"
+    assert stats.completed + stats.waiting == count, stats
+    assert stats.waiting > 0, "the test stopped the worker after the end of the backlog"
+
+
+def orphan_its_worker(sup: WorkerProcess) -> psutil.Process:
+    """SIGKILL the supervisor alone, leaving its one worker process behind: that process."""
+    (child,) = wait_for(sup.child_pids, message="the worker process to start")
+    orphan = psutil.Process(child)
+    os.kill(sup.pid, signal.SIGKILL)
+    sup.popen.wait(10)
+    return orphan
+
+
+def wait_exited(proc: psutil.Process) -> None:
+    wait_for(
+        lambda: not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE,
+        timeout=20,
+        message=f"worker process {proc.pid} to exit",
+    )
+
+
 def test_sigkill_of_a_worker_process_loses_nothing(
     producer: App,
     redis_url: str,
@@ -116,11 +143,7 @@ def test_sigterm_drains_then_exits_zero_and_loses_nothing(
         pytest.fail(f"supervisor ignored SIGTERM:\n{sup.log()}")
     assert code == 0, sup.log()
     assert sup.child_pids() == set()
-    assert started(redis_client) == set(runs(redis_client)), "every started task finished"
-    stats = producer.measure(QUEUE)
-    assert stats.in_flight == 0
-    assert stats.completed + stats.waiting == 40, stats
-    assert stats.waiting > 0, "the test stopped the worker before the end of the backlog"
+    assert_drained(producer, redis_client, len(ids))
 
     # And a fresh burst worker runs the rest
     burst = worker_process(redis_url, "--burst", "--concurrency", "8", "--queues", QUEUE)
@@ -144,27 +167,16 @@ def test_a_worker_process_whose_supervisor_was_sigkilled_drains_and_exits(
         "--processes", "1", "--concurrency", "4", "--queues", QUEUE,
         SHOAL_LEASE="60", SHOAL_HEARTBEAT="2", SHOAL_SHUTDOWN_GRACE="5",
     )  # fmt: skip
-    (child,) = wait_for(sup.child_pids, message="the worker process to start")
     wait_for(lambda: len(runs(redis_client)) >= 4, timeout=20, message="a few tasks to finish")
 
     # When the supervisor alone is SIGKILLed (its worker process is left behind, an orphan)
-    orphan = psutil.Process(child)
-    os.kill(sup.pid, signal.SIGKILL)
-    sup.popen.wait(10)
+    orphan = orphan_its_worker(sup)
 
     # Then the orphan notices, drains as on SIGTERM (finishes what it runs, hands back the
     # rest) and exits, instead of serving on with no supervisor to stop it
-    wait_for(
-        lambda: not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE,
-        timeout=20,
-        message=f"the orphaned worker process to exit:\n{sup.log()}",
-    )
+    wait_exited(orphan)
     assert "its supervisor" in sup.log() and "is gone" in sup.log(), sup.log()
-    assert started(redis_client) == set(runs(redis_client)), "every started task finished"
-    stats = producer.measure(QUEUE)
-    assert stats.in_flight == 0, "what it held was handed back, not left to its lease"
-    assert stats.completed + stats.waiting == len(ids)
-    assert stats.waiting > 0, "the test killed the supervisor after the end of the backlog"
+    assert_drained(producer, redis_client, len(ids))
 
 
 def test_a_worker_process_forked_as_its_supervisor_died_fetches_nothing(
@@ -176,19 +188,12 @@ def test_a_worker_process_forked_as_its_supervisor_died_fetches_nothing(
     # Given tasks waiting, and a worker process still importing its task module (slowly)
     ids = enqueue_slow(producer, 5, 0.1)
     sup = worker_process(redis_url, "--processes", "1", "--queues", QUEUE, TEST_WORKER_BOOT_S="2")
-    (child,) = wait_for(sup.child_pids, message="the worker process to start")
-    orphan = psutil.Process(child)
 
     # When its supervisor is SIGKILLed before it has booted
-    os.kill(sup.pid, signal.SIGKILL)
-    sup.popen.wait(10)
+    orphan = orphan_its_worker(sup)
 
     # Then it boots, sees it is an orphan before its first fetch, and exits having run nothing
-    wait_for(
-        lambda: not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE,
-        timeout=20,
-        message="the orphaned worker process to exit",
-    )
+    wait_exited(orphan)
     assert "is gone" in sup.log(), sup.log()
     assert runs(redis_client) == {}
     stats = producer.measure(QUEUE)

@@ -14,16 +14,18 @@ The difference over 4 N tasks is the worker's instructions per task: start-up, i
 burst's ending cancel out. Redis's own work (the Lua scripts) is not counted: this is the
 worker's cost only.
 
-``--side redis`` measures Redis's side of the same drains instead (no callgrind): from ``INFO
-commandstats``, reset before each drain, the script calls, the commands the scripts ran and
-Redis's own microseconds in them (its clock: a figure, not a count), per task, over the same
-4 N difference. Not part of the test suite.
+``--side redis`` measures Redis's side of the same drains instead: the worker runs plainly and
+``redis-server`` runs under callgrind, its counters zeroed after the prefill and dumped after
+the drain; with ``INFO commandstats``, reset at the same moment, that gives per task (over the
+same 4 N difference) the script calls, the commands Redis ran (in the scripts or not), and
+Redis's instructions. Not part of the test suite.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -31,13 +33,14 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from shoal.protocol.server import LocalRedis
+from shoal.protocol.server import LocalRedis, free_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -181,46 +184,72 @@ UNCOUNTED = ("info", "config", "flushall", "client", "hello", "ping", "select", 
 """Not the drain's work: this script's own reads, and a connection's set-up."""
 
 
-def redis_work(port: int) -> tuple[int, int, int]:
-    """Since the last reset: script calls, commands (those the scripts ran, which Redis
-    counts in their own rows, and the worker's own), and the microseconds Redis spent in the
-    scripts."""
-    client = redis.Redis(port=port)
-    try:
-        stats = client.info("commandstats")
-    finally:
-        client.close()
-    calls = commands = usec = 0
-    for key, row in stats.items():
+def redis_work(client: redis.Redis) -> tuple[int, int]:
+    """Since the last reset: script calls, and commands (those the scripts ran, which Redis
+    counts in their own rows, and the worker's own)."""
+    calls = commands = 0
+    for key, row in client.info("commandstats").items():
         name = key.removeprefix("cmdstat_").split("|")[0]
-        if name in UNCOUNTED:
-            continue
         if name in SCRIPTS:
             calls += int(row["calls"])
-            usec += int(row["usec"])
-        else:
+        elif name not in UNCOUNTED:
             commands += int(row["calls"])
-    return calls, commands, usec
+    return calls, commands
 
 
-def count(
-    runtime: Path, port: int, feature: str, mode: str, n: int, tmp: Path, side: str = "worker"
-) -> tuple[int, ...]:
-    """Instructions of one worker draining ``n`` pre-filled tasks (``side="redis"``: Redis's
-    script calls, commands and microseconds in that drain)."""
-    url = f"redis://127.0.0.1:{port}/0"
-    flush(port)
-    child("prefill", runtime, url, feature, mode, n, None)
-    if side == "redis":
-        subprocess.run(["redis-cli", "-p", str(port), "CONFIG", "RESETSTAT"], check=True)
-        child("drain", runtime, url, feature, mode, n, None)
-        return redis_work(port)
-    out = tmp / f"callgrind-{feature}-{mode}-{n}.out"
-    child("drain", runtime, url, feature, mode, n, str(out))
+def callgrind_totals(out: Path) -> int:
     found = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M)
     if found is None:
         raise SystemExit(f"no totals in {out}")
-    return (int(found.group(1)),)
+    return int(found.group(1))
+
+
+def count(runtime: Path, port: int, feature: str, mode: str, n: int, tmp: Path) -> tuple[int]:
+    """Instructions of one worker draining ``n`` pre-filled tasks."""
+    url = f"redis://127.0.0.1:{port}/0"
+    flush(port)
+    child("prefill", runtime, url, feature, mode, n, None)
+    out = tmp / f"callgrind-{feature}-{mode}-{n}.out"
+    child("drain", runtime, url, feature, mode, n, str(out))
+    return (callgrind_totals(out),)
+
+
+def callgrind_control(command: str, pid: int) -> None:
+    """``-z``: zero the counters of process ``pid``; ``-d``: dump them."""
+    subprocess.run(["callgrind_control", command, str(pid)], check=True, capture_output=True)
+
+
+def count_redis(runtime: Path, feature: str, mode: str, n: int, tmp: Path) -> tuple[int, ...]:
+    """Script calls, commands and instructions of a ``redis-server`` (under callgrind, started
+    for this count) while one plain worker drains ``n`` pre-filled tasks."""
+    port = free_port()
+    out = tmp / f"callgrind-redis-{feature}-{mode}-{n}.out"
+    redis_cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    server = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *redis_cmd],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    try:
+        for _ in range(300):  # valgrind starts it slowly
+            with contextlib.suppress(redis.ConnectionError):
+                if client.ping():
+                    break
+            time.sleep(0.1)
+        url = f"redis://127.0.0.1:{port}/0"
+        child("prefill", runtime, url, feature, mode, n, None)
+        client.config_resetstat()
+        callgrind_control("-z", server.pid)
+        child("drain", runtime, url, feature, mode, n, None)
+        callgrind_control("-d", server.pid)
+        calls, commands = redis_work(client)
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(60)
+    (dump,) = tmp.glob(f"{out.name}.*")  # the dump asked for; the one at exit is the path itself
+    return calls, commands, callgrind_totals(dump)
 
 
 def main() -> None:
@@ -243,7 +272,7 @@ def main() -> None:
         "--side",
         choices=("worker", "redis"),
         default="worker",
-        help="worker: its instructions (callgrind); redis: Redis's commands and time",
+        help="worker: its instructions (callgrind); redis: Redis's commands and instructions",
     )
     parser.add_argument("--child", choices=("prefill", "drain"), help=argparse.SUPPRESS)
     parser.add_argument("--feature", default="off", help=argparse.SUPPRESS)
@@ -268,15 +297,19 @@ def main() -> None:
                 runtime = snapshot(rev, tmp / f"rev{r}")
                 for feature in features if r == 0 else ["off"]:
                     for mode in modes:
-                        small = count(runtime, port, feature, mode, args.n, tmp, args.side)
-                        big = count(runtime, port, feature, mode, 5 * args.n, tmp, args.side)
+                        small, big = (
+                            count_redis(runtime, feature, mode, k * args.n, tmp)
+                            if args.side == "redis"
+                            else count(runtime, port, feature, mode, k * args.n, tmp)
+                            for k in (1, 5)
+                        )
                         if args.keep is not None:
                             args.keep.mkdir(parents=True, exist_ok=True)
                             for out in tmp.glob(f"callgrind-{feature}-{mode}-*.out"):
                                 out.rename(args.keep / f"{rev}-{out.name}")
                         per = [(b - a) / (4 * args.n) for a, b in zip(small, big, strict=True)]
                         shown = (
-                            f"{per[0]:.3f} | {per[1]:.2f} | {per[2]:.2f}"
+                            f"{per[0]:.3f} | {per[1]:.2f} | {per[2] / 1000:.1f}k"
                             if args.side == "redis"
                             else f"{per[0] / 1000:.1f}k"
                         )
@@ -285,9 +318,7 @@ def main() -> None:
     finally:
         server.stop()
     header = (
-        "script calls | commands | script µs (Redis's clock)"
-        if args.side == "redis"
-        else "instructions"
+        "script calls | commands | Redis's instructions" if args.side == "redis" else "instructions"
     )
     print(f"\n| revision | feature | tasks | {header} per task |")
     print("| --- | --- | --- |" + " ---: |" * (3 if args.side == "redis" else 1))
